@@ -1,0 +1,209 @@
+"""`feature-pipeline`: the pipeline without the UI (the seed's `python main.py`).
+
+    feature-pipeline scan                 register every video as a partition, print keys
+    feature-pipeline run                  embed every new or changed video through Dagster
+    feature-pipeline models download      fetch the configured weights into models/
+    feature-pipeline models make-random   a random-weight model for offline smoke runs
+    feature-pipeline samples              generate small sample videos
+
+`--config` (or FEATURE_PIPELINE_CONFIG) picks the YAML file. Runs are recorded in the
+Dagster instance at DAGSTER_HOME (default ./.dagster), so the UI shows them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from feature_pipeline_dagster.config import CONFIG_ENV, ConfigError, Settings, config_path, load_settings
+from feature_pipeline_dagster.errors import PipelineError
+
+DEFAULT_DAGSTER_HOME = ".dagster"
+INSTANCE_TEMPLATE = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.config:
+        os.environ[CONFIG_ENV] = str(args.config)
+    try:
+        return args.handler(args) or 0
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feature-pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, help=f"pipeline YAML (default: ${CONFIG_ENV} or config/clip-config.yaml)")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    scan = commands.add_parser("scan", help="register every video under video_input.path as a partition")
+    scan.set_defaults(handler=_scan)
+    run = commands.add_parser("run", help="embed every new or changed video through Dagster")
+    run.add_argument("--all", action="store_true", help="embed every video again, changed or not")
+    run.set_defaults(handler=_run)
+    samples = commands.add_parser("samples", help="generate small sample videos into video_input.path")
+    samples.add_argument("--count", type=int, default=3)
+    samples.set_defaults(handler=_samples)
+    models = commands.add_parser("models", help="download or build model weights").add_subparsers(required=True, metavar="ACTION")
+    download = models.add_parser("download", help="fetch the configured weights into a local folder")
+    download.add_argument("--dest", type=Path, help="target folder (default: models/<arch>-<tag>)")
+    download.set_defaults(handler=_download)
+    make_random = models.add_parser("make-random", help="random weights of the real architecture (meaningless vectors)")
+    make_random.add_argument("--dest", type=Path, help="target folder (default: model.path of a folder config)")
+    make_random.set_defaults(handler=_make_random)
+    return parser
+
+
+def dagster_instance():
+    """The instance at DAGSTER_HOME, made from the project's template on first use."""
+    from dagster import DagsterInstance
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and INSTANCE_TEMPLATE.exists():
+        shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
+    return DagsterInstance.get()
+
+
+def register_videos(settings: Settings, instance) -> dict[str, object]:
+    """Add a partition for every video not yet known; returns key -> VideoFile."""
+    from feature_pipeline_dagster.partitions import partition_key, videos_partitions
+    from feature_pipeline_dagster.videos import list_videos
+
+    videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}
+    known = set(instance.get_dynamic_partitions(videos_partitions.name))
+    new = [key for key in videos if key not in known]
+    if new:
+        instance.add_dynamic_partitions(videos_partitions.name, new)
+    return videos
+
+
+def _scan(args) -> int:
+    settings = load_settings()
+    videos = register_videos(settings, dagster_instance())
+    for key in videos:
+        print(key)
+    print(f"{len(videos)} video(s) under {settings.video_input.path}", file=sys.stderr)
+    return 0
+
+
+def _embedded_fingerprints(instance, asset_key, keys: list[str]) -> dict[str, tuple[str, str]]:
+    """partition -> (file fingerprint, code version) of its latest materialization."""
+    from dagster import AssetRecordsFilter
+
+    latest: dict[str, tuple[str, str]] = {}
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=asset_key, asset_partitions=keys), limit=1000, cursor=cursor, ascending=False
+        )
+        for record in page.records:
+            event = record.asset_materialization
+            if record.partition_key not in latest and event is not None:
+                fingerprint = event.metadata.get("file_fingerprint")
+                latest[record.partition_key] = (
+                    fingerprint.value if fingerprint is not None else "",
+                    event.tags.get("dagster/code_version", "") if event.tags else "",
+                )
+        if not page.has_more:
+            return latest
+        cursor = page.cursor
+
+
+def _run(args) -> int:
+    from dagster import AssetKey, materialize
+    from tqdm import tqdm
+
+    from feature_pipeline_dagster.definitions import build_definitions
+
+    settings = load_settings()
+    instance = dagster_instance()
+    defs = build_definitions(str(settings.source))
+    assets = list(defs.assets)
+    videos = register_videos(settings, instance)
+    started = time.perf_counter()
+    todo = set()
+    for feature in settings.model.features:
+        asset_def = defs.resolve_assets_def(AssetKey(feature))
+        current = asset_def.code_versions_by_key[AssetKey(feature)]
+        done = {} if args.all else _embedded_fingerprints(instance, AssetKey(feature), list(videos))
+        todo |= {k for k, v in videos.items() if done.get(k) != (v.fingerprint, current)}
+    todo = sorted(todo)
+    print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed", file=sys.stderr)
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    failures, rows = {}, 0
+    for key in (bar := tqdm(todo, unit="video", file=sys.stderr, disable=not todo)):
+        bar.set_postfix_str(key[-40:])
+        result = materialize(assets, instance=instance, partition_key=key, resources=defs.resources,
+                             run_config=quiet, raise_on_error=False)
+        rows += sum(e.materialization.metadata["rows"].value for e in result.get_asset_materialization_events())
+        if not result.success:
+            failures[key] = _failure_message(result)
+            bar.write(f"FAILED {key}: {failures[key]}", file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    print(f"embedded {len(todo) - len(failures)} of {len(todo)} video(s), {rows} rows into "
+          f"{settings.db.uri} in {elapsed:.1f}s", file=sys.stderr)
+    for key, message in failures.items():
+        print(f"  failed: {key}: {message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _failure_message(result) -> str:
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            return data.user_failure_data.description
+        if data.error is not None:
+            cause = data.error.cause or data.error
+            return cause.message.strip().splitlines()[-1] if cause.message else data.error.message
+    return "run failed (see the Dagster UI or logs/)"
+
+
+def _samples(args) -> int:
+    from feature_pipeline_dagster.samples import write_samples
+
+    folder = load_settings(check_paths=False).video_input.path
+    for path in write_samples(folder, args.count):
+        print(path)
+    return 0
+
+
+def _download(args) -> int:
+    from feature_pipeline_dagster.extract.models.clip_weights import download
+
+    model = load_settings(check_paths=False).model
+    _require_clip(model)
+    dest = args.dest or Path("models") / f"{model.arch}-{model.path.replace('hf-hub:', '').replace('/', '--')}"
+    download(model, dest)
+    print(f"{dest}\nuse it with:  model: {{source: folder, path: {dest}}}")
+    return 0
+
+
+def _make_random(args) -> int:
+    from feature_pipeline_dagster.extract.models.clip_weights import RANDOM_NOTICE, make_random
+
+    model = load_settings(check_paths=False).model
+    if args.dest is None and model.source != "folder":
+        raise ConfigError(f"{config_path()}: model.source: make-random writes into model.path of a folder config; or pass --dest")
+    _require_clip(model)
+    dest = args.dest or Path(model.path)
+    make_random(model, dest)
+    print(f"{dest}\n{RANDOM_NOTICE}")
+    return 0
+
+
+def _require_clip(model) -> None:
+    if model.name != "CLIP":
+        raise ConfigError(f"model.name: {model.name} weights are not handled by this command yet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Faults a user can cause or fix. Their message is the whole story: callers print it
+on one line instead of a traceback, and the Dagster layer turns it into a `Failure`."""
+
+
+class PipelineError(Exception):
+    """Base of every user-facing fault. `retryable` tells the orchestrator whether
+    trying again could help (a database blip) or only repeat the failure (a bad file)."""
+
+    retryable = False
+
+
+class ConfigError(PipelineError):
+    """The YAML file is wrong: the message names the file and the key."""
+
+
+class VideoError(PipelineError):
+    """One video cannot be embedded: unreadable, damaged, or its values do not fit."""
+
+
+class ModelError(PipelineError):
+    """The model cannot be loaded on the device, or disagrees with the config."""
+
+
+class StoreError(PipelineError):
+    """Milvus is unreachable or refused a request; usually worth a retry."""
+
+    retryable = True
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of a library's error message: enough to act on, no traceback."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(err).__name__

@@ -1,0 +1,1 @@
+"""The Dagster-free core that turns a video file into embedding rows."""

@@ -1,0 +1,42 @@
+"""Device names from the config (`cuda:N`, `mps`, `cpu`, `cpu:N`, `auto`) mapped to torch.
+
+Named CPU slots (`cpu:0`, `cpu:1`) are distinct devices to the run queue but the same
+torch device, so the queue can be exercised on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+from feature_pipeline_dagster.errors import ModelError
+
+
+def visible_devices() -> list[str]:
+    """What `gpus: auto` means: every visible CUDA device, else MPS, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return ["mps"]
+    return ["cpu"]
+
+
+def torch_device(name: str):
+    """The torch.device for a config device name, or a ModelError saying why not."""
+    import torch
+
+    if name == "auto":
+        name = visible_devices()[0]
+    kind, _, index = name.partition(":")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelError(f"device {name}: MPS is not available on this machine")
+        return torch.device("mps")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        i = int(index or 0)
+        if i >= count:
+            raise ModelError(f"device {name}: this machine has {count} visible CUDA device(s)")
+        return torch.device("cuda", i)
+    raise ModelError(f"unknown device {name!r} (expected cuda:N, mps, cpu, cpu:N or auto)")

@@ -1,0 +1,81 @@
+"""A video's embedding rows as a lazy iterable: decode, embed, hand to the writer.
+
+Everything that can be known before the first row is written is checked when the
+object is built (the file opens, the plan's values fit the collection's dtypes, the
+model's dimension matches), so a bad video fails before anything reaches Milvus.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from feature_pipeline_dagster.config import INT_RANGES, CollectionSpec, Settings
+from feature_pipeline_dagster.errors import ModelError, VideoError
+from feature_pipeline_dagster.extract.batches import EmbeddingBatch
+from feature_pipeline_dagster.extract.decode import VideoReader
+from feature_pipeline_dagster.extract.models import Extractor
+
+log = logging.getLogger("feature_pipeline.pipeline")
+
+
+@dataclass
+class StageSeconds:
+    decode: float = 0.0
+    model: float = 0.0
+
+
+class VideoEmbeddings:
+    """Iterating yields `EmbeddingBatch`es of one video; `stats` fills in as it goes.
+
+    Deliberately not a generator: Dagster reads a generator returned by an asset as a
+    stream of events, while this object passes through to the IO manager untouched.
+    """
+
+    def __init__(self, path: Path, video_path: str, settings: Settings, collection: CollectionSpec, extractor: Extractor):
+        self.path, self.video_path, self.extractor = path, video_path, extractor
+        self.batch_size = settings.model.batch_size
+        if extractor.dim != collection.vector_field.dim:
+            raise ModelError(
+                f"{extractor.description} gives {extractor.dim}-d vectors but collection {collection.name} "
+                f"field {collection.vector_field.name} has dim {collection.vector_field.dim} ({settings.source})"
+            )
+        self.reader = VideoReader(path)
+        self.plan = self.reader.plan(settings.video_input.sample_fps, settings.video_input.max_frames)
+        last = self.plan.frame_ids[-1:]
+        check_fits(collection, {"frame_id": int(last[0]), "timestamp_ms": int(self.reader.timestamps_ms(last)[0])}, path)
+        self.frames = len(self.plan)
+        self.seconds = StageSeconds()
+
+    def __iter__(self) -> Iterator[EmbeddingBatch]:
+        info = self.reader.info
+        log.info(
+            "%s: %dx%d, %d frames at %.2f fps; embedding %d sampled frames on %s",
+            self.video_path, info.width, info.height, info.frame_count, info.fps, self.frames, self.extractor.device,
+        )
+        batches = self.reader.batches(self.plan, self.batch_size)
+        while True:
+            started = time.perf_counter()
+            frames = next(batches, None)
+            decoded = time.perf_counter()
+            self.seconds.decode += decoded - started
+            if frames is None:
+                return
+            rows = self.extractor.embed(frames)
+            self.seconds.model += time.perf_counter() - decoded
+            yield rows
+
+
+def check_fits(collection: CollectionSpec, maxima: dict[str, int], path: Path) -> None:
+    """Refuse a video whose largest values overflow the collection's integer dtypes,
+    before anything is written: Milvus would store them wrapped, without complaint."""
+    for name, value in maxima.items():
+        spec = collection.field(name)
+        if spec is not None and spec.dtype in INT_RANGES and value > INT_RANGES[spec.dtype]:
+            raise VideoError(
+                f"{path}: {name} reaches {value}, which does not fit {spec.dtype} "
+                f"(max {INT_RANGES[spec.dtype]}) in collection {collection.name}: declare it INT32 or INT64"
+            )

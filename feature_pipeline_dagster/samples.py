@@ -1,0 +1,38 @@
+"""Small synthetic H.264 videos (PyAV) for the quick start, tests and benchmarks:
+moving shapes over a slowly changing background, so sampled frames differ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_video(path: Path, seconds: float = 4.0, fps: int = 30, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, 3)
+    velocity = rng.integers(2, 7, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        ys, xs = np.mgrid[0:height, 0:width]
+        for i in range(max(1, int(seconds * fps))):
+            frame = np.empty((height, width, 3), np.uint8)
+            frame[:] = (base + i * np.array([1, 2, 3])) % 255
+            frame[..., 1] = (frame[..., 1] + xs * 255 // width // 2).astype(np.uint8)
+            cx, cy = (velocity * i) % np.array([width, height])
+            frame[((xs - cx) ** 2 + (ys - cy) ** 2) < (min(size) // 6) ** 2] = (255, 255 - i % 255, 0)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_samples(folder: Path, count: int = 3, seconds: float = 6.0) -> list[Path]:
+    return [write_video(folder / f"sample_{i:02d}.mp4", seconds=seconds, seed=i) for i in range(count)]

@@ -1,0 +1,182 @@
+"""Milvus collections from the config: create, write a video's rows, delete, count, search.
+
+Writing replaces a video's rows exactly and crash-safely: every row carries the
+`generation` of the write that made it; the new generation is inserted first and the
+older ones deleted after, so a crash in between leaves a duplicate that the next write
+removes, never a loss. Filters quote file names (Milvus Lite and older servers reject
+`filter_params`): quotes and backslashes are escaped, control characters refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from feature_pipeline_dagster.config import VECTOR_DTYPE, CollectionSpec, ConfigError, DbSettings
+from feature_pipeline_dagster.errors import StoreError, VideoError, one_line
+from feature_pipeline_dagster.extract.batches import EmbeddingBatch
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal for `value`, safe against injection."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise VideoError(f"{value!r}: names with control characters cannot be matched in Milvus")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def new_generation() -> int:
+    return time.time_ns()
+
+
+class MilvusStore:
+    """One connection to a Milvus Lite file or a Milvus server, opened on first use."""
+
+    def __init__(self, uri: str, token: str | None = None):
+        self.uri, self._token, self._client = uri, token, None
+
+    @classmethod
+    def from_settings(cls, db: DbSettings) -> MilvusStore:
+        token = None
+        if db.token_env:
+            token = os.environ.get(db.token_env)
+            if token is None:
+                raise ConfigError(f"db.token_env: environment variable {db.token_env} is not set")
+        return cls(db.uri, token)
+
+    @property
+    def client(self):
+        if self._client is None:
+            from pymilvus import MilvusClient
+
+            if self.uri.endswith(".db"):
+                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+                # Lite's in-process server logs a traceback for a call it lacks (AllocTimestamp)
+                # and that pymilvus then does without: noise, not a fault.
+                logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+            try:
+                self._client = MilvusClient(uri=self.uri, token=self._token or "")
+            except Exception as err:
+                raise StoreError(f"Milvus at {self.uri}: cannot connect ({one_line(err)})") from None
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (VideoError, ConfigError):
+            raise
+        except Exception as err:
+            raise StoreError(f"Milvus at {self.uri}: {what} failed ({one_line(err)})") from None
+
+    def ensure_collection(self, spec: CollectionSpec) -> None:
+        """Create the collection with a COSINE index, or check that the existing one
+        has the fields the config declares."""
+        if self._call("has_collection", self.client.has_collection, spec.name):
+            self._check_schema(spec)
+            return
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
+        for f in spec.fields:
+            extra = {k: v for k, v in (("max_length", f.max_length), ("dim", f.dim)) if v is not None}
+            schema.add_field(f.name, DataType[f.dtype], is_primary=f.is_primary, auto_id=f.auto_id, **extra)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name=spec.vector_field.name, index_type="AUTOINDEX", metric_type="COSINE")
+        try:
+            self.client.create_collection(spec.name, schema=schema, index_params=index)
+        except Exception as err:
+            if not self._call("has_collection", self.client.has_collection, spec.name):  # not a race lost
+                raise StoreError(f"Milvus at {self.uri}: create collection {spec.name} failed ({one_line(err)})") from None
+            self._check_schema(spec)
+
+    def _check_schema(self, spec: CollectionSpec) -> None:
+        described = self._call("describe_collection", self.client.describe_collection, spec.name)
+        have = {f["name"]: (f["type"].name, f.get("params", {}).get("dim")) for f in described["fields"]}
+        want = {f.name: (f.dtype, f.dim) for f in spec.fields}
+        if have != want:
+            raise ConfigError(
+                f"db.collections: collection {spec.name} in {self.uri} has fields "
+                f"{_describe(have)} but the config declares {_describe(want)}: "
+                "use another collection name or drop the old collection"
+            )
+
+    def write_video(
+        self, spec: CollectionSpec, video_path: str, batches: Iterable[EmbeddingBatch], batch_size: int
+    ) -> int:
+        """Insert a video's rows as a new generation, then delete its older rows."""
+        name_filter = f"video_path == {quote(video_path)}"
+        generation = new_generation()
+        rows = 0
+        for chunk in rechunk(batches, batch_size):
+            self._call("insert", self.client.insert, spec.name, self._rows(spec, video_path, generation, chunk))
+            rows += len(chunk)
+        self._call("delete", self.client.delete, spec.name, filter=f"{name_filter} and generation != {generation}")
+        self._call("flush", self.client.flush, spec.name)
+        return rows
+
+    def _rows(self, spec: CollectionSpec, video_path: str, generation: int, batch: EmbeddingBatch) -> list[dict]:
+        vector_name = spec.vector_field.name
+        columns = {k: v.tolist() for k, v in batch.columns.items() if spec.field(k) is not None}
+        vectors = np.ascontiguousarray(batch.vectors, dtype=np.float32)
+        return [
+            {"video_path": video_path, "generation": generation, vector_name: vectors[i],
+             **{k: v[i] for k, v in columns.items()}}
+            for i in range(len(batch))
+        ]
+
+    def delete_video(self, spec: CollectionSpec, video_path: str) -> None:
+        self._call("delete", self.client.delete, spec.name, filter=f"video_path == {quote(video_path)}")
+
+    def count_rows(self, spec: CollectionSpec, video_path: str | None = None) -> int:
+        where = f"video_path == {quote(video_path)}" if video_path is not None else ""
+        result = self._call("count", self.client.query, spec.name, filter=where, output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    def fetch_video(self, spec: CollectionSpec, video_path: str, fields: tuple[str, ...] = ()) -> list[dict]:
+        """All rows of one video (vector and the named scalar fields), in no set order."""
+        out = [spec.vector_field.name, *fields]
+        rows, it = [], self._call(
+            "query", self.client.query_iterator, spec.name, filter=f"video_path == {quote(video_path)}",
+            output_fields=out, batch_size=1000,
+        )
+        while page := self._call("query", it.next):
+            rows.extend(page)
+        it.close()
+        return rows
+
+    def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]:
+        fields = [f.name for f in spec.fields if f.dtype != VECTOR_DTYPE and not f.is_primary]
+        hits = self._call(
+            "search", self.client.search, spec.name, data=[np.asarray(vector, dtype=np.float32)],
+            limit=limit, output_fields=fields, anns_field=spec.vector_field.name,
+        )
+        return [dict(hit["entity"], score=hit["distance"]) for hit in hits[0]]
+
+
+def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingBatch]:
+    """Batches of any size in, batches of exactly `size` rows out (the last may be short)."""
+    pending: list[EmbeddingBatch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += len(batch)
+        while held >= size:
+            merged = EmbeddingBatch.concat(pending)
+            yield merged.slice(0, size)
+            rest = merged.slice(size, len(merged))
+            pending, held = ([rest] if len(rest) else []), len(rest)
+    if held:
+        yield EmbeddingBatch.concat(pending)
+
+
+def _describe(fields: dict) -> str:
+    return ", ".join(f"{n}:{t}" + (f"[{d}]" if d else "") for n, (t, d) in sorted(fields.items()))
