@@ -5,6 +5,8 @@
     feature-pipeline models download      fetch the configured weights into models/
     feature-pipeline models make-random   a random-weight model for offline smoke runs
     feature-pipeline samples              generate small sample videos
+    feature-pipeline quickstart           offline smoke run: random model + samples + run
+    feature-pipeline db status|stop       the shared Milvus Lite server: show it, stop it
 
 `--config` (or FEATURE_PIPELINE_CONFIG) picks the YAML file. Runs are recorded in the
 Dagster instance at DAGSTER_HOME (default ./.dagster), so the UI shows them too.
@@ -49,9 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="embed every new or changed video through Dagster")
     run.add_argument("--all", action="store_true", help="embed every video again, changed or not")
     run.set_defaults(handler=_run)
+    quickstart = commands.add_parser("quickstart", help="make-random model and samples if missing, then run")
+    quickstart.set_defaults(handler=_quickstart, all=False)
     samples = commands.add_parser("samples", help="generate small sample videos into video_input.path")
     samples.add_argument("--count", type=int, default=3)
     samples.set_defaults(handler=_samples)
+    db = commands.add_parser("db", help="the database: status, stop the local Milvus Lite server")
+    db_actions = db.add_subparsers(required=True, metavar="ACTION")
+    db_actions.add_parser("status", help="data dir, address, pid, collections and row counts").set_defaults(handler=_db_status)
+    db_actions.add_parser("stop", help="stop the Milvus Lite server that serves db.uri").set_defaults(handler=_db_stop)
     models = commands.add_parser("models", help="download or build model weights").add_subparsers(required=True, metavar="ACTION")
     download = models.add_parser("download", help="fetch the configured weights into a local folder")
     download.add_argument("--dest", type=Path, help="target folder (default: models/<arch>-<tag>)")
@@ -165,6 +173,47 @@ def _failure_message(result) -> str:
             cause = data.error.cause or data.error
             return cause.message.strip().splitlines()[-1] if cause.message else data.error.message
     return "run failed (see the Dagster UI or logs/)"
+
+
+def _db_status(args) -> int:
+    from feature_pipeline_dagster.store.milvus import MilvusStore
+
+    settings = load_settings(check_paths=False)
+    store = MilvusStore.from_settings(settings.db)
+    try:
+        if settings.db.is_lite:
+            from feature_pipeline_dagster.store.lite_server import LiteServer
+
+            state = LiteServer(settings.db.uri).ensure_running()
+            print(f"data dir: {state.data_dir}\naddress:  {state.uri}\npid:      {state.pid}")
+        else:
+            print(f"server:   {settings.db.uri}")
+        for spec in settings.db.collections:
+            print(f"collection {spec.name}: {store.count_rows(spec)} rows")
+    finally:
+        store.close()
+    return 0
+
+
+def _db_stop(args) -> int:
+    settings = load_settings(check_paths=False)
+    if not settings.db.is_lite:
+        print(f"db.uri is a Milvus server ({settings.db.uri}): nothing local to stop", file=sys.stderr)
+        return 0
+    from feature_pipeline_dagster.store.lite_server import LiteServer
+
+    state = LiteServer(settings.db.uri).stop()
+    print(f"stopped Milvus Lite server pid {state.pid} on {state.uri}" if state else "no Milvus Lite server running")
+    return 0
+
+
+def _quickstart(args) -> int:
+    settings = load_settings(check_paths=False)
+    if settings.model.source == "folder" and not Path(settings.model.path).exists():
+        _make_random(argparse.Namespace(dest=None))
+    if not any(settings.video_input.path.glob("*.mp4")):
+        _samples(argparse.Namespace(count=3))
+    return _run(args)
 
 
 def _samples(args) -> int:

@@ -238,6 +238,9 @@ def _parse_gpus(root: _Node) -> tuple[str, ...]:
 
 
 def _parse_db(node: _Node, model: ModelSettings) -> DbSettings:
+    for secret in ("token", "password", "user"):
+        if secret in node.data:
+            node.fail("credentials never go in the file: name an environment variable in db.token_env", secret)
     node.check_keys({"type", "name", "uri", "token_env", "batch_size", "collections"})
     if node.get("type", str, "milvus") != "milvus":
         node.fail("only 'milvus' is supported", "type")
@@ -250,8 +253,6 @@ def _parse_db(node: _Node, model: ModelSettings) -> DbSettings:
     if not (uri.endswith(".db") or re.match(r"^(https?|tcp|unix)://", uri)):
         node.fail(f"expected a Milvus server URL (http://host:19530) or a path ending in .db, got {uri!r}", "uri")
     token_env = node.get("token_env", str, None)
-    if "token" in node.data or "password" in node.data:
-        node.fail("credentials never go in the file: name an environment variable in db.token_env")
     collections = node.get("collections", list, required=True)
     if len(collections) != len(model.features):
         node.fail(

@@ -43,7 +43,6 @@ class MilvusIOManager(ConfigurableIOManager):
         store = self._store()
         started = time.perf_counter()
         try:
-            store.ensure_collection(spec)
             rows = store.write_video(spec, obj.video_path, obj, settings.db.batch_size)
         except PipelineError as err:
             log.error("%s", err)

@@ -9,10 +9,8 @@ removes, never a loss. Filters quote file names (Milvus Lite and older servers r
 
 from __future__ import annotations
 
-import logging
 import os
 import time
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -38,6 +36,7 @@ class MilvusStore:
 
     def __init__(self, uri: str, token: str | None = None):
         self.uri, self._token, self._client = uri, token, None
+        self._ready: set[CollectionSpec] = set()  # checked and loaded on this connection
 
     @classmethod
     def from_settings(cls, db: DbSettings) -> MilvusStore:
@@ -49,17 +48,22 @@ class MilvusStore:
         return cls(db.uri, token)
 
     @property
+    def server_uri(self) -> str:
+        """Where the client connects: a Lite file is served by the shared local server."""
+        if self.uri.endswith(".db"):
+            from feature_pipeline_dagster.store.lite_server import LiteServer
+
+            return LiteServer(self.uri).ensure_running().uri
+        return self.uri
+
+    @property
     def client(self):
         if self._client is None:
             from pymilvus import MilvusClient
 
-            if self.uri.endswith(".db"):
-                Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-                # Lite's in-process server logs a traceback for a call it lacks (AllocTimestamp)
-                # and that pymilvus then does without: noise, not a fault.
-                logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+            uri = self.server_uri
             try:
-                self._client = MilvusClient(uri=self.uri, token=self._token or "")
+                self._client = MilvusClient(uri=uri, token=self._token or "", timeout=30)
             except Exception as err:
                 raise StoreError(f"Milvus at {self.uri}: cannot connect ({one_line(err)})") from None
         return self._client
@@ -68,6 +72,7 @@ class MilvusStore:
         if self._client is not None:
             self._client.close()
             self._client = None
+            self._ready.clear()
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
@@ -79,10 +84,17 @@ class MilvusStore:
 
     def ensure_collection(self, spec: CollectionSpec) -> None:
         """Create the collection with a COSINE index, or check that the existing one
-        has the fields the config declares."""
+        has the fields the config declares; either way load it for queries."""
+        if spec in self._ready:
+            return
         if self._call("has_collection", self.client.has_collection, spec.name):
             self._check_schema(spec)
-            return
+        else:
+            self._create(spec)
+        self._call("load_collection", self.client.load_collection, spec.name)
+        self._ready.add(spec)
+
+    def _create(self, spec: CollectionSpec) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
@@ -113,6 +125,7 @@ class MilvusStore:
         self, spec: CollectionSpec, video_path: str, batches: Iterable[EmbeddingBatch], batch_size: int
     ) -> int:
         """Insert a video's rows as a new generation, then delete its older rows."""
+        self.ensure_collection(spec)
         name_filter = f"video_path == {quote(video_path)}"
         generation = new_generation()
         rows = 0
@@ -134,15 +147,18 @@ class MilvusStore:
         ]
 
     def delete_video(self, spec: CollectionSpec, video_path: str) -> None:
+        self.ensure_collection(spec)
         self._call("delete", self.client.delete, spec.name, filter=f"video_path == {quote(video_path)}")
 
     def count_rows(self, spec: CollectionSpec, video_path: str | None = None) -> int:
+        self.ensure_collection(spec)
         where = f"video_path == {quote(video_path)}" if video_path is not None else ""
         result = self._call("count", self.client.query, spec.name, filter=where, output_fields=["count(*)"])
         return int(result[0]["count(*)"])
 
     def fetch_video(self, spec: CollectionSpec, video_path: str, fields: tuple[str, ...] = ()) -> list[dict]:
         """All rows of one video (vector and the named scalar fields), in no set order."""
+        self.ensure_collection(spec)
         out = [spec.vector_field.name, *fields]
         rows, it = [], self._call(
             "query", self.client.query_iterator, spec.name, filter=f"video_path == {quote(video_path)}",
@@ -154,6 +170,7 @@ class MilvusStore:
         return rows
 
     def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]:
+        self.ensure_collection(spec)
         fields = [f.name for f in spec.fields if f.dtype != VECTOR_DTYPE and not f.is_primary]
         hits = self._call(
             "search", self.client.search, spec.name, data=[np.asarray(vector, dtype=np.float32)],

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny CLIP of the real architecture saved through the same folder
+format users load, generated videos, and a config file that ties them together."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from feature_pipeline_dagster.config import ModelSettings
+from feature_pipeline_dagster.samples import write_video
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    from feature_pipeline_dagster.extract.models.clip_weights import make_random
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-clip"
+    return make_random(ModelSettings(name="CLIP", path=str(folder), source="folder"), folder, TINY_CLIP)
+
+
+@pytest.fixture(scope="session")
+def sample_video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("videos") / "sample.mp4", seconds=3.0, fps=30)
+
+
+def clip_config(tmp_path: Path, model_path: Path, videos: Path, **overrides) -> dict:
+    config = {
+        "model": {"name": "CLIP", "arch": "ViT-B-32", "path": str(model_path), "source": "folder",
+                  "features": ["video_embedding"], "batch_size": 4},
+        "video_input": {"path": str(videos), "sample_fps": 1.0},
+        "gpus": ["cpu"],
+        "db": {"type": "milvus", "uri": str(tmp_path / "db" / "test.db"), "batch_size": 5,
+               "collections": [{"name": "frames", "fields": [
+                   {"name": "id", "dtype": "INT64", "is_primary": True, "auto_id": True},
+                   {"name": "video_path", "dtype": "VARCHAR", "max_length": 1024},
+                   {"name": "frame_id", "dtype": "INT32"},
+                   {"name": "timestamp_ms", "dtype": "INT64"},
+                   {"name": "embeddings", "dtype": "FLOAT_VECTOR", "dim": 32}]}]},
+        "logs": {"path": str(tmp_path / "logs")},
+    }
+    for dotted, value in overrides.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return config
+
+
+def write_config(tmp_path: Path, config: dict, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, tiny_clip, monkeypatch):
+    """A working directory with a video folder, a config for the tiny CLIP and a
+    Dagster home, as a user would set them up."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    config = write_config(tmp_path, clip_config(tmp_path, tiny_clip, videos))
+    monkeypatch.setenv("FEATURE_PIPELINE_CONFIG", str(config))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.chdir(tmp_path)
+    yield type("Project", (), {"root": tmp_path, "videos": videos, "config": config})
+    stop_lite_server(tmp_path)
+
+
+def stop_lite_server(tmp_path: Path) -> None:
+    from feature_pipeline_dagster.store.lite_server import LiteServer
+
+    LiteServer(tmp_path / "db" / "test.db").stop()
+
+
+def subprocess_env(project) -> dict:
+    env = dict(os.environ)
+    env.update(FEATURE_PIPELINE_CONFIG=str(project.config), DAGSTER_HOME=str(project.root / "dagster_home"))
+    return env

@@ -1,0 +1,95 @@
+"""The store against a real Milvus Lite file (no mock)."""
+
+import numpy as np
+import pytest
+
+from feature_pipeline_dagster.config import ConfigError, load_settings
+from feature_pipeline_dagster.errors import VideoError
+from feature_pipeline_dagster.extract.batches import EmbeddingBatch
+from feature_pipeline_dagster.store.milvus import MilvusStore, quote, rechunk
+from feature_pipeline_dagster_tests.conftest import clip_config, stop_lite_server, write_config
+
+INJECTION = '" or frame_id >= 0 or video_path == ".mp4'
+
+
+def batch(n: int, seed: int = 0, start: int = 0) -> EmbeddingBatch:
+    vectors = np.random.default_rng(seed).standard_normal((n, 32)).astype(np.float32)
+    ids = np.arange(start, start + n, dtype=np.int64)
+    return EmbeddingBatch(vectors, {"frame_id": ids, "timestamp_ms": ids * 1000})
+
+
+@pytest.fixture
+def store_and_spec(tmp_path, tiny_clip):
+    settings = load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, tmp_path)))
+    store = MilvusStore.from_settings(settings.db)
+    spec = settings.db.collections[0]
+    store.ensure_collection(spec)
+    yield store, spec
+    store.close()
+    stop_lite_server(tmp_path)
+
+
+def test_rewrite_replaces_rows_exactly(store_and_spec):
+    store, spec = store_and_spec
+    assert store.write_video(spec, "a.mp4", [batch(7)], batch_size=3) == 7
+    assert store.write_video(spec, "b.mp4", [batch(4)], batch_size=3) == 4
+    assert store.write_video(spec, "a.mp4", [batch(3), batch(3, start=3)], batch_size=3) == 6
+    assert store.count_rows(spec, "a.mp4") == 6 and store.count_rows(spec, "b.mp4") == 4
+    frame_ids = sorted(r["frame_id"] for r in store.fetch_video(spec, "a.mp4", ("frame_id",)))
+    assert frame_ids == list(range(6))
+
+
+def test_a_crash_between_insert_and_delete_is_recovered(store_and_spec):
+    store, spec = store_and_spec
+    store.write_video(spec, "a.mp4", [batch(5)], batch_size=100)
+    # The new generation is in, the old not yet deleted: a duplicate, never a loss.
+    store.client.insert(spec.name, store._rows(spec, "a.mp4", 1, batch(5, seed=1)))
+    assert store.count_rows(spec, "a.mp4") == 10
+    store.write_video(spec, "a.mp4", [batch(5, seed=2)], batch_size=100)
+    assert store.count_rows(spec, "a.mp4") == 5
+
+
+def test_injection_file_name_touches_only_its_own_rows(store_and_spec):
+    store, spec = store_and_spec
+    store.write_video(spec, "victim.mp4", [batch(4)], batch_size=10)
+    store.write_video(spec, INJECTION, [batch(2)], batch_size=10)
+    store.write_video(spec, INJECTION, [batch(3)], batch_size=10)
+    assert store.count_rows(spec, INJECTION) == 3 and store.count_rows(spec, "victim.mp4") == 4
+    store.delete_video(spec, INJECTION)
+    assert store.count_rows(spec) == 4
+
+
+@pytest.mark.parametrize("name", ["it's \\ odd.mp4", "ünï ✓ cöde.mp4", "a, b [c].mp4", 'q"uote.mp4'])
+def test_names_round_trip(store_and_spec, name):
+    store, spec = store_and_spec
+    store.write_video(spec, name, [batch(2)], batch_size=10)
+    rows = store.fetch_video(spec, name, ("video_path",))
+    assert {r["video_path"] for r in rows} == {name}
+
+
+def test_control_characters_are_refused():
+    with pytest.raises(VideoError, match="control characters"):
+        quote("line\nbreak.mp4")
+
+
+def test_existing_collection_with_other_fields_is_named(tmp_path, tiny_clip, store_and_spec):
+    store, spec = store_and_spec
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    config["db"]["collections"][0]["fields"][2]["dtype"] = "INT64"
+    other = load_settings(write_config(tmp_path, config, "other.yaml")).db.collections[0]
+    with pytest.raises(ConfigError, match="collection frames in .* has fields"):
+        store.ensure_collection(other)
+
+
+def test_search_finds_the_nearest_frame(store_and_spec):
+    store, spec = store_and_spec
+    rows = batch(6, seed=3)
+    store.write_video(spec, "s.mp4", [rows], batch_size=10)
+    hits = store.search(spec, rows.vectors[4], limit=2)
+    assert hits[0]["frame_id"] == 4 and hits[0]["video_path"] == "s.mp4"
+
+
+def test_rechunk_gives_exact_sizes():
+    sizes = [len(b) for b in rechunk([batch(4), batch(1), batch(7), batch(2)], 5)]
+    assert sizes == [5, 5, 4]
+    assert [len(b) for b in rechunk([], 5)] == []
