@@ -103,76 +103,41 @@ def _scan(args) -> int:
     return 0
 
 
-def _embedded_fingerprints(instance, asset_key, keys: list[str]) -> dict[str, tuple[str, str]]:
-    """partition -> (file fingerprint, code version) of its latest materialization."""
-    from dagster import AssetRecordsFilter
-
-    latest: dict[str, tuple[str, str]] = {}
-    cursor = None
-    while True:
-        page = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=asset_key, asset_partitions=keys), limit=1000, cursor=cursor, ascending=False
-        )
-        for record in page.records:
-            event = record.asset_materialization
-            if record.partition_key not in latest and event is not None:
-                fingerprint = event.metadata.get("file_fingerprint")
-                latest[record.partition_key] = (
-                    fingerprint.value if fingerprint is not None else "",
-                    event.tags.get("dagster/code_version", "") if event.tags else "",
-                )
-        if not page.has_more:
-            return latest
-        cursor = page.cursor
-
-
 def _run(args) -> int:
-    from dagster import AssetKey, materialize
     from tqdm import tqdm
 
     from feature_pipeline_dagster.definitions import build_definitions
+    from feature_pipeline_dagster.job import run_on_devices, videos_to_embed
 
     settings = load_settings()
     instance = dagster_instance()
-    defs = build_definitions(str(settings.source))
-    assets = list(defs.assets)
-    videos = register_videos(settings, instance)
     started = time.perf_counter()
-    todo = set()
-    for feature in settings.model.features:
-        asset_def = defs.resolve_assets_def(AssetKey(feature))
-        current = asset_def.code_versions_by_key[AssetKey(feature)]
-        done = {} if args.all else _embedded_fingerprints(instance, AssetKey(feature), list(videos))
-        todo |= {k for k, v in videos.items() if done.get(k) != (v.fingerprint, current)}
-    todo = sorted(todo)
-    print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed", file=sys.stderr)
-    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    videos = register_videos(settings, instance)
+    todo = videos_to_embed(settings, instance, build_definitions(str(settings.source)), videos, args.all)
+    devices = run_devices(settings)
+    print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
+          f"device(s): {', '.join(devices)}", file=sys.stderr)
     failures, rows = {}, 0
-    for key in (bar := tqdm(todo, unit="video", file=sys.stderr, disable=not todo)):
-        bar.set_postfix_str(key[-40:])
-        result = materialize(assets, instance=instance, partition_key=key, resources=defs.resources,
-                             run_config=quiet, raise_on_error=False)
-        rows += sum(e.materialization.metadata["rows"].value for e in result.get_asset_materialization_events())
-        if not result.success:
-            failures[key] = _failure_message(result)
-            bar.write(f"FAILED {key}: {failures[key]}", file=sys.stderr)
-    elapsed = time.perf_counter() - started
+    with tqdm(total=len(todo), unit="video", file=sys.stderr, disable=not todo) as bar:
+        for result in run_on_devices(todo, devices, settings.logs_dir):
+            rows += result.rows
+            bar.update()
+            if not result.ok:
+                failures[result.key] = result.error
+                bar.write(f"FAILED {result.key}: {result.error}", file=sys.stderr)
     print(f"embedded {len(todo) - len(failures)} of {len(todo)} video(s), {rows} rows into "
-          f"{settings.db.uri} in {elapsed:.1f}s", file=sys.stderr)
+          f"{settings.db.uri} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     for key, message in failures.items():
         print(f"  failed: {key}: {message}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _failure_message(result) -> str:
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data
-        if data.user_failure_data is not None and data.user_failure_data.description:
-            return data.user_failure_data.description
-        if data.error is not None:
-            cause = data.error.cause or data.error
-            return cause.message.strip().splitlines()[-1] if cause.message else data.error.message
-    return "run failed (see the Dagster UI or logs/)"
+def run_devices(settings: Settings) -> list[str]:
+    if settings.gpus == ("auto",):
+        from feature_pipeline_dagster.extract.devices import visible_devices
+
+        return visible_devices()
+    return list(settings.gpus)
 
 
 def _db_status(args) -> int:

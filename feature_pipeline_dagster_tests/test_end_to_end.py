@@ -76,3 +76,20 @@ def test_frame_ids_that_overflow_the_dtype_fail_before_writing(project):
     assert result.returncode == 1
     assert "frame_id reaches 150, which does not fit INT8" in result.stderr
     assert rows_by_video(project)["plain.mp4"] == 0
+
+
+def test_run_on_two_devices_then_db_status_and_stop(project):
+    import yaml
+
+    config = yaml.safe_load(project.config.read_text())
+    config["gpus"] = ["cpu:0", "cpu:1"]
+    project.config.write_text(yaml.safe_dump(config))
+    for i in range(4):
+        write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=i)
+    result = cli(project, "run")
+    assert "device(s): cpu:0, cpu:1" in result.stderr and "embedded 4 of 4 video(s), 18 rows" in result.stderr
+    assert {p.name.split("-")[1] for p in (project.root / "logs").glob("worker-*.log")} == {"cpu0", "cpu1"}
+    status = cli(project, "db", "status").stdout
+    assert "address:  http://127.0.0.1:" in status and "collection frames: 18 rows" in status
+    assert "stopped Milvus Lite server" in cli(project, "db", "stop").stdout
+    assert "no Milvus Lite server running" in cli(project, "db", "stop").stdout

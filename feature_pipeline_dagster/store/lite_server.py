@@ -122,7 +122,10 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):  # a zombie child of ours is dead too
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
-    return True
+    try:  # and so is anyone's zombie, where nothing reaps orphans (containers)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _accepts(port: int) -> bool:

@@ -48,25 +48,31 @@ class MilvusStore:
         return cls(db.uri, token)
 
     @property
-    def server_uri(self) -> str:
-        """Where the client connects: a Lite file is served by the shared local server."""
+    def client(self):
+        if self._client is None:
+            from pymilvus import MilvusClient
+
+            # A Lite file is served by the shared loopback server; one that died a moment
+            # ago may still look alive, so a failed connect checks (and restarts) it again.
+            attempts = 3 if self.uri.endswith(".db") else 1
+            for attempt in range(attempts):
+                try:
+                    self._client = MilvusClient(uri=self._server_uri(), token=self._token or "", timeout=30)
+                    break
+                except StoreError:
+                    raise
+                except Exception as err:
+                    if attempt == attempts - 1:
+                        raise StoreError(f"Milvus at {self.uri}: cannot connect ({one_line(err)})") from None
+                    time.sleep(0.5)
+        return self._client
+
+    def _server_uri(self) -> str:
         if self.uri.endswith(".db"):
             from feature_pipeline_dagster.store.lite_server import LiteServer
 
             return LiteServer(self.uri).ensure_running().uri
         return self.uri
-
-    @property
-    def client(self):
-        if self._client is None:
-            from pymilvus import MilvusClient
-
-            uri = self.server_uri
-            try:
-                self._client = MilvusClient(uri=uri, token=self._token or "", timeout=30)
-            except Exception as err:
-                raise StoreError(f"Milvus at {self.uri}: cannot connect ({one_line(err)})") from None
-        return self._client
 
     def close(self) -> None:
         if self._client is not None:
