@@ -107,6 +107,7 @@ def _run(args) -> int:
     from tqdm import tqdm
 
     from feature_pipeline_dagster.definitions import build_definitions
+    from feature_pipeline_dagster.extract.devices import run_devices
     from feature_pipeline_dagster.job import run_on_devices, videos_to_embed
 
     settings = load_settings()
@@ -114,7 +115,7 @@ def _run(args) -> int:
     started = time.perf_counter()
     videos = register_videos(settings, instance)
     todo = videos_to_embed(settings, instance, build_definitions(str(settings.source)), videos, args.all)
-    devices = run_devices(settings)
+    devices = run_devices(settings.gpus)
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
     failures, rows = {}, 0
@@ -130,14 +131,6 @@ def _run(args) -> int:
     for key, message in failures.items():
         print(f"  failed: {key}: {message}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def run_devices(settings: Settings) -> list[str]:
-    if settings.gpus == ("auto",):
-        from feature_pipeline_dagster.extract.devices import visible_devices
-
-        return visible_devices()
-    return list(settings.gpus)
 
 
 def _db_status(args) -> int:

@@ -27,6 +27,8 @@ VECTOR_DTYPE = "FLOAT_VECTOR"
 # Fields every row carries whatever the model; added to a collection that omits them.
 IMPLICIT_FIELDS = {"timestamp_ms": "INT64", "generation": "INT64"}
 DEVICE_PATTERN = re.compile(r"^(cpu(:\d+)?|cuda(:\d+)?|mps|auto)$")
+NAVIT_KEYS = ("max_tokens_per_frame", "merge_size")
+NAVIT_MAX_TOKENS_PER_FRAME = 1024  # 720p and 1080p frames give 24x42 = 1008 rows at merge_size 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class ModelSettings:
     batch_size: int = 32
     dtype: str = "auto"
     quick_gelu: bool | None = None  # None: decided from the weights' own metadata
+    # VL3-SigLIP-NaViT only: the most rows (merged tokens) one frame may give; a larger
+    # frame is scaled down to fit, so rows per frame stay bounded whatever the video.
+    max_tokens_per_frame: int = NAVIT_MAX_TOKENS_PER_FRAME
+    merge_size: int = 1  # VL3-SigLIP-NaViT only: 1 = one row per 14x14 patch, 2 = 2x2 average
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class VideoInput:
     sample_fps: float = 1.0
     max_frames: int | None = None
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS
+    settle_seconds: float = 5.0  # a file must stop changing this long before it is embedded
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class Settings:
     gpus: tuple[str, ...]
     db: DbSettings
     logs_dir: Path = field(default=Path("logs"))
+    runs_per_device: int = 1
 
     def collection_for(self, feature: str) -> CollectionSpec:
         return self.db.collections[self.model.features.index(feature)]
@@ -162,23 +170,30 @@ def load_settings(path: str | os.PathLike | None = None, check_paths: bool = Tru
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}".replace("\n", " ")) from None
     root = _Node(data if data is not None else {}, "", source)
-    root.check_keys({"model", "video_input", "gpus", "db", "logs"})
+    root.check_keys({"model", "video_input", "gpus", "runs_per_device", "db", "logs"})
     model = _parse_model(root.child("model"), check_paths)
     video_input = _parse_video_input(root.child("video_input"), check_paths)
     gpus = _parse_gpus(root)
     db = _parse_db(root.child("db"), model)
     logs = root.get("logs", dict, {}) or {}
     logs_dir = Path(_Node(logs, "logs", source).get("path", str, "logs"))
-    return Settings(source, model, video_input, gpus, db, logs_dir)
+    runs_per_device = root.positive("runs_per_device", int, 1)
+    return Settings(source, model, video_input, gpus, db, logs_dir, runs_per_device)
 
 
 def _parse_model(node: _Node, check_paths: bool) -> ModelSettings:
     from feature_pipeline_dagster.extract.models import FAMILIES
 
-    node.check_keys({"name", "path", "source", "arch", "features", "batch_size", "dtype", "quick_gelu"})
+    node.check_keys({"name", "path", "source", "arch", "features", "batch_size", "dtype", "quick_gelu", *NAVIT_KEYS})
     name = node.get("name", str, required=True)
     if name not in FAMILIES:
         node.fail(f"unknown model {name!r} (expected one of: {', '.join(FAMILIES)})", "name")
+    for key in NAVIT_KEYS:
+        if name != "VL3-SigLIP-NaViT" and node.data.get(key) is not None:
+            node.fail(f"only VL3-SigLIP-NaViT takes {key} (model.name is {name})", key)
+    merge_size = node.get("merge_size", int, 1)
+    if merge_size not in (1, 2):
+        node.fail(f"expected 1 or 2, got {merge_size!r}", "merge_size")
     source = node.get("source", str, "huggingface")
     if source not in ("huggingface", "folder"):
         node.fail(f"unknown source {source!r} (expected huggingface or folder)", "source")
@@ -205,11 +220,13 @@ def _parse_model(node: _Node, check_paths: bool) -> ModelSettings:
         batch_size=node.positive("batch_size", int, 32),
         dtype=dtype,
         quick_gelu=node.get("quick_gelu", bool, None),
+        max_tokens_per_frame=node.positive("max_tokens_per_frame", int, NAVIT_MAX_TOKENS_PER_FRAME),
+        merge_size=merge_size,
     )
 
 
 def _parse_video_input(node: _Node, check_paths: bool) -> VideoInput:
-    node.check_keys({"path", "sample_fps", "max_frames", "extensions"})
+    node.check_keys({"path", "sample_fps", "max_frames", "extensions", "settle_seconds"})
     path = Path(node.get("path", str, required=True))
     if check_paths and not path.is_dir():
         node.fail(f"no such folder: {path}", "path")
@@ -221,6 +238,7 @@ def _parse_video_input(node: _Node, check_paths: bool) -> VideoInput:
         sample_fps=node.positive("sample_fps", float, 1.0),
         max_frames=node.positive("max_frames", int, None),
         extensions=tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions),
+        settle_seconds=node.get("settle_seconds", float, 5.0),
     )
 
 

@@ -1,17 +1,36 @@
-"""The code location: settings from FEATURE_PIPELINE_CONFIG, one embedding asset per
-configured feature, the Milvus IO manager. Importing this never imports torch."""
+"""The code location: settings from FEATURE_PIPELINE_CONFIG, one embedding asset (with
+its checks) per configured feature, the per-video summary, the file-arrival sensor and
+the Milvus IO manager. Importing this never imports torch."""
 
-from dagster import Definitions
+import warnings
 
-from feature_pipeline_dagster.assets.embeddings import build_embedding_asset
+from dagster import AutomationConditionSensorDefinition, BetaWarning, DefaultSensorStatus, Definitions, PreviewWarning
+
+from feature_pipeline_dagster.assets.embeddings import build_embedding_asset, video_file
+from feature_pipeline_dagster.assets.summary import build_summary_asset
+from feature_pipeline_dagster.checks import build_embedding_checks
 from feature_pipeline_dagster.config import load_settings
 from feature_pipeline_dagster.io_managers import MilvusIOManager
+from feature_pipeline_dagster.sensors import build_video_sensor
+
+
+# Ranged runs (backfill_policy) and partitioned checks are marked beta/preview in Dagster 1.13.
+warnings.filterwarnings("ignore", category=BetaWarning)
+warnings.filterwarnings("ignore", category=PreviewWarning)
 
 
 def build_definitions(config_path: str | None = None) -> Definitions:
     settings = load_settings(config_path)
+    features = settings.model.features
     return Definitions(
-        assets=[build_embedding_asset(settings, feature) for feature in settings.model.features],
+        assets=[video_file, *(build_embedding_asset(settings, f) for f in features), build_summary_asset(settings)],
+        asset_checks=[check for f in features for check in build_embedding_checks(settings, f)],
+        sensors=[
+            build_video_sensor(settings),
+            AutomationConditionSensorDefinition(
+                "summary_automation", target="*", default_status=DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=10,
+            ),
+        ],
         resources={"milvus_io_manager": MilvusIOManager(config_path=str(settings.source))},
     )
-

@@ -31,3 +31,9 @@ def one_line(err: BaseException) -> str:
     """The first line of a library's error message: enough to act on, no traceback."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0][:300] if lines else type(err).__name__
+
+
+class DeviceMemoryError(PipelineError):
+    """The device ran out of memory even at batch size 1: another run may free it."""
+
+    retryable = True

@@ -1,4 +1,6 @@
-"""Writes an embedding asset's partition (one video) into its Milvus collection."""
+"""Writes an embedding asset's videos into Milvus and reads them back for downstream
+assets. Each video succeeds or fails alone: in a ranged run the good videos are
+written and marked materialized while a bad one fails with its own message."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, OutputContext
 
-from feature_pipeline_dagster.config import Settings, load_settings
+from feature_pipeline_dagster.config import CollectionSpec, Settings, load_settings
 from feature_pipeline_dagster.errors import PipelineError
 from feature_pipeline_dagster.partitions import relpath_of
 from feature_pipeline_dagster.run_logs import attach_run_log
@@ -21,7 +23,7 @@ def _settings(path: str, mtime_ns: int) -> Settings:
 
 
 class MilvusIOManager(ConfigurableIOManager):
-    """Consumes a `VideoEmbeddings` in `db.batch_size` chunks; replaces the video's rows."""
+    """Consumes each video's lazy rows in `db.batch_size` chunks; replaces its rows."""
 
     config_path: str
 
@@ -34,44 +36,88 @@ class MilvusIOManager(ConfigurableIOManager):
 
         return MilvusStore.from_settings(self.settings.db)
 
-    def handle_output(self, context: OutputContext, obj) -> None:
+    def collection(self, asset_key) -> CollectionSpec:
+        from feature_pipeline_dagster.assets.summary import SUMMARY_ASSET, summary_collection
+
+        name = asset_key.path[-1]
+        return summary_collection(self.settings) if name == SUMMARY_ASSET else self.settings.collection_for(name)
+
+    def handle_output(self, context: OutputContext, obj):
+        from feature_pipeline_dagster.assets.embeddings import VideoRun
+
+        if isinstance(obj, VideoRun):
+            yield from self._write_videos(context, obj)
+        else:
+            self._write_summary(context, obj)
+
+    def _write_videos(self, context: OutputContext, run):
         from feature_pipeline_dagster.assets.embeddings import as_failure
+        from feature_pipeline_dagster.extract.models import load_extractor
+        from feature_pipeline_dagster.video_writer import write_one_video
 
         settings = self.settings
-        spec = settings.collection_for(context.asset_key.path[-1])
+        spec = self.collection(context.asset_key)
         log = attach_run_log(context.run_id, context.log, settings.logs_dir)
         store = self._store()
-        started = time.perf_counter()
+        written, failed = {}, {}
         try:
-            rows = store.write_video(spec, obj.video_path, obj, settings.db.batch_size)
-        except PipelineError as err:
+            extractor = load_extractor(settings.model, run.device)
+            for i, key in enumerate(run.keys, 1):
+                try:
+                    written[key] = write_one_video(settings, spec, store, extractor, relpath_of(key))
+                except PipelineError as err:
+                    if err.retryable:
+                        raise
+                    failed[key] = str(err)
+                    log.error("%s", err)
+                    continue
+                written[key]["lease_slot"] = run.lease.slot + 1
+                log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", i, len(run.keys), relpath_of(key),
+                         written[key]["rows"], written[key]["frames"], written[key]["seconds"])
+                context.step_context.add_asset_metadata(written[key], context.asset_key, partition_key=key)
+        except PipelineError as err:  # the model, the device or the database: the whole run
             log.error("%s", err)
+            raise as_failure(err, videos_written=len(written)) from None
+        finally:
+            store.close()
+            released = run.lease.release()
+            for meta in written.values():
+                meta["lease_released_at"] = released
+        if failed:
+            for key, meta in written.items():  # the good ones stay materialized
+                yield AssetMaterialization(context.asset_key, partition=key, metadata=meta)
+            summary = "; ".join(f"{relpath_of(k)}: {m}" for k, m in failed.items())
+            raise Failure(
+                description=f"{len(failed)} of {len(run.keys)} video(s) failed: {summary}",
+                allow_retries=False,
+                metadata={"failed": list(map(relpath_of, failed)), "written": len(written)},
+            )
+
+    def _write_summary(self, context: OutputContext, vectors: dict) -> None:
+        from feature_pipeline_dagster.assets.embeddings import as_failure
+        from feature_pipeline_dagster.extract.batches import EmbeddingBatch
+
+        spec = self.collection(context.asset_key)
+        store = self._store()
+        try:
+            for key, vector in vectors.items():
+                row = EmbeddingBatch(vector[None, :], {"timestamp_ms": np.zeros(1, np.int64)})
+                store.write_video(spec, relpath_of(key), [row], 1)
+        except PipelineError as err:
             raise as_failure(err) from None
         finally:
             store.close()
-        total = time.perf_counter() - started
-        seconds = {"decode": obj.seconds.decode, "model": obj.seconds.model}
-        seconds["write"] = max(0.0, total - sum(seconds.values()))
-        log.info("%s: %d rows from %d frames in %.1fs into %s", obj.video_path, rows, obj.frames, total, spec.name)
-        stat = obj.path.stat()
-        context.add_output_metadata({
-            "video_path": obj.video_path,
-            "rows": rows,
-            "frames": obj.frames,
-            "model": obj.extractor.description,
-            "device": obj.extractor.device,
-            "collection": spec.name,
-            "seconds": round(total, 3),
-            **{f"seconds_{stage}": round(s, 3) for stage, s in seconds.items()},
-            "file_fingerprint": f"{stat.st_size}-{stat.st_mtime_ns}",
-        })
+        context.add_output_metadata({"videos": len(vectors), "collection": spec.name})
 
-    def load_input(self, context: InputContext) -> np.ndarray:
-        """A video's vectors (rows, dim), for downstream per-video assets."""
-        spec = self.settings.collection_for(context.asset_key.path[-1])
+    def load_input(self, context: InputContext) -> dict[str, np.ndarray]:
+        """Each upstream video's vectors (rows, dim), keyed by partition."""
+        spec = self.collection(context.upstream_output.asset_key)
         store = self._store()
         try:
-            rows = store.fetch_video(spec, relpath_of(context.asset_partition_key))
+            return {
+                key: np.asarray([r[spec.vector_field.name] for r in store.fetch_video(spec, relpath_of(key))],
+                                dtype=np.float32).reshape(-1, spec.vector_field.dim)
+                for key in context.asset_partition_keys
+            }
         finally:
             store.close()
-        return np.asarray([r[spec.vector_field.name] for r in rows], dtype=np.float32)

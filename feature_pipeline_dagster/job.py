@@ -77,12 +77,15 @@ def materialize_videos(keys: Iterable[str], device: str) -> Iterator[VideoResult
     from feature_pipeline_dagster.definitions import build_definitions
 
     defs = build_definitions()
-    assets = list(defs.assets)
+    assets = [*defs.assets, *defs.asset_checks]
+    targets = [a.key for a in defs.assets if getattr(a, "is_executable", False)]
     instance = DagsterInstance.get()
     for key in keys:
-        result = materialize(assets, instance=instance, partition_key=key, resources=defs.resources,
-                             run_config=QUIET, raise_on_error=False, tags={DEVICE_TAG: device})
-        rows = sum(e.materialization.metadata["rows"].value for e in result.get_asset_materialization_events())
+        result = materialize(assets, selection=targets, instance=instance, partition_key=key,
+                             resources=defs.resources, run_config=QUIET, raise_on_error=False,
+                             tags={DEVICE_TAG: device})
+        rows = sum(e.materialization.metadata["rows"].value for e in result.get_asset_materialization_events()
+                   if "rows" in e.materialization.metadata)
         yield VideoResult(key, result.success, rows, "" if result.success else failure_message(result))
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from feature_pipeline_dagster.config import INT_RANGES, CollectionSpec, Settings
 from feature_pipeline_dagster.errors import ModelError, VideoError
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch
@@ -20,6 +22,7 @@ from feature_pipeline_dagster.extract.decode import VideoReader
 from feature_pipeline_dagster.extract.models import Extractor
 
 log = logging.getLogger("feature_pipeline.pipeline")
+THUMBNAILS, THUMBNAIL_WIDTH = 8, 96
 
 
 @dataclass
@@ -35,9 +38,10 @@ class VideoEmbeddings:
     stream of events, while this object passes through to the IO manager untouched.
     """
 
-    def __init__(self, path: Path, video_path: str, settings: Settings, collection: CollectionSpec, extractor: Extractor):
+    def __init__(self, path: Path, video_path: str, settings: Settings, collection: CollectionSpec,
+                 extractor: Extractor, batch_size: int | None = None):
         self.path, self.video_path, self.extractor = path, video_path, extractor
-        self.batch_size = settings.model.batch_size
+        self.batch_size = batch_size or settings.model.batch_size
         if extractor.dim != collection.vector_field.dim:
             raise ModelError(
                 f"{extractor.description} gives {extractor.dim}-d vectors but collection {collection.name} "
@@ -49,6 +53,8 @@ class VideoEmbeddings:
         check_fits(collection, {"frame_id": int(last[0]), "timestamp_ms": int(self.reader.timestamps_ms(last)[0])}, path)
         self.frames = len(self.plan)
         self.seconds = StageSeconds()
+        self.thumbnails: list[tuple[int, np.ndarray]] = []  # (timestamp_ms, small RGB) for a contact sheet
+        self._thumb_ids = set(self.plan.frame_ids[np.linspace(0, self.frames - 1, min(THUMBNAILS, self.frames)).astype(int)].tolist())
 
     def __iter__(self) -> Iterator[EmbeddingBatch]:
         info = self.reader.info
@@ -64,9 +70,18 @@ class VideoEmbeddings:
             self.seconds.decode += decoded - started
             if frames is None:
                 return
+            self._keep_thumbnails(frames)
             rows = self.extractor.embed(frames)
             self.seconds.model += time.perf_counter() - decoded
             yield rows
+
+
+    def _keep_thumbnails(self, batch) -> None:
+        for i, frame_id in enumerate(batch.frame_ids.tolist()):
+            if frame_id in self._thumb_ids:
+                frame = batch.frames[i]
+                step = max(1, frame.shape[1] // THUMBNAIL_WIDTH)
+                self.thumbnails.append((int(batch.timestamps_ms[i]), np.ascontiguousarray(frame[::step, ::step])))
 
 
 def check_fits(collection: CollectionSpec, maxima: dict[str, int], path: Path) -> None:

@@ -9,6 +9,7 @@ removes, never a loss. Filters quote file names (Milvus Lite and older servers r
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Iterable, Iterator
@@ -29,6 +30,14 @@ def quote(value: str) -> str:
 
 def new_generation() -> int:
     return time.time_ns()
+
+
+class _DropNoise(logging.Filter):
+    """pymilvus warns on every query iterator against Milvus Lite, which has no MVCC
+    timestamp to give; the iterator works without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "mvccTs" not in record.getMessage()
 
 
 class MilvusStore:
@@ -166,6 +175,7 @@ class MilvusStore:
         """All rows of one video (vector and the named scalar fields), in no set order."""
         self.ensure_collection(spec)
         out = [spec.vector_field.name, *fields]
+        _quiet_pymilvus()
         rows, it = [], self._call(
             "query", self.client.query_iterator, spec.name, filter=f"video_path == {quote(video_path)}",
             output_fields=out, batch_size=1000,
@@ -183,6 +193,12 @@ class MilvusStore:
             limit=limit, output_fields=fields, anns_field=spec.vector_field.name,
         )
         return [dict(hit["entity"], score=hit["distance"]) for hit in hits[0]]
+
+
+def _quiet_pymilvus() -> None:
+    logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
+    if not any(isinstance(f, _DropNoise) for f in logger.filters):
+        logger.addFilter(_DropNoise())
 
 
 def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingBatch]:

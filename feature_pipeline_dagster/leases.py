@@ -1,0 +1,76 @@
+"""Device leases: however a run starts (the queue, the UI, the CLI), it holds one of a
+device's `runs_per_device` slots while it touches the device.
+
+A slot is an exclusive `flock` on `<root>/<device>.<slot>.lock`: the kernel releases it
+when the holder exits, so a killed run never leaks a slot. The run queue's tag limits
+keep tagged runs from piling up; the lease is what guarantees the limit for the runs
+that bypass the queue.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("feature_pipeline.leases")
+
+
+@dataclass
+class DeviceLease:
+    device: str
+    slot: int
+    path: Path
+    acquired_at: float
+    _fd: int = field(repr=False, default=-1)
+
+    def release(self) -> float:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+        return time.time()
+
+
+def _try_slot(root: Path, device: str, slot: int) -> DeviceLease | None:
+    path = root / f"{device.replace(':', '_')}.{slot}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return DeviceLease(device, slot, path, time.time(), fd)
+
+
+def acquire(devices: list[str], slots: int, root: Path, poll_s: float = 0.5) -> DeviceLease:
+    """A free slot on the first of `devices` that has one; waits while all are busy."""
+    root.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for device in devices:
+            for slot in range(slots):
+                lease = _try_slot(root, device, slot)
+                if lease:
+                    if waited:
+                        log.info("device %s free: lease %d of %d taken", device, slot + 1, slots)
+                    return lease
+        if not waited:
+            log.info("all %d slot(s) of %s busy: waiting for a device", slots, ", ".join(devices))
+            waited = True
+        time.sleep(poll_s)
+
+
+def busy_slots(device: str, slots: int, root: Path) -> int:
+    """How many of a device's slots are held now (for least-loaded placement)."""
+    held = 0
+    for slot in range(slots):
+        lease = _try_slot(root, device, slot) if root.is_dir() else None
+        if lease:
+            lease.release()
+        elif root.is_dir():
+            held += 1
+    return held

@@ -1,0 +1,121 @@
+"""The file-arrival sensor: new videos become partitions and runs in the same tick,
+changed videos run again, deleted videos lose their partition and their rows.
+
+Runs carry a device tag (least loaded first) that the run queue limits per device;
+videos that arrive together go out as ranged runs, about one per device, so one
+process and one model load serve many videos. Never imports torch.
+"""
+
+import hashlib
+import json
+import time
+
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetObservation,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    sensor,
+)
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from feature_pipeline_dagster.assets.embeddings import DEVICE_TAG, MAX_VIDEOS_PER_RUN, VIDEO_FILE
+from feature_pipeline_dagster.assets.summary import SUMMARY_ASSET, summary_collection
+from feature_pipeline_dagster.config import Settings
+from feature_pipeline_dagster.errors import PipelineError
+from feature_pipeline_dagster.extract.devices import run_devices
+from feature_pipeline_dagster.folder_watch import diff_folder, split_contiguous
+from feature_pipeline_dagster.partitions import relpath_of, videos_partitions
+from feature_pipeline_dagster.videos import content_digest, list_videos
+
+CHECKS = ("rows_match_run", "vectors_valid")
+
+
+class _DevicePicker:
+    """Least-loaded device first, counting the in-progress runs each device tag has."""
+
+    def __init__(self, instance, devices: list[str]):
+        self.load = {d: instance.get_runs_count(RunsFilter(tags={DEVICE_TAG: d}, statuses=IN_PROGRESS_RUN_STATUSES))
+                     for d in devices}
+
+    def take(self) -> str:
+        device = min(self.load, key=self.load.get)
+        self.load[device] += 1
+        return device
+
+
+def build_video_sensor(settings: Settings) -> SensorDefinition:
+    features = [AssetKey(f) for f in settings.model.features]
+    checks = [AssetCheckKey(k, name) for k in features for name in CHECKS]
+    devices = run_devices(settings.gpus)
+
+    def request(videos: list[tuple[str, object]], device: str) -> RunRequest:
+        """One run for consecutive videos; its key changes with any file's content."""
+        keys = [k for k, _ in videos]
+        tags = {DEVICE_TAG: device}
+        if len(keys) > 1:
+            tags.update({ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+        run_key = hashlib.sha1(json.dumps([(k, v.fingerprint) for k, v in videos]).encode()).hexdigest()
+        return RunRequest(run_key=run_key, asset_selection=features, asset_check_keys=checks,
+                          partition_key=keys[0] if len(keys) == 1 else None, tags=tags)
+
+    @sensor(name="video_folder_sensor", minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING,
+            asset_selection=features,
+            description=f"Embeds videos as they arrive in {settings.video_input.path} (and forgets deleted ones).")
+    def video_folder_sensor(context: SensorEvaluationContext) -> SensorResult:
+        started = time.perf_counter()
+        instance = context.instance
+        partitions = set(instance.get_dynamic_partitions(videos_partitions.name))
+        changes = diff_folder(
+            list_videos(settings.video_input), partitions, context.cursor, time.time(),
+            settings.video_input.settle_seconds,
+            embedded=lambda: set.intersection(*(instance.get_materialized_partitions(k) for k in features)),
+        )
+        picker = _DevicePicker(instance, devices)
+        new_keys = [k for k, _ in changes.new]
+        runs = [request(chunk, picker.take()) for chunk in split_contiguous(changes.new, len(devices), MAX_VIDEOS_PER_RUN)]
+        runs += [request([video], picker.take()) for video in changes.changed]
+        observations = [
+            AssetObservation(VIDEO_FILE, partition=k, tags={DATA_VERSION_TAG: content_digest(v.path)})
+            for k, v in changes.new + changes.changed
+        ]
+        if changes.deleted:
+            _delete_rows(settings, changes.deleted, context)
+        partition_requests = []
+        if new_keys:
+            partition_requests.append(videos_partitions.build_add_request(new_keys))
+        if changes.deleted:
+            partition_requests.append(videos_partitions.build_delete_request(changes.deleted))
+        context.log.info(
+            f"{len(new_keys)} new, {len(changes.changed)} changed, {len(changes.deleted)} deleted, "
+            f"{changes.waiting} settling; {len(runs)} run(s); {time.perf_counter() - started:.2f}s"
+        )
+        return SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
+                            asset_events=observations, cursor=changes.cursor)
+
+    return video_folder_sensor
+
+
+def _delete_rows(settings: Settings, keys: list[str], context) -> None:
+    """A deleted file's rows go with it, from every collection it fed."""
+    from feature_pipeline_dagster.store.milvus import MilvusStore
+
+    store = MilvusStore.from_settings(settings.db)
+    specs = [settings.collection_for(f) for f in settings.model.features] + [summary_collection(settings)]
+    try:
+        for key in keys:
+            for spec in specs:
+                store.delete_video(spec, relpath_of(key))
+    except PipelineError as err:
+        context.log.error(f"{err}; rows of deleted videos are removed on a later tick")
+        raise
+    finally:
+        store.close()
+    context.log.info(f"deleted the rows of {len(keys)} removed video(s) from {SUMMARY_ASSET} and {len(specs) - 1} collection(s)")
