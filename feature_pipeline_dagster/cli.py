@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,14 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dagster_instance():
+def dagster_instance(settings: Settings):
     """The instance at DAGSTER_HOME, made from the project's template on first use."""
     from dagster import DagsterInstance
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve())))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() and INSTANCE_TEMPLATE.exists():
-        shutil.copy(INSTANCE_TEMPLATE, home / "dagster.yaml")
+        template = INSTANCE_TEMPLATE.read_text()
+        (home / "dagster.yaml").write_text(
+            template.replace("limit: 1  # runs_per_device", f"limit: {settings.runs_per_device}  # runs_per_device"))
     return DagsterInstance.get()
 
 
@@ -96,7 +97,7 @@ def register_videos(settings: Settings, instance) -> dict[str, object]:
 
 def _scan(args) -> int:
     settings = load_settings()
-    videos = register_videos(settings, dagster_instance())
+    videos = register_videos(settings, dagster_instance(settings))
     for key in videos:
         print(key)
     print(f"{len(videos)} video(s) under {settings.video_input.path}", file=sys.stderr)
@@ -111,7 +112,7 @@ def _run(args) -> int:
     from feature_pipeline_dagster.job import run_on_devices, videos_to_embed
 
     settings = load_settings()
-    instance = dagster_instance()
+    instance = dagster_instance(settings)
     started = time.perf_counter()
     videos = register_videos(settings, instance)
     todo = videos_to_embed(settings, instance, build_definitions(str(settings.source)), videos, args.all)

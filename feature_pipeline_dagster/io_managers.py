@@ -71,24 +71,28 @@ class MilvusIOManager(ConfigurableIOManager):
                     failed[key] = str(err)
                     log.error("%s", err)
                     continue
-                written[key]["lease_slot"] = run.lease.slot + 1
                 log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", i, len(run.keys), relpath_of(key),
                          written[key]["rows"], written[key]["frames"], written[key]["seconds"])
-                context.step_context.add_asset_metadata(written[key], context.asset_key, partition_key=key)
         except PipelineError as err:  # the model, the device or the database: the whole run
             log.error("%s", err)
             raise as_failure(err, videos_written=len(written)) from None
         finally:
             store.close()
-            released = run.lease.release()
-            for meta in written.values():
-                meta["lease_released_at"] = released
+            lease = {"lease_slot": run.lease.slot + 1, "lease_acquired_at": run.lease.acquired_at,
+                     "lease_released_at": run.lease.release()}
+        for key, meta in written.items():
+            meta.update(lease)
+            context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
         if failed:
-            for key, meta in written.items():  # the good ones stay materialized
-                yield AssetMaterialization(context.asset_key, partition=key, metadata=meta)
-            summary = "; ".join(f"{relpath_of(k)}: {m}" for k, m in failed.items())
+            # The good videos stay materialized: their events are logged, and flushed by
+            # yielding (Dagster emits what handle_output logged each time it yields),
+            # before the failure of the bad ones ends the step.
+            for key, meta in written.items():
+                context.log_event(AssetMaterialization(context.asset_key, partition=key, metadata=meta))
+            yield {}
+            summary = "; ".join(failed.values())
             raise Failure(
-                description=f"{len(failed)} of {len(run.keys)} video(s) failed: {summary}",
+                description=summary if len(run.keys) == 1 else f"{len(failed)} of {len(run.keys)} video(s) failed: {summary}",
                 allow_retries=False,
                 metadata={"failed": list(map(relpath_of, failed)), "written": len(written)},
             )

@@ -12,6 +12,7 @@ import yaml
 from feature_pipeline_dagster.config import ModelSettings
 from feature_pipeline_dagster.samples import write_video
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
@@ -70,7 +71,10 @@ def project(tmp_path, tiny_clip, monkeypatch):
     videos.mkdir()
     config = write_config(tmp_path, clip_config(tmp_path, tiny_clip, videos))
     monkeypatch.setenv("FEATURE_PIPELINE_CONFIG", str(config))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     yield type("Project", (), {"root": tmp_path, "videos": videos, "config": config})
     stop_lite_server(tmp_path)
