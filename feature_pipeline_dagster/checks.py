@@ -1,11 +1,15 @@
 """Blocking checks on what each run wrote: the rows in Milvus are the rows the run
-produced, and every vector is finite and of the collection's dimension."""
+produced, and every vector is finite and of the collection's dimension.
+
+Each check covers every video of its run and fails if any video fails, naming it.
+(Dagster 1.13 cannot run partitioned checks in a ranged run, so the checks are not
+partitioned; their metadata lists the videos.)"""
 
 import numpy as np
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, AssetKey, asset_check
 
 from feature_pipeline_dagster.config import Settings
-from feature_pipeline_dagster.partitions import relpath_of, videos_partitions
+from feature_pipeline_dagster.partitions import relpath_of
 
 
 def build_embedding_checks(settings: Settings, feature: str) -> list[AssetChecksDefinition]:
@@ -16,36 +20,44 @@ def build_embedding_checks(settings: Settings, feature: str) -> list[AssetChecks
 
         return MilvusStore.from_settings(settings.db)
 
-    @asset_check(asset=feature, name="rows_match_run", blocking=True, partitions_def=videos_partitions,
-                 description="Rows in Milvus equal the rows the latest materialization wrote.")
-    def rows_match_run(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    def check_videos(context: AssetCheckExecutionContext, problem) -> AssetCheckResult:
+        """Run `problem(milvus, key)` (a message or None) on each video the run wrote."""
+        context_op = context.op_execution_context
+        keys = context_op.partition_keys if context_op.has_partition_key_range or context_op.has_partition_key else []
+        milvus = store()
+        try:
+            problems = {relpath_of(k): p for k in keys if (p := problem(context, milvus, k))}
+        finally:
+            milvus.close()
+        return AssetCheckResult(passed=not problems, metadata={"videos": len(keys), "problems": problems})
+
+    def rows_differ(context, milvus, key: str) -> str | None:
         from dagster import AssetRecordsFilter
 
-        key = context.partition_key
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey(feature), asset_partitions=[key]), limit=1).records
         meta = records[0].asset_materialization.metadata if records else {}
-        expected = int(meta["rows"].value) if "rows" in meta else None
-        milvus = store()
-        try:
-            found = milvus.count_rows(spec, relpath_of(key))
-        finally:
-            milvus.close()
-        return AssetCheckResult(passed=expected is not None and found == expected,
-                                metadata={"rows_in_milvus": found, "rows_written": expected if expected is not None else -1})
+        if "rows" not in meta:
+            return None  # this run did not materialize it (the video failed): nothing to compare
+        found, written = milvus.count_rows(spec, relpath_of(key)), int(meta["rows"].value)
+        return None if found == written else f"{found} rows in Milvus, {written} written"
 
-    @asset_check(asset=feature, name="vectors_valid", blocking=True, partitions_def=videos_partitions,
-                 description=f"Every vector is finite and {spec.vector_field.dim}-d.")
-    def vectors_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        milvus = store()
-        try:
-            rows = milvus.fetch_video(spec, relpath_of(context.partition_key))
-        finally:
-            milvus.close()
-        vectors = [np.asarray(r[spec.vector_field.name], dtype=np.float32) for r in rows]
+    def bad_vectors(context, milvus, key: str) -> str | None:
+        vectors = [np.asarray(r[spec.vector_field.name], dtype=np.float32) for r in milvus.fetch_video(spec, relpath_of(key))]
         wrong_dim = sum(v.shape != (spec.vector_field.dim,) for v in vectors)
         not_finite = sum(not np.isfinite(v).all() for v in vectors)
-        return AssetCheckResult(passed=bool(vectors) and wrong_dim == 0 and not_finite == 0,
-                                metadata={"rows": len(vectors), "wrong_dim": wrong_dim, "not_finite": not_finite})
+        if wrong_dim or not_finite:
+            return f"{not_finite} non-finite and {wrong_dim} wrong-dimension vector(s) of {len(vectors)}"
+        return None
+
+    @asset_check(asset=feature, name="rows_match_run", blocking=True,
+                 description="Rows in Milvus equal the rows the run wrote, for each of its videos.")
+    def rows_match_run(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        return check_videos(context, rows_differ)
+
+    @asset_check(asset=feature, name="vectors_valid", blocking=True,
+                 description=f"Every vector of each video of the run is finite and {spec.vector_field.dim}-d.")
+    def vectors_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        return check_videos(context, bad_vectors)
 
     return [rows_match_run, vectors_valid]

@@ -78,7 +78,8 @@ class MilvusIOManager(ConfigurableIOManager):
             raise as_failure(err, videos_written=len(written)) from None
         finally:
             store.close()
-            lease = {"lease_slot": run.lease.slot + 1, "lease_acquired_at": run.lease.acquired_at,
+            lease = {"device_lease": run.lease.device, "lease_slot": run.lease.slot + 1,
+                     "lease_acquired_at": run.lease.acquired_at,
                      "lease_released_at": run.lease.release()}
         for key, meta in written.items():
             meta.update(lease)

@@ -104,8 +104,8 @@ def test_ranged_run_fails_only_the_bad_video(project):
     with DagsterInstance.get() as instance:
         instance.add_dynamic_partitions("videos", names)
         result = materialize(
-            [*defs.assets, *defs.asset_checks], selection=[AssetKey("video_embedding")], instance=instance,
-            resources=defs.resources, raise_on_error=False,
+            [*defs.assets, *defs.asset_checks], selection=[AssetKey("video_embedding")],
+            instance=instance, resources=defs.resources, raise_on_error=False,
             tags={ASSET_PARTITION_RANGE_START_TAG: "a.mp4", ASSET_PARTITION_RANGE_END_TAG: "c.mp4"})
         assert not result.success
         assert instance.get_materialized_partitions(AssetKey("video_embedding")) == {"a.mp4", "c.mp4"}
@@ -143,7 +143,7 @@ def test_code_location_and_sensor_never_import_torch(project):
     assert out.stdout.strip() == "1 []"
 
 
-def test_deleted_file_loses_partition_and_rows(project):
+def test_checks_pass_then_a_deleted_file_loses_partition_and_rows(project):
     from feature_pipeline_dagster.definitions import build_definitions
 
     write_video(project.videos / "a.mp4", seconds=2)
@@ -154,8 +154,11 @@ def test_deleted_file_loses_partition_and_rows(project):
     with DagsterInstance.get() as instance:
         instance.add_dynamic_partitions("videos", ["a.mp4", "b.mp4"])
         for key in ("a.mp4", "b.mp4"):
-            assert materialize([*defs.assets], selection=[AssetKey("video_embedding")], instance=instance,
-                               resources=defs.resources, partition_key=key).success
+            result = materialize([*defs.assets, *defs.asset_checks], selection=[AssetKey("video_embedding")],
+                                 instance=instance, resources=defs.resources, partition_key=key)
+            checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+                      for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+            assert result.success and checks == {"rows_match_run": True, "vectors_valid": True}
         cursor = json.dumps({"seen": {v.relpath: v.fingerprint for v in list_videos(settings.video_input)}, "pending": {}})
         (project.videos / "a.mp4").unlink()
         result = sensor_of(defs)(build_sensor_context(instance=instance, cursor=cursor))
