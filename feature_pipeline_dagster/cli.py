@@ -184,33 +184,32 @@ def _samples(args) -> int:
     return 0
 
 
-def _download(args) -> int:
-    from feature_pipeline_dagster.extract.models.clip_weights import download
+def _weights(model):
+    import importlib
 
+    from feature_pipeline_dagster.extract.models import FAMILIES
+
+    return importlib.import_module(FAMILIES[model.name].weights)
+
+
+def _download(args) -> int:
     model = load_settings(check_paths=False).model
-    _require_clip(model)
-    dest = args.dest or Path("models") / f"{model.arch}-{model.path.replace('hf-hub:', '').replace('/', '--')}"
-    download(model, dest)
+    name = model.arch if model.name == "CLIP" else model.name
+    dest = args.dest or Path("models") / f"{name}-{model.path.replace('hf-hub:', '').replace('/', '--')}"
+    _weights(model).download(model, dest)
     print(f"{dest}\nuse it with:  model: {{source: folder, path: {dest}}}")
     return 0
 
 
 def _make_random(args) -> int:
-    from feature_pipeline_dagster.extract.models.clip_weights import RANDOM_NOTICE, make_random
-
     model = load_settings(check_paths=False).model
     if args.dest is None and model.source != "folder":
         raise ConfigError(f"{config_path()}: model.source: make-random writes into model.path of a folder config; or pass --dest")
-    _require_clip(model)
+    weights = _weights(model)
     dest = args.dest or Path(model.path)
-    make_random(model, dest)
-    print(f"{dest}\n{RANDOM_NOTICE}")
+    weights.make_random(model, dest)
+    print(f"{dest}\n{weights.RANDOM_NOTICE}")
     return 0
-
-
-def _require_clip(model) -> None:
-    if model.name != "CLIP":
-        raise ConfigError(f"model.name: {model.name} weights are not handled by this command yet")
 
 
 if __name__ == "__main__":

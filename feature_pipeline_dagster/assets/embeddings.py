@@ -9,7 +9,7 @@ video of any length passes through in bounded memory.
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import (
@@ -65,7 +65,10 @@ def as_failure(err: PipelineError, **metadata) -> Failure:
 
 def code_version(settings: Settings) -> str:
     """Covers what changes the vectors: model, weights, dtype, preprocessing, sampling."""
-    model = {k: v for k, v in asdict(settings.model).items() if k not in ("features", "batch_size")}
+    from feature_pipeline_dagster.extract.models import FAMILIES
+
+    keep = ("name", "path", "source", "dtype", *FAMILIES[settings.model.name].settings_keys)
+    model = {key: getattr(settings.model, key) for key in keep}
     sampling = {"sample_fps": settings.video_input.sample_fps, "max_frames": settings.video_input.max_frames}
     blob = json.dumps([model, sampling, PREPROCESSING_VERSION], sort_keys=True, default=str)
     return f"{settings.model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"

@@ -50,7 +50,11 @@ class VideoEmbeddings:
         self.reader = VideoReader(path)
         self.plan = self.reader.plan(settings.video_input.sample_fps, settings.video_input.max_frames)
         last = self.plan.frame_ids[-1:]
-        check_fits(collection, {"frame_id": int(last[0]), "timestamp_ms": int(self.reader.timestamps_ms(last)[0])}, path)
+        maxima = {"frame_id": int(last[0]), "timestamp_ms": int(self.reader.timestamps_ms(last)[0])}
+        if hasattr(extractor, "grid"):  # patch models: every frame of a video has one grid
+            rows, cols = extractor.grid(self.reader.info.height, self.reader.info.width)
+            maxima.update(row_idx=rows - 1, col_idx=cols - 1)
+        check_fits(collection, maxima, path)
         self.frames = len(self.plan)
         self.seconds = StageSeconds()
         self.thumbnails: list[tuple[int, np.ndarray]] = []  # (timestamp_ms, small RGB) for a contact sheet

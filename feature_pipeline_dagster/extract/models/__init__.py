@@ -34,6 +34,8 @@ class ModelFamily:
     module: str  # imported lazily; provides load(settings, device) -> Extractor
     row_fields: tuple[str, ...]  # scalar columns each row carries beside video_path
     expected_dim: Callable[[ModelSettings], int | None]  # raises LookupError for a bad arch
+    weights: str = ""  # module with make_random(model, dest) and download(model, dest)
+    settings_keys: tuple[str, ...] = ()  # family-only ModelSettings fields (part of its code version)
 
 
 def _clip_dim(model: ModelSettings) -> int | None:
@@ -58,11 +60,19 @@ def _navit_dim(model: ModelSettings) -> int | None:
 
 
 FAMILIES: dict[str, ModelFamily] = {
-    "CLIP": ModelFamily("feature_pipeline_dagster.extract.models.clip", ("frame_id", "timestamp_ms"), _clip_dim),
+    "CLIP": ModelFamily(
+        "feature_pipeline_dagster.extract.models.clip",
+        ("frame_id", "timestamp_ms"),
+        _clip_dim,
+        weights="feature_pipeline_dagster.extract.models.clip_weights",
+        settings_keys=("arch", "quick_gelu"),
+    ),
     "VL3-SigLIP-NaViT": ModelFamily(
         "feature_pipeline_dagster.extract.models.navit",
         ("frame_id", "timestamp_ms", "row_idx", "col_idx"),
         _navit_dim,
+        weights="feature_pipeline_dagster.extract.models.navit_weights",
+        settings_keys=("max_tokens_per_frame", "merge_size"),
     ),
 }
 
