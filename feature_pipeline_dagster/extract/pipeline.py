@@ -20,6 +20,7 @@ from feature_pipeline_dagster.errors import ModelError, VideoError
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch
 from feature_pipeline_dagster.extract.decode import VideoReader
 from feature_pipeline_dagster.extract.models import Extractor
+from feature_pipeline_dagster.extract.stream import prefetch
 
 log = logging.getLogger("feature_pipeline.pipeline")
 THUMBNAILS, THUMBNAIL_WIDTH = 8, 96
@@ -32,7 +33,8 @@ class StageSeconds:
 
 
 class VideoEmbeddings:
-    """Iterating yields `EmbeddingBatch`es of one video; `stats` fills in as it goes.
+    """Iterating yields `EmbeddingBatch`es of one video, decoding a batch or two ahead in
+    its own thread; `seconds` fills in as it goes (stage times overlap).
 
     Deliberately not a generator: Dagster reads a generator returned by an asset as a
     stream of events, while this object passes through to the IO manager untouched.
@@ -66,19 +68,23 @@ class VideoEmbeddings:
             "%s: %dx%d, %d frames at %.2f fps; embedding %d sampled frames on %s",
             self.video_path, info.width, info.height, info.frame_count, info.fps, self.frames, self.extractor.device,
         )
+        for frames in prefetch(self._decoded(), depth=2, name="decode"):
+            started = time.perf_counter()
+            self._keep_thumbnails(frames)
+            rows = self.extractor.embed(frames)
+            self.seconds.model += time.perf_counter() - started
+            yield rows
+
+    def _decoded(self) -> Iterator:
+        """Decoding, timed; runs in its own thread ahead of the model."""
         batches = self.reader.batches(self.plan, self.batch_size)
         while True:
             started = time.perf_counter()
             frames = next(batches, None)
-            decoded = time.perf_counter()
-            self.seconds.decode += decoded - started
+            self.seconds.decode += time.perf_counter() - started
             if frames is None:
                 return
-            self._keep_thumbnails(frames)
-            rows = self.extractor.embed(frames)
-            self.seconds.model += time.perf_counter() - decoded
-            yield rows
-
+            yield frames
 
     def _keep_thumbnails(self, batch) -> None:
         for i, frame_id in enumerate(batch.frame_ids.tolist()):

@@ -19,6 +19,7 @@ import numpy as np
 from feature_pipeline_dagster.config import VECTOR_DTYPE, CollectionSpec, ConfigError, DbSettings
 from feature_pipeline_dagster.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch
+from feature_pipeline_dagster.extract.stream import prefetch
 
 
 def quote(value: str) -> str:
@@ -144,7 +145,8 @@ class MilvusStore:
         name_filter = f"video_path == {quote(video_path)}"
         generation = new_generation()
         rows = 0
-        for chunk in rechunk(batches, batch_size):
+        # The rows are computed (decode, model) in another thread while this one inserts.
+        for chunk in prefetch(rechunk(batches, batch_size), depth=2, name="embed"):
             self._call("insert", self.client.insert, spec.name, self._rows(spec, video_path, generation, chunk))
             rows += len(chunk)
         self._call("delete", self.client.delete, spec.name, filter=f"{name_filter} and generation != {generation}")
@@ -154,7 +156,7 @@ class MilvusStore:
     def _rows(self, spec: CollectionSpec, video_path: str, generation: int, batch: EmbeddingBatch) -> list[dict]:
         vector_name = spec.vector_field.name
         columns = {k: v.tolist() for k, v in batch.columns.items() if spec.field(k) is not None}
-        vectors = np.ascontiguousarray(batch.vectors, dtype=np.float32)
+        vectors = batch.vectors.astype(np.float32, copy=False).tolist()  # pymilvus packs lists fastest
         return [
             {"video_path": video_path, "generation": generation, vector_name: vectors[i],
              **{k: v[i] for k, v in columns.items()}}
