@@ -8,7 +8,7 @@ from feature_pipeline_dagster.config import load_settings
 from feature_pipeline_dagster.partitions import partition_key
 from feature_pipeline_dagster.samples import write_video
 from feature_pipeline_dagster.store.milvus import MilvusStore
-from feature_pipeline_dagster_tests.conftest import subprocess_env
+from feature_pipeline_dagster_tests.conftest import REPO, subprocess_env
 
 NAMES = ["plain.mp4", "ünï cøde ✓.mp4", "it's a \"quote\", [ok].mp4", "sub/dir/a...b.mp4"]
 
@@ -93,3 +93,18 @@ def test_run_on_two_devices_then_db_status_and_stop(project):
     assert "address:  http://127.0.0.1:" in status and "collection frames: 18 rows" in status
     assert "stopped Milvus Lite server" in cli(project, "db", "stop").stdout
     assert "no Milvus Lite server running" in cli(project, "db", "stop").stdout
+
+
+def test_models_download_without_a_network_is_one_line(project):
+    import os
+
+    env = {**subprocess_env(project), "HF_HUB_OFFLINE": "1"}
+    config = project.root / "hub.yaml"
+    config.write_text((REPO / "config" / "clip-config.yaml").read_text())
+    result = subprocess.run([sys.executable, "-m", "feature_pipeline_dagster.cli", "--config", str(config), "models",
+                             "download", "--dest", str(project.root / "dl")], cwd=project.root, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: model.path laion2b_s34b_b79k: cannot load CLIP ViT-B-32"), lines
+    assert not os.path.exists(project.root / "dl")

@@ -33,6 +33,8 @@ def create_open_clip(model: ModelSettings, device: str = "cpu"):
     import open_clip
 
     path = model.path
+    root = logging.getLogger()
+    level, root.level = root.level, logging.CRITICAL  # open_clip logs its errors on the root logger too
     try:
         if model.source == "folder":
             if Path(path).is_dir():
@@ -51,6 +53,8 @@ def create_open_clip(model: ModelSettings, device: str = "cpu"):
         raise
     except Exception as err:  # open_clip reports missing files, bad checkpoints and network faults alike
         raise ModelError(f"model.path {path}: cannot load CLIP {model.arch}: {one_line(err)}") from None
+    finally:
+        root.setLevel(level)
 
 
 
