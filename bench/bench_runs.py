@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def project(root: Path, videos: Path, model: Path) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config" / "smoke-config.yaml").read_text())
     config["video_input"].update(path=str(videos), settle_seconds=1)
     config["model"]["path"] = str(model)
