@@ -166,3 +166,38 @@ def test_checks_pass_then_a_deleted_file_loses_partition_and_rows(project):
     store = MilvusStore.from_settings(settings.db)
     assert (store.count_rows(spec, "a.mp4"), store.count_rows(spec, "b.mp4")) == (0, 2)
     store.close()
+
+
+def stale_status(instance, defs, key: str):
+    """What the UI shows for a partition (the UI's own resolver)."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._time import get_current_datetime
+
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                          instance=instance, asset_graph=graph)
+    resolver = CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+    return resolver.get_status(AssetKey("video_embedding"), key).value
+
+
+def test_a_changed_file_makes_its_partition_stale(project):
+    from feature_pipeline_dagster.definitions import build_definitions
+
+    _two_devices(project)
+    write_video(project.videos / "a.mp4", seconds=1)
+    defs = build_definitions()
+    with DagsterInstance.get() as instance:
+        first = sensor_of(defs)(build_sensor_context(instance=instance))
+        instance.add_dynamic_partitions("videos", ["a.mp4"])
+        for event in first.asset_events:
+            instance.report_runless_asset_event(event)  # what the daemon does with them
+        assert materialize([*defs.assets], selection=[AssetKey("video_embedding")], instance=instance,
+                           resources=defs.resources, partition_key="a.mp4").success
+        assert stale_status(instance, defs, "a.mp4") == "FRESH"
+        write_video(project.videos / "a.mp4", seconds=2, seed=5)
+        changed = sensor_of(defs)(build_sensor_context(instance=instance, cursor=first.cursor))
+        assert [r.partition_key for r in changed.run_requests] == ["a.mp4"]
+        for event in changed.asset_events:
+            instance.report_runless_asset_event(event)
+        assert stale_status(instance, defs, "a.mp4") == "STALE"
