@@ -6,7 +6,8 @@ import pytest
 from feature_pipeline_dagster.config import ConfigError, load_settings
 from feature_pipeline_dagster.errors import VideoError
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch
-from feature_pipeline_dagster.store.milvus import MilvusStore, quote, rechunk
+from feature_pipeline_dagster.store.lite_server import LiteServer
+from feature_pipeline_dagster.store.milvus import MilvusStore, quote, rechunk, rows_per_request
 from feature_pipeline_dagster_tests.conftest import clip_config, stop_lite_server, write_config
 
 INJECTION = '" or frame_id >= 0 or video_path == ".mp4'
@@ -18,14 +19,26 @@ def batch(n: int, seed: int = 0, start: int = 0) -> EmbeddingBatch:
     return EmbeddingBatch(vectors, {"frame_id": ids, "timestamp_ms": ids * 1000})
 
 
-@pytest.fixture
-def store_and_spec(tmp_path, tiny_clip):
-    settings = load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, tmp_path)))
+@pytest.fixture(params=["lite-file", "server"])
+def store_and_spec(request, tmp_path, tiny_clip, monkeypatch):
+    """The same tests against a Milvus Lite file and against a Milvus server on loopback
+    (`milvus-lite server`, started here), with the token read from the variable the
+    config names."""
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    server = None
+    if request.param == "server":
+        server = LiteServer(tmp_path / "server" / "milvus.db")
+        config["db"].update(uri=server.ensure_running().uri, token_env="TEST_MILVUS_TOKEN")
+        monkeypatch.setenv("TEST_MILVUS_TOKEN", "root:Milvus")
+    settings = load_settings(write_config(tmp_path, config))
     store = MilvusStore.from_settings(settings.db)
+    assert store._token == ("root:Milvus" if server else None)
     spec = settings.db.collections[0]
     store.ensure_collection(spec)
     yield store, spec
     store.close()
+    if server:
+        server.stop()
     stop_lite_server(tmp_path)
 
 
@@ -93,3 +106,19 @@ def test_rechunk_gives_exact_sizes():
     sizes = [len(b) for b in rechunk([batch(4), batch(1), batch(7), batch(2)], 5)]
     assert sizes == [5, 5, 4]
     assert [len(b) for b in rechunk([], 5)] == []
+
+
+def test_a_token_variable_that_is_not_set_is_named(tmp_path, tiny_clip):
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    config["db"].update(uri="http://127.0.0.1:19530", token_env="NO_SUCH_TOKEN_VARIABLE")
+    with pytest.raises(ConfigError, match="db.token_env: environment variable NO_SUCH_TOKEN_VARIABLE is not set"):
+        MilvusStore.from_settings(load_settings(write_config(tmp_path, config)).db)
+
+
+def test_inserts_stay_under_the_request_limit_whatever_the_batch_size(store_and_spec):
+    store, spec = store_and_spec
+    assert rows_per_request(spec, limit_bytes=10_000) < 5
+    big = rows_per_request(spec) + 5  # more rows than one request may carry
+    rows = EmbeddingBatch(np.ones((big, 32), np.float32), {"frame_id": np.arange(big), "timestamp_ms": np.arange(big)})
+    assert store.write_video(spec, "big.mp4", [rows], batch_size=10**9) == big
+    assert store.count_rows(spec, "big.mp4") == big

@@ -22,6 +22,9 @@ from feature_pipeline_dagster.extract.batches import EmbeddingBatch
 from feature_pipeline_dagster.extract.stream import prefetch
 
 
+MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
+
+
 def quote(value: str) -> str:
     """A Milvus string literal for `value`, safe against injection."""
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
@@ -146,7 +149,7 @@ class MilvusStore:
         generation = new_generation()
         rows = 0
         # The rows are computed (decode, model) in another thread while this one inserts.
-        for chunk in prefetch(rechunk(batches, batch_size), depth=2, name="embed"):
+        for chunk in prefetch(rechunk(batches, min(batch_size, rows_per_request(spec))), depth=2, name="embed"):
             self._call("insert", self.client.insert, spec.name, self._rows(spec, video_path, generation, chunk))
             rows += len(chunk)
         self._call("delete", self.client.delete, spec.name, filter=f"{name_filter} and generation != {generation}")
@@ -201,6 +204,13 @@ def _quiet_pymilvus() -> None:
     logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
     if not any(isinstance(f, _DropNoise) for f in logger.filters):
         logger.addFilter(_DropNoise())
+
+
+def rows_per_request(spec: CollectionSpec, limit_bytes: int = MAX_REQUEST_BYTES) -> int:
+    """The most rows one insert may carry under Milvus' request size limit, whatever
+    `db.batch_size` says: a row costs its vector plus, at most, its scalar fields."""
+    row_bytes = spec.vector_field.dim * 4 + sum((f.max_length or 0) * 4 + 8 for f in spec.fields) + 64
+    return max(1, limit_bytes // row_bytes)
 
 
 def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingBatch]:
