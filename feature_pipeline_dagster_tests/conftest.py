@@ -4,6 +4,7 @@ format users load, generated videos, and a config file that ties them together."
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,10 @@ def stop_lite_server(tmp_path: Path) -> None:
 
 
 def subprocess_env(project) -> dict:
+    """The user's environment: the project's config and instance, and the virtual
+    environment's commands (`dagster`, `feature-pipeline`) first on PATH, as when it is
+    activated (CI runs `.venv/bin/python -m pytest` without activating it)."""
     env = dict(os.environ)
-    env.update(FEATURE_PIPELINE_CONFIG=str(project.config), DAGSTER_HOME=str(project.root / "dagster_home"))
+    env.update(FEATURE_PIPELINE_CONFIG=str(project.config), DAGSTER_HOME=str(project.root / "dagster_home"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     return env
