@@ -71,6 +71,8 @@ class VideoReader:
             height, width = self._reader[0].shape[:2] if frame_count else (0, 0)
             self._reader.seek(0)
         except _decord_errors() as err:
+            if "cannot find video stream" in str(err):
+                raise VideoError(f"{self.path}: no video stream (an audio-only file?)") from None
             raise VideoError(f"{self.path}: cannot open video ({one_line(err)})") from None
         if frame_count == 0:
             raise VideoError(f"{self.path}: no video frames (audio-only or empty stream?)")
