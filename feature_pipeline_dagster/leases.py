@@ -66,11 +66,13 @@ def acquire(devices: list[str], slots: int, root: Path, poll_s: float = 0.5) -> 
 
 def busy_slots(device: str, slots: int, root: Path) -> int:
     """How many of a device's slots are held now (for least-loaded placement)."""
+    if not root.is_dir():
+        return 0
     held = 0
     for slot in range(slots):
-        lease = _try_slot(root, device, slot) if root.is_dir() else None
+        lease = _try_slot(root, device, slot)
         if lease:
             lease.release()
-        elif root.is_dir():
+        else:
             held += 1
     return held

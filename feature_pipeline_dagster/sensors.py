@@ -20,6 +20,7 @@ from dagster import (
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
+    SkipReason,
     sensor,
 )
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
@@ -27,7 +28,7 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from feature_pipeline_dagster.assets.embeddings import DEVICE_TAG, MAX_VIDEOS_PER_RUN, VIDEO_FILE
-from feature_pipeline_dagster.assets.summary import SUMMARY_ASSET, summary_collection
+from feature_pipeline_dagster.assets.summary import summary_collection
 from feature_pipeline_dagster.config import Settings
 from feature_pipeline_dagster.errors import PipelineError
 from feature_pipeline_dagster.extract.devices import run_devices
@@ -69,7 +70,9 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
     @sensor(name="video_folder_sensor", minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING,
             asset_selection=features,
             description=f"Embeds videos as they arrive in {settings.video_input.path} (and forgets deleted ones).")
-    def video_folder_sensor(context: SensorEvaluationContext) -> SensorResult:
+    def video_folder_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        if not settings.video_input.path.is_dir():  # unmounted or moved: never read as "all deleted"
+            return SkipReason(f"video_input.path {settings.video_input.path} is not there; nothing changed")
         started = time.perf_counter()
         instance = context.instance
         partitions = set(instance.get_dynamic_partitions(videos_partitions.name))
@@ -82,10 +85,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         new_keys = [k for k, _ in changes.new]
         runs = [request(chunk, picker.take()) for chunk in split_contiguous(changes.new, len(devices), MAX_VIDEOS_PER_RUN)]
         runs += [request([video], picker.take()) for video in changes.changed]
-        observations = [
-            AssetObservation(VIDEO_FILE, partition=k, tags={DATA_VERSION_TAG: content_digest(v.path)})
-            for k, v in changes.new + changes.changed
-        ]
+        observations = [o for k, v in changes.new + changes.changed if (o := _observe(k, v))]
         if changes.deleted:
             _delete_rows(settings, changes.deleted, context)
         partition_requests = []
@@ -103,6 +103,15 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
     return video_folder_sensor
 
 
+def _observe(key: str, video) -> AssetObservation | None:
+    """The file's data version; None if it vanished since the listing (the next tick
+    sees it deleted)."""
+    try:
+        return AssetObservation(VIDEO_FILE, partition=key, tags={DATA_VERSION_TAG: content_digest(video.path)})
+    except OSError:
+        return None
+
+
 def _delete_rows(settings: Settings, keys: list[str], context) -> None:
     """A deleted file's rows go with it, from every collection it fed."""
     from feature_pipeline_dagster.store.milvus import MilvusStore
@@ -118,4 +127,4 @@ def _delete_rows(settings: Settings, keys: list[str], context) -> None:
         raise
     finally:
         store.close()
-    context.log.info(f"deleted the rows of {len(keys)} removed video(s) from {SUMMARY_ASSET} and {len(specs) - 1} collection(s)")
+    context.log.info(f"deleted the rows of {len(keys)} removed video(s) from {len(specs)} collection(s)")

@@ -201,3 +201,19 @@ def test_a_changed_file_makes_its_partition_stale(project):
         for event in changed.asset_events:
             instance.report_runless_asset_event(event)
         assert stale_status(instance, defs, "a.mp4") == "STALE"
+
+
+def test_a_missing_folder_is_not_read_as_everything_deleted(project):
+    import shutil
+
+    from dagster import SkipReason
+
+    from feature_pipeline_dagster.definitions import build_definitions
+
+    defs = build_definitions()
+    shutil.rmtree(project.videos)
+    with DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("videos", ["a.mp4"])
+        result = sensor_of(defs)(build_sensor_context(instance=instance))
+        assert isinstance(result, SkipReason) and "is not there" in result.skip_message
+        assert instance.get_dynamic_partitions("videos") == ["a.mp4"]

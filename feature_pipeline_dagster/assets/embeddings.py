@@ -51,7 +51,6 @@ class VideoRun:
 
     keys: list[str]
     lease: DeviceLease
-    attempt: int = 0
 
     @property
     def device(self) -> str:
@@ -110,6 +109,6 @@ def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
         lease = take_device(context, settings)
         log.info("%d video(s) on %s (slot %d): %s", len(keys), lease.device, lease.slot + 1,
                  ", ".join(relpath_of(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else ""))
-        return VideoRun(keys, lease, context.retry_number)
+        return VideoRun(keys, lease)
 
     return _embeddings
