@@ -4,7 +4,14 @@ the Milvus IO manager. Importing this never imports torch."""
 
 import warnings
 
-from dagster import AutomationConditionSensorDefinition, BetaWarning, DefaultSensorStatus, Definitions, PreviewWarning
+from dagster import (
+    AutomationConditionSensorDefinition,
+    BetaWarning,
+    DefaultSensorStatus,
+    Definitions,
+    PreviewWarning,
+    in_process_executor,
+)
 
 from feature_pipeline_dagster.assets.embeddings import build_embedding_asset, video_file
 from feature_pipeline_dagster.assets.summary import build_summary_asset
@@ -33,4 +40,7 @@ def build_definitions(config_path: str | None = None) -> Definitions:
             ),
         ],
         resources={"milvus_io_manager": MilvusIOManager(config_path=str(settings.source))},
+        # A run's steps (embed, check, summarize) share its process: one start-up, one
+        # model load, instead of a process and an import of torch per step.
+        executor=in_process_executor,
     )
