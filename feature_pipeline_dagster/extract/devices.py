@@ -53,3 +53,14 @@ def torch_device(name: str):
             raise ModelError(f"device {name}: this machine has {count} visible CUDA device(s)")
         return torch.device("cuda", i)
     raise ModelError(f"unknown device {name!r} (expected cuda:N, mps, cpu, cpu:N or auto)")
+
+
+def to_device(array, device):
+    """A host array onto `device`; through pinned memory on CUDA, so the copy is
+    asynchronous and overlaps the work already queued."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -17,7 +17,7 @@ import torch
 from feature_pipeline_dagster.config import ModelSettings
 from feature_pipeline_dagster.errors import ModelError, one_line
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.extract.devices import torch_device
+from feature_pipeline_dagster.extract.devices import to_device, torch_device
 
 log = logging.getLogger("feature_pipeline.models")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -87,7 +87,7 @@ class ClipExtractor:
         from torchvision.transforms.v2 import functional as F
 
         mode = InterpolationMode.BICUBIC if self.bicubic else InterpolationMode.BILINEAR
-        x = torch.from_numpy(frames).to(self.torch_device, non_blocking=True).permute(0, 3, 1, 2)
+        x = to_device(frames, self.torch_device).permute(0, 3, 1, 2)
         if self.resize_mode == "squash":
             x = F.resize(x, [self.size, self.size], interpolation=mode, antialias=True)
         else:

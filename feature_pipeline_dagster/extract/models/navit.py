@@ -31,7 +31,7 @@ import torch
 from feature_pipeline_dagster.config import ModelSettings
 from feature_pipeline_dagster.errors import ModelError, VideoError, one_line
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.extract.devices import torch_device
+from feature_pipeline_dagster.extract.devices import to_device, torch_device
 from feature_pipeline_dagster.extract.models.navit_weights import HUB_FILES
 
 log = logging.getLogger("feature_pipeline.models")
@@ -124,7 +124,7 @@ class NavitExtractor:
             frames = np.stack([
                 np.asarray(Image.fromarray(f).resize((w, h), resample=self.prep.resample)) for f in frames
             ])
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.torch_device, non_blocking=True)
+        x = to_device(np.ascontiguousarray(frames), self.torch_device)
         x = x.permute(0, 3, 1, 2).float() * self.prep.rescale_factor
         x = (x - self.mean) / self.std
         n, c = x.shape[:2]
