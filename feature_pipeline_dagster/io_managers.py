@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, OutputContext
+from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
 from feature_pipeline_dagster.config import CollectionSpec, Settings, load_settings
 from feature_pipeline_dagster.errors import PipelineError
@@ -83,6 +83,8 @@ class MilvusIOManager(ConfigurableIOManager):
                      "lease_released_at": run.lease.release()}
         for key, meta in written.items():
             meta.update(lease)
+            if "contact_sheet" in meta:  # thumbnails render as markdown in the UI
+                meta["contact_sheet"] = MetadataValue.md(meta["contact_sheet"])
             context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
         if failed:
             # The good videos stay materialized: their events are logged, and flushed by
