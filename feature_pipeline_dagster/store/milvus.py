@@ -152,6 +152,9 @@ class MilvusStore:
         for chunk in prefetch(rechunk(batches, min(batch_size, rows_per_request(spec))), depth=2, name="embed"):
             self._call("insert", self.client.insert, spec.name, self._rows(spec, video_path, generation, chunk))
             rows += len(chunk)
+        # Flushed first, the new rows are durable before the old go; Milvus Lite also
+        # filters sealed rows far faster than unflushed ones (measured: bench_pipeline).
+        self._call("flush", self.client.flush, spec.name)
         self._call("delete", self.client.delete, spec.name, filter=f"{name_filter} and generation != {generation}")
         self._call("flush", self.client.flush, spec.name)
         return rows
