@@ -17,6 +17,7 @@ import torch
 from feature_pipeline_dagster.config import ModelSettings, load_settings
 from feature_pipeline_dagster.errors import ConfigError, ModelError
 from feature_pipeline_dagster.extract.batches import FrameBatch
+from feature_pipeline_dagster.extract.devices import model_dtype
 from feature_pipeline_dagster.extract.decode import VideoReader
 from feature_pipeline_dagster.extract.models import navit
 from feature_pipeline_dagster.extract.models.navit_weights import make_random
@@ -142,7 +143,7 @@ def test_huggingface_source_fetches_only_config_and_weights(tiny_navit, monkeypa
 def test_dtype_is_float32_on_cpu_whatever_the_checkpoint_says(tiny_navit):
     assert navit.load(settings(tiny_navit), "cpu").model.dtype == torch.float32
     assert navit.load(settings(tiny_navit, dtype="bfloat16"), "cpu").model.dtype == torch.bfloat16
-    assert navit._dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert model_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
 
 
 # 3. Preprocessing equal to the model's own --------------------------------------------

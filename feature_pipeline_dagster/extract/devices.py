@@ -64,3 +64,13 @@ def to_device(array, device):
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def model_dtype(name: str, device):
+    """`model.dtype`: `auto` is bf16 on CUDA, fp32 elsewhere; never a checkpoint's own
+    torch_dtype (often bf16), which is many times slower on a CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)

@@ -17,7 +17,7 @@ import torch
 from feature_pipeline_dagster.config import ModelSettings
 from feature_pipeline_dagster.errors import ModelError, one_line
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.extract.devices import to_device, torch_device
+from feature_pipeline_dagster.extract.devices import model_dtype, to_device, torch_device
 
 log = logging.getLogger("feature_pipeline.models")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -108,7 +108,7 @@ class ClipExtractor:
 
 def load(model: ModelSettings, device: str) -> ClipExtractor:
     target = torch_device(device)
-    dtype = _dtype(model.dtype, target)
+    dtype = model_dtype(model.dtype, target)
     clip_model = create_open_clip(model, device="cpu")
     name = f"CLIP {model.arch} ({model.path})"
     if (Path(model.path) / "RANDOM_WEIGHTS.txt").exists():
@@ -128,9 +128,3 @@ def quick_gelu_for(model: ModelSettings) -> bool:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model.arch)) or "none"
         raise ModelError(f"model.path: {model.path!r} is not a pretrained tag of {model.arch} (known: {known})")
     return bool(tag.get("quick_gelu", False) if model.quick_gelu is None else model.quick_gelu)
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)

@@ -31,7 +31,7 @@ import torch
 from feature_pipeline_dagster.config import ModelSettings
 from feature_pipeline_dagster.errors import ModelError, VideoError, one_line
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.extract.devices import to_device, torch_device
+from feature_pipeline_dagster.extract.devices import model_dtype, to_device, torch_device
 from feature_pipeline_dagster.extract.models.navit_weights import HUB_FILES
 
 log = logging.getLogger("feature_pipeline.models")
@@ -206,6 +206,7 @@ def load_native_model(folder: Path, dtype: torch.dtype, attn_implementation: str
     try:
         model, info = VideoLlama3VisionModel.from_pretrained(
             str(folder), config=config, dtype=dtype, output_loading_info=True, local_files_only=True,
+            use_safetensors=True,  # never unpickle a checkpoint
         )
     except Exception as err:
         raise ModelError(f"{folder}: cannot load VL3-SigLIP-NaViT weights: {one_line(err)}") from None
@@ -239,7 +240,7 @@ def resolve_folder(model: ModelSettings) -> Path:
 
 def load(model: ModelSettings, device: str) -> NavitExtractor:
     target = torch_device(device)
-    dtype = _dtype(model.dtype, target)
+    dtype = model_dtype(model.dtype, target)
     folder = resolve_folder(model)
     navit = load_native_model(folder, dtype, _attn_implementation(target, dtype)).to(target)
     prep = read_preprocessing(folder, model, int(navit.config.patch_size))
@@ -260,14 +261,6 @@ def _attn_implementation(device: torch.device, dtype: torch.dtype) -> str:
         if importlib.util.find_spec("flash_attn") is not None:
             return "flash_attention_2"
     return "sdpa"
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on CUDA, fp32 elsewhere. Never the checkpoint's own torch_dtype
-    (bf16), which transformers would otherwise follow, many times slower on a CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
 
 
 def _read_json(path: Path) -> dict:
