@@ -1,12 +1,20 @@
 """Blocking checks on what each run wrote: the rows in Milvus are the rows the run
-produced, and every vector is finite and of the collection's dimension.
+produced, and every vector is finite and of the collection's dimension. A warning
+check names the videos embedded only in part (a file cut short, a damaged stream).
 
 Each check covers every video of its run and fails if any video fails, naming it.
 (Dagster 1.13 cannot run partitioned checks in a ranged run, so the checks are not
 partitioned; their metadata lists the videos.)"""
 
 import numpy as np
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetChecksDefinition, AssetKey, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetKey,
+    asset_check,
+)
 
 from feature_pipeline_dagster.config import Settings
 from feature_pipeline_dagster.partitions import relpath_of
@@ -20,7 +28,7 @@ def build_embedding_checks(settings: Settings, feature: str) -> list[AssetChecks
 
         return MilvusStore.from_settings(settings.db)
 
-    def check_videos(context: AssetCheckExecutionContext, problem) -> AssetCheckResult:
+    def check_videos(context: AssetCheckExecutionContext, problem, **result) -> AssetCheckResult:
         """Run `problem(milvus, key)` (a message or None) on each video the run wrote."""
         context_op = context.op_execution_context
         keys = context_op.partition_keys if context_op.has_partition_key_range or context_op.has_partition_key else []
@@ -29,14 +37,17 @@ def build_embedding_checks(settings: Settings, feature: str) -> list[AssetChecks
             problems = {relpath_of(k): p for k in keys if (p := problem(context, milvus, k))}
         finally:
             milvus.close()
-        return AssetCheckResult(passed=not problems, metadata={"videos": len(keys), "problems": problems})
+        return AssetCheckResult(passed=not problems, metadata={"videos": len(keys), "problems": problems}, **result)
 
-    def rows_differ(context, milvus, key: str) -> str | None:
+    def latest_metadata(context, key: str) -> dict:
         from dagster import AssetRecordsFilter
 
         records = context.instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey(feature), asset_partitions=[key]), limit=1).records
-        meta = records[0].asset_materialization.metadata if records else {}
+        return records[0].asset_materialization.metadata if records else {}
+
+    def rows_differ(context, milvus, key: str) -> str | None:
+        meta = latest_metadata(context, key)
         if "rows" not in meta:
             return None  # this run did not materialize it (the video failed): nothing to compare
         found, written = milvus.count_rows(spec, relpath_of(key)), int(meta["rows"].value)
@@ -60,4 +71,14 @@ def build_embedding_checks(settings: Settings, feature: str) -> list[AssetChecks
     def vectors_valid(context: AssetCheckExecutionContext) -> AssetCheckResult:
         return check_videos(context, bad_vectors)
 
-    return [rows_match_run, vectors_valid]
+    @asset_check(asset=feature, name="videos_complete",
+                 description="Every sampled frame of each video of the run was embedded (warns on a file "
+                 "cut short or a damaged stream, whose sound part alone is in Milvus).")
+    def videos_complete(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        def partial(context, milvus, key: str) -> str | None:
+            note = latest_metadata(context, key).get("partial")
+            return note.value if note is not None else None
+
+        return check_videos(context, partial, severity=AssetCheckSeverity.WARN)
+
+    return [rows_match_run, vectors_valid, videos_complete]

@@ -119,7 +119,7 @@ def _run(args) -> int:
     devices = run_devices(settings.gpus)
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
-    failures, rows = {}, 0
+    failures, partial, rows = {}, {}, 0
     with tqdm(total=len(todo), unit="video", file=sys.stderr, disable=not todo) as bar:
         for result in run_on_devices(todo, devices, settings.logs_dir):
             rows += result.rows
@@ -127,8 +127,12 @@ def _run(args) -> int:
             if not result.ok:
                 failures[result.key] = result.error
                 bar.write(f"FAILED {result.key}: {result.error}", file=sys.stderr)
+            elif result.partial:
+                partial[result.key] = result.partial
     print(f"embedded {len(todo) - len(failures)} of {len(todo)} video(s), {rows} rows into "
           f"{settings.db.uri} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    for key, message in partial.items():
+        print(f"  partial: {key}: {message}", file=sys.stderr)
     for key, message in failures.items():
         print(f"  failed: {key}: {message}", file=sys.stderr)
     return 1 if failures else 0

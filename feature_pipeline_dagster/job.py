@@ -32,6 +32,7 @@ class VideoResult:
     ok: bool
     rows: int = 0
     error: str = ""
+    partial: str = ""  # embedded, but only the sound part of a damaged or cut-short file
 
 
 def videos_to_embed(settings, instance, defs, videos: dict, everything: bool = False) -> list[str]:
@@ -84,9 +85,10 @@ def materialize_videos(keys: Iterable[str], device: str) -> Iterator[VideoResult
         result = materialize(assets, selection=targets, instance=instance, partition_key=key,
                              resources=defs.resources, run_config=QUIET, raise_on_error=False,
                              tags={DEVICE_TAG: device})
-        rows = sum(e.materialization.metadata["rows"].value for e in result.get_asset_materialization_events()
-                   if "rows" in e.materialization.metadata)
-        yield VideoResult(key, result.success, rows, "" if result.success else failure_message(result))
+        metadata = [e.materialization.metadata for e in result.get_asset_materialization_events()]
+        rows = sum(m["rows"].value for m in metadata if "rows" in m)
+        partial = "; ".join(m["partial"].value for m in metadata if "partial" in m)
+        yield VideoResult(key, result.success, rows, "" if result.success else failure_message(result), partial)
 
 
 def failure_message(result) -> str:

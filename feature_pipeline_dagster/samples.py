@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 
 
-def write_video(path: Path, seconds: float = 4.0, fps: int = 30, size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
+def write_video(path: Path, seconds: float = 4.0, fps: int = 30, size: tuple[int, int] = (320, 240), seed: int = 0,
+                faststart: bool = False, rotation: int = 0) -> Path:
+    """`faststart` puts the index before the data, as streaming files have it;
+    `rotation` (degrees, counter-clockwise) is stored as the display matrix phones write."""
     import av
 
     width, height = size
@@ -16,10 +19,12 @@ def write_video(path: Path, seconds: float = 4.0, fps: int = 30, size: tuple[int
     base = rng.integers(0, 255, 3)
     velocity = rng.integers(2, 7, 2)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("h264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"preset": "ultrafast"}
+        if rotation:
+            stream.set_display_rotation(rotation)
         ys, xs = np.mgrid[0:height, 0:width]
         for i in range(max(1, int(seconds * fps))):
             frame = np.empty((height, width, 3), np.uint8)

@@ -36,7 +36,7 @@ from feature_pipeline_dagster.folder_watch import diff_folder, split_contiguous
 from feature_pipeline_dagster.partitions import relpath_of, videos_partitions
 from feature_pipeline_dagster.videos import content_digest, list_videos
 
-CHECKS = ("rows_match_run", "vectors_valid")
+CHECKS = ("rows_match_run", "vectors_valid", "videos_complete")
 
 
 class _DevicePicker:

@@ -62,3 +62,27 @@ def list_videos(video_input: VideoInput) -> list[VideoFile]:
                 continue
             found.append(VideoFile(path.relative_to(root).as_posix(), path, stat.st_size, stat.st_mtime_ns))
     return found
+
+
+def still_being_written(path: Path, before: os.stat_result, settle_seconds: float) -> str | None:
+    """Why `path` looks like a file still being copied or recorded, or None.
+
+    Its size or modification time moved since `before`; or it was modified within
+    `settle_seconds` and moves during a short look (a failure to open a file that is
+    being written says nothing about the file it will become)."""
+    import time
+
+    def moved(now: os.stat_result) -> str | None:
+        if (now.st_size, now.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+            return None
+        return (f"{path}: still being written (its size went from {before.st_size} to {now.st_size} bytes "
+                "while it was read); it is embedded once it stops changing")
+
+    try:
+        now = path.stat()
+        if (why := moved(now)) or time.time() - now.st_mtime > settle_seconds:
+            return why
+        time.sleep(min(1.0, settle_seconds))
+        return moved(path.stat())
+    except OSError:
+        return None

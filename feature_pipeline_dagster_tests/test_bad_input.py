@@ -2,12 +2,21 @@
 the folder is embedded, and what is not a video of the folder is not touched."""
 
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 
 from feature_pipeline_dagster.config import load_settings
+from feature_pipeline_dagster.partitions import partition_key
 from feature_pipeline_dagster.samples import write_video
 from feature_pipeline_dagster.store.milvus import MilvusStore
+from feature_pipeline_dagster_tests.conftest import subprocess_env
+from feature_pipeline_dagster_tests.test_decode import damage_packets, write_vfr
 from feature_pipeline_dagster_tests.test_end_to_end import cli
 
 
@@ -39,18 +48,109 @@ def test_a_folder_of_bad_files(project, tmp_path_factory):
     outside = write_video(tmp_path_factory.mktemp("outside") / "secret.mp4", seconds=1)
     (folder / "link.mp4").symlink_to(outside)
 
-    result = cli(project, "run", check=False)
+    faststart = write_video(tmp_path_factory.mktemp("src") / "fast.mp4", seconds=6, faststart=True)
+    (folder / "cut faststart.mp4").write_bytes(faststart.read_bytes()[: faststart.stat().st_size * 6 // 10])
+    damage_packets(write_video(tmp_path_factory.mktemp("src") / "d.mp4", seconds=6), folder / "damaged.mp4", first=95)
+    write_vfr(folder / "vfr.mp4")
+    write_video(folder / "portrait.mp4", seconds=2, rotation=90)
+    write_video(folder / "8k.mp4", seconds=1 / 30, size=(7680, 4320))
+    odd_names = ["ünï cödé ✓.mp4", "it's \"quoted\", with, commas.mp4", "new\nline.mp4", "n" * 250 + ".mp4"]
+    for i, name in enumerate(odd_names):
+        write_video(folder / name, seconds=2, seed=i)
+    unreadable = write_video(folder / "unreadable.mp4", seconds=1)
+    unreadable.chmod(0)
+
+    with GrowingFile(folder / "still copying.mp4"):
+        result = cli_without_root_privilege(project, "run")
     assert result.returncode == 1
-    failed = {line.split(": ", 2)[1]: line for line in result.stderr.splitlines() if line.startswith("  failed: ")}
-    assert set(failed) == {"empty.mp4", "noise.mp4", "truncated.mp4", "audio.mp4"}, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    failed = {line.split(": ", 2)[1]: line for line in lines if line.startswith("  failed: ")}
+    partial = {line.split(": ", 2)[1]: line for line in lines if line.startswith("  partial: ")}
+    assert set(failed) == {"empty.mp4", "noise.mp4", "truncated.mp4", "audio.mp4", "unreadable.mp4",
+                           "still copying.mp4"}, result.stderr[-3000:]
     assert "empty file (0 bytes)" in failed["empty.mp4"]
     assert "cannot open video" in failed["noise.mp4"] and "cannot open video" in failed["truncated.mp4"]
     assert "no video stream" in failed["audio.mp4"]
-    assert "embedded 2 of 6 video(s), 4 rows" in result.stderr  # link.mp4 and dir.mp4 are not videos of the folder
+    assert "no permission to read it" in failed["unreadable.mp4"]
+    assert "still being written" in failed["still copying.mp4"]
+    assert set(partial) == {"cut faststart.mp4", "damaged.mp4"}, result.stderr[-3000:]
+    assert "file is cut short" in partial["cut faststart.mp4"]
+    assert "damaged video stream near 4.0 s" in partial["damaged.mp4"]
+    assert "embedded 11 of 17 video(s)" in result.stderr  # link.mp4 and dir.mp4 are not videos of the folder
+    assert all("\n" not in line for line in failed.values())
     settings = load_settings(project.config)
     store = MilvusStore.from_settings(settings.db)
     try:
         spec = settings.db.collections[0]
-        assert [store.count_rows(spec, n) for n in ("good.mp4", "one frame.mp4", "link.mp4")] == [3, 1, 0]
+        counts = {n: store.count_rows(spec, n) for n in ["good.mp4", "one frame.mp4", "link.mp4", "cut faststart.mp4",
+                                                          "damaged.mp4", "vfr.mp4", "portrait.mp4", "8k.mp4"]}
+        assert counts == {"good.mp4": 3, "one frame.mp4": 1, "link.mp4": 0, "cut faststart.mp4": 4,
+                          "damaged.mp4": 4, "vfr.mp4": 4, "portrait.mp4": 2, "8k.mp4": 1}
+        assert {n: store.count_rows(spec, n) for n in odd_names} == dict.fromkeys(odd_names, 2)
+        assert sorted(r["timestamp_ms"] for r in store.fetch_video(spec, "vfr.mp4", ("timestamp_ms",))) == [0, 1000, 2000, 3000]
     finally:
         store.close()
+
+
+class GrowingFile:
+    """A video being copied into the folder, slowly, for as long as the block runs."""
+
+    def __init__(self, path: Path):
+        self.path, self.stop = path, threading.Event()
+        self.data = write_video(path.parent.parent / "source.mp4", seconds=20).read_bytes()
+        path.write_bytes(self.data[:4096])
+
+    def __enter__(self):
+        def grow():
+            at = 4096
+            while not self.stop.wait(0.1) and at < len(self.data):
+                with open(self.path, "ab") as handle:
+                    handle.write(self.data[at : at + 1024])
+                at += 1024
+
+        self.thread = threading.Thread(target=grow, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def cli_without_root_privilege(project, *args):
+    """As root, file permissions bind only without CAP_DAC_OVERRIDE: drop it (and its
+    read-only sibling) for the command, as for any user."""
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, sys.executable, "-m", "feature_pipeline_dagster.cli", *args], cwd=project.root,
+                          env=subprocess_env(project), capture_output=True, text=True, timeout=600)
+
+
+def test_a_decoder_crash_fails_only_its_video(project):
+    """A native crash in the decoder (here a real SIGSEGV, sent while it reads the file)
+    fails that video; the run's other videos are embedded."""
+    for name in ("a.mp4", "c.mp4"):
+        write_video(project.videos / name, seconds=2)
+    crash = write_video(project.videos / "b crash.mp4", seconds=15, size=(640, 480))
+    killed = []
+
+    def kill_the_decoder_reading(path: Path) -> None:
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            for pid in os.listdir("/proc"):
+                try:
+                    if "decoder_process" in Path(f"/proc/{pid}/cmdline").read_text() and any(
+                            os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
+                        os.kill(int(pid), signal.SIGSEGV)
+                        killed.append(pid)
+                except (OSError, ValueError):
+                    continue
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_the_decoder_reading, args=(crash,), daemon=True)
+    watcher.start()
+    result = cli(project, "run", check=False)
+    watcher.join()
+    assert killed and result.returncode == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("  failed: ")]
+    assert len(failed) == 1 and "b crash.mp4: the decoder crashed on this file (killed by SIGSEGV)" in failed[0]
+    assert "embedded 2 of 3 video(s), 4 rows" in result.stderr

@@ -160,7 +160,7 @@ def test_checks_pass_then_a_deleted_file_loses_partition_and_rows(project):
                                  instance=instance, resources=defs.resources, partition_key=key)
             checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
                       for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-            assert result.success and checks == {"rows_match_run": True, "vectors_valid": True}
+            assert result.success and checks == {"rows_match_run": True, "vectors_valid": True, "videos_complete": True}
         cursor = json.dumps({"seen": {v.relpath: v.fingerprint for v in list_videos(settings.video_input)}, "pending": {}})
         (project.videos / "a.mp4").unlink()
         result = sensor_of(defs)(build_sensor_context(instance=instance, cursor=cursor))

@@ -18,9 +18,10 @@ import numpy as np
 from feature_pipeline_dagster.config import INT_RANGES, CollectionSpec, Settings
 from feature_pipeline_dagster.errors import ModelError, VideoError
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch
-from feature_pipeline_dagster.extract.decode import VideoReader
+from feature_pipeline_dagster.extract.decoder_process import DecoderProcess, shared_decoder
 from feature_pipeline_dagster.extract.models import Extractor
 from feature_pipeline_dagster.extract.stream import prefetch
+from feature_pipeline_dagster.videos import still_being_written
 
 log = logging.getLogger("feature_pipeline.pipeline")
 THUMBNAILS, THUMBNAIL_WIDTH = 8, 96
@@ -41,7 +42,7 @@ class VideoEmbeddings:
     """
 
     def __init__(self, path: Path, video_path: str, settings: Settings, collection: CollectionSpec,
-                 extractor: Extractor, batch_size: int | None = None):
+                 extractor: Extractor, batch_size: int | None = None, decoder: DecoderProcess | None = None):
         self.path, self.video_path, self.extractor = path, video_path, extractor
         self.batch_size = batch_size or settings.model.batch_size
         if extractor.dim != collection.vector_field.dim:
@@ -49,21 +50,26 @@ class VideoEmbeddings:
                 f"{extractor.description} gives {extractor.dim}-d vectors but collection {collection.name} "
                 f"field {collection.vector_field.name} has dim {collection.vector_field.dim} ({settings.source})"
             )
-        self.reader = VideoReader(path)
-        self.plan = self.reader.plan(settings.video_input.sample_fps, settings.video_input.max_frames)
-        last = self.plan.frame_ids[-1:]
-        maxima = {"frame_id": int(last[0]), "timestamp_ms": int(self.reader.timestamps_ms(last)[0])}
+        try:
+            self.stat = path.stat()
+        except OSError as err:
+            raise VideoError(f"{path}: not a readable file ({err.strerror})") from None
+        self.video = (decoder or shared_decoder()).open(
+            path, settings.video_input.sample_fps, settings.video_input.max_frames)
+        self.plan = self.video.plan
+        maxima = {"frame_id": int(self.plan.frame_ids[-1]), "timestamp_ms": int(self.plan.timestamps_ms[-1])}
         if hasattr(extractor, "grid"):  # patch models: every frame of a video has one grid
-            rows, cols = extractor.grid(self.reader.info.height, self.reader.info.width)
+            rows, cols = extractor.grid(self.video.info.height, self.video.info.width)
             maxima.update(row_idx=rows - 1, col_idx=cols - 1)
         check_fits(collection, maxima, path)
         self.frames = len(self.plan)
+        self.embedded_frames = 0
         self.seconds = StageSeconds()
         self.thumbnails: list[tuple[int, np.ndarray]] = []  # (timestamp_ms, small RGB) for a contact sheet
         self._thumb_ids = set(self.plan.frame_ids[np.linspace(0, self.frames - 1, min(THUMBNAILS, self.frames)).astype(int)].tolist())
 
     def __iter__(self) -> Iterator[EmbeddingBatch]:
-        info = self.reader.info
+        info = self.video.info
         log.info(
             "%s: %dx%d, %d frames at %.2f fps; embedding %d sampled frames on %s",
             self.video_path, info.width, info.height, info.frame_count, info.fps, self.frames, self.extractor.device,
@@ -73,11 +79,21 @@ class VideoEmbeddings:
             self._keep_thumbnails(frames)
             rows = self.extractor.embed(frames)
             self.seconds.model += time.perf_counter() - started
+            self.embedded_frames += len(frames)
             yield rows
+        if why := still_being_written(self.path, self.stat, 0):
+            raise VideoError(why)  # before the store commits rows of a half-copied file
+        if self.partial:
+            log.warning("%s: partial: %s", self.video_path, self.partial)
+
+    @property
+    def partial(self) -> str | None:
+        """Why fewer frames than planned were embedded (a file cut short, damage), if so."""
+        return self.video.partial
 
     def _decoded(self) -> Iterator:
         """Decoding, timed; runs in its own thread ahead of the model."""
-        batches = self.reader.batches(self.plan, self.batch_size)
+        batches = self.video.batches(self.batch_size)
         while True:
             started = time.perf_counter()
             frames = next(batches, None)
