@@ -70,19 +70,24 @@ def test_injection_file_name_touches_only_its_own_rows(store_and_spec):
     assert store.count_rows(spec, INJECTION) == 3 and store.count_rows(spec, "victim.mp4") == 4
     store.delete_video(spec, INJECTION)
     assert store.count_rows(spec) == 4
+    store.write_video(spec, "a\nb.mp4", [batch(1)], batch_size=10)  # a newline, and a backslash + n:
+    store.write_video(spec, "a\\nb.mp4", [batch(2)], batch_size=10)  # two videos, never confused
+    assert (store.count_rows(spec, "a\nb.mp4"), store.count_rows(spec, "a\\nb.mp4")) == (1, 2)
 
 
-@pytest.mark.parametrize("name", ["it's \\ odd.mp4", "ünï ✓ cöde.mp4", "a, b [c].mp4", 'q"uote.mp4'])
+@pytest.mark.parametrize("name", ["it's \\ odd.mp4", "ünï ✓ cöde.mp4", "a, b [c].mp4", 'q"uote.mp4',
+                                  "new\nline\ttab\r.mp4", "\\n not a newline.mp4", "x" * 251 + ".mp4"])
 def test_names_round_trip(store_and_spec, name):
     store, spec = store_and_spec
     store.write_video(spec, name, [batch(2)], batch_size=10)
     rows = store.fetch_video(spec, name, ("video_path",))
-    assert {r["video_path"] for r in rows} == {name}
+    assert {r["video_path"] for r in rows} == {name} and len(rows) == 2
 
 
-def test_control_characters_are_refused():
-    with pytest.raises(VideoError, match="control characters"):
-        quote("line\nbreak.mp4")
+def test_control_characters_milvus_cannot_spell_are_refused():
+    assert quote("line\nbreak.mp4") == '"line\\nbreak.mp4"'
+    with pytest.raises(VideoError, match="control characters other than newline and tab"):
+        quote("bell\x07.mp4")
 
 
 def test_existing_collection_with_other_fields_is_named(tmp_path, tiny_clip, store_and_spec):

@@ -4,7 +4,8 @@ Writing replaces a video's rows exactly and crash-safely: every row carries the
 `generation` of the write that made it; the new generation is inserted first and the
 older ones deleted after, so a crash in between leaves a duplicate that the next write
 removes, never a loss. Filters quote file names (Milvus Lite and older servers reject
-`filter_params`): quotes and backslashes are escaped, control characters refused.
+`filter_params`): quotes, backslashes, newlines and tabs are escaped, other control
+characters refused.
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ from feature_pipeline_dagster.extract.stream import prefetch
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def quote(value: str) -> str:
-    """A Milvus string literal for `value`, safe against injection."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise VideoError(f"{value!r}: names with control characters cannot be matched in Milvus")
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A Milvus string literal for `value`, safe against injection: backslash, quote,
+    newline, carriage return and tab escaped; other control characters, which Milvus'
+    expression grammar cannot spell, refused."""
+    if any((ord(ch) < 32 and ch not in _ESCAPES) or ord(ch) == 127 for ch in value):
+        raise VideoError(f"{value!r}: names with control characters other than newline and tab cannot be matched in Milvus")
+    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'
 
 
 def new_generation() -> int:
@@ -65,12 +71,18 @@ class MilvusStore:
         if self._client is None:
             from pymilvus import MilvusClient
 
+            _quiet_pymilvus()
+            # `dedicated`: this store's own gRPC channel, closed by `close`. pymilvus otherwise
+            # shares one channel per address for the whole process and never closes it; after
+            # the server went away that channel stays in gRPC's reconnect backoff, so retries
+            # kept failing (8 s and more) after the server was back (test_db_faults).
             # A Lite file is served by the shared loopback server; one that died a moment
             # ago may still look alive, so a failed connect checks (and restarts) it again.
             attempts = 3 if self.uri.endswith(".db") else 1
             for attempt in range(attempts):
                 try:
-                    self._client = MilvusClient(uri=self._server_uri(), token=self._token or "", timeout=30)
+                    self._client = MilvusClient(uri=self._server_uri(), token=self._token or "", timeout=30,
+                                                dedicated=True)
                     break
                 except StoreError:
                     raise
@@ -148,16 +160,40 @@ class MilvusStore:
         name_filter = f"video_path == {quote(video_path)}"
         generation = new_generation()
         rows = 0
-        # The rows are computed (decode, model) in another thread while this one inserts.
-        for chunk in prefetch(rechunk(batches, min(batch_size, rows_per_request(spec))), depth=2, name="embed"):
-            self._call("insert", self.client.insert, spec.name, self._rows(spec, video_path, generation, chunk))
-            rows += len(chunk)
+        try:
+            # The rows are computed (decode, model) in another thread while this one inserts.
+            for chunk in prefetch(rechunk(batches, min(batch_size, rows_per_request(spec))), depth=2, name="embed"):
+                self._call("insert", self.client.insert, spec.name, self._rows(spec, video_path, generation, chunk))
+                rows += len(chunk)
+        except Exception:
+            if rows:  # the video failed part way: take back what this write added
+                self._discard(spec, f"{name_filter} and generation == {generation}")
+            raise
         # Flushed first, the new rows are durable before the old go; Milvus Lite also
         # filters sealed rows far faster than unflushed ones (measured: bench_pipeline).
-        self._call("flush", self.client.flush, spec.name)
+        self._flush(spec)
         self._call("delete", self.client.delete, spec.name, filter=f"{name_filter} and generation != {generation}")
-        self._call("flush", self.client.flush, spec.name)
+        self._flush(spec)
         return rows
+
+    def _flush(self, spec: CollectionSpec) -> None:
+        """Flush, again at once if it fails: Milvus Lite 3.2 can refuse one of two flushes
+        that race ("current_seq is monotonic"; seen with two runs writing, bench_load.py).
+        A flush only persists what is in memory, so a repeat is safe, and cheaper than
+        Dagster's retry, which embeds the run's videos again."""
+        for pause in (0.1, 0.3):
+            try:
+                return self.client.flush(spec.name)
+            except Exception:
+                time.sleep(pause)
+        self._call("flush", self.client.flush, spec.name)
+
+    def _discard(self, spec: CollectionSpec, where: str) -> None:
+        """Best effort: if Milvus is what failed, the next write of the video removes them."""
+        try:
+            self.client.delete(spec.name, filter=where)
+        except Exception:
+            pass
 
     def _rows(self, spec: CollectionSpec, video_path: str, generation: int, batch: EmbeddingBatch) -> list[dict]:
         vector_name = spec.vector_field.name
@@ -183,7 +219,6 @@ class MilvusStore:
         """All rows of one video (vector and the named scalar fields), in no set order."""
         self.ensure_collection(spec)
         out = [spec.vector_field.name, *fields]
-        _quiet_pymilvus()
         rows, it = [], self._call(
             "query", self.client.query_iterator, spec.name, filter=f"video_path == {quote(video_path)}",
             output_fields=out, batch_size=1000,
@@ -204,9 +239,13 @@ class MilvusStore:
 
 
 def _quiet_pymilvus() -> None:
+    """Failed calls are reported as one StoreError line; pymilvus would also log each
+    with a 70-line traceback (and retry chatter) on the user's console."""
     logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
     if not any(isinstance(f, _DropNoise) for f in logger.filters):
         logger.addFilter(_DropNoise())
+    for name in ("pymilvus.decorators", "pymilvus.client.connection_manager"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def rows_per_request(spec: CollectionSpec, limit_bytes: int = MAX_REQUEST_BYTES) -> int:
