@@ -28,7 +28,7 @@ from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from feature_pipeline_dagster.assets.embeddings import DEVICE_TAG, MAX_VIDEOS_PER_RUN, VIDEO_FILE
-from feature_pipeline_dagster.assets.summary import summary_collection
+from feature_pipeline_dagster.assets.summary import SUMMARY_ASSET, summary_collection
 from feature_pipeline_dagster.config import Settings
 from feature_pipeline_dagster.errors import PipelineError
 from feature_pipeline_dagster.extract.devices import run_devices
@@ -55,6 +55,10 @@ class _DevicePicker:
 def build_video_sensor(settings: Settings) -> SensorDefinition:
     features = [AssetKey(f) for f in settings.model.features]
     checks = [AssetCheckKey(k, name) for k in features for name in CHECKS]
+    # The summary rides in the same run, after the blocking checks (which gate it per run):
+    # left to the automation sensor, it waited for every queued run's checks (the checks
+    # are not partitioned), so summaries stalled while files kept arriving (bench_load.py).
+    targets = [*features, AssetKey(SUMMARY_ASSET)]
     devices = run_devices(settings.gpus)
 
     def request(videos: list[tuple[str, object]], device: str) -> RunRequest:
@@ -64,11 +68,11 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         if len(keys) > 1:
             tags.update({ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
         run_key = hashlib.sha1(json.dumps([(k, v.fingerprint) for k, v in videos]).encode()).hexdigest()
-        return RunRequest(run_key=run_key, asset_selection=features, asset_check_keys=checks,
+        return RunRequest(run_key=run_key, asset_selection=targets, asset_check_keys=checks,
                           partition_key=keys[0] if len(keys) == 1 else None, tags=tags)
 
     @sensor(name="video_folder_sensor", minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING,
-            asset_selection=features,
+            asset_selection=targets,
             description=f"Embeds videos as they arrive in {settings.video_input.path} (and forgets deleted ones).")
     def video_folder_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
         if not settings.video_input.path.is_dir():  # unmounted or moved: never read as "all deleted"

@@ -1,6 +1,6 @@
 """`video_summary_embedding`: one L2-normalized mean vector per video, in its own
-collection, materialized automatically after its upstream partition once the
-embedding's blocking checks have passed."""
+collection, materialized after its upstream partition once the embedding's blocking
+checks have passed: in the folder sensor's runs, or automatically after other runs."""
 
 import numpy as np
 from dagster import AssetIn, AssetsDefinition, AutomationCondition, BackfillPolicy, Failure, asset
