@@ -143,33 +143,33 @@ class VideoReader:
     def plan(self, sample_fps: float, max_frames: int | None) -> SamplingPlan:
         return SamplingPlan.for_timestamps(self._starts, sample_fps, max_frames)
 
-    def timestamps_ms(self, frame_ids: np.ndarray) -> np.ndarray:
-        """Presentation time of each frame, from the stream's own timestamps."""
-        return np.round(self._starts[np.asarray(frame_ids)] * 1000).astype(np.int64)
-
     def batches(self, plan: SamplingPlan, batch_size: int) -> Iterator[FrameBatch]:
         frame_bytes = self.info.width * self.info.height * 3
         size = max(1, min(batch_size, MAX_BATCH_BYTES // frame_bytes))
         for start in range(0, len(plan), size):
             ids = plan.frame_ids[start : start + size]
             frames, why = self._decode(ids)
-            if why is not None:
-                # Damage somewhere in this batch: find the sound frames before it, one at
-                # a time on a fresh reader (decord's may be left mid-packet).
-                self._reader = self._open(self._source)
-                sound = []
-                for frame_id in ids:
-                    frame, why = self._decode(ids[len(sound) : len(sound) + 1])
-                    if why is not None:
-                        break
-                    sound.append(frame[0])
-                if sound:
-                    yield FrameBatch(np.stack(sound), ids[: len(sound)], plan.timestamps_ms[start : start + len(sound)])
-                if len(sound) < len(ids):
-                    self._stop_at(plan, start + len(sound), why)
-                    return
+            if why is None:
+                yield FrameBatch(frames, ids, plan.timestamps_ms[start : start + len(ids)])
                 continue
-            yield FrameBatch(frames, ids, plan.timestamps_ms[start : start + len(ids)])
+            sound, why = self._sound_prefix(ids)
+            if sound:
+                yield FrameBatch(np.stack(sound), ids[: len(sound)], plan.timestamps_ms[start : start + len(sound)])
+            if why is not None:
+                self._stop_at(plan, start + len(sound), why)
+                return
+
+    def _sound_prefix(self, ids: np.ndarray) -> tuple[list[np.ndarray], str | None]:
+        """Damage somewhere in a batch: its frames one at a time, on a fresh reader
+        (decord's may be left mid-packet), up to the first that is not sound."""
+        self._reader = self._open(self._source)
+        sound = []
+        for i in range(len(ids)):
+            frame, why = self._decode(ids[i : i + 1])
+            if why is not None:
+                return sound, why
+            sound.append(frame[0])
+        return sound, None  # what was logged was about frames past this batch
 
     def _decode(self, ids: np.ndarray) -> tuple[np.ndarray | None, str | None]:
         """The frames, or why they are not sound: decord failed, or FFmpeg logged damage."""

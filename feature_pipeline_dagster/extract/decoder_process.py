@@ -36,7 +36,6 @@ class OpenVideo:
         self.info = VideoInfo(path, **{k: v for k, v in answer["info"].items() if k != "path"})
         self.plan = SamplingPlan(np.asarray(answer["frame_ids"], np.int64), np.asarray(answer["timestamps_ms"], np.int64))
         self.partial: str | None = answer["partial"]
-        self.decoder_log: list[str] = []
 
     def batches(self, batch_size: int) -> Iterator[FrameBatch]:
         """Every batch of the plan; a parent that stops early ends the child's video."""
@@ -51,7 +50,7 @@ class OpenVideo:
                     raise VideoError(head["error"])
                 if head.get("end"):
                     finished = True
-                    self.partial, self.decoder_log = head["partial"], head["log"]
+                    self.partial = head["partial"]
                     return
                 start, count, shape = head["start"], head["count"], tuple(head["shape"])
                 frames = np.empty(shape, np.uint8)
@@ -142,6 +141,8 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() == 1:  # it died before that took effect
+        sys.exit(0)
 
 
 class _Complaints:
@@ -182,6 +183,8 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
         current = request.get("path", current)
         try:
             if request["op"] == "open":
+                if reader is not None:  # opened, never decoded (the parent refused it)
+                    reader.close()
                 complaints.reset()
                 reader = VideoReader(request["path"], complaints)
                 plan = reader.plan(request["sample_fps"], request["max_frames"])
@@ -193,7 +196,7 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
                 for batch in reader.batches(plan, request["batch_size"]):
                     answer({"start": done, "count": len(batch), "shape": list(batch.frames.shape)}, batch.frames)
                     done += len(batch)
-                answer({"end": True, "partial": reader.partial, "log": complaints()[-20:]})
+                answer({"end": True, "partial": reader.partial})
                 reader.close()  # the file is let go of as soon as its frames are out
                 reader = None
         except VideoError as err:
