@@ -137,9 +137,12 @@ class MilvusStore:
         try:
             self.client.create_collection(spec.name, schema=schema, index_params=index)
         except Exception as err:
-            if not self._call("has_collection", self.client.has_collection, spec.name):  # not a race lost
-                raise StoreError(f"Milvus at {self.uri}: create collection {spec.name} failed ({one_line(err)})") from None
-            self._check_schema(spec)
+            # Another process may be creating it right now: its collection shows up in a moment.
+            for _ in range(20):
+                if self._call("has_collection", self.client.has_collection, spec.name):
+                    return self._check_schema(spec)
+                time.sleep(0.25)
+            raise StoreError(f"Milvus at {self.uri}: create collection {spec.name} failed ({one_line(err)})") from None
 
     def _check_schema(self, spec: CollectionSpec) -> None:
         described = self._call("describe_collection", self.client.describe_collection, spec.name)
