@@ -1,17 +1,24 @@
 """SIGKILL at many points of a materialization, then run it again: every video ends
-with exactly its rows (none lost, none doubled) and other videos are untouched."""
+with exactly its rows (none lost, none doubled) and other videos are untouched.
+
+Most kills are placed by watching the real state, not by a clock: while the decoder
+child has a video open and nothing of its new generation is written; between two
+insert requests of a video; after a video's new generation is all in but before its
+old one is deleted. The rest are spread in time over the whole run."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from pathlib import Path
 
 import yaml
 
 from feature_pipeline_dagster.config import load_settings
 from feature_pipeline_dagster.samples import write_video
-from feature_pipeline_dagster.store.milvus import MilvusStore
+from feature_pipeline_dagster.store.milvus import MilvusStore, quote
 from feature_pipeline_dagster_tests.conftest import subprocess_env
 
 KILL_POINTS = 20
@@ -73,6 +80,49 @@ def rows(store, spec, name):
     return len(found), len({r["frame_id"] for r in found})
 
 
+def decoding(proc, videos: list[Path]) -> bool:
+    """The run's decoder child has one of the videos open (decode, and the inference
+    that overlaps it)."""
+    for pid in os.listdir("/proc"):
+        try:
+            if (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(proc.pid)
+                    and any(os.readlink(f"/proc/{pid}/fd/{fd}") in map(str, videos) for fd in os.listdir(f"/proc/{pid}/fd"))):
+                return True
+        except (OSError, IndexError):
+            continue
+    return False
+
+
+def generations(store, spec, videos: list[Path]) -> list[list[int]]:
+    """Per video, its rows per generation, oldest first (one query: the watch is tight)."""
+    names = ", ".join(quote(v.name) for v in videos)
+    found = store.client.query(spec.name, filter=f"video_path in [{names}]", output_fields=["video_path", "generation"])
+    counts = Counter((r["video_path"], r["generation"]) for r in found)
+    return [[counts[k] for k in sorted(k for k in counts if k[0] == v.name)] for v in videos]
+
+
+def kill_when(proc, stage: str, store, spec, videos: list[Path], timeout: float = 60) -> bool:
+    """SIGKILL the run as soon as it is at `stage`; False if it never got there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stage == "decoding":
+            hit = decoding(proc, videos)
+        else:
+            states = generations(store, spec, videos)
+            between = [s for s in states if len(s) == 2]
+            hit = any(0 < s[1] < 8 for s in between) if stage == "between write batches" else any(
+                s[1] == 8 for s in between)
+        if hit:
+            os.kill(proc.pid, signal.SIGKILL)
+            return True
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    return False
+
+
+STAGES = ["decoding", "between write batches", "new generation in, old not yet deleted"]
+
+
 def test_sigkill_at_twenty_points_loses_and_doubles_nothing(project):
     config = yaml.safe_load(project.config.read_text())
     config["db"]["batch_size"] = 2  # many insert requests: many points between write batches
@@ -89,12 +139,20 @@ def test_sigkill_at_twenty_points_loses_and_doubles_nothing(project):
     duration = time.perf_counter() - started
     settings = load_settings(project.config)
     spec = settings.db.collections[0]
+    videos = [project.videos / name for name in RANGE]
     lost = doubled = 0
+    hits: Counter = Counter()
+    watcher = MilvusStore.from_settings(settings.db)
     proc = spawn(project)
     for point in range(1, KILL_POINTS + 1):
         go(proc)
-        time.sleep(duration * point / (KILL_POINTS + 1))
-        os.kill(proc.pid, signal.SIGKILL)
+        if point <= 15:  # 5 kills placed at each named stage
+            stage = STAGES[point % 3]
+            hits[stage if kill_when(proc, stage, watcher, spec, videos) else "missed: " + stage] += 1
+        else:  # and 5 spread in time
+            time.sleep(duration * (point - 15) / 6)
+            os.kill(proc.pid, signal.SIGKILL)
+            hits["spread in time"] += 1
         proc.wait()
         proc = spawn(project) if point < KILL_POINTS else None  # starts while the range runs again
         run_again()
@@ -106,5 +164,8 @@ def test_sigkill_at_twenty_points_loses_and_doubles_nothing(project):
                 doubled += count - distinct
         finally:
             store.close()
-    print(f"kill points: {KILL_POINTS} over {duration:.1f}s of work; rows lost: {lost}; rows doubled: {doubled}")
+    watcher.close()
+    print(f"kill points: {KILL_POINTS} ({dict(hits)}) over {duration:.1f}s of work; "
+          f"rows lost: {lost}; rows doubled: {doubled}")
     assert (lost, doubled) == (0, 0)
+    assert all(hits[stage] >= 4 for stage in STAGES), hits  # a stage missed once is noise, not a hole
