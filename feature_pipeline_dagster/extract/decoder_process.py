@@ -26,6 +26,7 @@ import numpy as np
 from feature_pipeline_dagster.errors import VideoError, one_line
 from feature_pipeline_dagster.extract.batches import FrameBatch
 from feature_pipeline_dagster.extract.decode import SamplingPlan, VideoInfo
+from feature_pipeline_dagster.extract.heap import fix_mmap_threshold
 
 
 class OpenVideo:
@@ -207,6 +208,7 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
 
 def main() -> None:
     _die_with_parent()
+    fix_mmap_threshold()
     answers = os.fdopen(os.dup(1), "wb")  # the protocol's own channel:
     complaints = _Complaints()
     os.dup2(2, 1)  # anything a library prints to stdout goes with its logs instead

@@ -19,6 +19,7 @@ from feature_pipeline_dagster.config import INT_RANGES, CollectionSpec, Settings
 from feature_pipeline_dagster.errors import ModelError, VideoError
 from feature_pipeline_dagster.extract.batches import EmbeddingBatch
 from feature_pipeline_dagster.extract.decoder_process import DecoderProcess, shared_decoder
+from feature_pipeline_dagster.extract.heap import fix_mmap_threshold
 from feature_pipeline_dagster.extract.models import Extractor
 from feature_pipeline_dagster.extract.stream import prefetch
 from feature_pipeline_dagster.videos import still_being_written
@@ -43,6 +44,7 @@ class VideoEmbeddings:
 
     def __init__(self, path: Path, video_path: str, settings: Settings, collection: CollectionSpec,
                  extractor: Extractor, batch_size: int | None = None, decoder: DecoderProcess | None = None):
+        fix_mmap_threshold()
         self.path, self.video_path, self.extractor = path, video_path, extractor
         self.batch_size = batch_size or settings.model.batch_size
         if extractor.dim != collection.vector_field.dim:
