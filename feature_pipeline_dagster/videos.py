@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,6 @@ def still_being_written(path: Path, before: os.stat_result, settle_seconds: floa
     Its size or modification time moved since `before`; or it was modified within
     `settle_seconds` and moves during a short look (a failure to open a file that is
     being written says nothing about the file it will become)."""
-    import time
 
     def moved(now: os.stat_result) -> str | None:
         if (now.st_size, now.st_mtime_ns) == (before.st_size, before.st_mtime_ns):

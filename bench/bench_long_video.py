@@ -1,0 +1,411 @@
+"""Long videos: peak memory of embedding a 60-minute video against a 1-minute one.
+
+    .venv/bin/python bench/bench_long_video.py [--repeats 3] [--long-minutes 60]
+
+Requirement: the peak memory of a 60-minute video (small frame size) stays within 1.2x
+that of a 1-minute one.
+
+What runs: per video, a fresh process (`--child`) loads the config, the model and the
+store, then calls `write_one_video(settings, spec, store, extractor, relpath)` once: the
+real path (decoding, in the decode worker process where the code has one; preprocess;
+model; the store's rechunk and inserts; flush and delete of older generations). Model:
+the tests' tiny CLIP (`feature_pipeline_dagster_tests.conftest.TINY_CLIP`: the real
+open_clip architecture, random weights, 32-d), whose small fixed footprint makes the
+ratio strict. Config: the tests' `clip_config` with the defaults model.batch_size 32 and
+db.batch_size 1000; sample_fps 1, so 60 vs 60*M sampled frames. Videos: 320x240, 30 fps
+H.264 (ffmpeg testsrc2, libx264 ultrafast, yuv420p), one encoded minute and that minute
+looped by stream copy to M minutes, cached in bench/results/cache/long_video/.
+
+What is measured: every ~50 ms, the sum of VmRSS over the embedding process and all its
+descendants (so a decode worker counts too), and each process's largest VmHWM. The
+Milvus Lite server (a fresh database per run) is started by this process beforehand, so
+it is outside the tree; its RSS is reported on the side. The peak covers the process's
+life up to the end of write_one_video, loading included; its shutdown after that is
+reported apart (tree_peak_after_done_kb).
+
+Figure: peak tree RSS of the long video / that of the short one, per repeat, the order
+alternating; median and min-max over repeats. Also the absolute peaks (MiB), the tree
+RSS once loaded ("ready"), the embedding process's own VmHWM, and whether the long run
+levels off (largest tree RSS in the first vs the second half of its embedding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+CACHE = RESULTS / "cache" / "long_video"
+SAMPLE_S = 0.05
+GOAL = 1.2
+OUT = RESULTS / "long_video.json"
+MODEL_BATCH, DB_BATCH = 32, 1000  # the config defaults
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+# ---------------------------------------------------------------- setup
+
+def ffmpeg(*args: str) -> None:
+    exe = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+    subprocess.run([exe, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def videos(long_minutes: int) -> tuple[Path, Path]:
+    """(short, long): one encoded minute, and that minute looped to `long_minutes`."""
+    folder = CACHE / "videos"
+    folder.mkdir(parents=True, exist_ok=True)
+    short = folder / "short_1min.mp4"
+    if not short.exists():
+        tmp = folder / "short_1min.tmp.mp4"
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-t", "60", "-c:v", "libx264",
+               "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(tmp))
+        tmp.replace(short)
+    long = folder / f"long_{long_minutes}min.mp4"
+    if not long.exists():
+        tmp = folder / f"long_{long_minutes}min.tmp.mp4"
+        ffmpeg("-stream_loop", str(long_minutes - 1), "-i", str(short), "-c", "copy", str(tmp))
+        tmp.replace(long)
+    return short, long
+
+
+def tiny_clip() -> Path:
+    from feature_pipeline_dagster.config import ModelSettings
+    from feature_pipeline_dagster.extract.models.clip_weights import make_random
+    from feature_pipeline_dagster_tests.conftest import TINY_CLIP
+
+    folder = CACHE / "tiny-clip"
+    if not (folder / "open_clip_config.json").exists():
+        make_random(ModelSettings(name="CLIP", path=str(folder), source="folder"), folder, TINY_CLIP)
+    return folder
+
+
+def write_config(work: Path, model: Path, folder: Path) -> tuple[Path, Path]:
+    import yaml
+
+    from feature_pipeline_dagster_tests.conftest import clip_config
+
+    db = work / "db" / "bench.db"
+    config = clip_config(work, model, folder, **{"model.batch_size": MODEL_BATCH, "db.batch_size": DB_BATCH,
+                                                  "db.uri": str(db)})
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, db
+
+
+# ---------------------------------------------------------------- the embedding process
+
+def child(config: str, relpath: str) -> None:
+    """Embed one video through the real path; 'READY' on stdout once everything is
+    loaded, then one JSON line when done."""
+    from feature_pipeline_dagster.config import load_settings
+    from feature_pipeline_dagster.extract.models import load_extractor
+    from feature_pipeline_dagster.store.milvus import MilvusStore
+    from feature_pipeline_dagster.video_writer import write_one_video
+
+    settings = load_settings(config)
+    spec = settings.db.collections[0]
+    store = MilvusStore.from_settings(settings.db)
+    extractor = load_extractor(settings.model, "cpu")
+    store.ensure_collection(spec)
+    print("READY", flush=True)
+    started = time.perf_counter()
+    meta = write_one_video(settings, spec, store, extractor, relpath)
+    seconds = time.perf_counter() - started
+    out = {"rows": meta["rows"], "frames": meta["frames"], "seconds": round(seconds, 2),
+           "seconds_decode": meta["seconds_decode"], "seconds_model": meta["seconds_model"],
+           "vmhwm_kb": status_kb(os.getpid()).get("VmHWM", -1)}
+    print("DONE " + json.dumps(out), flush=True)
+    store.close()
+
+
+# ---------------------------------------------------------------- /proc
+
+def status_kb(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/PID/status that matter here ({} if the process is gone)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                    out[key] = int(rest.split()[0])
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def _children_files_work() -> bool:
+    return Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
+
+
+CHILDREN_FILES = _children_files_work()
+
+
+def descendants(root: int) -> list[int]:
+    """root and every process below it: /proc/PID/task/*/children where the kernel has
+    them, else a scan of every /proc/*/stat for its ppid."""
+    if CHILDREN_FILES:
+        found, todo = [root], [root]
+        while todo:
+            pid = todo.pop()
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    kids = [int(k) for k in task.read_text().split()]
+                except OSError:
+                    continue
+                found.extend(kids)
+                todo.extend(kids)
+        return found
+    parent_of = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        parent_of[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    kids: dict[int, list[int]] = {}
+    for pid, ppid in parent_of.items():
+        kids.setdefault(ppid, []).append(pid)
+    found, todo = [root], [root]
+    while todo:
+        for kid in kids.get(todo.pop(), []):
+            found.append(kid)
+            todo.append(kid)
+    return found
+
+
+def comm(pid: int) -> str:
+    """What a process runs, briefly: its command line without the interpreter's path."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "?"
+    args = [a for a in args if a]
+    if args and args[0].endswith(("python", "python3")) or "python" in Path(args[0] if args else "").name:
+        args = args[1:]
+    return " ".join(Path(a).name if i == 0 else a for i, a in enumerate(args[:3]))[:80] or "?"
+
+
+class TreeSampler(threading.Thread):
+    """Every SAMPLE_S: the sum of VmRSS (and RssAnon, RssFile) over a process tree, the
+    most processes at once, and each process's largest VmHWM seen; `exclude` pids are
+    left out (the Lite server, should it ever be started from inside the tree)."""
+
+    def __init__(self, root: int, side: int | None):
+        super().__init__(daemon=True)
+        self.root, self.side = root, side
+        self.trace: list[tuple[float, int, int, int, int]] = []  # (t, rss, anon, file, processes)
+        self.side_trace: list[int] = []
+        self.hwm: dict[int, dict] = {}
+        self.exclude = {side} if side else set()
+        self.stop = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self) -> None:
+        while True:
+            self.sample()
+            if self.stop.wait(SAMPLE_S):
+                return
+
+    def sample(self) -> None:
+        rss = anon = file = n = 0
+        for pid in descendants(self.root):
+            if pid in self.exclude:
+                continue
+            st = status_kb(pid)
+            if "VmRSS" not in st:  # gone, or a zombie
+                continue
+            rss += st["VmRSS"]
+            anon += st.get("RssAnon", 0)
+            file += st.get("RssFile", 0) + st.get("RssShmem", 0)
+            n += 1
+            seen = self.hwm.setdefault(pid, {"comm": comm(pid), "vmhwm_kb": 0})
+            seen["vmhwm_kb"] = max(seen["vmhwm_kb"], st.get("VmHWM", 0))
+        if n:
+            self.trace.append((time.perf_counter() - self.t0, rss, anon, file, n))
+        if self.side:
+            self.side_trace.append(status_kb(self.side).get("VmRSS", 0))
+
+
+def run_one(model: Path, video: Path) -> dict:
+    from feature_pipeline_dagster.store.lite_server import LiteServer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-long-video-"))
+    config, db = write_config(work, model, video.parent)
+    server = LiteServer(db)
+    state = server.ensure_running()  # our child, not the embedding process's
+    marks: dict[str, float] = {}
+    hwm: dict[int, dict] = {}
+    lines: list[str] = []
+    try:
+        process = subprocess.Popen(
+            [sys.executable, __file__, "--child", str(config), video.name],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
+        sampler = TreeSampler(process.pid, state.pid)
+        sampler.start()
+        errors: list[str] = []
+        reader = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+        reader.start()
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith(("READY", "DONE")):
+                sampler.sample()  # the tree at this moment, on the mark
+                marks[line.split()[0].lower()] = time.perf_counter() - sampler.t0
+                if line.startswith("DONE"):
+                    hwm = {pid: dict(h) for pid, h in sampler.hwm.items()}  # before shutdown
+        code = process.wait()
+        sampler.stop.set()
+        sampler.join()
+        reader.join(timeout=5)
+        if code != 0 or "done" not in marks:
+            raise SystemExit(f"embedding {video.name} failed (exit {code}):\n{''.join(errors[-30:])}")
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    result = json.loads(next(l for l in lines if l.startswith("DONE"))[5:])
+    trace = sampler.trace
+    ready, done = marks["ready"], marks["done"]
+    # The figure covers the process's life up to the end of write_one_video (loading
+    # included); its interpreter shutdown after that is reported apart.
+    alive = [s for s in trace if s[0] <= done]
+    during = [s for s in alive if s[0] >= ready]
+    half = ready + (done - ready) / 2
+    first = [s[1] for s in during if s[0] < half]
+    second = [s[1] for s in during if s[0] >= half]
+    peak = max(alive, key=lambda s: s[1])
+    at_ready = min(trace, key=lambda s: abs(s[0] - ready))
+    return {
+        "video": video.name, "rows": result["rows"], "seconds": result["seconds"],
+        "seconds_decode": result["seconds_decode"], "seconds_model": result["seconds_model"],
+        "samples": len(trace), "processes_max": max(s[4] for s in trace),
+        "tree_peak_kb": peak[1], "tree_peak_anon_kb": peak[2], "tree_peak_file_kb": peak[3],
+        "tree_peak_at": "embedding" if peak[0] >= ready else "loading",
+        "tree_peak_after_done_kb": max((s[1] for s in trace if s[0] > done), default=0),
+        "tree_ready_kb": at_ready[1], "tree_ready_anon_kb": at_ready[2],
+        "embedding_process_vmhwm_kb": result["vmhwm_kb"],
+        "tree_vmhwm_max_kb": max(h["vmhwm_kb"] for h in hwm.values()),
+        "tree_vmhwm_sum_kb": sum(h["vmhwm_kb"] for h in hwm.values()),
+        "processes": {str(pid): h for pid, h in hwm.items()},
+        "trace_first_half_max_kb": max(first, default=0), "trace_second_half_max_kb": max(second, default=0),
+        "lite_server_rss_max_kb": max(sampler.side_trace, default=0),
+        # (seconds since the embedding process started, tree VmRSS MiB), every sample
+        "trace_mib": [[round(s[0], 2), round(s[1] / 1024, 1)] for s in trace],
+        "ready_s": round(ready, 2), "done_s": round(done, 2),
+    }
+
+
+# ---------------------------------------------------------------- main
+
+def stats(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
+            "max": round(max(values), 4), "n": len(values), "samples": [round(v, 4) for v in values]}
+
+
+def mib(kb: float) -> float:
+    return round(kb / 1024, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long-minutes", type=int, default=60)
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "RELPATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+
+    started = time.perf_counter()
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    print(f"setup: videos and the tiny CLIP, cached in {CACHE.relative_to(REPO)}/", flush=True)
+    short, long = videos(args.long_minutes)
+    model = tiny_clip()
+    sides = {"short": short, "long": long}
+    runs: dict[str, list[dict]] = {"short": [], "long": []}
+    for rep in range(args.repeats):
+        for side in ("short", "long") if rep % 2 == 0 else ("long", "short"):
+            r = run_one(model, sides[side])
+            runs[side].append(r)
+            print(f"  repeat {rep + 1}/{args.repeats} {side:5s} ({r['video']}, {r['rows']} rows, {r['seconds']:.0f} s): "
+                  f"tree peak {mib(r['tree_peak_kb'])} MiB (anon {mib(r['tree_peak_anon_kb'])}, at {r['tree_peak_at']}), "
+                  f"ready {mib(r['tree_ready_kb'])} MiB, embedding process VmHWM {mib(r['embedding_process_vmhwm_kb'])} MiB, "
+                  f"{r['processes_max']} process(es) at once; halves {mib(r['trace_first_half_max_kb'])} / "
+                  f"{mib(r['trace_second_half_max_kb'])} MiB", flush=True)
+            for pid, h in r["processes"].items():
+                print(f"      pid {pid} VmHWM {mib(h['vmhwm_kb'])} MiB: {h['comm']}")
+
+    results = {
+        "requirement": "peak memory of a 60-minute video (small frame size) <= 1.2x that of a 1-minute one",
+        "figure": "peak of the sum of VmRSS over the embedding process tree, long / short",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {"repeats": args.repeats, "long_minutes": args.long_minutes, "size": "320x240", "fps": 30,
+                     "sample_fps": 1.0, "model": "tiny CLIP (tests' TINY_CLIP, random weights, 32-d)",
+                     "model_batch_size": MODEL_BATCH, "db_batch_size": DB_BATCH, "sample_interval_s": SAMPLE_S,
+                     "children_files": CHILDREN_FILES},
+        "runs": runs,
+    }
+    summary = {}
+    for side, rs in runs.items():
+        summary[side] = {
+            "tree_peak_mib": stats([mib(r["tree_peak_kb"]) for r in rs]),
+            "tree_ready_mib": stats([mib(r["tree_ready_kb"]) for r in rs]),
+            "embedding_process_vmhwm_mib": stats([mib(r["embedding_process_vmhwm_kb"]) for r in rs]),
+            "tree_vmhwm_sum_mib": stats([mib(r["tree_vmhwm_sum_kb"]) for r in rs]),
+            "growth_during_embedding_mib": stats([mib(r["tree_peak_kb"] - r["tree_ready_kb"]) for r in rs]),
+            "trace_halves_mib": [[mib(r["trace_first_half_max_kb"]), mib(r["trace_second_half_max_kb"])] for r in rs],
+            "seconds": stats([r["seconds"] for r in rs]),
+            "lite_server_rss_max_mib": stats([mib(r["lite_server_rss_max_kb"]) for r in rs]),  # outside the tree
+        }
+    pairs = list(zip(runs["short"], runs["long"]))
+    ratio = [lg["tree_peak_kb"] / sh["tree_peak_kb"] for sh, lg in pairs]
+    hwm_ratio = [lg["embedding_process_vmhwm_kb"] / sh["embedding_process_vmhwm_kb"] for sh, lg in pairs]
+    summary["long_over_short"] = stats(ratio)
+    summary["long_over_short_embedding_process_vmhwm"] = stats(hwm_ratio)
+    summary["goal"] = f"<= {GOAL}"
+    summary["met"] = statistics.median(ratio) <= GOAL
+    halves = summary["long"]["trace_halves_mib"]
+    first = statistics.median(h[0] for h in halves)
+    second = statistics.median(h[1] for h in halves)
+    summary["long_trace"] = {"first_half_max_mib": first, "second_half_max_mib": second,
+                             "levels_off": second <= first * 1.02 + 5}
+    results["summary"] = summary
+    results["load_average"] = {"start": load_start, "end": [round(v, 2) for v in os.getloadavg()]}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2))
+
+    print()
+    for side in runs:
+        s = summary[side]
+        print(f"{side:5s}: tree peak {s['tree_peak_mib']['median']} MiB (min {s['tree_peak_mib']['min']}, max "
+              f"{s['tree_peak_mib']['max']}); ready {s['tree_ready_mib']['median']} MiB; growth while embedding "
+              f"{s['growth_during_embedding_mib']['median']} MiB")
+    r = summary["long_over_short"]
+    h = summary["long_over_short_embedding_process_vmhwm"]
+    lt = summary["long_trace"]
+    print(f"long / short (tree RSS peak): {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}, n={r['n']}); "
+          f"goal <= {GOAL}: {'met' if summary['met'] else 'NOT met'}")
+    print(f"long / short (embedding process VmHWM): {h['median']:.3f} (min {h['min']:.3f}, max {h['max']:.3f})")
+    print(f"long run's tree RSS: max {lt['first_half_max_mib']} MiB in the first half of embedding, "
+          f"{lt['second_half_max_mib']} MiB in the second: {'levels off' if lt['levels_off'] else 'still growing'}")
+    print(f"load average {load_start} -> {results['load_average']['end']}; {results['seconds']:.0f} s; "
+          f"results: {OUT}")
+
+
+if __name__ == "__main__":
+    main()
