@@ -5,7 +5,6 @@ written and marked materialized while a bad one fails with its own message."""
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
 
 import numpy as np

@@ -6,7 +6,7 @@ import numpy as np
 from dagster import AssetIn, AssetsDefinition, AutomationCondition, BackfillPolicy, Failure, asset
 
 from feature_pipeline_dagster.assets.embeddings import MAX_VIDEOS_PER_RUN, RETRY_POLICY
-from feature_pipeline_dagster.config import CollectionSpec, FieldSpec, Settings
+from feature_pipeline_dagster.config import CollectionSpec, Settings
 from feature_pipeline_dagster.partitions import relpath_of, videos_partitions
 
 SUMMARY_ASSET = "video_summary_embedding"
