@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from feature_pipeline_dagster.config import load_settings
-from feature_pipeline_dagster.partitions import partition_key
 from feature_pipeline_dagster.samples import write_video
 from feature_pipeline_dagster.store.milvus import MilvusStore
 from feature_pipeline_dagster_tests.conftest import subprocess_env
