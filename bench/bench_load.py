@@ -41,6 +41,7 @@ TIMEOUT_S = 3600
 def project(root: Path, watched: Path, model: Path, devices: int) -> tuple[dict, dict]:
     """Config, DAGSTER_HOME and the environment for a fresh project under root."""
     sys.path.insert(0, str(REPO))
+    from feature_pipeline_dagster.cli import instance_yaml
     from feature_pipeline_dagster_tests.conftest import clip_config
 
     config = clip_config(root, model, watched)
@@ -50,9 +51,7 @@ def project(root: Path, watched: Path, model: Path, devices: int) -> tuple[dict,
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     home = root / "dagster_home"
     home.mkdir(parents=True)
-    template = (REPO / "dagster.yaml").read_text()  # as `feature-pipeline` writes it
-    (home / "dagster.yaml").write_text(template.replace(
-        "limit: 1  # runs_per_device", f"limit: {config['runs_per_device']}  # runs_per_device"))
+    (home / "dagster.yaml").write_text(instance_yaml(config["runs_per_device"]))  # as `feature-pipeline` writes it
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's dagster-daemon
     env = {**os.environ, "FEATURE_PIPELINE_CONFIG": str(root / "config.yaml"), "DAGSTER_HOME": str(home), "PATH": path}
     return config, env

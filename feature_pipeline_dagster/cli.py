@@ -76,10 +76,14 @@ def dagster_instance(settings: Settings):
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve())))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() and INSTANCE_TEMPLATE.exists():
-        template = INSTANCE_TEMPLATE.read_text()
-        (home / "dagster.yaml").write_text(
-            template.replace("limit: 1  # runs_per_device", f"limit: {settings.runs_per_device}  # runs_per_device"))
+        (home / "dagster.yaml").write_text(instance_yaml(settings.runs_per_device))
     return DagsterInstance.get()
+
+
+def instance_yaml(runs_per_device: int) -> str:
+    """The instance template with the config's runs per device as the queue's limit per device tag."""
+    return INSTANCE_TEMPLATE.read_text().replace(
+        "limit: 1  # runs_per_device", f"limit: {runs_per_device}  # runs_per_device")
 
 
 def register_videos(settings: Settings, instance) -> dict[str, object]:

@@ -109,7 +109,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
 
 def _observe(key: str, video) -> AssetObservation | None:
     """The file's data version; None if it vanished since the listing (the next tick
-    sees it deleted)."""
+    sees it deleted) or cannot be read (its run fails, naming why)."""
     try:
         return AssetObservation(VIDEO_FILE, partition=key, tags={DATA_VERSION_TAG: content_digest(video.path)})
     except OSError:

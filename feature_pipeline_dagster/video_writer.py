@@ -14,19 +14,20 @@ import time
 import numpy as np
 
 from feature_pipeline_dagster.config import CollectionSpec, Settings
-from feature_pipeline_dagster.errors import DeviceMemoryError, VideoError
-from feature_pipeline_dagster.videos import fingerprint, still_being_written
+from feature_pipeline_dagster.errors import DeviceMemoryError
+from feature_pipeline_dagster.videos import fingerprint
 
 log = logging.getLogger("feature_pipeline.writer")
 
 
 def write_one_video(settings: Settings, spec: CollectionSpec, store, extractor, relpath: str) -> dict:
     """Returns the video's materialization metadata: rows, frames, seconds per stage..."""
+    from feature_pipeline_dagster.extract.pipeline import VideoEmbeddings
+
     batch_size = settings.model.batch_size
-    path = settings.video_input.path / relpath
     while True:
         started = time.perf_counter()
-        video = _open(path, relpath, settings, spec, extractor, batch_size)
+        video = VideoEmbeddings(settings.video_input.path / relpath, relpath, settings, spec, extractor, batch_size)
         stat = video.stat
         try:
             rows = store.write_video(spec, relpath, video, settings.db.batch_size)
@@ -59,22 +60,6 @@ def write_one_video(settings: Settings, spec: CollectionSpec, store, extractor, 
     if video.thumbnails:
         meta["contact_sheet"] = contact_sheet(video.thumbnails)
     return meta
-
-
-def _open(path, relpath: str, settings: Settings, spec: CollectionSpec, extractor, batch_size: int):
-    """The video's lazy rows; a file that fails to open because it is still being
-    written says so, rather than what its half-written bytes look like."""
-    from feature_pipeline_dagster.extract.pipeline import VideoEmbeddings
-
-    try:
-        before = path.stat()
-    except OSError:
-        before = None
-    try:
-        return VideoEmbeddings(path, relpath, settings, spec, extractor, batch_size)
-    except VideoError as err:
-        why = before and still_being_written(path, before, settings.video_input.settle_seconds)
-        raise (VideoError(why) if why else err) from None
 
 
 def contact_sheet(thumbnails: list[tuple[int, np.ndarray]]) -> str:

@@ -95,3 +95,18 @@ def subprocess_env(project) -> dict:
     env.update(FEATURE_PIPELINE_CONFIG=str(project.config), DAGSTER_HOME=str(project.root / "dagster_home"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     return env
+
+
+def readers_of(paths, parent: int | None = None) -> list[int]:
+    """Pids of the processes (children of `parent`, if given) that have one of `paths`
+    open: how tests find the decoder child while it reads a given video."""
+    wanted, found = {str(p) for p in paths}, []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if parent is not None and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] != str(parent):
+                continue
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in os.listdir(f"/proc/{pid}/fd")):
+                found.append(int(pid))
+        except (OSError, IndexError):
+            continue
+    return found

@@ -3,8 +3,6 @@ the folder is embedded, and what is not a video of the folder is not touched."""
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +12,7 @@ import numpy as np
 from feature_pipeline_dagster.config import load_settings
 from feature_pipeline_dagster.samples import write_video
 from feature_pipeline_dagster.store.milvus import MilvusStore
-from feature_pipeline_dagster_tests.conftest import subprocess_env
+from feature_pipeline_dagster_tests.conftest import readers_of
 from feature_pipeline_dagster_tests.test_decode import damage_packets, write_vfr
 from feature_pipeline_dagster_tests.test_end_to_end import cli
 
@@ -60,7 +58,7 @@ def test_a_folder_of_bad_files(project, tmp_path_factory):
     unreadable.chmod(0)
 
     with GrowingFile(folder / "still copying.mp4"):
-        result = cli_without_root_privilege(project, "run")
+        result = cli(project, "run", check=False, prefix=NO_ROOT_PRIVILEGE)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     failed = {line.split(": ", 2)[1]: line for line in lines if line.startswith("  failed: ")}
@@ -116,12 +114,9 @@ class GrowingFile:
         self.thread.join()
 
 
-def cli_without_root_privilege(project, *args):
-    """As root, file permissions bind only without CAP_DAC_OVERRIDE: drop it (and its
-    read-only sibling) for the command, as for any user."""
-    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
-    return subprocess.run([*prefix, sys.executable, "-m", "feature_pipeline_dagster.cli", *args], cwd=project.root,
-                          env=subprocess_env(project), capture_output=True, text=True, timeout=600)
+# As root, file permissions bind only without CAP_DAC_OVERRIDE: drop it (and its
+# read-only sibling) for the command, as for any user.
+NO_ROOT_PRIVILEGE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
 
 
 def test_a_decoder_crash_fails_only_its_video(project):
@@ -135,14 +130,9 @@ def test_a_decoder_crash_fails_only_its_video(project):
     def kill_the_decoder_reading(path: Path) -> None:
         deadline = time.monotonic() + 300
         while not killed and time.monotonic() < deadline:
-            for pid in os.listdir("/proc"):
-                try:
-                    if "decoder_process" in Path(f"/proc/{pid}/cmdline").read_text() and any(
-                            os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd")):
-                        os.kill(int(pid), signal.SIGSEGV)
-                        killed.append(pid)
-                except (OSError, ValueError):
-                    continue
+            for pid in readers_of([path]):
+                os.kill(pid, signal.SIGSEGV)
+                killed.append(pid)
             time.sleep(0.02)
 
     watcher = threading.Thread(target=kill_the_decoder_reading, args=(crash,), daemon=True)

@@ -13,8 +13,8 @@ from feature_pipeline_dagster_tests.conftest import REPO, subprocess_env
 NAMES = ["plain.mp4", "ünï cøde ✓.mp4", "it's a \"quote\", [ok].mp4", "sub/dir/a...b.mp4"]
 
 
-def cli(project, *args, check=True):
-    result = subprocess.run([sys.executable, "-m", "feature_pipeline_dagster.cli", *args], cwd=project.root,
+def cli(project, *args, check=True, prefix=()):
+    result = subprocess.run([*prefix, sys.executable, "-m", "feature_pipeline_dagster.cli", *args], cwd=project.root,
                             env=subprocess_env(project), capture_output=True, text=True, timeout=600)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]

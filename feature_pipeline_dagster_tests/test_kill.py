@@ -19,7 +19,7 @@ import yaml
 from feature_pipeline_dagster.config import load_settings
 from feature_pipeline_dagster.samples import write_video
 from feature_pipeline_dagster.store.milvus import MilvusStore, quote
-from feature_pipeline_dagster_tests.conftest import subprocess_env
+from feature_pipeline_dagster_tests.conftest import readers_of, subprocess_env
 
 KILL_POINTS = 20
 RANGE = ["k0.mp4", "k1.mp4", "k2.mp4"]
@@ -80,19 +80,6 @@ def rows(store, spec, name):
     return len(found), len({r["frame_id"] for r in found})
 
 
-def decoding(proc, videos: list[Path]) -> bool:
-    """The run's decoder child has one of the videos open (decode, and the inference
-    that overlaps it)."""
-    for pid in os.listdir("/proc"):
-        try:
-            if (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(proc.pid)
-                    and any(os.readlink(f"/proc/{pid}/fd/{fd}") in map(str, videos) for fd in os.listdir(f"/proc/{pid}/fd"))):
-                return True
-        except (OSError, IndexError):
-            continue
-    return False
-
-
 def generations(store, spec, videos: list[Path]) -> list[list[int]]:
     """Per video, its rows per generation, oldest first (one query: the watch is tight)."""
     names = ", ".join(quote(v.name) for v in videos)
@@ -106,7 +93,7 @@ def kill_when(proc, stage: str, store, spec, videos: list[Path], timeout: float 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         if stage == "decoding":
-            hit = decoding(proc, videos)
+            hit = bool(readers_of(videos, parent=proc.pid))  # the decoder reads one (decode and inference)
         else:
             states = generations(store, spec, videos)
             between = [s for s in states if len(s) == 2]

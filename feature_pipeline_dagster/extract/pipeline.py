@@ -56,8 +56,13 @@ class VideoEmbeddings:
             self.stat = path.stat()
         except OSError as err:
             raise VideoError(f"{path}: not a readable file ({err.strerror})") from None
-        self.video = (decoder or shared_decoder()).open(
-            path, settings.video_input.sample_fps, settings.video_input.max_frames)
+        try:
+            self.video = (decoder or shared_decoder()).open(
+                path, settings.video_input.sample_fps, settings.video_input.max_frames)
+        except VideoError as err:
+            # A file still being written fails to open; say that, not what its half-written bytes look like.
+            why = still_being_written(path, self.stat, settings.video_input.settle_seconds)
+            raise (VideoError(why) if why else err) from None
         self.plan = self.video.plan
         maxima = {"frame_id": int(self.plan.frame_ids[-1]), "timestamp_ms": int(self.plan.timestamps_ms[-1])}
         if hasattr(extractor, "grid"):  # patch models: every frame of a video has one grid
