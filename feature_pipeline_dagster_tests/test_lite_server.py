@@ -110,3 +110,20 @@ def test_stale_state_file_is_replaced(config):
     assert server.ensure_running().pid != 999999
     stopped = server.stop()
     assert stopped is not None and server.running() is None and not server.state_file.exists()
+
+
+def test_a_server_started_with_signals_ignored_still_stops_cleanly(tmp_path):
+    """A background Dagster process ignores SIGINT and, through Dagster's mapping, SIGTERM;
+    the server it starts must not inherit that: `stop` ends it the clean way (it drains
+    and closes the database), not by SIGKILL after the timeout."""
+    starter = textwrap.dedent(f"""
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        from feature_pipeline_dagster.store.lite_server import LiteServer
+        print(LiteServer({str(tmp_path / "db" / "a.db")!r}).ensure_running().pid)
+    """)
+    pid = int(subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, check=True).stdout)
+    server = LiteServer(tmp_path / "db" / "a.db")
+    assert server.stop(timeout=60).pid == pid
+    assert "Shutting down" in server.log_file.read_text()

@@ -77,7 +77,7 @@ class LiteServer:
 
     def _start(self) -> ServerState:
         port = _free_port()
-        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
+        command = [sys.executable, "-m", __name__, "milvus_lite", "server", "--data-dir", str(self.data_dir),
                    "--host", HOST, "--port", str(port)]
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -98,7 +98,8 @@ class LiteServer:
         return state
 
     def stop(self, timeout: float = 30.0) -> ServerState | None:
-        """Stop the server cleanly (SIGTERM, then SIGKILL after `timeout`)."""
+        """Stop the server cleanly (SIGTERM: it drains requests and closes the database),
+        then SIGKILL after `timeout`."""
         with self._locked():
             state = self.running()
             if state:
@@ -146,3 +147,19 @@ def _tail(path: Path) -> str:
     except OSError:
         return "no log"
     return lines[-1][:300] if lines else "no output"
+
+
+def _serve(argv: list[str]) -> int:
+    """`milvus-lite server`, with SIGINT and SIGTERM both ending it cleanly, whatever the
+    starter's signals were. Ignored signals are inherited: a process started in the
+    background ignores SIGINT, and Dagster maps SIGTERM onto SIGINT's handler, so a
+    server started from there ignored both and every `stop` waited out its timeout."""
+    from milvus_lite.cmdline import main
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # milvus-lite stops on KeyboardInterrupt
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(_serve(sys.argv[2:]))  # argv[1] is "milvus_lite": the command line names what runs
