@@ -22,7 +22,7 @@ BATCH = 16
 
 
 def in_process(paths: list[Path]) -> int:
-    from feature_pipeline_dagster.extract.decode import VideoReader
+    from feature_pipeline_dagster.core.decode.reader import VideoReader
 
     frames = 0
     for path in paths:
@@ -40,8 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from feature_pipeline_dagster.extract.decoder_process import DecoderProcess
-    from feature_pipeline_dagster.samples import write_video
+    from feature_pipeline_dagster.core.decode.process import DecoderProcess
+    from feature_pipeline_dagster.core.samples import write_video
 
     folder = Path(tempfile.mkdtemp(prefix="bench-decoder-"))
     print("writing videos ...", flush=True)

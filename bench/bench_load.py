@@ -32,16 +32,17 @@ from pathlib import Path
 
 import yaml
 
+from feature_pipeline_dagster.orchestration.names import DEVICE_TAG
+
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDING, SUMMARY = "video_embedding", "video_summary_embedding"
-DEVICE_TAG = "feature_pipeline/device"
 TIMEOUT_S = 3600
 
 
 def project(root: Path, watched: Path, model: Path, devices: int) -> tuple[dict, dict]:
     """Config, DAGSTER_HOME and the environment for a fresh project under root."""
     sys.path.insert(0, str(REPO))
-    from feature_pipeline_dagster.cli import instance_yaml
+    from feature_pipeline_dagster.cli.instance import instance_yaml
     from feature_pipeline_dagster_tests.conftest import clip_config
 
     config = clip_config(root, model, watched)
@@ -72,9 +73,9 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=1000)
     parser.add_argument("--devices", type=int, default=2)
     args = parser.parse_args()
-    from feature_pipeline_dagster.config import ModelSettings
-    from feature_pipeline_dagster.extract.models.clip_weights import make_random
-    from feature_pipeline_dagster.samples import write_video
+    from feature_pipeline_dagster.core.settings import ModelSettings
+    from feature_pipeline_dagster.core.models.clip.weights import make_random
+    from feature_pipeline_dagster.core.samples import write_video
 
     sys.path.insert(0, str(REPO))
     from feature_pipeline_dagster_tests.conftest import TINY_CLIP
@@ -88,8 +89,8 @@ def main() -> None:
         write_video(source / f"v{i:04d}.mp4", seconds=1 + i % 3, fps=10, size=(96, 64), seed=i)
     config, env = project(base, watched, model, args.devices)
 
-    from feature_pipeline_dagster.config import load_settings
-    from feature_pipeline_dagster.extract.decode import VideoReader
+    from feature_pipeline_dagster.core.settings import load_settings
+    from feature_pipeline_dagster.core.decode.reader import VideoReader
 
     settings = load_settings(base / "config.yaml")
     vi = settings.video_input
@@ -152,10 +153,10 @@ def main() -> None:
             partitions = instance.get_dynamic_partitions("videos")
             retries = len(instance.get_event_records(EventRecordsFilter(DagsterEventType.STEP_UP_FOR_RETRY)))
 
-        from feature_pipeline_dagster.partitions import relpath_of
-        from feature_pipeline_dagster.store.milvus import MilvusStore
+        from feature_pipeline_dagster.core.videos import relpath_of
+        from feature_pipeline_dagster.core.store import store_for
 
-        store = MilvusStore.from_settings(settings.db)
+        store = store_for(settings.db)
         spec = settings.db.collections[0]
         counts = {name: store.count_rows(spec, name) for name in expected}
         total_rows = store.count_rows(spec)

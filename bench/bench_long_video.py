@@ -81,8 +81,8 @@ def videos(long_minutes: int) -> tuple[Path, Path]:
 
 
 def tiny_clip() -> Path:
-    from feature_pipeline_dagster.config import ModelSettings
-    from feature_pipeline_dagster.extract.models.clip_weights import make_random
+    from feature_pipeline_dagster.core.settings import ModelSettings
+    from feature_pipeline_dagster.core.models.clip.weights import make_random
     from feature_pipeline_dagster_tests.conftest import TINY_CLIP
 
     folder = CACHE / "tiny-clip"
@@ -109,14 +109,14 @@ def write_config(work: Path, model: Path, folder: Path) -> tuple[Path, Path]:
 def child(config: str, relpath: str) -> None:
     """Embed one video through the real path; 'READY' on stdout once everything is
     loaded, then one JSON line when done."""
-    from feature_pipeline_dagster.config import load_settings
-    from feature_pipeline_dagster.extract.models import load_extractor
-    from feature_pipeline_dagster.store.milvus import MilvusStore
-    from feature_pipeline_dagster.video_writer import write_one_video
+    from feature_pipeline_dagster.core.settings import load_settings
+    from feature_pipeline_dagster.core.models import load_extractor
+    from feature_pipeline_dagster.core.store import store_for
+    from feature_pipeline_dagster.core.engine.writer import write_one_video
 
     settings = load_settings(config)
     spec = settings.db.collections[0]
-    store = MilvusStore.from_settings(settings.db)
+    store = store_for(settings.db)
     extractor = load_extractor(settings.model, "cpu")
     store.ensure_collection(spec)
     print("READY", flush=True)
@@ -243,7 +243,7 @@ class TreeSampler(threading.Thread):
 
 
 def run_one(model: Path, video: Path) -> dict:
-    from feature_pipeline_dagster.store.lite_server import LiteServer
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-long-video-"))
     config, db = write_config(work, model, video.parent)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_pipeline_dagster.config import NAVIT_MAX_TOKENS_PER_FRAME, ModelSettings
-from feature_pipeline_dagster.extract.batches import FrameBatch
-from feature_pipeline_dagster.extract.models import navit
-from feature_pipeline_dagster.extract.models.navit_weights import make_random
+from feature_pipeline_dagster.core.settings import NAVIT_MAX_TOKENS_PER_FRAME, ModelSettings
+from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.models.navit import model as navit
+from feature_pipeline_dagster.core.models.navit.weights import make_random
 
 
 def main() -> None:

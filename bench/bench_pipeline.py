@@ -98,8 +98,8 @@ def video(name: str, size: str, minutes: int) -> Path:
 
 
 def model_folder(name: str, model_cfg: dict | None = None) -> Path:
-    from feature_pipeline_dagster.config import ModelSettings
-    from feature_pipeline_dagster.extract.models.clip_weights import make_random
+    from feature_pipeline_dagster.core.settings import ModelSettings
+    from feature_pipeline_dagster.core.models.clip.weights import make_random
 
     dest = CACHE / "models" / name
     if not (dest / "open_clip_config.json").exists():
@@ -195,7 +195,7 @@ def load_avg() -> list[float]:
 # ---------------------------------------------------------------- 1 and 4: end to end, bare model, seed loop
 
 def decoded_batches(path: Path, plan=None):
-    from feature_pipeline_dagster.extract.decode import VideoReader
+    from feature_pipeline_dagster.core.decode.reader import VideoReader
 
     reader = VideoReader(path)
     return list(reader.batches(plan or reader.plan(1.0, None), BATCH_SIZE))
@@ -229,7 +229,7 @@ def seed_loop(path: Path, relpath: str, model, preprocess, client, collection: s
 def bench_end_to_end(settings, store, extractor, model_dir: Path, path: Path, repeats: int) -> dict:
     import open_clip
 
-    from feature_pipeline_dagster.video_writer import write_one_video
+    from feature_pipeline_dagster.core.engine.writer import write_one_video
 
     spec = settings.db.collections[0]
     relpath = path.name
@@ -284,7 +284,7 @@ def bench_end_to_end(settings, store, extractor, model_dir: Path, path: Path, re
 # ---------------------------------------------------------------- 2: decode
 
 def bench_decode(path: Path, repeats: int) -> dict:
-    from feature_pipeline_dagster.extract.decode import VideoReader
+    from feature_pipeline_dagster.core.decode.reader import VideoReader
 
     out = {"video": path.name, "ours_s": [], "ffmpeg_s": [], "ours_cpu_s": [], "ffmpeg_cpu_s": []}
     for rep in range(repeats):
@@ -314,8 +314,8 @@ def bench_decode(path: Path, repeats: int) -> dict:
 def bench_write(store, dim: int, rows: int, repeats: int) -> dict:
     import numpy as np
 
-    from feature_pipeline_dagster.config import CollectionSpec, FieldSpec
-    from feature_pipeline_dagster.extract.batches import EmbeddingBatch
+    from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec
+    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 
     spec = CollectionSpec("write", (
         FieldSpec("id", "INT64", is_primary=True, auto_id=True),
@@ -377,14 +377,14 @@ def bench_write(store, dim: int, rows: int, repeats: int) -> dict:
 # ---------------------------------------------------------------- 5: peak memory, one child per video
 
 def memory_child(config: str, relpath: str, collection: str) -> None:
-    from feature_pipeline_dagster.config import load_settings
-    from feature_pipeline_dagster.extract.models import load_extractor
-    from feature_pipeline_dagster.store.milvus import MilvusStore
-    from feature_pipeline_dagster.video_writer import write_one_video
+    from feature_pipeline_dagster.core.settings import load_settings
+    from feature_pipeline_dagster.core.models import load_extractor
+    from feature_pipeline_dagster.core.store import store_for
+    from feature_pipeline_dagster.core.engine.writer import write_one_video
 
     settings = load_settings(config)
     spec = replace(settings.db.collections[0], name=collection)
-    store = MilvusStore.from_settings(settings.db)
+    store = store_for(settings.db)
     extractor = load_extractor(settings.model, "cpu")
     store.ensure_collection(spec)
     before = proc_status("VmRSS")
@@ -528,16 +528,16 @@ def main() -> None:
 
     import torch
 
-    from feature_pipeline_dagster.config import load_settings
-    from feature_pipeline_dagster.extract.models import load_extractor
-    from feature_pipeline_dagster.store.lite_server import LiteServer
-    from feature_pipeline_dagster.store.milvus import MilvusStore
+    from feature_pipeline_dagster.core.settings import load_settings
+    from feature_pipeline_dagster.core.models import load_extractor
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
+    from feature_pipeline_dagster.core.store import store_for
 
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     db = work / "db" / "bench.db"
     settings = load_settings(write_config(work / "vit.yaml", vit, clip_1.parent, db))
     memory_config = write_config(work / "tiny.yaml", tiny, small_1.parent, db)
-    store = MilvusStore.from_settings(settings.db)
+    store = store_for(settings.db)
     extractor = load_extractor(settings.model, "cpu")
     results = {"machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),

@@ -43,9 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--videos", type=int, default=100)
     args = parser.parse_args()
-    from feature_pipeline_dagster.config import ModelSettings
-    from feature_pipeline_dagster.extract.models.clip_weights import make_random
-    from feature_pipeline_dagster.samples import write_video
+    from feature_pipeline_dagster.core.settings import ModelSettings
+    from feature_pipeline_dagster.core.models.clip.weights import make_random
+    from feature_pipeline_dagster.core.samples import write_video
 
     base = Path(tempfile.mkdtemp(prefix="bench-runs-"))
     model = make_random(ModelSettings(name="CLIP", path="", source="folder"), base / "model")
@@ -58,12 +58,12 @@ def main() -> None:
     env = project(loop_root, source, model)
     code = (
         "import time; t=time.perf_counter()\n"
-        "from feature_pipeline_dagster.config import load_settings\n"
-        "from feature_pipeline_dagster.extract.models import load_extractor\n"
-        "from feature_pipeline_dagster.store.milvus import MilvusStore\n"
-        "from feature_pipeline_dagster.video_writer import write_one_video\n"
-        "from feature_pipeline_dagster.videos import list_videos\n"
-        "s=load_settings(); spec=s.db.collections[0]; store=MilvusStore.from_settings(s.db)\n"
+        "from feature_pipeline_dagster.core.settings import load_settings\n"
+        "from feature_pipeline_dagster.core.models import load_extractor\n"
+        "from feature_pipeline_dagster.core.store import store_for\n"
+        "from feature_pipeline_dagster.core.engine.writer import write_one_video\n"
+        "from feature_pipeline_dagster.core.videos import list_videos\n"
+        "s=load_settings(); spec=s.db.collections[0]; store=store_for(s.db)\n"
         "x=load_extractor(s.model, 'cpu')\n"
         "rows=sum(write_one_video(s, spec, store, x, v.relpath)['rows'] for v in list_videos(s.video_input))\n"
         "print(rows, time.perf_counter()-t)\n"

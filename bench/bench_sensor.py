@@ -48,14 +48,20 @@ def main() -> None:
 
     from dagster import DagsterInstance, build_sensor_context
 
-    from feature_pipeline_dagster.definitions import build_definitions
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
 
-    sensor = next(s for s in build_definitions().sensors if s.name == "video_folder_sensor")
+    defs = build_definitions()
+    sensor = next(s for s in defs.sensors if s.name == "video_folder_sensor")
+
+    def tick(cursor):
+        with build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+            return sensor(context)
+
     with DagsterInstance.get() as instance:
         cursor, arrival = None, []
         while True:
             started = time.perf_counter()
-            result = sensor(build_sensor_context(instance=instance, cursor=cursor))
+            result = tick(cursor)
             arrival.append(time.perf_counter() - started)
             added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
             if not added:
@@ -65,7 +71,7 @@ def main() -> None:
         steady = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            result = sensor(build_sensor_context(instance=instance, cursor=cursor))
+            result = tick(cursor)
             steady.append(time.perf_counter() - started)
             assert not result.run_requests
     figures = {

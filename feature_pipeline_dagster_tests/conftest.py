@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from feature_pipeline_dagster.config import ModelSettings
-from feature_pipeline_dagster.samples import write_video
+from feature_pipeline_dagster.core.settings import ModelSettings
+from feature_pipeline_dagster.core.samples import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = {
@@ -23,7 +23,7 @@ TINY_CLIP = {
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
-    from feature_pipeline_dagster.extract.models.clip_weights import make_random
+    from feature_pipeline_dagster.core.models.clip.weights import make_random
 
     folder = tmp_path_factory.mktemp("models") / "tiny-clip"
     return make_random(ModelSettings(name="CLIP", path=str(folder), source="folder"), folder, TINY_CLIP)
@@ -82,7 +82,7 @@ def project(tmp_path, tiny_clip, monkeypatch):
 
 
 def stop_lite_server(tmp_path: Path) -> None:
-    from feature_pipeline_dagster.store.lite_server import LiteServer
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
 
     LiteServer(tmp_path / "db" / "test.db").stop()
 

@@ -1,0 +1,42 @@
+"""The Dagster instance the CLI works in (DAGSTER_HOME, default ./.dagster, made from
+the project's template on first use) and the videos it registers as partitions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from feature_pipeline_dagster.core.settings import Settings
+
+DEFAULT_DAGSTER_HOME = ".dagster"
+INSTANCE_TEMPLATE = Path(__file__).resolve().parents[2] / "dagster.yaml"
+
+
+def dagster_instance(settings: Settings):
+    """The instance at DAGSTER_HOME, made from the project's template on first use."""
+    from dagster import DagsterInstance
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists() and INSTANCE_TEMPLATE.exists():
+        (home / "dagster.yaml").write_text(instance_yaml(settings.runs_per_device))
+    return DagsterInstance.get()
+
+
+def instance_yaml(runs_per_device: int) -> str:
+    """The instance template with the config's runs per device as the queue's limit per device tag."""
+    return INSTANCE_TEMPLATE.read_text().replace(
+        "limit: 1  # runs_per_device", f"limit: {runs_per_device}  # runs_per_device")
+
+
+def register_videos(settings: Settings, instance) -> dict[str, object]:
+    """Add a partition for every video not yet known; returns key -> VideoFile."""
+    from feature_pipeline_dagster.core.videos import list_videos, partition_key
+    from feature_pipeline_dagster.orchestration.partitions import videos_partitions
+
+    videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}
+    known = set(instance.get_dynamic_partitions(videos_partitions.name))
+    new = [key for key in videos if key not in known]
+    if new:
+        instance.add_dynamic_partitions(videos_partitions.name, new)
+    return videos

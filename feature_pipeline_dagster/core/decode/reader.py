@@ -1,0 +1,228 @@
+"""Open a video, plan which frames to sample, decode them in batches (decord).
+
+Bad files fail with one `VideoError` naming the file; damaged ones give what is sound:
+- a file cut short whose index is at the front (an interrupted "faststart" download)
+  cannot be opened by decord, so its readable packets are copied into a temporary file
+  first and the frames that exist are embedded, with a `partial` note saying so;
+- damage in the middle of the stream stops the video at the last batch decoded before
+  it (decord raises, or FFmpeg's decoder logs an error while concealing it), so no
+  damaged frame is embedded, and the `partial` note says where and why.
+Decoder log lines are read through `complaints`, a callable the decoder process gives
+(FFmpeg writes them to file descriptor 2, which only that process may take over).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from feature_pipeline_dagster.core.errors import VideoError, one_line
+from feature_pipeline_dagster.core.engine.batches import FrameBatch
+
+MAX_BATCH_BYTES = 128 * 1024 * 1024  # decoded RGB per batch: an 8K frame is 100 MB
+# FFmpeg log lines that mean the bytes being decoded are damaged ("[h264 @ 0x..] error
+# while decoding MB 3 5"); the pixel converter's warnings say nothing about the data.
+_DAMAGE = re.compile(r"^\[(?!swscaler|swresample)[^\]@]+ @ 0x[0-9a-f]+\] .*"
+                     r"(error|conceal|corrupt|invalid|missing|partial|truncat|overread|out of range|unavailable|fail)",
+                     re.IGNORECASE)
+_DAMAGE_PREFIX = re.compile(r"^\[([^\]@]+) @ 0x[0-9a-f]+\] ")
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Source frames to embed: one per 1/`sample_fps` seconds of presentation time (so a
+    variable-frame-rate video is sampled evenly in time, not in frames), capped at
+    `max_frames` spread evenly over the video."""
+
+    frame_ids: np.ndarray
+    timestamps_ms: np.ndarray
+
+    @classmethod
+    def for_timestamps(cls, starts_s: np.ndarray, sample_fps: float, max_frames: int | None) -> SamplingPlan:
+        starts = np.asarray(starts_s, dtype=np.float64)
+        if len(starts) == 0:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        targets = starts[0] + np.arange(int(np.floor((starts[-1] - starts[0]) * sample_fps + 1e-6)) + 1) / sample_fps
+        after = np.clip(np.searchsorted(starts, targets), 1, len(starts) - 1) if len(starts) > 1 else np.zeros(len(targets), int)
+        before = np.maximum(after - 1, 0)
+        nearest = np.where(np.abs(starts[before] - targets) <= np.abs(starts[after] - targets), before, after)
+        ids = np.unique(nearest).astype(np.int64)
+        if max_frames is not None and len(ids) > max_frames:
+            ids = ids[np.round(np.linspace(0, len(ids) - 1, max_frames)).astype(np.int64)]
+        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    frame_count: int
+    fps: float
+    width: int  # as displayed: decord applies the stream's rotation (display matrix)
+    height: int
+
+
+def _decord_errors() -> tuple[type[BaseException], ...]:
+    from decord._ffi.base import DECORDError
+
+    return (RuntimeError, DECORDError)
+
+
+class VideoReader:
+    """One open video; `batches` decodes a plan's frames a batch at a time, so memory is
+    bounded by the batch (at most `MAX_BATCH_BYTES` of frames), not by the video.
+    After `batches` ends, `partial` says why it stopped early, if it did."""
+
+    def __init__(self, path: str | Path, complaints: Callable[[], list[str]] | None = None):
+        self.path = Path(path)
+        self._complaints = complaints or (lambda: [])
+        self._salvaged: tempfile.TemporaryDirectory | None = None
+        self.partial: str | None = None
+        try:
+            with open(self.path, "rb"):
+                pass
+        except IsADirectoryError:
+            raise VideoError(f"{self.path}: not a readable file (a directory)") from None
+        except PermissionError:
+            raise VideoError(f"{self.path}: no permission to read it") from None
+        except OSError as err:
+            raise VideoError(f"{self.path}: not a readable file ({err.strerror})") from None
+        if self.path.stat().st_size == 0:
+            raise VideoError(f"{self.path}: empty file (0 bytes)")
+        self._source = self.path  # or the salvaged copy of a file cut short
+        try:
+            self._reader = self._open(self.path)
+        except _decord_errors() as err:
+            if "cannot find video stream" in str(err):
+                raise VideoError(f"{self.path}: no video stream (an audio-only file?)") from None
+            self._reader = self._open_salvaged(err)
+        frame_count = len(self._reader)
+        if frame_count == 0:
+            raise VideoError(f"{self.path}: no video frames (audio-only or empty stream?)")
+        try:
+            height, width = self._reader[0].shape[:2]
+            self._reader.seek(0)
+            self._starts = np.asarray(self._reader.get_frame_timestamp(range(frame_count))[:, 0], np.float64)
+        except _decord_errors() as err:
+            raise VideoError(f"{self.path}: damaged video stream at 0.0 s, no sound frame in it "
+                             f"({self._reason(err)})") from None
+        # What decoding the first frame logged is judged with the first batch.
+        self.info = VideoInfo(self.path, frame_count, float(self._reader.get_avg_fps()), width, height)
+
+    @staticmethod
+    def _open(path: Path):
+        import decord
+
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
+
+    def _open_salvaged(self, error: BaseException):
+        """decord indexes every packet when it opens a file; one cut short after its
+        index fails that. Copy the whole packets into a temporary file and open that."""
+        self._salvaged = tempfile.TemporaryDirectory(prefix="feature-pipeline-salvage-")
+        copy = Path(self._salvaged.name) / f"salvaged{self.path.suffix}"
+        kept = salvage_packets(self.path, copy)
+        if kept is None:
+            raise VideoError(f"{self.path}: cannot open video ({one_line(error)})") from None
+        declared, readable = kept
+        self.partial = (f"file is cut short (truncated?): its index promises {declared:.1f} s but its data "
+                        f"ends at {readable:.1f} s; the frames that exist are embedded")
+        self._source = copy
+        self._complaints()  # about the cut-off end, which `partial` has said
+        try:
+            return self._open(copy)
+        except _decord_errors() as err:
+            raise VideoError(f"{self.path}: cannot open video ({one_line(err)})") from None
+
+    def plan(self, sample_fps: float, max_frames: int | None) -> SamplingPlan:
+        return SamplingPlan.for_timestamps(self._starts, sample_fps, max_frames)
+
+    def batches(self, plan: SamplingPlan, batch_size: int) -> Iterator[FrameBatch]:
+        frame_bytes = self.info.width * self.info.height * 3
+        size = max(1, min(batch_size, MAX_BATCH_BYTES // frame_bytes))
+        for start in range(0, len(plan), size):
+            ids = plan.frame_ids[start : start + size]
+            frames, why = self._decode(ids)
+            if why is None:
+                yield FrameBatch(frames, ids, plan.timestamps_ms[start : start + len(ids)])
+                continue
+            sound, why = self._sound_prefix(ids)
+            if sound:
+                yield FrameBatch(np.stack(sound), ids[: len(sound)], plan.timestamps_ms[start : start + len(sound)])
+            if why is not None:
+                self._stop_at(plan, start + len(sound), why)
+                return
+
+    def _sound_prefix(self, ids: np.ndarray) -> tuple[list[np.ndarray], str | None]:
+        """Damage somewhere in a batch: its frames one at a time, on a fresh reader
+        (decord's may be left mid-packet), up to the first that is not sound."""
+        self._reader = self._open(self._source)
+        sound = []
+        for i in range(len(ids)):
+            frame, why = self._decode(ids[i : i + 1])
+            if why is not None:
+                return sound, why
+            sound.append(frame[0])
+        return sound, None  # what was logged was about frames past this batch
+
+    def _decode(self, ids: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+        """The frames, or why they are not sound: decord failed, or FFmpeg logged damage."""
+        try:
+            frames = self._reader.get_batch(ids).asnumpy()
+        except _decord_errors() as err:
+            return None, self._reason(err)
+        why = self._reason()
+        return (None, why) if why else (frames, None)
+
+    def _reason(self, failure: BaseException | None = None) -> str | None:
+        """What FFmpeg logged about damage since the last call, else decord's error."""
+        damage = [_DAMAGE_PREFIX.sub(r"\1: ", line) for line in self._complaints() if _DAMAGE.search(line)]
+        if damage:
+            return damage[0]
+        return "decoder error: " + one_line(failure).rsplit(": ", 1)[-1] if failure else None
+
+    def _stop_at(self, plan: SamplingPlan, index: int, why: str) -> None:
+        at = plan.timestamps_ms[index] / 1000
+        if index == 0:
+            raise VideoError(f"{self.path}: damaged video stream at {at:.1f} s, no sound frame in it ({why})")
+        self.partial = (f"damaged video stream near {at:.1f} s ({why}): embedded the {index} sampled frames "
+                        f"before it, of {len(plan)}")
+
+    def close(self) -> None:
+        self._reader = None
+        if self._salvaged is not None:
+            self._salvaged.cleanup()
+
+
+def salvage_packets(path: Path, copy: Path) -> tuple[float, float] | None:
+    """Copy the video stream's whole packets (no re-encoding) into `copy`, stopping at
+    the first damaged one. Returns (declared, readable) seconds, or None if nothing is."""
+    import av
+
+    try:
+        with av.open(str(path)) as source:
+            stream = source.streams.video[0]
+            declared = float(stream.duration * stream.time_base) if stream.duration else 0.0
+            kept = 0
+            readable = 0.0
+            with av.open(str(copy), "w") as target:
+                out = target.add_stream_from_template(stream)
+                for packet in source.demux(stream):
+                    if packet.is_corrupt:
+                        break
+                    if packet.size == 0:
+                        continue
+                    if packet.pts is not None:
+                        readable = max(readable, float((packet.pts - (stream.start_time or 0)) * stream.time_base))
+                    packet.stream = out
+                    target.mux(packet)
+                    kept += 1
+    except (av.FFmpegError, IndexError, ValueError):
+        return None
+    return (declared, readable) if kept else None

@@ -1,0 +1,1 @@
+"""The embedding engine: a run's videos decoded, embedded and written, one failure policy."""

@@ -1,0 +1,109 @@
+"""Model families behind one small protocol, keyed by `model.name`.
+
+Each family is one folder (`clip/`, `navit/`) whose `__init__` declares it: its own
+settings keys, vector dimension, row fields and capabilities. The settings parser, the
+code version and the engine ask this registry and never name a family. Nothing here
+imports torch: the config validates dimensions and the sensor loads the code location
+without paying for it; a family's model module is imported on first load.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+    from feature_pipeline_dagster.core.settings import ModelSettings, Settings
+
+PREPROCESSING_VERSION = "1"  # bump when preprocessing changes what a model sees
+
+
+class Extractor(Protocol):
+    """A model loaded on one device that embeds batches of uint8 RGB frames."""
+
+    device: str
+    dim: int
+    description: str
+
+    def embed(self, batch: FrameBatch) -> EmbeddingBatch: ...
+
+
+class PatchExtractor(Extractor, Protocol):
+    """A family with `patch_grid`: one row per patch of a per-frame grid."""
+
+    def grid(self, height: int, width: int) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True)
+class Option:
+    """A family-only `model.*` key: its type, default and allowed values."""
+
+    kind: type | tuple[type, ...]
+    default: Any
+    positive: bool = False
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    module: str  # imported lazily; provides load(settings, device) -> Extractor
+    weights: str  # imported lazily; provides make_random(model, dest) and download(model, dest)
+    row_fields: tuple[str, ...]  # scalar columns each row carries beside video_path
+    # The vector dimension the settings give, or None when known only at load;
+    # raises LookupError(key, message) for a value of that key that names no model.
+    dimension: Callable[[ModelSettings], int | None]
+    label: Callable[[ModelSettings], str]  # what names the model in messages (arch, path)
+    options: dict[str, Option] = field(default_factory=dict)  # part of the code version
+    patch_grid: bool = False  # capability: the extractor is a PatchExtractor
+    text_tower: bool = False  # capability: the extractor embeds text queries too
+
+    def check_columns(self, batch: EmbeddingBatch) -> None:
+        """The columns `embed` emitted are the row fields this family declares."""
+        from feature_pipeline_dagster.core.errors import ModelError
+
+        if set(batch.columns) != set(self.row_fields):
+            raise ModelError(f"model {self.name} emitted columns {sorted(batch.columns)} but declares "
+                             f"row fields {sorted(self.row_fields)}")
+
+
+def _families() -> dict[str, ModelFamily]:
+    from feature_pipeline_dagster.core.models.clip import FAMILY as CLIP
+    from feature_pipeline_dagster.core.models.navit import FAMILY as NAVIT
+
+    return {family.name: family for family in (CLIP, NAVIT)}
+
+
+FAMILIES: dict[str, ModelFamily] = _families()
+
+
+def option_owners(key: str) -> list[str]:
+    """The families that take `model.<key>`."""
+    return [name for name, family in FAMILIES.items() if key in family.options]
+
+
+@functools.lru_cache(maxsize=2)
+def load_extractor(model: ModelSettings, device: str) -> Extractor:
+    """Load once per process and device: in-process runs of many videos share it."""
+    module = importlib.import_module(FAMILIES[model.name].module)
+    return module.load(model, device)
+
+
+def weights_module(model: ModelSettings):
+    """The family's weights module: `download` and `make_random`."""
+    return importlib.import_module(FAMILIES[model.name].weights)
+
+
+def code_version(settings: Settings) -> str:
+    """Covers what changes the vectors: model, weights, dtype, the family's own keys,
+    preprocessing and sampling."""
+    model = settings.model
+    keep = {key: getattr(model, key) for key in ("name", "path", "source", "dtype", *FAMILIES[model.name].options)}
+    sampling = {"sample_fps": settings.video_input.sample_fps, "max_frames": settings.video_input.max_frames}
+    blob = json.dumps([keep, sampling, PREPROCESSING_VERSION], sort_keys=True, default=str)
+    return f"{model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"

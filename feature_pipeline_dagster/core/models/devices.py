@@ -1,0 +1,49 @@
+"""Config device names mapped to torch: the device, its dtype, and host-to-device copies."""
+
+from __future__ import annotations
+
+from feature_pipeline_dagster.core.devices import visible_devices
+from feature_pipeline_dagster.core.errors import ModelError
+
+
+def torch_device(name: str):
+    """The torch.device for a config device name, or a ModelError saying why not."""
+    import torch
+
+    if name == "auto":
+        name = visible_devices()[0]
+    kind, _, index = name.partition(":")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelError(f"device {name}: MPS is not available on this machine")
+        return torch.device("mps")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        i = int(index or 0)
+        if i >= count:
+            raise ModelError(f"device {name}: this machine has {count} visible CUDA device(s)")
+        return torch.device("cuda", i)
+    raise ModelError(f"unknown device {name!r} (expected cuda:N, mps, cpu, cpu:N or auto)")
+
+
+def to_device(array, device):
+    """A host array onto `device`; through pinned memory on CUDA, so the copy is
+    asynchronous and overlaps the work already queued."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def model_dtype(name: str, device):
+    """`model.dtype`: `auto` is bf16 on CUDA, fp32 elsewhere; never a checkpoint's own
+    torch_dtype (often bf16), which is many times slower on a CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)

@@ -1,0 +1,60 @@
+"""Where vectors go: the small `VectorStore` protocol the engine, the Dagster layer and
+the CLI use, and `open_store`, the one place that builds one (Milvus: a Milvus Lite file
+through a shared loopback server, or a Milvus server)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Iterable, Protocol
+
+from feature_pipeline_dagster.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+    from feature_pipeline_dagster.core.settings import CollectionSpec, DbSettings
+
+
+class VectorStore(Protocol):
+    uri: str
+
+    def ensure_collection(self, spec: CollectionSpec) -> None: ...
+
+    def write_video(self, spec: CollectionSpec, video_path: str, batches: Iterable[EmbeddingBatch],
+                    batch_size: int) -> int:
+        """Replace a video's rows with `batches`, crash-safely; returns the rows written."""
+
+    def delete_video(self, spec: CollectionSpec, video_path: str) -> None: ...
+
+    def count_rows(self, spec: CollectionSpec, video_path: str | None = None) -> int: ...
+
+    def fetch_video(self, spec: CollectionSpec, video_path: str, fields: tuple[str, ...] = ()) -> list[dict]: ...
+
+    def video_vectors(self, spec: CollectionSpec, video_path: str) -> np.ndarray: ...
+
+    def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(uri: str, token: str | None = None) -> VectorStore:
+    """A store for `uri`, connected on first use."""
+    from feature_pipeline_dagster.core.store.milvus import MilvusStore
+
+    return MilvusStore(uri, token)
+
+
+def store_token(db: DbSettings) -> str | None:
+    """The server token from the environment variable `db.token_env` names, if any."""
+    if not db.token_env:
+        return None
+    token = os.environ.get(db.token_env)
+    if token is None:
+        raise ConfigError(f"db.token_env: environment variable {db.token_env} is not set")
+    return token
+
+
+def store_for(db: DbSettings) -> VectorStore:
+    """The store the config's `db` names (the CLI's way in; Dagster's is its resource)."""
+    return open_store(db.uri, store_token(db))

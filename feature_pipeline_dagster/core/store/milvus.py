@@ -1,0 +1,276 @@
+"""Milvus collections from the config: create, write a video's rows, delete, count, search.
+
+Writing replaces a video's rows exactly and crash-safely: every row carries the
+`generation` of the write that made it; the new generation is inserted first and the
+older ones deleted after, so a crash in between leaves a duplicate that the next write
+removes, never a loss. Filters quote file names (Milvus Lite and older servers reject
+`filter_params`): quotes, backslashes, newlines and tabs are escaped, other control
+characters refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from feature_pipeline_dagster.core.settings import VECTOR_DTYPE, CollectionSpec, ConfigError
+from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
+from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.engine.stream import prefetch
+
+
+MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
+
+
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal for `value`, safe against injection: backslash, quote,
+    newline, carriage return and tab escaped; other control characters, which Milvus'
+    expression grammar cannot spell, refused."""
+    if any((ord(ch) < 32 and ch not in _ESCAPES) or ord(ch) == 127 for ch in value):
+        raise VideoError(f"{value!r}: names with control characters other than newline and tab cannot be matched in Milvus")
+    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'
+
+
+def new_generation() -> int:
+    return time.time_ns()
+
+
+class _DropNoise(logging.Filter):
+    """pymilvus warns on every query iterator against Milvus Lite, which has no MVCC
+    timestamp to give; the iterator works without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "mvccTs" not in record.getMessage()
+
+
+class MilvusStore:
+    """The `VectorStore` of Milvus: one connection to a Milvus Lite file or a Milvus server, opened on first use."""
+
+    def __init__(self, uri: str, token: str | None = None):
+        self.uri, self._token, self._client = uri, token, None
+        self._ready: set[CollectionSpec] = set()  # checked and loaded on this connection
+
+    @property
+    def client(self):
+        if self._client is None:
+            from pymilvus import MilvusClient
+
+            _quiet_pymilvus()
+            # `dedicated`: this store's own gRPC channel, closed by `close`. pymilvus otherwise
+            # shares one channel per address for the whole process and never closes it; after
+            # the server went away that channel stays in gRPC's reconnect backoff, so retries
+            # kept failing (8 s and more) after the server was back (test_db_faults).
+            # A Lite file is served by the shared loopback server; one that died a moment
+            # ago may still look alive, so a failed connect checks (and restarts) it again.
+            attempts = 3 if self.uri.endswith(".db") else 1
+            for attempt in range(attempts):
+                try:
+                    self._client = MilvusClient(uri=self._server_uri(), token=self._token or "", timeout=30,
+                                                dedicated=True)
+                    break
+                except StoreError:
+                    raise
+                except Exception as err:
+                    if attempt == attempts - 1:
+                        raise StoreError(f"Milvus at {self.uri}: cannot connect ({one_line(err)})") from None
+                    time.sleep(0.5)
+        return self._client
+
+    def _server_uri(self) -> str:
+        if self.uri.endswith(".db"):
+            from feature_pipeline_dagster.core.store.lite_server import LiteServer
+
+            return LiteServer(self.uri).ensure_running().uri
+        return self.uri
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            self._ready.clear()
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (VideoError, ConfigError):
+            raise
+        except Exception as err:
+            raise StoreError(f"Milvus at {self.uri}: {what} failed ({one_line(err)})") from None
+
+    def ensure_collection(self, spec: CollectionSpec) -> None:
+        """Create the collection with a COSINE index, or check that the existing one
+        has the fields the config declares; either way load it for queries."""
+        if spec in self._ready:
+            return
+        if self._call("has_collection", self.client.has_collection, spec.name):
+            self._check_schema(spec)
+        else:
+            self._create(spec)
+        self._call("load_collection", self.client.load_collection, spec.name)
+        self._ready.add(spec)
+
+    def _create(self, spec: CollectionSpec) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
+        for f in spec.fields:
+            extra = {k: v for k, v in (("max_length", f.max_length), ("dim", f.dim)) if v is not None}
+            schema.add_field(f.name, DataType[f.dtype], is_primary=f.is_primary, auto_id=f.auto_id, **extra)
+        index = self.client.prepare_index_params()
+        index.add_index(field_name=spec.vector_field.name, index_type="AUTOINDEX", metric_type="COSINE")
+        try:
+            self.client.create_collection(spec.name, schema=schema, index_params=index)
+        except Exception as err:
+            # Another process may be creating it right now: its collection shows up in a moment.
+            for _ in range(20):
+                if self._call("has_collection", self.client.has_collection, spec.name):
+                    return self._check_schema(spec)
+                time.sleep(0.25)
+            raise StoreError(f"Milvus at {self.uri}: create collection {spec.name} failed ({one_line(err)})") from None
+
+    def _check_schema(self, spec: CollectionSpec) -> None:
+        described = self._call("describe_collection", self.client.describe_collection, spec.name)
+        have = {f["name"]: (f["type"].name, f.get("params", {}).get("dim")) for f in described["fields"]}
+        want = {f.name: (f.dtype, f.dim) for f in spec.fields}
+        if have != want:
+            raise ConfigError(
+                f"db.collections: collection {spec.name} in {self.uri} has fields "
+                f"{_describe(have)} but the config declares {_describe(want)}: "
+                "use another collection name or drop the old collection"
+            )
+
+    def write_video(
+        self, spec: CollectionSpec, video_path: str, batches: Iterable[EmbeddingBatch], batch_size: int
+    ) -> int:
+        """Insert a video's rows as a new generation, then delete its older rows."""
+        self.ensure_collection(spec)
+        name_filter = f"video_path == {quote(video_path)}"
+        generation = new_generation()
+        rows = 0
+        try:
+            # The rows are computed (decode, model) in another thread while this one inserts.
+            for chunk in prefetch(rechunk(batches, min(batch_size, rows_per_request(spec))), depth=2, name="embed"):
+                self._call("insert", self.client.insert, spec.name, self._rows(spec, video_path, generation, chunk))
+                rows += len(chunk)
+        except Exception:
+            if rows:  # the video failed part way: take back what this write added
+                self._discard(spec, f"{name_filter} and generation == {generation}")
+            raise
+        # Flushed first, the new rows are durable before the old go; Milvus Lite also
+        # filters sealed rows far faster than unflushed ones (measured: bench_pipeline).
+        self._flush(spec)
+        self._call("delete", self.client.delete, spec.name, filter=f"{name_filter} and generation != {generation}")
+        self._flush(spec)
+        return rows
+
+    def _flush(self, spec: CollectionSpec) -> None:
+        """Flush, again at once if it fails: Milvus Lite 3.2 can refuse one of two flushes
+        that race ("current_seq is monotonic"; seen with two runs writing, bench_load.py).
+        A flush only persists what is in memory, so a repeat is safe, and cheaper than
+        Dagster's retry, which embeds the run's videos again."""
+        for pause in (0.1, 0.3):
+            try:
+                return self.client.flush(spec.name)
+            except Exception:
+                time.sleep(pause)
+        self._call("flush", self.client.flush, spec.name)
+
+    def _discard(self, spec: CollectionSpec, where: str) -> None:
+        """Best effort: if Milvus is what failed, the next write of the video removes them."""
+        try:
+            self.client.delete(spec.name, filter=where)
+        except Exception:
+            pass
+
+    def _rows(self, spec: CollectionSpec, video_path: str, generation: int, batch: EmbeddingBatch) -> list[dict]:
+        vector_name = spec.vector_field.name
+        columns = {k: v.tolist() for k, v in batch.columns.items() if spec.field(k) is not None}
+        vectors = batch.vectors.astype(np.float32, copy=False).tolist()  # pymilvus packs lists fastest
+        return [
+            {"video_path": video_path, "generation": generation, vector_name: vectors[i],
+             **{k: v[i] for k, v in columns.items()}}
+            for i in range(len(batch))
+        ]
+
+    def delete_video(self, spec: CollectionSpec, video_path: str) -> None:
+        self.ensure_collection(spec)
+        self._call("delete", self.client.delete, spec.name, filter=f"video_path == {quote(video_path)}")
+
+    def count_rows(self, spec: CollectionSpec, video_path: str | None = None) -> int:
+        self.ensure_collection(spec)
+        where = f"video_path == {quote(video_path)}" if video_path is not None else ""
+        result = self._call("count", self.client.query, spec.name, filter=where, output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    def fetch_video(self, spec: CollectionSpec, video_path: str, fields: tuple[str, ...] = ()) -> list[dict]:
+        """All rows of one video (vector and the named scalar fields), in no set order."""
+        return [row for page in self._pages(spec, video_path, (spec.vector_field.name, *fields)) for row in page]
+
+    def video_vectors(self, spec: CollectionSpec, video_path: str) -> np.ndarray:
+        """One video's vectors as a float32 (rows, dim) array, built a page at a time
+        (a page of Python lists, not the whole video's, is alive at once)."""
+        name, dim = spec.vector_field.name, spec.vector_field.dim
+        pages = [np.asarray([r[name] for r in page], dtype=np.float32) for page in self._pages(spec, video_path, (name,))]
+        return np.concatenate(pages) if pages else np.zeros((0, dim), np.float32)
+
+    def _pages(self, spec: CollectionSpec, video_path: str, fields: tuple[str, ...]) -> Iterator[list[dict]]:
+        self.ensure_collection(spec)
+        it = self._call("query", self.client.query_iterator, spec.name, filter=f"video_path == {quote(video_path)}",
+                        output_fields=list(fields), batch_size=1000)
+        try:
+            while page := self._call("query", it.next):
+                yield page
+        finally:
+            it.close()
+
+    def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]:
+        self.ensure_collection(spec)
+        fields = [f.name for f in spec.fields if f.dtype != VECTOR_DTYPE and not f.is_primary]
+        hits = self._call(
+            "search", self.client.search, spec.name, data=[np.asarray(vector, dtype=np.float32)],
+            limit=limit, output_fields=fields, anns_field=spec.vector_field.name,
+        )
+        return [dict(hit["entity"], score=hit["distance"]) for hit in hits[0]]
+
+
+def _quiet_pymilvus() -> None:
+    """Failed calls are reported as one StoreError line; pymilvus would also log each
+    with a 70-line traceback (and retry chatter) on the user's console."""
+    logger = logging.getLogger("pymilvus.client.iterator.query_iterator")
+    if not any(isinstance(f, _DropNoise) for f in logger.filters):
+        logger.addFilter(_DropNoise())
+    for name in ("pymilvus.decorators", "pymilvus.client.connection_manager"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def rows_per_request(spec: CollectionSpec, limit_bytes: int = MAX_REQUEST_BYTES) -> int:
+    """The most rows one insert may carry under Milvus' request size limit, whatever
+    `db.batch_size` says: a row costs its vector plus, at most, its scalar fields."""
+    row_bytes = spec.vector_field.dim * 4 + sum((f.max_length or 0) * 4 + 8 for f in spec.fields) + 64
+    return max(1, limit_bytes // row_bytes)
+
+
+def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingBatch]:
+    """Batches of any size in, batches of exactly `size` rows out (the last may be short)."""
+    pending: list[EmbeddingBatch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += len(batch)
+        while held >= size:
+            merged = EmbeddingBatch.concat(pending)
+            yield merged.slice(0, size)
+            rest = merged.slice(size, len(merged))
+            pending, held = ([rest] if len(rest) else []), len(rest)
+    if held:
+        yield EmbeddingBatch.concat(pending)
+
+
+def _describe(fields: dict) -> str:
+    return ", ".join(f"{n}:{t}" + (f"[{d}]" if d else "") for n, (t, d) in sorted(fields.items()))

@@ -1,0 +1,34 @@
+"""The per-video summary: one L2-normalized mean vector per video, in a collection of
+its own beside the first feature's frames (`<frames collection>_summary`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
+
+
+def summary_collection(settings: Settings) -> CollectionSpec:
+    frames = settings.collection_for(settings.model.features[0])
+    keep = ("id", "video_path", "timestamp_ms", "generation", frames.vector_field.name)
+    return CollectionSpec(f"{frames.name}_summary", tuple(f for f in frames.fields if f.name in keep))
+
+
+def owned_collections(settings: Settings) -> list[CollectionSpec]:
+    """Every collection the config writes: one per feature, and the summary."""
+    return [settings.collection_for(f) for f in settings.model.features] + [summary_collection(settings)]
+
+
+@dataclass
+class SummaryRows:
+    """The summary asset's output: each video's mean vector, for its collection."""
+
+    spec: CollectionSpec
+    means: dict[str, np.ndarray]  # video -> (dim,) float32
+
+
+def mean_vector(vectors: np.ndarray) -> np.ndarray:
+    mean = vectors.astype(np.float64).mean(axis=0)
+    return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)

@@ -1,1 +1,0 @@
-"""The Dagster-free core that turns a video file into embedding rows."""

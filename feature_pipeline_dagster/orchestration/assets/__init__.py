@@ -1,0 +1,1 @@
+"""Dagster assets: the video files, one embedding asset per feature, the per-video summary."""

@@ -1,0 +1,63 @@
+"""The embedding assets: one per `model.features` entry, one partition per video,
+written into Milvus by the Milvus IO manager.
+
+A run covers one video or a range of them (`BackfillPolicy.multi_run`), so one process
+and one model load serve many videos. The asset body only names the run's videos and
+the devices it may use; the core engine, driven by the IO manager, leases a device and
+decodes, embeds and writes while streaming, so a video of any length passes through in
+bounded memory.
+"""
+
+import os
+from pathlib import Path
+
+from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, AssetSpec, BackfillPolicy, asset
+
+from feature_pipeline_dagster.core.engine.run import VideoRun
+from feature_pipeline_dagster.core.models import code_version
+from feature_pipeline_dagster.core.devices import run_devices
+from feature_pipeline_dagster.core.settings import Settings
+from feature_pipeline_dagster.core.videos import relpath_of
+from feature_pipeline_dagster.orchestration.failures import RETRY_POLICY
+from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, MAX_VIDEOS_PER_RUN, VIDEO_FILE
+from feature_pipeline_dagster.orchestration.partitions import videos_partitions
+from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
+
+video_file = AssetSpec(
+    VIDEO_FILE,
+    partitions_def=videos_partitions,
+    description="A video file under video_input.path; its data version is a digest of its content.",
+    kinds={"video"},
+)
+
+
+def leases_root() -> Path:
+    """Device leases live beside the instance, so every process of it sees them."""
+    return Path(os.environ.get("DAGSTER_HOME") or ".dagster") / "device_leases"
+
+
+def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
+    collection = settings.collection_for(feature)
+
+    @asset(
+        name=feature,
+        partitions_def=videos_partitions,
+        deps=[AssetDep(VIDEO_FILE)],
+        io_manager_key="milvus_io_manager",
+        code_version=code_version(settings),
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_VIDEOS_PER_RUN),
+        retry_policy=RETRY_POLICY,
+        kinds={"pytorch", "milvus"},
+        description=f"{settings.model.name} embeddings of each video's sampled frames, "
+        f"in Milvus collection {collection.name}.",
+        metadata={"collection": collection.name, "dim": collection.vector_field.dim, "model": settings.model.name},
+    )
+    def _embeddings(context: AssetExecutionContext) -> VideoRun:
+        attach_run_log(context.run_id, context.log, settings.logs_dir)
+        # The queue placed a tagged run on its device; other runs take the least busy one.
+        tagged = context.run.tags.get(DEVICE_TAG)
+        devices = [tagged] if tagged else run_devices(settings.gpus)
+        videos = [relpath_of(k) for k in context.partition_keys]
+        return VideoRun(settings, collection, videos, devices, leases_root())
+
+    return _embeddings

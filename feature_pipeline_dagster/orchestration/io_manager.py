@@ -1,0 +1,94 @@
+"""The Milvus IO manager: writes the embedding assets and the summary into Milvus.
+
+It hands an embedding asset's `VideoRun` to the core engine with the store resource and
+reports what happened per partition; the summary's mean rows go straight to the store.
+Embedding assets are never loaded into memory (a NaViT video can hold millions of
+rows): downstream assets read what they need through the store resource.
+"""
+
+from __future__ import annotations
+
+from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
+
+from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.engine.run import RunReport, VideoRun, embed_run
+from feature_pipeline_dagster.core.errors import PipelineError
+from feature_pipeline_dagster.core.summary import SummaryRows
+from feature_pipeline_dagster.core.videos import relpath_of
+from feature_pipeline_dagster.orchestration.failures import as_failure
+from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
+from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
+
+
+class MilvusIOManager(ConfigurableIOManager):
+    """Each video succeeds or fails alone: in a ranged run the good videos are written
+    and marked materialized while a bad one fails with its own message."""
+
+    vector_store: VectorStoreResource
+
+    def handle_output(self, context: OutputContext, obj: VideoRun | SummaryRows):
+        if isinstance(obj, VideoRun):
+            yield from self._write_videos(context, obj)
+        else:
+            self._write_summary(context, obj)
+
+    def _write_videos(self, context: OutputContext, run: VideoRun):
+        attach_run_log(context.run_id, context.log, run.settings.logs_dir)
+        report = RunReport()
+        store = self.vector_store.open()
+        try:
+            embed_run(run, store, report)
+        except PipelineError as err:  # the model, the device or the database: the whole run
+            raise as_failure(err, videos_written=len(report.written)) from None
+        finally:
+            store.close()
+        keys = {relpath_of(key): key for key in context.asset_partition_keys}
+        written = {keys[video]: _ui_metadata({**meta, **report.lease}) for video, meta in report.written.items()}
+        for key, meta in written.items():
+            context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
+        if report.failed:
+            yield from _flush_materializations(context, written)
+            summary = "; ".join(report.failed.values())
+            raise Failure(
+                description=summary if len(run.videos) == 1 else
+                f"{len(report.failed)} of {len(run.videos)} video(s) failed: {summary}",
+                allow_retries=False,
+                metadata={"failed": list(report.failed), "written": len(written)},
+            )
+
+    def _write_summary(self, context: OutputContext, rows: SummaryRows) -> None:
+        import numpy as np
+
+        store = self.vector_store.open()
+        try:
+            for video, vector in rows.means.items():
+                row = EmbeddingBatch(vector[None, :], {"timestamp_ms": np.zeros(1, np.int64)})
+                store.write_video(rows.spec, video, [row], 1)
+        except PipelineError as err:
+            raise as_failure(err) from None
+        finally:
+            store.close()
+        context.add_output_metadata({"videos": len(rows.means), "collection": rows.spec.name})
+
+    def load_input(self, context: InputContext):
+        raise NotImplementedError(
+            f"{context.upstream_output.asset_key.to_user_string()} lives in Milvus and is not loaded into memory: "
+            "depend on it with deps=[...] and read it through the vector_store resource")
+
+
+def _ui_metadata(meta: dict) -> dict:
+    if "contact_sheet" in meta:  # thumbnails render as markdown in the UI
+        meta["contact_sheet"] = MetadataValue.md(meta["contact_sheet"])
+    return meta
+
+
+def _flush_materializations(context: OutputContext, written: dict[str, dict]):
+    """Keep the good videos of a partly failed run materialized.
+
+    Dagster 1.13 limit: a step that fails records none of the materializations its
+    `handle_output` added, and emits the events `handle_output` logged only when it
+    yields. So they are logged here and flushed with one yield, before the failure of
+    the bad videos ends the step."""
+    for key, meta in written.items():
+        context.log_event(AssetMaterialization(context.asset_key, partition=key, metadata=meta))
+    yield {}

@@ -1,0 +1,14 @@
+"""Names the Dagster layer shares (asset, check and tag names users see in the UI,
+and the run queue's device tag, which dagster.yaml's tag limits name too)."""
+
+DEVICE_TAG = "feature_pipeline/device"
+VIDEO_FILE = "video_file"
+SUMMARY_ASSET = "video_summary_embedding"
+CHECK_NAMES = ("rows_match_run", "vectors_valid", "videos_complete")
+MAX_VIDEOS_PER_RUN = 50
+
+# Dagster's documented system tags: a ranged run names its first and last partition,
+# and an observation's data version rides in a tag.
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+DATA_VERSION_TAG = "dagster/data_version"

@@ -1,0 +1,143 @@
+"""The file-arrival sensor: new videos become partitions and runs in the same tick,
+changed videos run again, deleted videos lose their partition and their rows.
+
+Runs carry a device tag (least loaded first) that the run queue limits per device;
+videos that arrive together go out as ranged runs, about one per device, so one
+process and one model load serve many videos. Never imports torch.
+"""
+
+import hashlib
+import json
+import time
+
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetObservation,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from feature_pipeline_dagster.core.errors import PipelineError
+from feature_pipeline_dagster.core.folder_watch import diff_folder, split_contiguous
+from feature_pipeline_dagster.core.devices import run_devices
+from feature_pipeline_dagster.core.settings import Settings
+from feature_pipeline_dagster.core.summary import owned_collections
+from feature_pipeline_dagster.core.videos import content_digest, list_videos, relpath_of
+from feature_pipeline_dagster.orchestration.names import (
+    CHECK_NAMES,
+    DATA_VERSION_TAG,
+    DEVICE_TAG,
+    MAX_VIDEOS_PER_RUN,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SUMMARY_ASSET,
+    VIDEO_FILE,
+)
+from feature_pipeline_dagster.orchestration.partitions import videos_partitions
+from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
+
+UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE,
+                                                       DagsterRunStatus.CANCELED)]
+
+
+class _DevicePicker:
+    """Least-loaded device first, counting the unfinished (queued or running) runs each
+    device tag has."""
+
+    def __init__(self, instance, devices: list[str]):
+        self.load = {d: instance.get_runs_count(RunsFilter(tags={DEVICE_TAG: d}, statuses=UNFINISHED))
+                     for d in devices}
+
+    def take(self) -> str:
+        device = min(self.load, key=self.load.get)
+        self.load[device] += 1
+        return device
+
+
+def build_video_sensor(settings: Settings) -> SensorDefinition:
+    features = [AssetKey(f) for f in settings.model.features]
+    checks = [AssetCheckKey(k, name) for k in features for name in CHECK_NAMES]
+    # The summary rides in the same run, after the blocking checks (which gate it per run):
+    # left to the automation sensor, it waited for every queued run's checks (the checks
+    # are not partitioned), so summaries stalled while files kept arriving (bench_load.py).
+    targets = [*features, AssetKey(SUMMARY_ASSET)]
+    devices = run_devices(settings.gpus)
+
+    def request(videos: list[tuple[str, object]], device: str) -> RunRequest:
+        """One run for consecutive videos; its key changes with any file's content."""
+        keys = [k for k, _ in videos]
+        tags = {DEVICE_TAG: device}
+        if len(keys) > 1:
+            tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
+        run_key = hashlib.sha1(json.dumps([(k, v.fingerprint) for k, v in videos]).encode()).hexdigest()
+        return RunRequest(run_key=run_key, asset_selection=targets, asset_check_keys=checks,
+                          partition_key=keys[0] if len(keys) == 1 else None, tags=tags)
+
+    @sensor(name="video_folder_sensor", minimum_interval_seconds=10, default_status=DefaultSensorStatus.RUNNING,
+            asset_selection=targets,
+            description=f"Embeds videos as they arrive in {settings.video_input.path} (and forgets deleted ones).")
+    def video_folder_sensor(context: SensorEvaluationContext,
+                            vector_store: VectorStoreResource) -> SensorResult | SkipReason:
+        if not settings.video_input.path.is_dir():  # unmounted or moved: never read as "all deleted"
+            return SkipReason(f"video_input.path {settings.video_input.path} is not there; nothing changed")
+        started = time.perf_counter()
+        instance = context.instance
+        partitions = set(instance.get_dynamic_partitions(videos_partitions.name))
+        changes = diff_folder(
+            list_videos(settings.video_input), partitions, context.cursor, time.time(),
+            settings.video_input.settle_seconds,
+            embedded=lambda: set.intersection(*(instance.get_materialized_partitions(k) for k in features)),
+        )
+        picker = _DevicePicker(instance, devices)
+        new_keys = [k for k, _ in changes.new]
+        runs = [request(chunk, picker.take()) for chunk in split_contiguous(changes.new, len(devices), MAX_VIDEOS_PER_RUN)]
+        runs += [request([video], picker.take()) for video in changes.changed]
+        observations = [o for k, v in changes.new + changes.changed if (o := _observe(k, v))]
+        if changes.deleted:
+            _delete_rows(settings, vector_store, changes.deleted, context)
+        partition_requests = []
+        if new_keys:
+            partition_requests.append(videos_partitions.build_add_request(new_keys))
+        if changes.deleted:
+            partition_requests.append(videos_partitions.build_delete_request(changes.deleted))
+        context.log.info(
+            f"{len(new_keys)} new, {len(changes.changed)} changed, {len(changes.deleted)} deleted, "
+            f"{changes.waiting} settling; {len(runs)} run(s); {time.perf_counter() - started:.2f}s"
+        )
+        return SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
+                            asset_events=observations, cursor=changes.cursor)
+
+    return video_folder_sensor
+
+
+def _observe(key: str, video) -> AssetObservation | None:
+    """The file's data version; None if it vanished since the listing (the next tick
+    sees it deleted) or cannot be read (its run fails, naming why)."""
+    try:
+        return AssetObservation(VIDEO_FILE, partition=key, tags={DATA_VERSION_TAG: content_digest(video.path)})
+    except OSError:
+        return None
+
+
+def _delete_rows(settings: Settings, vector_store: VectorStoreResource, keys: list[str], context) -> None:
+    """A deleted file's rows go with it, from every collection it fed."""
+    store = vector_store.open()
+    specs = owned_collections(settings)
+    try:
+        for key in keys:
+            for spec in specs:
+                store.delete_video(spec, relpath_of(key))
+    except PipelineError as err:
+        context.log.error(f"{err}; rows of deleted videos are removed on a later tick")
+        raise
+    finally:
+        store.close()
+    context.log.info(f"deleted the rows of {len(keys)} removed video(s) from {len(specs)} collection(s)")

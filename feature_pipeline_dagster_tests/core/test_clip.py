@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from feature_pipeline_dagster.core.settings import ModelSettings
+from feature_pipeline_dagster.core.errors import ModelError
+from feature_pipeline_dagster.core.decode.reader import VideoReader
+from feature_pipeline_dagster.core.models import load_extractor
+from feature_pipeline_dagster.core.models.clip.model import create_open_clip, quick_gelu_for
+from feature_pipeline_dagster.core.models.clip.weights import make_random
+from feature_pipeline_dagster.core.samples import write_video
+from feature_pipeline_dagster_tests.conftest import TINY_CLIP
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Decoded frames of several sizes and aspect ratios, as the pipeline sees them."""
+    folder = tmp_path_factory.mktemp("sizes")
+    out = []
+    for size in [(320, 240), (640, 360), (200, 300), (224, 224)]:
+        reader = VideoReader(write_video(folder / f"{size[0]}x{size[1]}.mp4", seconds=4, size=size, seed=size[0]))
+        out += [b.frames for b in reader.batches(reader.plan(1.0, None), 8)]
+    return out
+
+
+def test_vectors_match_open_clip_reference(tiny_clip, frames):
+    """Our batched tensor preprocessing + model vs open_clip's own PIL preprocess."""
+    import open_clip
+    from PIL import Image
+
+    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+
+    extractor = load_extractor(ModelSettings(name="CLIP", path=str(tiny_clip), source="folder"), "cpu")
+    reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_clip}")
+    reference.eval()
+    cosines = []
+    for batch in frames:
+        ours = extractor.embed(FrameBatch(batch, np.arange(len(batch)), np.zeros(len(batch), np.int64))).vectors
+        with torch.no_grad():
+            ref = reference.encode_image(torch.stack([preprocess(Image.fromarray(f)) for f in batch]))
+        ref = torch.nn.functional.normalize(ref, dim=-1).numpy()
+        cosines += (ours * ref).sum(axis=1).tolist()
+        assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    print(f"min cosine vs open_clip reference over {len(cosines)} frames: {min(cosines):.7f}")
+    assert min(cosines) >= 0.9999
+
+
+def test_quick_gelu_follows_the_weights():
+    assert quick_gelu_for(ModelSettings(name="CLIP", arch="ViT-B-32", path="openai")) is True
+    assert quick_gelu_for(ModelSettings(name="CLIP", arch="ViT-B-32", path="laion2b_s34b_b79k")) is False
+    assert quick_gelu_for(ModelSettings(name="CLIP", arch="ViT-B-32", path="openai", quick_gelu=False)) is False
+    with pytest.raises(ModelError, match="not a pretrained tag of ViT-B-32"):
+        quick_gelu_for(ModelSettings(name="CLIP", arch="ViT-B-32", path="no-such-tag"))
+
+
+def test_folder_records_quick_gelu(tmp_path):
+    from open_clip.transformer import QuickGELU
+
+    folder = make_random(ModelSettings(name="CLIP", path=str(tmp_path), source="folder"), tmp_path,
+                         {**TINY_CLIP, "quick_gelu": True})
+    model = create_open_clip(ModelSettings(name="CLIP", path=str(folder), source="folder"))
+    assert any(isinstance(m, QuickGELU) for m in model.visual.modules())
+
+
+def test_weights_file_is_loaded_without_pickle(tmp_path, tiny_clip):
+    """A bare .pt holding arbitrary pickled objects is refused (weights_only)."""
+    import pickle
+
+    evil = tmp_path / "weights.pt"
+    evil.write_bytes(pickle.dumps({"x": object()}))
+    with pytest.raises(ModelError, match="cannot load CLIP"):
+        create_open_clip(ModelSettings(name="CLIP", path=str(evil), source="folder"))
+
+
+def test_unknown_cuda_device_is_a_clear_error(tiny_clip):
+    with pytest.raises(ModelError, match="device cuda:7"):
+        load_extractor(ModelSettings(name="CLIP", path=str(tiny_clip), source="folder"), "cuda:7")
+
+
+def test_declared_row_fields_are_the_columns_embed_emits(tiny_clip, frames):
+    """The registry holds CLIP to its declaration, and refuses a declaration that differs."""
+    import dataclasses
+
+    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.models import FAMILIES
+
+    extractor = load_extractor(ModelSettings(name="CLIP", path=str(tiny_clip), source="folder"), "cpu")
+    rows = extractor.embed(FrameBatch(frames[0][:2], np.arange(2), np.zeros(2, np.int64)))
+    FAMILIES["CLIP"].check_columns(rows)
+    wrong = dataclasses.replace(FAMILIES["CLIP"], row_fields=("frame_id", "timestamp_ms", "row_idx"))
+    with pytest.raises(ModelError, match=r"emitted columns \['frame_id', 'timestamp_ms'\] but declares"):
+        wrong.check_columns(rows)

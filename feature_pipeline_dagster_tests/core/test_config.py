@@ -1,0 +1,103 @@
+from pathlib import Path
+
+import pytest
+
+from feature_pipeline_dagster.core.settings import ConfigError, load_settings
+from feature_pipeline_dagster_tests.conftest import clip_config, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["clip-config.yaml", "navit-config.yaml", "smoke-config.yaml"])
+def test_shipped_configs_parse(name):
+    settings = load_settings(REPO / "config" / name, check_paths=False)
+    spec = settings.collection_for("video_embedding")
+    assert spec.vector_field.dim == {"CLIP": 512, "VL3-SigLIP-NaViT": 1152}[settings.model.name]
+    assert spec.field("frame_id").dtype in ("INT32", "INT64")
+    assert spec.field("timestamp_ms") is not None and spec.field("generation") is not None
+
+
+def test_defaults(tmp_path, tiny_clip):
+    settings = load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, tmp_path)))
+    assert settings.video_input.sample_fps == 1.0 and settings.video_input.max_frames is None
+    assert settings.db.is_lite and settings.gpus == ("cpu",)
+
+
+def test_lite_file_defaults_to_db_folder(tmp_path, tiny_clip):
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    del config["db"]["uri"]
+    config["db"]["name"] = "x.db"
+    assert load_settings(write_config(tmp_path, config)).db.uri == str(Path("db") / "x.db")
+
+
+BAD = [
+    ({"model.name": None}, "model.name: missing required key"),
+    ({"model.name": "ResNet"}, "model.name: unknown model 'ResNet'"),
+    ({"model.source": "huggingface", "model.path": "openai", "model.arch": "ViT-Q-99"}, "model.arch: unknown open_clip architecture 'ViT-Q-99'"),
+    ({"model.path": "/nonexistent/weights"}, "model.path: no such file or folder"),
+    ({"video_input.path": "/nonexistent/videos"}, "video_input.path: no such folder"),
+    ({"video_input.sample_fps": -1}, "video_input.sample_fps: must be positive"),
+    ({"gpus": ["cuda:0", "tpu:1"]}, "gpus[1]: unknown device 'tpu:1'"),
+    ({"db.uri": "mysql://x"}, "db.uri: expected a Milvus server URL"),
+    ({"db.token": "secret"}, "credentials never go in the file"),
+    ({"db.collections": []}, "db.collections: 0 collection(s) for 1 feature(s)"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD)
+def test_bad_config_names_file_and_key(tmp_path, tiny_clip, overrides, message):
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    for dotted, value in overrides.items():
+        node = config
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    path = write_config(tmp_path, config)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _field_error(tmp_path, tiny_clip, index, **changes):
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    config["db"]["collections"][0]["fields"][index].update(changes)
+    path = write_config(tmp_path, config)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    return str(err.value)
+
+
+def test_unknown_dtype(tmp_path, tiny_clip):
+    message = _field_error(tmp_path, tiny_clip, 2, dtype="INT9")
+    assert "db.collections[0].fields[2].dtype: unknown dtype 'INT9'" in message
+
+
+def test_dim_must_match_model(tmp_path, tiny_clip):
+    message = _field_error(tmp_path, tiny_clip, 4, dim=1152)
+    assert "db.collections[0].fields[4].dim: dim 1152 does not match model CLIP" in message and "32-d" in message
+
+
+def test_field_the_model_does_not_produce(tmp_path, tiny_clip):
+    message = _field_error(tmp_path, tiny_clip, 2, name="row_idx")
+    assert "'row_idx' is not produced by model CLIP" in message
+
+
+def test_unknown_key_is_named(tmp_path, tiny_clip):
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    config["db"]["bath_size"] = 3
+    with pytest.raises(ConfigError, match=r"db\.bath_size: unknown key"):
+        load_settings(write_config(tmp_path, config))
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_settings(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)

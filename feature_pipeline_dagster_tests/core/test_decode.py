@@ -1,0 +1,191 @@
+import numpy as np
+import pytest
+
+from feature_pipeline_dagster.core.errors import VideoError
+from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
+from feature_pipeline_dagster.core.samples import write_video
+
+
+def steady(frames: int, fps: float) -> np.ndarray:
+    return np.arange(frames) / fps
+
+
+def test_plan_samples_at_fps():
+    plan = SamplingPlan.for_timestamps(steady(300, 30.0), sample_fps=1.0, max_frames=None)
+    assert plan.frame_ids.tolist() == list(range(0, 300, 30))
+    assert plan.timestamps_ms.tolist() == list(range(0, 10000, 1000))
+    assert SamplingPlan.for_timestamps(steady(300, 30.0), 2.0, None).frame_ids.tolist() == list(range(0, 300, 15))
+
+
+def test_plan_caps_at_max_frames_uniformly():
+    ids = SamplingPlan.for_timestamps(steady(3000, 30.0), 1.0, max_frames=4).frame_ids
+    assert len(ids) == 4 and ids[0] == 0 and ids[-1] == 2970
+
+
+def test_plan_faster_than_source_takes_every_frame():
+    assert SamplingPlan.for_timestamps(steady(10, 5.0), 30.0, None).frame_ids.tolist() == list(range(10))
+
+
+def test_plan_of_a_variable_frame_rate_follows_time_not_frame_count():
+    starts = np.concatenate([steady(30, 30.0), 1.0 + steady(15, 5.0)])  # 1 s at 30 fps, then 3 s at 5 fps
+    plan = SamplingPlan.for_timestamps(starts, 1.0, None)
+    assert plan.frame_ids.tolist() == [0, 30, 35, 40] and plan.timestamps_ms.tolist() == [0, 1000, 2000, 3000]
+
+
+def test_batches_carry_frame_ids_and_timestamps(sample_video):
+    reader = VideoReader(sample_video)
+    assert (reader.info.width, reader.info.height, reader.info.frame_count) == (320, 240, 90)
+    plan = reader.plan(sample_fps=2.0, max_frames=None)
+    batches = list(reader.batches(plan, batch_size=4))
+    assert [len(b) for b in batches] == [4, 2]
+    ids = np.concatenate([b.frame_ids for b in batches])
+    assert ids.tolist() == [0, 15, 30, 45, 60, 75]
+    assert np.concatenate([b.timestamps_ms for b in batches]).tolist() == [0, 500, 1000, 1500, 2000, 2500]
+    assert batches[0].frames.shape == (4, 240, 320, 3) and batches[0].frames.dtype == np.uint8
+
+
+def test_random_bytes_give_one_clear_error(tmp_path):
+    bad = tmp_path / "noise.mp4"
+    bad.write_bytes(np.random.default_rng(0).bytes(20000))
+    with pytest.raises(VideoError) as err:
+        VideoReader(bad)
+    assert str(bad) in str(err.value) and "cannot open video" in str(err.value)
+
+
+def test_empty_file(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    with pytest.raises(VideoError, match="empty file"):
+        VideoReader(empty)
+
+
+def test_truncated_file_with_index_at_end(tmp_path, sample_video):
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(sample_video.read_bytes()[: sample_video.stat().st_size // 2])
+    with pytest.raises(VideoError, match="cut.mp4: cannot open video"):
+        VideoReader(truncated)
+
+
+# Hard files, through the decoder process as the pipeline uses it.
+
+def write_vfr(path, segments=((30, 30.0), (15, 5.0))):
+    """Frames at 30 fps for 1 s, then at 5 fps for 3 s: real variable frame rate."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        t, i = 0.0, 0
+        for count, fps in segments:
+            for _ in range(count):
+                frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), i * 5 % 255, np.uint8), format="rgb24")
+                frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+                t, i = t + 1 / fps, i + 1
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def damage_packets(source, target, first: int, count: int = 1, span: int = 40):
+    """Overwrite bytes inside video packets (not their length fields), as a bad sector would."""
+    import av
+
+    with av.open(str(source)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(source.read_bytes())
+    rng = np.random.default_rng(1)
+    for pos, size in packets[first : first + count]:
+        at = pos + size * 2 // 3  # past the headers (a key frame starts with the encoder's notes)
+        data[at : at + span] = rng.integers(0, 256, span, dtype=np.uint8).tobytes()
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    from feature_pipeline_dagster.core.decode.process import DecoderProcess
+
+    process = DecoderProcess()
+    yield process
+    process.stop()
+
+
+def decode_all(decoder, path, batch_size=4, sample_fps=1.0):
+    video = decoder.open(path, sample_fps, None)
+    batches = list(video.batches(batch_size))
+    return video, batches
+
+
+def test_variable_frame_rate_is_sampled_by_time(decoder, tmp_path):
+    video, batches = decode_all(decoder, write_vfr(tmp_path / "vfr.mp4"))
+    assert np.concatenate([b.timestamps_ms for b in batches]).tolist() == [0, 1000, 2000, 3000]
+    assert np.concatenate([b.frame_ids for b in batches]).tolist() == [0, 30, 35, 40]
+
+
+def test_rotated_phone_video_is_decoded_as_displayed(decoder, tmp_path):
+    import av
+
+    path = write_video(tmp_path / "portrait.mp4", seconds=1, rotation=90)
+    with av.open(str(path)) as container:
+        stored = next(container.decode(video=0))
+        assert stored.rotation == 90 and (stored.width, stored.height) == (320, 240)
+        upright = np.rot90(stored.to_ndarray(format="rgb24"), k=1)  # 90 degrees counter-clockwise
+    video, batches = decode_all(decoder, path)
+    assert (video.info.width, video.info.height) == (240, 320)
+    assert batches[0].frames[0].shape == (320, 240, 3)
+    assert np.abs(batches[0].frames[0].astype(int) - upright).mean() < 1.0
+
+
+def test_faststart_file_cut_short_embeds_the_frames_that_exist(decoder, tmp_path):
+    whole = write_video(tmp_path / "whole.mp4", seconds=6, faststart=True)
+    data = whole.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")  # the index is at the front
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    video, batches = decode_all(decoder, cut)
+    kept = np.concatenate([b.timestamps_ms for b in batches]).tolist()
+    assert kept[:3] == [0, 1000, 2000] and len(kept) < 6
+    assert video.partial.startswith("file is cut short") and "6.0 s" in video.partial
+    sound, _ = decode_all(decoder, whole)
+    assert all(np.array_equal(a, b) for a, b in zip(np.concatenate([b.frames for b in batches]), _[0].frames))
+
+
+def test_damage_mid_stream_stops_before_the_damaged_frame(decoder, tmp_path):
+    whole = write_video(tmp_path / "whole.mp4", seconds=6)
+    damaged = damage_packets(whole, tmp_path / "damaged.mp4", first=95)  # frame 95 of 180, at 3.17 s
+    video, batches = decode_all(decoder, damaged)
+    assert np.concatenate([b.frame_ids for b in batches]).tolist() == [0, 30, 60, 90]
+    assert video.partial.startswith("damaged video stream near 4.0 s") and "embedded the 4 sampled frames" in video.partial
+    _, clean = decode_all(decoder, whole)
+    assert np.array_equal(np.concatenate([b.frames for b in batches]), np.concatenate([b.frames for b in clean])[:4])
+
+
+def test_damage_in_the_first_frames_fails_the_video(decoder, tmp_path):
+    damaged = damage_packets(write_video(tmp_path / "whole.mp4", seconds=2), tmp_path / "bad.mp4", first=0, span=400)
+    with pytest.raises(VideoError, match="bad.mp4: damaged video stream at 0.0 s, no sound frame in it"):
+        decode_all(decoder, damaged)
+
+
+def test_8k_frames_are_decoded_one_at_a_time(decoder, tmp_path):
+    path = write_video(tmp_path / "8k.mp4", seconds=3 / 30, fps=30, size=(7680, 4320))
+    video, batches = decode_all(decoder, path, batch_size=8, sample_fps=30.0)
+    assert [b.frames.shape for b in batches] == [(1, 4320, 7680, 3)] * 3  # MAX_BATCH_BYTES, not batch_size
+
+
+def test_a_decoder_crash_fails_its_video_and_the_next_one_decodes(decoder, tmp_path):
+    import os
+    import signal
+
+    path = write_video(tmp_path / "a.mp4", seconds=4)
+    video = decoder.open(path, 30.0, None)
+    batches = video.batches(2)
+    next(batches)
+    os.kill(decoder._proc.pid, signal.SIGSEGV)
+    with pytest.raises(VideoError, match=r"a.mp4: the decoder crashed on this file \(killed by SIGSEGV\)"):
+        list(batches)
+    assert sum(map(len, decode_all(decoder, path)[1])) == 4  # a fresh decoder takes the next video

@@ -1,0 +1,229 @@
+"""The file-arrival sensor: what it sees, what it asks for, and that it stays light."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import yaml
+from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
+
+from feature_pipeline_dagster.core.folder_watch import diff_folder, split_contiguous
+from feature_pipeline_dagster.core.samples import write_video
+from feature_pipeline_dagster.core.settings import load_settings
+from feature_pipeline_dagster.core.store import store_for
+from feature_pipeline_dagster.core.videos import VideoFile, list_videos
+from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, RANGE_END_TAG, RANGE_START_TAG
+from feature_pipeline_dagster_tests.conftest import REPO
+
+
+def sensor_of(defs):
+    """The sensor, called as the daemon calls it: with the code location's resources."""
+    sensor = next(s for s in defs.sensors if s.name == "video_folder_sensor")
+
+    def tick(instance, cursor=None):
+        with build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+            return sensor(context)
+
+    return tick
+
+
+def video(name, size=100, mtime=0.0):
+    return VideoFile(name, None, size, int(mtime * 1e9))
+
+
+def test_files_settle_before_they_are_handed_out():
+    now = 1000.0
+    first = diff_folder([video("a.mp4", mtime=now - 1)], set(), None, now, settle_seconds=5)
+    assert first.waiting == 1 and not first.new
+    growing = diff_folder([video("a.mp4", 200, mtime=now + 2)], set(), first.cursor, now + 3, 5)
+    assert growing.waiting == 1
+    still = diff_folder([video("a.mp4", 200, mtime=now + 2)], set(), growing.cursor, now + 9, 5)
+    assert [k for k, _ in still.new] == ["a.mp4"]
+    again = diff_folder([video("a.mp4", 200, mtime=now + 2)], {"a.mp4"}, still.cursor, now + 20, 5)
+    assert not again.new and not again.changed and not again.waiting
+
+
+def test_changed_deleted_and_adopted_files():
+    old = 0.0
+    start = diff_folder([video("a.mp4"), video("b.mp4")], set(), None, 100.0, 5)
+    cursor = start.cursor
+    changed = diff_folder([video("a.mp4", 999), video("b.mp4")], {"a.mp4", "b.mp4"}, cursor, 200.0, 5)
+    assert [k for k, _ in changed.changed] == ["a.mp4"] and not changed.new
+    gone = diff_folder([video("a.mp4", 999)], {"a.mp4", "b.mp4"}, changed.cursor, 300.0, 5)
+    assert gone.deleted == ["b.mp4"]
+    # partitions registered by `feature-pipeline scan/run`: embedded ones are adopted, others run
+    adopted = diff_folder([video("x.mp4", mtime=old), video("y.mp4", mtime=old)], {"x.mp4", "y.mp4"}, None, 100.0, 5,
+                          embedded=lambda: {"x.mp4"})
+    assert [k for k, _ in adopted.changed] == ["y.mp4"]
+
+
+def test_a_tick_hands_out_at_most_limit_files():
+    files = [video(f"{i:03d}.mp4") for i in range(25)]
+    first = diff_folder(files, set(), None, 100.0, 5, limit=10)
+    assert len(first.new) == 10 and first.waiting == 15
+    second = diff_folder(files, {k for k, _ in first.new}, first.cursor, 101.0, 5, limit=10)
+    assert [k for k, _ in second.new] == [f"{i:03d}.mp4" for i in range(10, 20)]
+
+
+def test_split_contiguous():
+    assert split_contiguous(list(range(7)), 2, 50) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert [len(c) for c in split_contiguous(list(range(120)), 2, 50)] == [50, 50, 20]
+
+
+def _two_devices(project):
+    config = yaml.safe_load(project.config.read_text())
+    config["gpus"] = ["cpu:0", "cpu:1"]
+    config["video_input"]["settle_seconds"] = 0
+    project.config.write_text(yaml.safe_dump(config))
+
+
+def test_sensor_requests_ranged_runs_one_per_device(project):
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+
+    _two_devices(project)
+    for i in range(5):
+        write_video(project.videos / f"v{i}.mp4", seconds=1, seed=i)
+    defs = build_definitions()
+    sensor = sensor_of(defs)
+    with DagsterInstance.get() as instance:
+        result = sensor(instance)
+        runs = result.run_requests
+        assert [r.tags[DEVICE_TAG] for r in runs] == ["cpu:0", "cpu:1"]
+        assert [(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs] == [
+            ("v0.mp4", "v2.mp4"), ("v3.mp4", "v4.mp4")]
+        assert result.dynamic_partitions_requests[0].partition_keys == [f"v{i}.mp4" for i in range(5)]
+        assert {e.partition for e in result.asset_events} == {f"v{i}.mp4" for i in range(5)}
+        instance.add_dynamic_partitions("videos", [f"v{i}.mp4" for i in range(5)])
+        quiet = sensor(instance, result.cursor)
+        assert not quiet.run_requests and not quiet.dynamic_partitions_requests
+
+
+def test_ranged_run_fails_only_the_bad_video(project):
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+
+    names = ["a.mp4", "b.mp4", "c.mp4"]
+    write_video(project.videos / "a.mp4", seconds=2, seed=1)
+    (project.videos / "b.mp4").write_bytes(os.urandom(5000))
+    write_video(project.videos / "c.mp4", seconds=3, seed=2)
+    defs = build_definitions()
+    with DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("videos", names)
+        result = materialize(
+            [*defs.assets, *defs.asset_checks], selection=[AssetKey("video_embedding")],
+            instance=instance, resources=defs.resources, raise_on_error=False,
+            tags={RANGE_START_TAG: "a.mp4", RANGE_END_TAG: "c.mp4"})
+        assert not result.success
+        assert instance.get_materialized_partitions(AssetKey("video_embedding")) == {"a.mp4", "c.mp4"}
+        failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+        assert failure.startswith("1 of 3 video(s) failed:") and "b.mp4: cannot open video" in failure
+        metadata = {e.materialization.partition: e.materialization.metadata for e in result.get_asset_materialization_events()}
+        assert metadata["a.mp4"]["rows"].value == 2 and metadata["c.mp4"]["rows"].value == 3
+        assert metadata["a.mp4"]["device"].value == "cpu"
+        sheet = metadata["a.mp4"]["contact_sheet"]
+        assert type(sheet).__name__ == "MarkdownMetadataValue" and sheet.value.count("data:image/jpeg;base64,") == 2
+    settings = load_settings(project.config)
+    store = store_for(settings.db)
+    assert [store.count_rows(settings.db.collections[0], n) for n in names] == [2, 0, 3]
+    store.close()
+
+
+SENSOR_WITHOUT_TORCH = """
+import sys, time
+from dagster import DagsterInstance, build_sensor_context
+import feature_pipeline_dagster
+defs = feature_pipeline_dagster.defs
+with DagsterInstance.get() as instance:
+    started = time.perf_counter()
+    sensor = next(s for s in defs.sensors if s.name == "video_folder_sensor")
+    with build_sensor_context(instance=instance, resources=defs.resources) as context:
+        result = sensor(context)
+    print(len(result.run_requests), sorted(m for m in ("torch", "open_clip", "transformers", "decord") if m in sys.modules))
+"""
+
+
+def test_code_location_and_sensor_never_import_torch(project):
+    write_video(project.videos / "a.mp4", seconds=1)
+    os.utime(project.videos / "a.mp4", (time.time() - 60, time.time() - 60))
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-c", SENSOR_WITHOUT_TORCH], env=env, cwd=project.root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "1 []"
+
+
+def test_checks_pass_then_a_deleted_file_loses_partition_and_rows(project):
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+
+    write_video(project.videos / "a.mp4", seconds=2)
+    write_video(project.videos / "b.mp4", seconds=2, seed=3)
+    defs = build_definitions()
+    settings = load_settings(project.config)
+    spec = settings.db.collections[0]
+    with DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("videos", ["a.mp4", "b.mp4"])
+        for key in ("a.mp4", "b.mp4"):
+            result = materialize([*defs.assets, *defs.asset_checks], selection=[AssetKey("video_embedding")],
+                                 instance=instance, resources=defs.resources, partition_key=key)
+            checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+                      for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+            assert result.success and checks == {"rows_match_run": True, "vectors_valid": True, "videos_complete": True}
+        cursor = json.dumps({"seen": {v.relpath: v.fingerprint for v in list_videos(settings.video_input)}, "pending": {}})
+        (project.videos / "a.mp4").unlink()
+        result = sensor_of(defs)(instance, cursor)
+        assert result.dynamic_partitions_requests[0].partition_keys == ["a.mp4"] and not result.run_requests
+    store = store_for(settings.db)
+    assert (store.count_rows(spec, "a.mp4"), store.count_rows(spec, "b.mp4")) == (0, 2)
+    store.close()
+
+
+def stale_status(instance, defs, key: str):
+    """What the UI shows for a partition: the webserver's own GraphQL query, against the
+    project's workspace.yaml loaded in a code server, as `dagster dev` loads it."""
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    query = """query ($key: AssetKeyInput!, $partition: String!) {
+      assetNodeOrError(assetKey: $key) { ... on AssetNode { staleStatusByPartition(partitions: [$partition]) } }
+    }"""
+    with define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
+        result = execute_dagster_graphql(context, query, {"key": {"path": ["video_embedding"]}, "partition": key})
+    return result.data["assetNodeOrError"]["staleStatusByPartition"][0]
+
+
+def test_a_changed_file_makes_its_partition_stale(project):
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+
+    _two_devices(project)
+    write_video(project.videos / "a.mp4", seconds=1)
+    defs = build_definitions()
+    with DagsterInstance.get() as instance:
+        first = sensor_of(defs)(instance)
+        instance.add_dynamic_partitions("videos", ["a.mp4"])
+        for event in first.asset_events:
+            instance.report_runless_asset_event(event)  # what the daemon does with them
+        assert materialize([*defs.assets], selection=[AssetKey("video_embedding")], instance=instance,
+                           resources=defs.resources, partition_key="a.mp4").success
+        assert stale_status(instance, defs, "a.mp4") == "FRESH"
+        write_video(project.videos / "a.mp4", seconds=2, seed=5)
+        changed = sensor_of(defs)(instance, first.cursor)
+        assert [r.partition_key for r in changed.run_requests] == ["a.mp4"]
+        for event in changed.asset_events:
+            instance.report_runless_asset_event(event)
+        assert stale_status(instance, defs, "a.mp4") == "STALE"
+
+
+def test_a_missing_folder_is_not_read_as_everything_deleted(project):
+    import shutil
+
+    from dagster import SkipReason
+
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+
+    defs = build_definitions()
+    shutil.rmtree(project.videos)
+    with DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("videos", ["a.mp4"])
+        result = sensor_of(defs)(instance)
+        assert isinstance(result, SkipReason) and "is not there" in result.skip_message
+        assert instance.get_dynamic_partitions("videos") == ["a.mp4"]
