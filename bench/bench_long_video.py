@@ -112,7 +112,7 @@ def child(config: str, relpath: str) -> None:
     from feature_pipeline_dagster.core.settings import load_settings
     from feature_pipeline_dagster.core.models import load_extractor
     from feature_pipeline_dagster.core.store import store_for
-    from feature_pipeline_dagster.core.engine.writer import write_one_video
+    from feature_pipeline_dagster.core.engine.run import write_one_video
 
     settings = load_settings(config)
     spec = settings.db.collections[0]

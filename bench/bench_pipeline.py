@@ -229,7 +229,7 @@ def seed_loop(path: Path, relpath: str, model, preprocess, client, collection: s
 def bench_end_to_end(settings, store, extractor, model_dir: Path, path: Path, repeats: int) -> dict:
     import open_clip
 
-    from feature_pipeline_dagster.core.engine.writer import write_one_video
+    from feature_pipeline_dagster.core.engine.run import write_one_video
 
     spec = settings.db.collections[0]
     relpath = path.name
@@ -380,7 +380,7 @@ def memory_child(config: str, relpath: str, collection: str) -> None:
     from feature_pipeline_dagster.core.settings import load_settings
     from feature_pipeline_dagster.core.models import load_extractor
     from feature_pipeline_dagster.core.store import store_for
-    from feature_pipeline_dagster.core.engine.writer import write_one_video
+    from feature_pipeline_dagster.core.engine.run import write_one_video
 
     settings = load_settings(config)
     spec = replace(settings.db.collections[0], name=collection)

@@ -61,7 +61,7 @@ def main() -> None:
         "from feature_pipeline_dagster.core.settings import load_settings\n"
         "from feature_pipeline_dagster.core.models import load_extractor\n"
         "from feature_pipeline_dagster.core.store import store_for\n"
-        "from feature_pipeline_dagster.core.engine.writer import write_one_video\n"
+        "from feature_pipeline_dagster.core.engine.run import write_one_video\n"
         "from feature_pipeline_dagster.core.videos import list_videos\n"
         "s=load_settings(); spec=s.db.collections[0]; store=store_for(s.db)\n"
         "x=load_extractor(s.model, 'cpu')\n"

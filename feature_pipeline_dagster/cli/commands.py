@@ -79,7 +79,8 @@ def _scan(args) -> int:
 def _run(args) -> int:
     from tqdm import tqdm
 
-    from feature_pipeline_dagster.cli.workers import run_on_devices, videos_to_embed
+    from feature_pipeline_dagster.cli.workers import plan_runs, run_on_devices, videos_to_embed
+    from feature_pipeline_dagster.orchestration.partitions import videos_partitions
     from feature_pipeline_dagster.core.devices import run_devices
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
 
@@ -93,7 +94,8 @@ def _run(args) -> int:
           f"device(s): {', '.join(devices)}", file=sys.stderr)
     failures, partial, rows = {}, {}, 0
     with tqdm(total=len(todo), unit="video", file=sys.stderr, disable=not todo) as bar:
-        for result in run_on_devices(todo, devices, settings.logs_dir):
+        runs = plan_runs(todo, instance.get_dynamic_partitions(videos_partitions.name), len(devices))
+        for result in run_on_devices(runs, devices, settings.logs_dir):
             rows += result.rows
             bar.update()
             if not result.ok:

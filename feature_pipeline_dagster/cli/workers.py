@@ -1,27 +1,32 @@
-"""`feature-pipeline run`: every new or changed video, materialized through Dagster and
-spread over the configured devices.
+"""`feature-pipeline run`: every new or changed video, materialized through Dagster in
+ranged runs spread over the configured devices, as the sensor hands them out.
 
-One worker per device materializes videos in-process, one Dagster run per video, so the
-model loads once per device. Workers pull the next video when they finish one, so a
-long video does not hold the others back; a worker that dies (a native crash, the OOM
-killer) fails only the video it held, and a fresh worker takes over the rest.
+Videos go out in chunks of consecutive partitions (about one per device, at most
+`MAX_VIDEOS_PER_RUN` each), one Dagster run per chunk, so a run's start-up and model
+load serve many videos and the engine streams across them. One device: the runs
+execute in this process. Several: one worker process per device pulls the next chunk
+when it finishes one; a worker that dies (a native crash, the OOM killer) fails only the
+videos of its chunk that had no result yet, and a fresh worker takes over the rest.
+Per-video results come from the engine's log records as each video is committed, so
+progress shows per video, not per run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from queue import Queue
-from typing import Iterable, Iterator
+from typing import Callable, Iterator
 
-from feature_pipeline_dagster.orchestration.names import DEVICE_TAG
+from feature_pipeline_dagster.core.videos import partition_key
+from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, MAX_VIDEOS_PER_RUN, RANGE_END_TAG, RANGE_START_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -39,40 +44,59 @@ def videos_to_embed(settings, instance, defs, videos: dict, everything: bool = F
     """Keys whose latest materialization is missing, or was of other file content or code."""
     from dagster import AssetKey
 
+    from feature_pipeline_dagster.orchestration.materializations import latest_materializations
+
     todo: set[str] = set()
     for feature in settings.model.features:
         key = AssetKey(feature)
         current = defs.resolve_assets_def(key).code_versions_by_key[key]
-        done = {} if everything else _latest_fingerprints(instance, key, list(videos))
-        todo |= {k for k, v in videos.items() if done.get(k) != (v.fingerprint, current)}
+        latest = {} if everything else latest_materializations(instance, key, list(videos))
+        for k, video in videos.items():
+            event = latest.get(k)
+            fingerprint = event.metadata.get("file_fingerprint") if event else None
+            done = event is not None and fingerprint is not None and (
+                (fingerprint.value, (event.tags or {}).get("dagster/code_version")) == (video.fingerprint, current))
+            if not done:
+                todo.add(k)
     return sorted(todo)
 
 
-def _latest_fingerprints(instance, asset_key, keys: list[str]) -> dict[str, tuple[str, str]]:
-    from dagster import AssetRecordsFilter
+def plan_runs(todo: list[str], partitions: list[str], devices: int) -> list[list[str]]:
+    """Ranged runs: consecutive partitions only (a range covers every partition between
+    its ends), about one run per device, at most MAX_VIDEOS_PER_RUN each."""
+    from feature_pipeline_dagster.core.folder_watch import split_contiguous
 
-    latest: dict[str, tuple[str, str]] = {}
-    cursor = None
-    while True:
-        page = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=asset_key, asset_partitions=keys), limit=1000, cursor=cursor, ascending=False
-        )
-        for record in page.records:
-            event = record.asset_materialization
-            if event is None or record.partition_key in latest:
-                continue
-            fingerprint = event.metadata.get("file_fingerprint")
-            latest[record.partition_key] = (
-                fingerprint.value if fingerprint is not None else "",
-                (event.tags or {}).get("dagster/code_version", ""),
-            )
-        if not page.has_more:
-            return latest
-        cursor = page.cursor
+    wanted = set(todo)
+    spans, span = [], []
+    for key in partitions:
+        if key in wanted:
+            span.append(key)
+        elif span:
+            spans.append(span)
+            span = []
+    if span:
+        spans.append(span)
+    size = max(1, min(MAX_VIDEOS_PER_RUN, -(-len(todo) // max(1, devices))))
+    return [chunk for span in spans for chunk in split_contiguous(span, -(-len(span) // size), MAX_VIDEOS_PER_RUN)]
 
 
-def materialize_videos(keys: Iterable[str], device: str) -> Iterator[VideoResult]:
-    """In this process: one Dagster run per video, tagged with the device."""
+class _EngineOutcomes(logging.Handler):
+    """Each video's outcome, as the engine logs it when the video is committed or fails."""
+
+    def __init__(self, sink: Callable[[VideoResult], None]):
+        super().__init__(logging.INFO)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if done := getattr(record, "video_done", None):
+            self.sink(VideoResult(partition_key(done["video"]), True, done["rows"], "", done.get("partial") or ""))
+        elif failed := getattr(record, "video_failed", None):
+            self.sink(VideoResult(partition_key(failed), False, 0, record.getMessage()))
+
+
+def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[[VideoResult], None]) -> None:
+    """In this process: one Dagster run per chunk, tagged with the device; every video of
+    each chunk gets exactly one result in `sink`."""
     from dagster import DagsterInstance, materialize
 
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
@@ -81,14 +105,28 @@ def materialize_videos(keys: Iterable[str], device: str) -> Iterator[VideoResult
     assets = [*defs.assets, *defs.asset_checks]
     targets = [a.key for a in defs.assets if getattr(a, "is_executable", False)]
     instance = DagsterInstance.get()
-    for key in keys:
-        result = materialize(assets, selection=targets, instance=instance, partition_key=key,
-                             resources=defs.resources, run_config=QUIET, raise_on_error=False,
-                             tags={DEVICE_TAG: device})
-        metadata = [e.materialization.metadata for e in result.get_asset_materialization_events()]
-        rows = sum(m["rows"].value for m in metadata if "rows" in m)
-        partial = "; ".join(m["partial"].value for m in metadata if "partial" in m)
-        yield VideoResult(key, result.success, rows, "" if result.success else failure_message(result), partial)
+    engine_log = logging.getLogger("feature_pipeline.engine")
+    for keys in chunks:
+        seen: set[str] = set()
+
+        def record(result: VideoResult) -> None:
+            if result.key in keys and result.key not in seen:
+                seen.add(result.key)
+                sink(result)
+
+        handler = _EngineOutcomes(record)
+        engine_log.addHandler(handler)
+        try:
+            tags = {DEVICE_TAG: device}
+            if len(keys) > 1:
+                tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
+            result = materialize(assets, selection=targets, instance=instance, resources=defs.resources,
+                                 partition_key=keys[0] if len(keys) == 1 else None, run_config=QUIET,
+                                 raise_on_error=False, tags=tags)
+        finally:
+            engine_log.removeHandler(handler)
+        for key in keys:  # a run-level failure (the model, the database) names every video left
+            record(VideoResult(key, False, 0, failure_message(result)))
 
 
 def failure_message(result) -> str:
@@ -104,31 +142,45 @@ def failure_message(result) -> str:
     return "run failed (see the Dagster UI or logs/)"
 
 
-def run_on_devices(keys: list[str], devices: list[str], logs_dir: Path) -> Iterator[VideoResult]:
-    if len(devices) == 1 or len(keys) <= 1:
-        yield from materialize_videos(keys, devices[0])
-        return
-    pending, lock, results = deque(keys), threading.Lock(), Queue()
+def run_on_devices(chunks: list[list[str]], devices: list[str], logs_dir: Path) -> Iterator[VideoResult]:
+    """Every video's result, as it comes."""
+    results: queue.Queue = queue.Queue()
+    pending, lock = list(chunks), threading.Lock()
 
-    def next_key() -> str | None:
+    def next_chunk() -> list[str] | None:
         with lock:
-            return pending.popleft() if pending else None
+            return pending.pop(0) if pending else None
 
-    def drive(device: str) -> None:
+    def chunks_of_this_thread() -> Iterator[list[str]]:
+        while (chunk := next_chunk()) is not None:
+            yield chunk
+
+    def drive_here() -> None:
+        try:
+            materialize_chunks(chunks_of_this_thread(), devices[0], results.put)
+        except BaseException as err:  # handed to the caller
+            results.put(err)
+        finally:
+            results.put(None)
+
+    def drive_worker(device: str) -> None:
         worker = _Worker(device, logs_dir)
         try:
-            while (key := next_key()) is not None:
-                result = worker.embed(key)
-                if result is None:
-                    results.put(VideoResult(key, False, 0, f"worker on {device} died (exit code {worker.exit_code()})"))
+            while (chunk := next_chunk()) is not None:
+                got = worker.embed(chunk, results.put)
+                if got is None:
+                    code = worker.exit_code()
+                    for key in chunk:
+                        results.put(VideoResult(key, False, 0, f"worker on {device} died (exit code {code})"))
                     worker = _Worker(device, logs_dir)
-                else:
-                    results.put(result)
         finally:
             worker.close()
             results.put(None)
 
-    threads = [threading.Thread(target=drive, args=(d,), daemon=True) for d in devices[: len(keys)]]
+    if len(devices) == 1 or len(chunks) <= 1:
+        threads = [threading.Thread(target=drive_here, daemon=True)]
+    else:
+        threads = [threading.Thread(target=drive_worker, args=(d,), daemon=True) for d in devices[: len(chunks)]]
     for thread in threads:
         thread.start()
     finished = 0
@@ -136,13 +188,16 @@ def run_on_devices(keys: list[str], devices: list[str], logs_dir: Path) -> Itera
         result = results.get()
         if result is None:
             finished += 1
+        elif isinstance(result, BaseException):
+            raise result
         else:
             yield result
 
 
 class _Worker:
-    """A `python -m feature_pipeline_dagster.cli.workers DEVICE` process: keys in on stdin, one
-    JSON result per line out; its own log goes to logs/worker-<device>-<time>.log."""
+    """A `python -m feature_pipeline_dagster.cli.workers DEVICE` process: a chunk of keys
+    in on stdin per line, one JSON result per video out and an end line per chunk; its
+    own log goes to logs/worker-<device>-<time>.log."""
 
     def __init__(self, device: str, logs_dir: Path):
         logs_dir.mkdir(parents=True, exist_ok=True)
@@ -153,14 +208,24 @@ class _Worker:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1,
             )
 
-    def embed(self, key: str) -> VideoResult | None:
+    def embed(self, chunk: list[str], sink: Callable[[VideoResult], None]) -> bool | None:
+        """True once every video of the chunk has its result; None if the worker died
+        (the videos already reported keep their results; the caller fails the rest)."""
         try:
-            self.process.stdin.write(json.dumps(key) + "\n")
+            self.process.stdin.write(json.dumps(chunk) + "\n")
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             return None
-        line = self.process.stdout.readline()
-        return VideoResult(**json.loads(line)) if line else None
+        left = set(chunk)
+        while left:
+            line = self.process.stdout.readline()
+            if not line:
+                chunk[:] = sorted(left)
+                return None
+            result = VideoResult(**json.loads(line))
+            left.discard(result.key)
+            sink(result)
+        return True
 
     def exit_code(self) -> int | None:
         return self.process.wait()
@@ -178,12 +243,11 @@ def _worker_main(device: str) -> None:
     results = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to the log, not into the result stream
 
-    def keys() -> Iterator[str]:
+    def chunks() -> Iterator[list[str]]:
         for line in sys.stdin:
             yield json.loads(line)
 
-    for result in materialize_videos(keys(), device):
-        results.write(json.dumps(asdict(result)) + "\n")
+    materialize_chunks(chunks(), device, lambda result: results.write(json.dumps(asdict(result)) + "\n"))
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ class ModelSettings:
                  batch_size: int = 32, dtype: str = "auto", **options):
         from feature_pipeline_dagster.core.models import FAMILIES
 
+        options = {**dict(options.pop("options", ())), **options}  # dataclasses.replace passes them back
         declared = FAMILIES[name].options
         unknown = set(options) - set(declared)
         if unknown:

@@ -4,6 +4,7 @@ its own beside the first feature's frames (`<frames collection>_summary`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -29,6 +30,17 @@ class SummaryRows:
     means: dict[str, np.ndarray]  # video -> (dim,) float32
 
 
-def mean_vector(vectors: np.ndarray) -> np.ndarray:
-    mean = vectors.astype(np.float64).mean(axis=0)
+def normalized_mean(total: np.ndarray, count: int) -> np.ndarray:
+    mean = total / max(1, count)
     return (mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32)
+
+
+def mean_of_pages(pages: Iterable[np.ndarray]) -> np.ndarray | None:
+    """The summary vector of vectors that come a page at a time (None if there are none)."""
+    total, count = None, 0
+    for page in pages:
+        if len(page):
+            part = page.sum(axis=0, dtype=np.float64)
+            total = part if total is None else total + part
+            count += len(page)
+    return None if total is None else normalized_mean(total, count)

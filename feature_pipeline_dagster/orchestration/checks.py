@@ -4,7 +4,11 @@ check names the videos embedded only in part (a file cut short, a damaged stream
 
 Each check covers every video of its run and fails if any video fails, naming it.
 (Dagster 1.13 cannot run partitioned checks in a ranged run, so the checks are not
-partitioned; their metadata lists the videos.)"""
+partitioned; their metadata lists the videos.) Nothing is read back per video on the
+way: the run's metadata is read once for all its videos, rows are counted in one query
+per batch of videos, and vectors were checked in-stream before they were inserted (a
+video embedded before that existed is read back a page at a time).
+"""
 
 import numpy as np
 from dagster import (
@@ -18,6 +22,7 @@ from dagster import (
 
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.videos import relpath_of
+from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
 from feature_pipeline_dagster.orchestration.names import CHECK_NAMES
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 
@@ -25,60 +30,70 @@ from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 def build_embedding_checks(settings: Settings, feature: str) -> list[AssetChecksDefinition]:
     spec = settings.collection_for(feature)
 
-    def check_videos(context: AssetCheckExecutionContext, vector_store: VectorStoreResource, problem,
-                     **result) -> AssetCheckResult:
-        """Run `problem(context, store, key)` (a message or None) on each video the run wrote."""
-        context_op = context.op_execution_context
-        keys = context_op.partition_keys if context_op.has_partition_key_range or context_op.has_partition_key else []
-        milvus = vector_store.open()
-        try:
-            problems = {relpath_of(k): p for k in keys if (p := problem(context, milvus, k))}
-        finally:
-            milvus.close()
-        return AssetCheckResult(passed=not problems, metadata={"videos": len(keys), "problems": problems}, **result)
+    def written(context: AssetCheckExecutionContext) -> dict[str, dict]:
+        """Each video of the run with the metadata its latest materialization recorded."""
+        op = context.op_execution_context
+        keys = list(op.partition_keys) if op.has_partition_key_range or op.has_partition_key else []
+        latest = latest_materializations(context.instance, AssetKey(feature), keys)
+        return {key: metadata_values(latest.get(key)) for key in keys}
 
-    def latest_metadata(context, key: str) -> dict:
-        from dagster import AssetRecordsFilter
-
-        records = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey(feature), asset_partitions=[key]), limit=1).records
-        return records[0].asset_materialization.metadata if records else {}
-
-    def rows_differ(context, milvus, key: str) -> str | None:
-        meta = latest_metadata(context, key)
-        if "rows" not in meta:
-            return None  # this run did not materialize it (the video failed): nothing to compare
-        found, written = milvus.count_rows(spec, relpath_of(key)), int(meta["rows"].value)
-        return None if found == written else f"{found} rows in Milvus, {written} written"
-
-    def bad_vectors(context, milvus, key: str) -> str | None:
-        vectors = milvus.video_vectors(spec, relpath_of(key))  # (rows, dim): the store gives the collection's dim
-        wrong_dim = 0 if vectors.shape[1:] == (spec.vector_field.dim,) else len(vectors)
-        not_finite = int((~np.isfinite(vectors).all(axis=1)).sum())
-        if wrong_dim or not_finite:
-            return f"{not_finite} non-finite and {wrong_dim} wrong-dimension vector(s) of {len(vectors)}"
-        return None
+    def result(videos: dict, problems: dict, severity=AssetCheckSeverity.ERROR, **metadata) -> AssetCheckResult:
+        return AssetCheckResult(passed=not problems, severity=severity,
+                                metadata={"videos": len(videos), **metadata, "problems": problems})
 
     rows_name, vectors_name, complete_name = CHECK_NAMES
 
     @asset_check(asset=feature, name=rows_name, blocking=True,
                  description="Rows in Milvus equal the rows the run wrote, for each of its videos.")
     def rows_match_run(context: AssetCheckExecutionContext, vector_store: VectorStoreResource) -> AssetCheckResult:
-        return check_videos(context, vector_store, rows_differ)
+        videos = written(context)
+        # A video without rows in its metadata failed in this run: nothing to compare.
+        expected = {relpath_of(k): int(m["rows"]) for k, m in videos.items() if "rows" in m}
+        problems = {}
+        store = vector_store.open()
+        try:
+            if expected and store.count_videos(spec, list(expected)) != sum(expected.values()):
+                found = {video: store.count_rows(spec, video) for video in expected}
+                problems = {v: f"{found[v]} rows in Milvus, {n} written" for v, n in expected.items() if found[v] != n}
+        finally:
+            store.close()
+        return result(videos, problems)
 
     @asset_check(asset=feature, name=vectors_name, blocking=True,
                  description=f"Every vector of each video of the run is finite and {spec.vector_field.dim}-d.")
     def vectors_valid(context: AssetCheckExecutionContext, vector_store: VectorStoreResource) -> AssetCheckResult:
-        return check_videos(context, vector_store, bad_vectors)
+        videos = written(context)
+        unchecked = [relpath_of(k) for k, m in videos.items() if "rows" in m and "vectors_checked" not in m]
+        problems = {}
+        store = vector_store.open() if unchecked else None
+        try:
+            for video in unchecked:
+                if problem := _bad_vectors(store.vector_pages(spec, video), spec.vector_field.dim):
+                    problems[video] = problem
+        finally:
+            if store is not None:
+                store.close()
+        return result(videos, problems, checked_in_stream=len(videos) - len(unchecked), read_back=len(unchecked))
 
     @asset_check(asset=feature, name=complete_name,
                  description="Every sampled frame of each video of the run was embedded (warns on a file "
                  "cut short or a damaged stream, whose sound part alone is in Milvus).")
-    def videos_complete(context: AssetCheckExecutionContext, vector_store: VectorStoreResource) -> AssetCheckResult:
-        def partial(context, milvus, key: str) -> str | None:
-            note = latest_metadata(context, key).get("partial")
-            return note.value if note is not None else None
-
-        return check_videos(context, vector_store, partial, severity=AssetCheckSeverity.WARN)
+    def videos_complete(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        videos = written(context)
+        problems = {relpath_of(k): m["partial"] for k, m in videos.items() if "partial" in m}
+        return result(videos, problems, severity=AssetCheckSeverity.WARN)
 
     return [rows_match_run, vectors_valid, videos_complete]
+
+
+def _bad_vectors(pages, dim: int) -> str | None:
+    total = not_finite = wrong_dim = 0
+    for page in pages:
+        total += len(page)
+        if page.shape[1:] != (dim,):
+            wrong_dim += len(page)
+        else:
+            not_finite += int((~np.isfinite(page).all(axis=1)).sum())
+    if wrong_dim or not_finite:
+        return f"{not_finite} non-finite and {wrong_dim} wrong-dimension vector(s) of {total}"
+    return None

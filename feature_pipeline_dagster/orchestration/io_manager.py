@@ -13,6 +13,7 @@ from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputC
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, VideoRun, embed_run
 from feature_pipeline_dagster.core.errors import PipelineError
+from feature_pipeline_dagster.core.models import code_version
 from feature_pipeline_dagster.core.summary import SummaryRows
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.failures import as_failure
@@ -47,7 +48,7 @@ class MilvusIOManager(ConfigurableIOManager):
         for key, meta in written.items():
             context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
         if report.failed:
-            yield from _flush_materializations(context, written)
+            yield from _flush_materializations(context, written, code_version(run.settings))
             summary = "; ".join(report.failed.values())
             raise Failure(
                 description=summary if len(run.videos) == 1 else
@@ -82,13 +83,14 @@ def _ui_metadata(meta: dict) -> dict:
     return meta
 
 
-def _flush_materializations(context: OutputContext, written: dict[str, dict]):
+def _flush_materializations(context: OutputContext, written: dict[str, dict], version: str):
     """Keep the good videos of a partly failed run materialized.
 
     Dagster 1.13 limit: a step that fails records none of the materializations its
     `handle_output` added, and emits the events `handle_output` logged only when it
-    yields. So they are logged here and flushed with one yield, before the failure of
-    the bad videos ends the step."""
+    yields. So they are logged here, with the code version a normal materialization
+    records, and flushed with one yield, before the failure of the bad videos ends the step."""
     for key, meta in written.items():
-        context.log_event(AssetMaterialization(context.asset_key, partition=key, metadata=meta))
+        context.log_event(AssetMaterialization(context.asset_key, partition=key, metadata=meta,
+                                               tags={"dagster/code_version": version}))
     yield {}

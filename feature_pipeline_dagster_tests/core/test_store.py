@@ -57,7 +57,7 @@ def test_a_crash_between_insert_and_delete_is_recovered(store_and_spec):
     store, spec = store_and_spec
     store.write_video(spec, "a.mp4", [batch(5)], batch_size=100)
     # The new generation is in, the old not yet deleted: a duplicate, never a loss.
-    store.client.insert(spec.name, store._rows(spec, "a.mp4", 1, batch(5, seed=1)))
+    store.insert(spec, batch(5, seed=1), ["a.mp4"] * 5, generation=1)
     assert store.count_rows(spec, "a.mp4") == 10
     store.write_video(spec, "a.mp4", [batch(5, seed=2)], batch_size=100)
     assert store.count_rows(spec, "a.mp4") == 5

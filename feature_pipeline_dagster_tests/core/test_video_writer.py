@@ -8,7 +8,7 @@ from feature_pipeline_dagster.core.errors import DeviceMemoryError
 from feature_pipeline_dagster.core.models import load_extractor
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.store import store_for
-from feature_pipeline_dagster.core.engine.writer import write_one_video
+from feature_pipeline_dagster.core.engine.run import write_one_video
 
 
 class TightDevice:

@@ -31,6 +31,13 @@ def rows_by_video(project) -> dict[str, int]:
         store.close()
 
 
+def runs_count() -> int:
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        return instance.get_runs_count()
+
+
 def test_scan_then_dagster_cli_materialize(project):
     write_video(project.videos / NAMES[1], seconds=3.2, seed=1)
     scan = cli(project, "scan")
@@ -53,6 +60,7 @@ def test_run_embeds_every_video_and_reports_the_broken_one(project):
     assert first.returncode == 1
     assert "broken.mp4: cannot open video" in first.stderr
     assert "embedded 4 of 5 video(s), 18 rows" in first.stderr
+    assert runs_count() == 1  # one ranged run for the five videos, not one run each
     expected = {"plain.mp4": 3, NAMES[1]: 4, NAMES[2]: 5, NAMES[3]: 6, "broken.mp4": 0}
     assert rows_by_video(project) == expected
 
@@ -88,6 +96,7 @@ def test_run_on_two_devices_then_db_status_and_stop(project):
         write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=i)
     result = cli(project, "run")
     assert "device(s): cpu:0, cpu:1" in result.stderr and "embedded 4 of 4 video(s), 18 rows" in result.stderr
+    assert runs_count() == 2  # a ranged run per device
     assert {p.name.split("-")[1] for p in (project.root / "logs").glob("worker-*.log")} == {"cpu0", "cpu1"}
     status = cli(project, "db", "status").stdout
     assert "address:  http://127.0.0.1:" in status and "collection frames: 18 rows" in status

@@ -1,10 +1,12 @@
 """SIGKILL at many points of a materialization, then run it again: every video ends
 with exactly its rows (none lost, none doubled) and other videos are untouched.
 
-Most kills are placed by watching the real state, not by a clock: while the decoder
-child has a video open and nothing of its new generation is written; between two
-insert requests of a video; after a video's new generation is all in but before its
-old one is deleted. The rest are spread in time over the whole run."""
+Most kills are placed by watching the real state, not by a clock: while a decoder
+child has a video open and nothing of its new generation is written; while two decoder
+children read two videos at once (the next video decoded ahead of the current one);
+between two insert requests of a video; after a video's new generation is all in but
+before its old one is deleted; after several videos' new generations are in, waiting
+for their one amortized commit. The rest are spread in time over the whole run."""
 
 import os
 import signal
@@ -22,7 +24,8 @@ from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.store.milvus import quote
 from feature_pipeline_dagster_tests.conftest import readers_of, subprocess_env
 
-KILL_POINTS = 20
+KILL_POINTS = 30
+PLACED = 25  # 5 kills at each named stage; the last 5 spread in time
 RANGE = ["k0.mp4", "k1.mp4", "k2.mp4"]
 EXPECTED = {"k0.mp4": 8, "k1.mp4": 8, "k2.mp4": 8}
 
@@ -95,11 +98,15 @@ def kill_when(proc, stage: str, store, spec, videos: list[Path], timeout: float 
     while time.monotonic() < deadline and proc.poll() is None:
         if stage == "decoding":
             hit = bool(readers_of(videos, parent=proc.pid))  # the decoder reads one (decode and inference)
+        elif stage == "decoding ahead":
+            hit = len(readers_of(videos, parent=proc.pid)) >= 2  # two decoder lanes, two videos
         else:
             states = generations(store, spec, videos)
             between = [s for s in states if len(s) == 2]
-            hit = any(0 < s[1] < 8 for s in between) if stage == "between write batches" else any(
-                s[1] == 8 for s in between)
+            complete = sum(s[1] == 8 for s in between)
+            hit = {"between write batches": any(0 < s[1] < 8 for s in between),
+                   "new generation in, old not yet deleted": complete >= 1,
+                   "several videos in, their commit pending": complete >= 2}[stage]
         if hit:
             os.kill(proc.pid, signal.SIGKILL)
             return True
@@ -108,10 +115,11 @@ def kill_when(proc, stage: str, store, spec, videos: list[Path], timeout: float 
     return False
 
 
-STAGES = ["decoding", "between write batches", "new generation in, old not yet deleted"]
+STAGES = ["decoding", "between write batches", "new generation in, old not yet deleted", "decoding ahead",
+          "several videos in, their commit pending"]
 
 
-def test_sigkill_at_twenty_points_loses_and_doubles_nothing(project):
+def test_sigkill_at_thirty_points_loses_and_doubles_nothing(project):
     config = yaml.safe_load(project.config.read_text())
     config["db"]["batch_size"] = 2  # many insert requests: many points between write batches
     config["model"]["batch_size"] = 2
@@ -134,11 +142,11 @@ def test_sigkill_at_twenty_points_loses_and_doubles_nothing(project):
     proc = spawn(project)
     for point in range(1, KILL_POINTS + 1):
         go(proc)
-        if point <= 15:  # 5 kills placed at each named stage
-            stage = STAGES[point % 3]
+        if point <= PLACED:  # 5 kills placed at each named stage
+            stage = STAGES[point % len(STAGES)]
             hits[stage if kill_when(proc, stage, watcher, spec, videos) else "missed: " + stage] += 1
         else:  # and 5 spread in time
-            time.sleep(duration * (point - 15) / 6)
+            time.sleep(duration * (point - PLACED) / (KILL_POINTS - PLACED + 1))
             os.kill(proc.pid, signal.SIGKILL)
             hits["spread in time"] += 1
         proc.wait()

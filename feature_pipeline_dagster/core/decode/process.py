@@ -121,15 +121,15 @@ class DecoderProcess:
             self._proc = None
 
 
-_shared: DecoderProcess | None = None
+_pool: list[DecoderProcess] = []
 
 
-def shared_decoder() -> DecoderProcess:
-    """This process's decoder child (one: a run embeds its videos one at a time)."""
-    global _shared
-    if _shared is None:
-        _shared = DecoderProcess()
-    return _shared
+def decoder_pool(size: int) -> list[DecoderProcess]:
+    """This process's decoder children, `size` of them, kept for its later runs (each
+    starts on first use: about 0.5 s of imports)."""
+    while len(_pool) < size:
+        _pool.append(DecoderProcess())
+    return _pool[:size]
 
 
 # The child side.

@@ -1,18 +1,29 @@
-"""A run's videos on one device: lease the device, load the model once, write each
-video, and apply the failure policy (Dagster-free; the IO manager reports the result).
+"""A run's videos on one device, streamed: decode lanes ahead across videos, model
+batches that may span videos, writes batched across videos (Dagster-free; the IO
+manager reports the result).
 
-A bad video (unreadable, damaged, values that do not fit) fails alone: the run goes on
-and the other videos are written. A fault of the model, the device or the database
-ends the run, and its `retryable` flag says whether trying again could help.
+    decode lanes (child processes) ─▶ model batches by frame size ─▶ in-stream checks ─▶ RunWriter
+
+A bad video (unreadable, damaged, values that do not fit, non-finite vectors) fails
+alone: the run goes on and its attempt leaves no rows. A fault of the model, the
+device or the database ends the run, and its `retryable` flag says whether trying
+again could help.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feature_pipeline_dagster.core.errors import PipelineError
+import numpy as np
+
+from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
+from feature_pipeline_dagster.core.engine.video import VideoJob
+from feature_pipeline_dagster.core.engine.writer import RunWriter
+from feature_pipeline_dagster.core.errors import DeviceMemoryError, ModelError, PipelineError, VideoError
 from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots
 from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
 from feature_pipeline_dagster.core.store import VectorStore
@@ -47,32 +58,206 @@ def take_device(devices: list[str], slots: int, root: Path) -> DeviceLease:
 
 
 def embed_run(run: VideoRun, store: VectorStore, report: RunReport) -> RunReport:
-    """Write every video of the run; raises `PipelineError` for a run-level fault."""
-    from feature_pipeline_dagster.core.engine.writer import write_one_video
+    """Lease a device, load the model once, embed every video of the run."""
     from feature_pipeline_dagster.core.models import load_extractor
 
-    settings = run.settings
-    lease = take_device(run.devices, settings.runs_per_device, run.leases_root)
+    lease = take_device(run.devices, run.settings.runs_per_device, run.leases_root)
     log.info("%d video(s) on %s (slot %d): %s", len(run.videos), lease.device, lease.slot + 1,
              ", ".join(run.videos[:5]) + (" ..." if len(run.videos) > 5 else ""))
     try:
-        extractor = load_extractor(settings.model, lease.device)
-        for i, video in enumerate(run.videos, 1):
-            try:
-                meta = write_one_video(settings, run.spec, store, extractor, video)
-            except PipelineError as err:
-                if err.retryable:
-                    raise
-                report.failed[video] = str(err)
-                log.error("%s", err)
-                continue
-            report.written[video] = meta
-            log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", i, len(run.videos), video,
-                     meta["rows"], meta["frames"], meta["seconds"])
+        extractor = load_extractor(run.settings.model, lease.device)
+        return embed_videos(run.settings, run.spec, store, extractor, run.videos, report)
     except PipelineError as err:
         log.error("%s", err)
         raise
     finally:
         report.lease = {"device_lease": lease.device, "lease_slot": lease.slot + 1,
                         "lease_acquired_at": lease.acquired_at, "lease_released_at": lease.release()}
+
+
+def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, extractor, videos: list[str],
+                 report: RunReport, lanes: int | None = None) -> RunReport:
+    """Write every video; raises `PipelineError` for a run-level fault."""
+    from feature_pipeline_dagster.core.models import FAMILIES
+
+    if extractor.dim != spec.vector_field.dim:
+        raise ModelError(f"{extractor.description} gives {extractor.dim}-d vectors but collection {spec.name} "
+                         f"field {spec.vector_field.name} has dim {spec.vector_field.dim} ({settings.source})")
+    family = FAMILIES[settings.model.name]
+    grid = extractor.grid if family.patch_grid else None
+    jobs = [VideoJob(v, settings.video_input.path / v) for v in videos]
+    model = ModelStage(extractor, family, settings.model.batch_size)
+    done = iter(range(1, len(jobs) + 1))
+
+    def committed(batch: list[VideoJob]) -> None:
+        for job in batch:
+            meta = report.written[job.relpath] = job.metadata(spec, extractor)
+            if job.partial:
+                log.warning("%s: partial: %s", job.relpath, job.partial)
+            log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", next(done), len(jobs), job.relpath,
+                     job.rows, job.frames_embedded, meta["seconds"],
+                     extra={"video_done": {"video": job.relpath, "rows": job.rows, "partial": job.partial}})
+
+    def failed(job: VideoJob, err: PipelineError) -> None:
+        job.failed = True
+        model.drop(job)
+        writer.fail(job)
+        report.failed[job.relpath] = str(err)
+        log.error("%s", err, extra={"video_failed": job.relpath})
+        next(done)
+
+    def deliver(rows: EmbeddingBatch, owners: list[tuple[VideoJob, int]]) -> None:
+        """In-stream checks (finite, the collection's dimension) and the summary's sums,
+        then to the writer; a video with a bad vector fails, its rows never stored."""
+        keep, kept_owners, start = [], [], 0
+        for job, n in owners:
+            vectors = rows.vectors[start:start + n]
+            start += n
+            bad = int((~np.isfinite(vectors).all(axis=1)).sum()) if n else 0
+            if bad or vectors.shape[1:] != (spec.vector_field.dim,):
+                failed(job, VideoError(f"{job.path}: the model gave {bad} non-finite or {spec.vector_field.dim}-d "
+                                       f"mismatched vector(s) of {n}; none of its rows are kept"))
+                keep.append(np.zeros(n, bool))
+                continue
+            job.add_vectors(vectors)
+            keep.append(np.ones(n, bool))
+            kept_owners.append((job, n))
+        if len(kept_owners) < len(owners):
+            mask = np.concatenate(keep)
+            rows = EmbeddingBatch(rows.vectors[mask], {k: v[mask] for k, v in rows.columns.items()})
+        if kept_owners:
+            writer.add(rows, kept_owners)
+        for job, _ in kept_owners:
+            model.close_if_done(job, writer)
+
+    writer = RunWriter(store, spec, settings.db.batch_size, committed)
+
+    def open_job(job: VideoJob, decoder) -> None:
+        job.open(settings, spec, decoder, grid)
+
+    events = decode_ahead(jobs, open_job, settings.model.batch_size, lanes or decode_lanes(len(jobs)))
+    try:
+        for event in events:
+            if event is None:  # nothing decoded is waiting: embed what is pending rather than idle
+                model.flush(deliver, largest_only=True)
+            elif event.job.failed:
+                continue
+            elif event.error is not None:
+                failed(event.job, event.error)
+            elif event.ended:
+                event.job.decoded = True
+                model.close_if_done(event.job, writer)
+            else:
+                model.add(event.job, event.frames)
+                model.flush(deliver, full_only=True)
+        model.flush(deliver)
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        events.close()
     return report
+
+
+class ModelStage:
+    """Frames wait here, grouped by size (frames of one size stack into one tensor),
+    until a group holds a batch; a batch may hold frames of several videos."""
+
+    def __init__(self, extractor, family, batch_size: int):
+        self.extractor, self.family, self.batch_size = extractor, family, batch_size
+        self.groups: dict[tuple, list[tuple[VideoJob, FrameBatch]]] = {}
+        self.checked = False
+
+    def add(self, job: VideoJob, frames: FrameBatch) -> None:
+        job.keep_thumbnails(frames.frame_ids, frames.timestamps_ms, frames.frames)
+        job.frames_in_flight += len(frames)
+        self.groups.setdefault(frames.frames.shape[1:], []).append((job, frames))
+
+    def drop(self, job: VideoJob) -> None:
+        for key in list(self.groups):
+            self.groups[key] = [(j, f) for j, f in self.groups[key] if j is not job]
+            if not self.groups[key]:
+                del self.groups[key]
+
+    def close_if_done(self, job: VideoJob, writer: RunWriter) -> None:
+        if job.decoded and not job.frames_in_flight:
+            writer.close(job)
+
+    def flush(self, deliver, full_only: bool = False, largest_only: bool = False) -> None:
+        """Embed full groups (`full_only`), the largest group (`largest_only`), or all."""
+        while self.groups:
+            key = max(self.groups, key=lambda k: sum(len(f) for _, f in self.groups[k]))
+            if full_only and sum(len(f) for _, f in self.groups[key]) < self.batch_size:
+                return
+            self._embed_group(key, deliver)
+            if largest_only:
+                return
+
+    def _embed_group(self, key, deliver) -> None:
+        parts, taken = [], 0
+        group = self.groups[key]
+        while group and taken < self.batch_size:
+            job, frames = group[0]
+            room = self.batch_size - taken
+            if len(frames) > room:
+                group[0] = (job, _frames_slice(frames, room, len(frames)))
+                frames = _frames_slice(frames, 0, room)
+            else:
+                group.pop(0)
+            parts.append((job, frames))
+            taken += len(frames)
+        if not group:
+            del self.groups[key]
+        batch = FrameBatch(np.concatenate([f.frames for _, f in parts]), np.concatenate([f.frame_ids for _, f in parts]),
+                           np.concatenate([f.timestamps_ms for _, f in parts]))
+        started = time.perf_counter()
+        rows = self._embed(batch, parts[0][0])
+        spent = time.perf_counter() - started
+        if not self.checked:
+            self.family.check_columns(rows)
+            self.checked = True
+        per_frame = len(rows) // len(batch)
+        owners = []
+        for job, frames in parts:
+            job.seconds_model += spent * len(frames) / len(batch)
+            job.frames_in_flight -= len(frames)
+            job.frames_embedded += len(frames)
+            job.batch_size = self.batch_size
+            owners.append((job, per_frame * len(frames)))
+        deliver(rows, owners)
+
+    def _embed(self, batch: FrameBatch, first: VideoJob) -> EmbeddingBatch:
+        """The extractor's rows; out of device memory, the batch halves until it fits
+        (and later batches stay at the size that fit)."""
+        try:
+            return self.extractor.embed(batch)
+        except Exception as err:
+            if type(err).__name__ != "OutOfMemoryError":
+                raise
+        _free_device_memory()
+        if len(batch) == 1:
+            raise DeviceMemoryError(f"{first.relpath}: out of memory on {self.extractor.device} even one frame at a time")
+        self.batch_size = max(1, len(batch) // 2)
+        log.warning("out of memory on %s, batch size now %d", self.extractor.device, self.batch_size)
+        halves = [_frames_slice(batch, 0, self.batch_size), _frames_slice(batch, self.batch_size, len(batch))]
+        return EmbeddingBatch.concat([self._embed(half, first) for half in halves])
+
+
+def _frames_slice(frames: FrameBatch, start: int, stop: int) -> FrameBatch:
+    return FrameBatch(frames.frames[start:stop], frames.frame_ids[start:stop], frames.timestamps_ms[start:stop])
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def write_one_video(settings: Settings, spec: CollectionSpec, store: VectorStore, extractor, relpath: str) -> dict:
+    """One video into its collection; its metadata, or its one-line VideoError."""
+    report = embed_videos(settings, spec, store, extractor, [relpath], RunReport(), lanes=1)
+    if relpath in report.failed:
+        raise VideoError(report.failed[relpath])
+    return report.written[relpath]

@@ -1,123 +1,132 @@
-"""A video's embedding rows as a lazy iterable: decode, embed, hand to the writer.
+"""One video within a run: opened and checked before its first row, then followed
+through decode, model and write (Dagster-free).
 
-Everything that can be known before the first row is written is checked when the
-object is built (the file opens, the plan's values fit the collection's dtypes, the
-model's dimension matches), so a bad video fails before anything reaches Milvus.
+Everything that can be known before the first row is written is checked when the video
+opens (the file opens, the plan's values fit the collection's dtypes), so a bad video
+fails before anything reaches the store. As its rows stream past, the video keeps what
+its metadata reports: counts, stage seconds, a few thumbnails, and the sum of its
+vectors, so the summary's mean needs no read-back.
 """
 
 from __future__ import annotations
 
-import logging
+import base64
+import io
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from feature_pipeline_dagster.core.errors import VideoError
 from feature_pipeline_dagster.core.settings import INT_RANGES, CollectionSpec, Settings
-from feature_pipeline_dagster.core.errors import ModelError, VideoError
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
-from feature_pipeline_dagster.core.decode.process import DecoderProcess, shared_decoder
-from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
-from feature_pipeline_dagster.core.models import FAMILIES, Extractor
-from feature_pipeline_dagster.core.engine.stream import prefetch
-from feature_pipeline_dagster.core.videos import still_being_written
+from feature_pipeline_dagster.core.summary import normalized_mean
+from feature_pipeline_dagster.core.videos import fingerprint, still_being_written
 
-log = logging.getLogger("feature_pipeline.pipeline")
 THUMBNAILS, THUMBNAIL_WIDTH = 8, 96
 
 
-@dataclass
-class StageSeconds:
-    decode: float = 0.0
-    model: float = 0.0
+@dataclass(eq=False)
+class VideoJob:
+    relpath: str
+    path: Path
+    started: float = field(default_factory=time.perf_counter)
+    stat: os.stat_result | None = None
+    video: object | None = None  # the decoder's OpenVideo
+    frames: int = 0  # planned
+    frames_embedded: int = 0
+    frames_in_flight: int = 0  # decoded, not yet turned into rows
+    decoded: bool = False  # every batch of the plan has been decoded
+    failed: bool = False  # its later frames are dropped, its decoding stopped
+    rows: int = 0
+    vector_sum: np.ndarray | None = None
+    seconds_decode: float = 0.0
+    seconds_model: float = 0.0
+    seconds_write: float = 0.0
+    batch_size: int = 0
+    thumbnails: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    _thumb_ids: set = field(default_factory=set)
 
-
-class VideoEmbeddings:
-    """Iterating yields `EmbeddingBatch`es of one video, decoding a batch or two ahead in
-    its own thread; `seconds` fills in as it goes (stage times overlap).
-
-    Deliberately not a generator: Dagster reads a generator returned by an asset as a
-    stream of events, while this object passes through to the IO manager untouched.
-    """
-
-    def __init__(self, path: Path, video_path: str, settings: Settings, collection: CollectionSpec,
-                 extractor: Extractor, batch_size: int | None = None, decoder: DecoderProcess | None = None):
-        fix_mmap_threshold()
-        self.path, self.video_path, self.extractor = path, video_path, extractor
-        self.batch_size = batch_size or settings.model.batch_size
-        if extractor.dim != collection.vector_field.dim:
-            raise ModelError(
-                f"{extractor.description} gives {extractor.dim}-d vectors but collection {collection.name} "
-                f"field {collection.vector_field.name} has dim {collection.vector_field.dim} ({settings.source})"
-            )
+    def open(self, settings: Settings, spec: CollectionSpec, decoder, grid=None) -> None:
+        """Open in `decoder` and check; raises VideoError naming what is wrong."""
         try:
-            self.stat = path.stat()
+            self.stat = self.path.stat()
         except OSError as err:
-            raise VideoError(f"{path}: not a readable file ({err.strerror})") from None
+            raise VideoError(f"{self.path}: not a readable file ({err.strerror})") from None
         try:
-            self.video = (decoder or shared_decoder()).open(
-                path, settings.video_input.sample_fps, settings.video_input.max_frames)
+            self.video = decoder.open(self.path, settings.video_input.sample_fps, settings.video_input.max_frames)
         except VideoError as err:
             # A file still being written fails to open; say that, not what its half-written bytes look like.
-            why = still_being_written(path, self.stat, settings.video_input.settle_seconds)
+            why = still_being_written(self.path, self.stat, settings.video_input.settle_seconds)
             raise (VideoError(why) if why else err) from None
-        self.plan = self.video.plan
-        maxima = {"frame_id": int(self.plan.frame_ids[-1]), "timestamp_ms": int(self.plan.timestamps_ms[-1])}
-        self.family = FAMILIES[settings.model.name]
-        if self.family.patch_grid:  # every frame of a video has one grid
-            rows, cols = extractor.grid(self.video.info.height, self.video.info.width)
+        plan = self.video.plan
+        maxima = {"frame_id": int(plan.frame_ids[-1]), "timestamp_ms": int(plan.timestamps_ms[-1])}
+        if grid is not None:  # patch models: every frame of a video has one grid
+            rows, cols = grid(self.video.info.height, self.video.info.width)
             maxima.update(row_idx=rows - 1, col_idx=cols - 1)
-        check_fits(collection, maxima, path)
-        self.frames = len(self.plan)
-        self.embedded_frames = 0
-        self.seconds = StageSeconds()
-        self.thumbnails: list[tuple[int, np.ndarray]] = []  # (timestamp_ms, small RGB) for a contact sheet
-        self._thumb_ids = set(self.plan.frame_ids[np.linspace(0, self.frames - 1, min(THUMBNAILS, self.frames)).astype(int)].tolist())
+        check_fits(spec, maxima, self.path)
+        self.frames = len(plan)
+        picks = np.linspace(0, self.frames - 1, min(THUMBNAILS, self.frames)).astype(int)
+        self._thumb_ids = set(plan.frame_ids[picks].tolist())
 
-    def __iter__(self) -> Iterator[EmbeddingBatch]:
-        info = self.video.info
-        log.info(
-            "%s: %dx%d, %d frames at %.2f fps; embedding %d sampled frames on %s",
-            self.video_path, info.width, info.height, info.frame_count, info.fps, self.frames, self.extractor.device,
-        )
-        for frames in prefetch(self._decoded(), depth=2, name="decode"):
-            started = time.perf_counter()
-            self._keep_thumbnails(frames)
-            rows = self.extractor.embed(frames)
-            if not self.embedded_frames:
-                self.family.check_columns(rows)
-            self.seconds.model += time.perf_counter() - started
-            self.embedded_frames += len(frames)
-            yield rows
+    def check_complete(self) -> None:
+        """After the last batch, before the store commits rows of a half-copied file."""
         if why := still_being_written(self.path, self.stat, 0):
-            raise VideoError(why)  # before the store commits rows of a half-copied file
-        if self.partial:
-            log.warning("%s: partial: %s", self.video_path, self.partial)
+            raise VideoError(why)
 
     @property
     def partial(self) -> str | None:
         """Why fewer frames than planned were embedded (a file cut short, damage), if so."""
-        return self.video.partial
+        return self.video.partial if self.video is not None else None
 
-    def _decoded(self) -> Iterator:
-        """Decoding, timed; runs in its own thread ahead of the model."""
-        batches = self.video.batches(self.batch_size)
-        while True:
-            started = time.perf_counter()
-            frames = next(batches, None)
-            self.seconds.decode += time.perf_counter() - started
-            if frames is None:
-                return
-            yield frames
-
-    def _keep_thumbnails(self, batch) -> None:
-        for i, frame_id in enumerate(batch.frame_ids.tolist()):
+    def keep_thumbnails(self, frame_ids: np.ndarray, timestamps_ms: np.ndarray, frames: np.ndarray) -> None:
+        for i, frame_id in enumerate(frame_ids.tolist()):
             if frame_id in self._thumb_ids:
-                frame = batch.frames[i]
-                step = max(1, frame.shape[1] // THUMBNAIL_WIDTH)
-                self.thumbnails.append((int(batch.timestamps_ms[i]), np.ascontiguousarray(frame[::step, ::step])))
+                step = max(1, frames[i].shape[1] // THUMBNAIL_WIDTH)
+                self.thumbnails.append((int(timestamps_ms[i]), np.ascontiguousarray(frames[i][::step, ::step])))
+
+    def add_vectors(self, vectors: np.ndarray) -> None:
+        total = vectors.sum(axis=0, dtype=np.float64)
+        self.vector_sum = total if self.vector_sum is None else self.vector_sum + total
+        self.rows += len(vectors)
+
+    def mean_vector(self) -> np.ndarray:
+        """The L2-normalized mean of the video's vectors, as the summary stores it."""
+        return normalized_mean(self.vector_sum, self.rows)
+
+    def metadata(self, spec: CollectionSpec, extractor) -> dict:
+        """What the UI shows per partition (and what the summary and checks read)."""
+        meta = {
+            "video_path": self.relpath,
+            "rows": self.rows,
+            "frames": self.frames_embedded,
+            "model": extractor.description,
+            "device": extractor.device,
+            "batch_size": self.batch_size,
+            "collection": spec.name,
+            "seconds": round(time.perf_counter() - self.started, 3),
+            "seconds_decode": round(self.seconds_decode, 3),
+            "seconds_model": round(self.seconds_model, 3),
+            "seconds_write": round(self.seconds_write, 3),
+            "file_fingerprint": fingerprint(self.stat.st_size, self.stat.st_mtime_ns),
+            "vectors_checked": "finite, dim " + str(spec.vector_field.dim),
+            "mean_vector": encode_vector(self.mean_vector()),
+        }
+        if self.partial:
+            meta["partial"] = self.partial
+        if self.thumbnails:
+            meta["contact_sheet"] = contact_sheet(self.thumbnails)
+        return meta
+
+
+def encode_vector(vector: np.ndarray) -> str:
+    """A float32 vector as base64 text (2.7 KB for 512-d), small enough for run metadata."""
+    return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+
+
+def decode_vector(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), "<f4").copy()
 
 
 def check_fits(collection: CollectionSpec, maxima: dict[str, int], path: Path) -> None:
@@ -130,3 +139,16 @@ def check_fits(collection: CollectionSpec, maxima: dict[str, int], path: Path) -
                 f"{path}: {name} reaches {value}, which does not fit {spec.dtype} "
                 f"(max {INT_RANGES[spec.dtype]}) in collection {collection.name}: declare it INT32 or INT64"
             )
+
+
+def contact_sheet(thumbnails: list[tuple[int, np.ndarray]]) -> str:
+    """Markdown with the sampled frames as small inline JPEGs, labelled by time."""
+    from PIL import Image
+
+    cells = []
+    for timestamp_ms, frame in sorted(thumbnails, key=lambda t: t[0]):
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=70)
+        data = base64.b64encode(buffer.getvalue()).decode()
+        cells.append(f"![{timestamp_ms / 1000:.1f}s](data:image/jpeg;base64,{data})")
+    return " ".join(cells)

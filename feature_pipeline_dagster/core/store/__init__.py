@@ -5,7 +5,7 @@ through a shared loopback server, or a Milvus server)."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 from feature_pipeline_dagster.core.errors import ConfigError
 
@@ -25,13 +25,24 @@ class VectorStore(Protocol):
                     batch_size: int) -> int:
         """Replace a video's rows with `batches`, crash-safely; returns the rows written."""
 
+    def insert(self, spec: CollectionSpec, rows: EmbeddingBatch, video_paths: list[str], generation: int) -> None:
+        """Rows of one or more videos as a new `generation` (not yet the videos' only rows)."""
+
+    def commit(self, spec: CollectionSpec, video_paths: list[str], generation: int) -> None:
+        """Make `generation` the only rows of these videos (durable first, old rows deleted after)."""
+
+    def discard(self, spec: CollectionSpec, video_path: str, generation: int) -> None:
+        """Take back a failed video's rows of `generation` (best effort)."""
+
     def delete_video(self, spec: CollectionSpec, video_path: str) -> None: ...
 
     def count_rows(self, spec: CollectionSpec, video_path: str | None = None) -> int: ...
 
     def fetch_video(self, spec: CollectionSpec, video_path: str, fields: tuple[str, ...] = ()) -> list[dict]: ...
 
-    def video_vectors(self, spec: CollectionSpec, video_path: str) -> np.ndarray: ...
+    def vector_pages(self, spec: CollectionSpec, video_path: str) -> Iterator[np.ndarray]: ...
+
+    def count_videos(self, spec: CollectionSpec, video_paths: list[str]) -> int: ...
 
     def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]: ...
 

@@ -2,12 +2,14 @@
 collection, materialized after its upstream partition once the embedding's blocking
 checks have passed: in the folder sensor's runs, or automatically after other runs.
 
-The vectors are read from the store one video at a time (never every video of a
-ranged run at once) and the mean rows handed to the Milvus IO manager."""
+The mean comes from where the embedding run put it (its materialization metadata,
+summed in-stream as rows were written): no vector is read back. A partition embedded
+before that existed is averaged from the store a page at a time."""
 
 from dagster import (
     AssetDep,
     AssetExecutionContext,
+    AssetKey,
     AssetsDefinition,
     AutomationCondition,
     BackfillPolicy,
@@ -15,14 +17,16 @@ from dagster import (
     asset,
 )
 
+from feature_pipeline_dagster.core.engine.video import decode_vector
+from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import Settings
-from feature_pipeline_dagster.core.summary import SummaryRows, mean_vector, summary_collection
+from feature_pipeline_dagster.core.summary import SummaryRows, mean_of_pages, summary_collection
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.failures import RETRY_POLICY, as_failure
+from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
 from feature_pipeline_dagster.orchestration.names import MAX_VIDEOS_PER_RUN, SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
-from feature_pipeline_dagster.core.errors import PipelineError
 
 
 def build_summary_asset(settings: Settings) -> AssetsDefinition:
@@ -42,19 +46,26 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
         f"in collection {spec.name}.",
     )
     def _summary(context: AssetExecutionContext, vector_store: VectorStoreResource) -> SummaryRows:
-        store = vector_store.open()
-        means, empty = {}, []
+        keys = list(context.partition_keys)
+        latest = latest_materializations(context.instance, AssetKey(feature), keys)
+        means, empty, store = {}, [], None
         try:
-            for video in map(relpath_of, context.partition_keys):
-                vectors = store.video_vectors(frames, video)
-                if len(vectors):
-                    means[video] = mean_vector(vectors)
-                else:
+            for key in keys:
+                video, meta = relpath_of(key), metadata_values(latest.get(key))
+                if "mean_vector" in meta:
+                    means[video] = decode_vector(meta["mean_vector"])
+                    continue
+                store = store or vector_store.open()
+                mean = mean_of_pages(store.vector_pages(frames, video))
+                if mean is None:
                     empty.append(video)
+                else:
+                    means[video] = mean
         except PipelineError as err:
             raise as_failure(err) from None
         finally:
-            store.close()
+            if store is not None:
+                store.close()
         if empty:
             raise Failure(f"no {feature} rows in Milvus for: {', '.join(empty)}", allow_retries=False)
         return SummaryRows(spec, means)

@@ -1,0 +1,132 @@
+"""Decode lanes: a run's videos opened and decoded ahead, across video boundaries, by
+several decoder processes at once (Dagster-free).
+
+Each lane is a thread driving its own decoder child process (so a native crash fails
+one video, and decoders run on separate cores); a lane takes the next video as soon as
+it finishes one, so the next video is opened and decoded while the current one is
+embedded. What the lanes produce meets in one bounded queue: memory is bounded by its
+depth in frame batches, not by the videos.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from feature_pipeline_dagster.core.decode.process import DecoderProcess, decoder_pool
+from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.engine.video import VideoJob
+from feature_pipeline_dagster.core.errors import VideoError
+
+
+@dataclass
+class Decoded:
+    """One event of the stream: frames of a video, its end, or its failure."""
+
+    job: VideoJob
+    frames: FrameBatch | None = None
+    error: VideoError | None = None  # the video failed (before or after some frames)
+
+    @property
+    def ended(self) -> bool:
+        return self.frames is None and self.error is None
+
+
+def decode_lanes(videos: int) -> int:
+    """Lanes for a run: half the cores (the model and the writer need the rest), at least
+    two where there is more than one video, so opening the next video overlaps decoding."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(videos, max(2, cores // 2)))
+
+
+_DONE = object()
+
+
+class _Raised:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProcess], None], batch_size: int,
+                 lanes: int, depth: int = 4) -> Iterator[Decoded | None]:
+    """Every job's frame batches, then its end (or failure), lanes interleaved; None
+    when nothing is ready at the moment (the consumer may use the pause). Closing the
+    iterator stops the lanes at their next batch."""
+    pending = iter(jobs)
+    take = threading.Lock()
+    ready: queue.Queue = queue.Queue(maxsize=max(depth, 2 * lanes))
+    stop = threading.Event()
+
+    def put(event) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(event, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def lane(decoder: DecoderProcess) -> None:
+        while not stop.is_set():
+            with take:
+                job = next(pending, None)
+            if job is None:
+                break
+            try:
+                open_job(job, decoder)
+                batches = job.video.batches(batch_size)
+                while True:
+                    started = time.perf_counter()
+                    frames = next(batches, None)
+                    job.seconds_decode += time.perf_counter() - started
+                    if frames is None:
+                        break
+                    if job.failed:  # the engine gave up on it (a bad vector): decode no more of it
+                        batches.close()
+                        break
+                    if not put(Decoded(job, frames)):
+                        batches.close()
+                        return
+                if job.failed:
+                    continue
+                job.check_complete()
+                put(Decoded(job))
+            except VideoError as err:
+                put(Decoded(job, error=err))
+            except BaseException as err:  # not the video's fault: the run's, re-raised there
+                put(_Raised(err))
+                return
+
+    def run_lane(decoder: DecoderProcess) -> None:
+        try:
+            lane(decoder)
+        finally:
+            put(_DONE)
+
+    decoders = decoder_pool(lanes)
+    threads = [threading.Thread(target=run_lane, args=(d,), name=f"decode-{i}", daemon=True)
+               for i, d in enumerate(decoders)]
+    for thread in threads:
+        thread.start()
+    try:
+        finished = 0
+        while finished < len(threads):
+            try:
+                event = ready.get_nowait()
+            except queue.Empty:
+                yield None
+                event = ready.get()
+            if event is _DONE:
+                finished += 1
+            elif isinstance(event, _Raised):
+                raise event.error
+            else:
+                yield event
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)

@@ -1,0 +1,119 @@
+"""The engine streams a run's videos: model batches span videos, writes batch across
+videos, and every video still ends with exactly its rows; a bad video fails alone and
+its attempt leaves none; vectors are checked before they are stored."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import yaml
+
+from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
+from feature_pipeline_dagster.core.engine.video import decode_vector
+from feature_pipeline_dagster.core.models import load_extractor
+from feature_pipeline_dagster.core.samples import write_video
+from feature_pipeline_dagster.core.settings import load_settings
+from feature_pipeline_dagster.core.store import store_for
+from feature_pipeline_dagster.core.summary import mean_of_pages
+
+CLIPS = [f"clip{i}.mp4" for i in range(7)]
+
+
+class Spy:
+    """The real extractor, recording each batch's size; `poison(frame)` says which
+    frames come out as NaN (a model gone wrong on some input)."""
+
+    def __init__(self, extractor, poison=lambda frame_shape, frame_id: False):
+        self.extractor, self.poison, self.sizes = extractor, poison, []
+
+    def __getattr__(self, name):
+        return getattr(self.extractor, name)
+
+    def embed(self, batch):
+        self.sizes.append(len(batch))
+        rows = self.extractor.embed(batch)
+        for i, frame_id in enumerate(batch.frame_ids.tolist()):
+            if self.poison(batch.frames.shape[1:3], frame_id):
+                rows.vectors[i] = np.nan
+        return rows
+
+
+@pytest.fixture
+def engine(project):
+    config = yaml.safe_load(project.config.read_text())
+    config["model"]["batch_size"] = 8
+    config["db"]["batch_size"] = 4
+    project.config.write_text(yaml.safe_dump(config))
+    settings = load_settings(project.config)
+    store = store_for(settings.db)
+    yield settings, settings.db.collections[0], store, load_extractor(settings.model, "cpu")
+    store.close()
+
+
+def stored(store, spec, name):
+    rows = store.fetch_video(spec, name, ("frame_id", "timestamp_ms", "generation"))
+    return sorted((r["frame_id"], r["timestamp_ms"]) for r in rows), {r["generation"] for r in rows}
+
+
+def test_batches_span_videos_and_every_video_keeps_exactly_its_rows(project, engine):
+    settings, spec, store, extractor = engine
+    for i, name in enumerate(CLIPS):
+        write_video(project.videos / name, seconds=2.5, seed=i)  # 3 sampled frames each
+    spy = Spy(extractor)
+    report = embed_videos(settings, spec, store, spy, CLIPS, RunReport(), lanes=2)
+    assert not report.failed and set(report.written) == set(CLIPS)
+    assert max(spy.sizes) > 3  # every video has 3 frames: a larger batch held frames of several videos
+    for i, name in enumerate(CLIPS):
+        rows, generations = stored(store, spec, name)
+        assert rows == [(0, 0), (30, 1000), (60, 2000)] and len(generations) == 1, name
+        alone = extractor.embed(next(iter(_frames_of(project.videos / name))))
+        ours = np.concatenate(list(store.vector_pages(spec, name)))
+        assert len(ours) == 3
+        # the summary's in-stream mean equals the mean of what was stored
+        mean = decode_vector(report.written[name]["mean_vector"])
+        assert np.dot(mean, mean_of_pages([ours])) > 0.99999
+        assert np.dot(mean, mean_of_pages([alone.vectors])) > 0.9999  # batch company changes nothing
+
+
+def test_one_bad_video_among_many_fails_alone(project, engine):
+    settings, spec, store, extractor = engine
+    for i, name in enumerate(CLIPS):
+        write_video(project.videos / name, seconds=2.5, seed=i)
+    (project.videos / "clip3.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    write_video(project.videos / "clip5.mp4", seconds=2.5, size=(160, 120), seed=5)  # its own frame size
+    spy = Spy(extractor, poison=lambda shape, frame_id: shape == (120, 160))
+    report = embed_videos(settings, spec, store, spy, CLIPS, RunReport(), lanes=2)
+    assert set(report.failed) == {"clip3.mp4", "clip5.mp4"}
+    assert "cannot open video" in report.failed["clip3.mp4"]
+    assert "non-finite" in report.failed["clip5.mp4"] and "\n" not in report.failed["clip5.mp4"]
+    assert store.count_rows(spec, "clip5.mp4") == 0  # checked before insert: nothing of it reached the store
+    for name in set(CLIPS) - {"clip3.mp4", "clip5.mp4"}:
+        assert stored(store, spec, name)[0] == [(0, 0), (30, 1000), (60, 2000)], name
+
+
+def test_a_video_failing_after_rows_were_inserted_leaves_none_of_its_attempt(project, engine):
+    """The attempt's rows (already inserted: one row per request) are taken back; the
+    previous run's rows of that video stay until a write of it succeeds."""
+    settings, spec, store, extractor = engine
+    names = ["a.mp4", "b.mp4", "c.mp4"]
+    for i, name in enumerate(names):
+        write_video(project.videos / name, seconds=6.5, seed=i, size=(160, 120) if name == "b.mp4" else (320, 240))
+    first = embed_videos(settings, spec, store, extractor, names, RunReport())
+    assert not first.failed
+    before = {name: stored(store, spec, name) for name in names}
+    settings = dataclasses.replace(settings, model=dataclasses.replace(settings.model, batch_size=2),
+                                   db=dataclasses.replace(settings.db, batch_size=1))
+    spy = Spy(extractor, poison=lambda shape, frame_id: shape == (120, 160) and frame_id >= 150)
+    report = embed_videos(settings, spec, store, spy, names, RunReport(), lanes=1)
+    assert set(report.failed) == {"b.mp4"} and "non-finite" in report.failed["b.mp4"]
+    assert stored(store, spec, "b.mp4") == before["b.mp4"]  # the old generation, whole; none of the attempt
+    for name in ("a.mp4", "c.mp4"):
+        rows, generations = stored(store, spec, name)
+        assert rows == before[name][0] and generations != before[name][1]
+
+
+def _frames_of(path):
+    from feature_pipeline_dagster.core.decode.reader import VideoReader
+
+    reader = VideoReader(path)
+    return reader.batches(reader.plan(1.0, None), 8)
