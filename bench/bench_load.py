@@ -3,7 +3,7 @@
     python bench/bench_load.py [--videos 1000] [--devices 2]
 
 Builds a throwaway project (tiny random-weight CLIP of the real architecture, dim 32,
-Milvus Lite, `gpus: [cpu:0, cpu:1, ...]`, `runs_per_device: 1`, the repo's dagster.yaml
+Milvus Lite, `gpus: [cpu:0, cpu:1, ...]`, `runs_per_device: 1`, the repo's config/dagster-instance.yaml
 template), starts `dagster-daemon`, hard-links every video into the watched folder at once,
 and waits until every `video_embedding` partition is materialized, then until the run queue
 is empty. Meanwhile it samples the queue every 0.5 s. It reports (stdout and

@@ -74,7 +74,7 @@ def project(tmp_path, tiny_clip, monkeypatch):
     monkeypatch.setenv("FEATURE_PIPELINE_CONFIG", str(config))
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "config" / "dagster-instance.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     yield type("Project", (), {"root": tmp_path, "videos": videos, "config": config})

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from feature_pipeline_dagster.cli.db import db_status, db_stop, start_lite_server
 from feature_pipeline_dagster.cli.instance import dagster_instance, register_videos
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import CONFIG_ENV, ConfigError, config_path, load_settings
@@ -40,30 +42,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    config_help = f"pipeline YAML (default: ${CONFIG_ENV} or config/clip-config.yaml)"
+    # --config before or after the command: each subcommand takes it too (SUPPRESS keeps
+    # a value given before the command when none follows it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     parser = argparse.ArgumentParser(prog="feature-pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, help=f"pipeline YAML (default: ${CONFIG_ENV} or config/clip-config.yaml)")
+    parser.add_argument("--config", type=Path, help=config_help)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    scan = commands.add_parser("scan", help="register every video under video_input.path as a partition")
-    scan.set_defaults(handler=_scan)
-    run = commands.add_parser("run", help="embed every new or changed video through Dagster")
+
+    def command(group, name: str, handler, help: str, **defaults) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help, description=help, parents=[common])
+        sub.set_defaults(handler=handler, **defaults)
+        return sub
+
+    command(commands, "scan", _scan, "register every video under video_input.path as a partition")
+    run = command(commands, "run", _run, "embed every new or changed video through Dagster")
     run.add_argument("--all", action="store_true", help="embed every video again, changed or not")
-    run.set_defaults(handler=_run)
-    quickstart = commands.add_parser("quickstart", help="make-random model and samples if missing, then run")
-    quickstart.set_defaults(handler=_quickstart, all=False)
-    samples = commands.add_parser("samples", help="generate small sample videos into video_input.path")
+    command(commands, "quickstart", _quickstart, "make-random model and samples if missing, then run", all=False)
+    samples = command(commands, "samples", _samples, "generate small sample videos into video_input.path")
     samples.add_argument("--count", type=int, default=3)
-    samples.set_defaults(handler=_samples)
-    db = commands.add_parser("db", help="the database: status, stop the local Milvus Lite server")
+    db = commands.add_parser("db", help="the database: status, stop the local Milvus Lite server", parents=[common])
     db_actions = db.add_subparsers(required=True, metavar="ACTION")
-    db_actions.add_parser("status", help="data dir, address, pid, collections and row counts").set_defaults(handler=_db_status)
-    db_actions.add_parser("stop", help="stop the Milvus Lite server that serves db.uri").set_defaults(handler=_db_stop)
-    models = commands.add_parser("models", help="download or build model weights").add_subparsers(required=True, metavar="ACTION")
-    download = models.add_parser("download", help="fetch the configured weights into a local folder")
+    command(db_actions, "status", db_status, "the Milvus Lite server (starts nothing), collections and row counts")
+    command(db_actions, "stop", db_stop, "stop the Milvus Lite server that serves db.uri")
+    models = commands.add_parser("models", help="download or build model weights", parents=[common])
+    models = models.add_subparsers(required=True, metavar="ACTION")
+    download = command(models, "download", _download, "fetch the configured weights into a local folder")
     download.add_argument("--dest", type=Path, help="target folder (default: models/<arch>-<tag>)")
-    download.set_defaults(handler=_download)
-    make_random = models.add_parser("make-random", help="random weights of the real architecture (meaningless vectors)")
+    make_random = command(models, "make-random", _make_random, "random weights of the real architecture "
+                          "(meaningless vectors)")
     make_random.add_argument("--dest", type=Path, help="target folder (default: model.path of a folder config)")
-    make_random.set_defaults(handler=_make_random)
     return parser
 
 
@@ -79,69 +88,68 @@ def _scan(args) -> int:
 def _run(args) -> int:
     from tqdm import tqdm
 
-    from feature_pipeline_dagster.cli.workers import plan_runs, run_on_devices, videos_to_embed
-    from feature_pipeline_dagster.orchestration.partitions import videos_partitions
+    from feature_pipeline_dagster.cli.workers import DeviceRuns, plan_runs, videos_to_embed
     from feature_pipeline_dagster.core.devices import run_devices
-    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+    from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     settings = load_settings()
     instance = dagster_instance(settings)
     started = time.perf_counter()
     videos = register_videos(settings, instance)
-    todo = videos_to_embed(settings, instance, build_definitions(str(settings.source)), videos, args.all)
+    todo = videos_to_embed(settings, videos, args.all)
     devices = run_devices(settings.gpus)
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
-    failures, partial, rows = {}, {}, 0
-    with tqdm(total=len(todo), unit="video", file=sys.stderr, disable=not todo) as bar:
-        runs = plan_runs(todo, instance.get_dynamic_partitions(videos_partitions.name), len(devices))
-        for result in run_on_devices(runs, devices, settings.logs_dir):
-            rows += result.rows
-            bar.update()
-            if not result.ok:
-                failures[result.key] = result.error
-                bar.write(f"FAILED {result.key}: {result.error}", file=sys.stderr)
-            elif result.partial:
-                partial[result.key] = result.partial
-    print(f"embedded {len(todo) - len(failures)} of {len(todo)} video(s), {rows} rows into "
+    if todo:
+        start_lite_server(settings)  # a start is said here, once; the runs and workers find it running
+    runs = DeviceRuns(plan_runs(todo, instance.get_dynamic_partitions(videos_partitions.name), len(devices)),
+                      devices, settings.logs_dir)
+    done, failures, partial, rows = set(), {}, {}, 0  # failures: message -> videos
+    signals = []
+
+    def interrupted_line() -> str:
+        return f"interrupted: {len(done)} of {len(todo)} videos done; run again to continue"
+
+    def on_signal(signum, frame) -> None:
+        """The first Ctrl-C (or SIGTERM) stops handing out work and lets the engine commit
+        what it can; the second stops at once (crash-safe: the next run replaces the rest)."""
+        signals.append(signum)
+        if len(signals) == 1:
+            runs.stop()
+        else:
+            runs.kill()
+            print(f"\n{interrupted_line()}", file=sys.stderr, flush=True)  # after the progress bar's line
+            os._exit(130)
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with tqdm(total=len(todo), unit="video", file=sys.stderr, disable=not todo) as bar:
+            for result in runs:
+                if result.interrupted:
+                    continue
+                bar.update()
+                if result.ok:
+                    done.add(result.key)
+                    rows += result.rows
+                    if result.partial:
+                        partial[result.key] = result.partial
+                else:  # a fault of the whole run comes once per video: said in full once
+                    first = next(iter(failures.setdefault(result.error, [])), None)
+                    failures[result.error].append(result.key)
+                    bar.write(f"FAILED {result.key}: " + (f"as {first}" if first else result.error), file=sys.stderr)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    if signals:
+        print(interrupted_line(), file=sys.stderr)
+        return 130
+    print(f"embedded {len(done)} of {len(todo)} video(s), {rows} rows into "
           f"{settings.db.uri} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     for key, message in partial.items():
         print(f"  partial: {key}: {message}", file=sys.stderr)
-    for key, message in failures.items():
-        print(f"  failed: {key}: {message}", file=sys.stderr)
+    for message, keys in failures.items():
+        print(f"  failed: {', '.join(keys)}: {message}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def _db_status(args) -> int:
-    from feature_pipeline_dagster.core.store import store_for
-
-    settings = load_settings(check_paths=False)
-    store = store_for(settings.db)
-    try:
-        if settings.db.is_lite:
-            from feature_pipeline_dagster.core.store.lite_server import LiteServer
-
-            state = LiteServer(settings.db.uri).ensure_running()
-            print(f"data dir: {state.data_dir}\naddress:  {state.uri}\npid:      {state.pid}")
-        else:
-            print(f"server:   {settings.db.uri}")
-        for spec in settings.db.collections:
-            print(f"collection {spec.name}: {store.count_rows(spec)} rows")
-    finally:
-        store.close()
-    return 0
-
-
-def _db_stop(args) -> int:
-    settings = load_settings(check_paths=False)
-    if not settings.db.is_lite:
-        print(f"db.uri is a Milvus server ({settings.db.uri}): nothing local to stop", file=sys.stderr)
-        return 0
-    from feature_pipeline_dagster.core.store.lite_server import LiteServer
-
-    state = LiteServer(settings.db.uri).stop()
-    print(f"stopped Milvus Lite server pid {state.pid} on {state.uri}" if state else "no Milvus Lite server running")
-    return 0
 
 
 def _quickstart(args) -> int:

@@ -3,24 +3,45 @@ the project's template on first use) and the videos it registers as partitions."
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+from feature_pipeline_dagster.core.errors import ConfigError
 from feature_pipeline_dagster.core.settings import Settings
 
 DEFAULT_DAGSTER_HOME = ".dagster"
-INSTANCE_TEMPLATE = Path(__file__).resolve().parents[2] / "dagster.yaml"
+FOLDER_MARKER = "feature_pipeline_folder.json"
+INSTANCE_TEMPLATE = Path(__file__).resolve().parents[2] / "config" / "dagster-instance.yaml"
 
 
 def dagster_instance(settings: Settings):
-    """The instance at DAGSTER_HOME, made from the project's template on first use."""
+    """The instance at DAGSTER_HOME, made from the project's template on first use, and
+    refused if its partitions are another folder's videos (a partition is a path
+    relative to the folder: two folders in one instance would take each other's)."""
     from dagster import DagsterInstance
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve())))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() and INSTANCE_TEMPLATE.exists():
         (home / "dagster.yaml").write_text(instance_yaml(settings.runs_per_device))
+    claim_folder(home, settings)
     return DagsterInstance.get()
+
+
+def claim_folder(home: Path, settings: Settings) -> None:
+    """The instance's video folder, recorded on first use; another folder is refused."""
+    marker = home / FOLDER_MARKER
+    folder = str(settings.video_input.path.resolve())
+    try:
+        owner = json.loads(marker.read_text())["video_input"]
+    except (OSError, ValueError, KeyError):
+        marker.write_text(json.dumps({"video_input": folder}) + "\n")
+        return
+    if owner != folder:
+        raise ConfigError(
+            f"{settings.source}: video_input.path is {folder}, but the Dagster instance at {home} holds the "
+            f"partitions of {owner}: give each folder its own instance (export DAGSTER_HOME=<another folder>)")
 
 
 def instance_yaml(runs_per_device: int) -> str:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -25,10 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from feature_pipeline_dagster.core.engine.stopping import request_stop, stop_requested
 from feature_pipeline_dagster.core.videos import partition_key
 from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, MAX_VIDEOS_PER_RUN, RANGE_END_TAG, RANGE_START_TAG
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # each failure reaches the user as one line; logs/ and the UI keep the rest
 
 
 @dataclass
@@ -38,27 +40,24 @@ class VideoResult:
     rows: int = 0
     error: str = ""
     partial: str = ""  # embedded, but only the sound part of a damaged or cut-short file
+    interrupted: bool = False  # not finished: a stop was asked for; the next run embeds it
 
 
-def videos_to_embed(settings, instance, defs, videos: dict, everything: bool = False) -> list[str]:
-    """Keys whose latest materialization is missing, or was of other file content or code."""
-    from dagster import AssetKey
+def videos_to_embed(settings, videos: dict, everything: bool = False) -> list[str]:
+    """Keys of the videos whose current rows the configured database does not hold, in
+    every feature's collection (core/ledger.py: the database is the truth, not Dagster's
+    records, which a new database or collection, or rows deleted by hand, would belie)."""
+    from feature_pipeline_dagster.core.ledger import done_in_every_collection
+    from feature_pipeline_dagster.core.store import store_for
 
-    from feature_pipeline_dagster.orchestration.materializations import latest_materializations
-
-    todo: set[str] = set()
-    for feature in settings.model.features:
-        key = AssetKey(feature)
-        current = defs.resolve_assets_def(key).code_versions_by_key[key]
-        latest = {} if everything else latest_materializations(instance, key, list(videos))
-        for k, video in videos.items():
-            event = latest.get(k)
-            fingerprint = event.metadata.get("file_fingerprint") if event else None
-            done = event is not None and fingerprint is not None and (
-                (fingerprint.value, (event.tags or {}).get("dagster/code_version")) == (video.fingerprint, current))
-            if not done:
-                todo.add(k)
-    return sorted(todo)
+    if everything:
+        return sorted(videos)
+    store = store_for(settings.db)
+    try:
+        done = done_in_every_collection(store, settings, list(videos.values()))
+    finally:
+        store.close()
+    return sorted(key for key, video in videos.items() if video.relpath not in done)
 
 
 def plan_runs(todo: list[str], partitions: list[str], devices: int) -> list[list[str]]:
@@ -125,8 +124,9 @@ def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[
                                  raise_on_error=False, tags=tags)
         finally:
             engine_log.removeHandler(handler)
-        for key in keys:  # a run-level failure (the model, the database) names every video left
-            record(VideoResult(key, False, 0, failure_message(result)))
+        for key in keys:  # stopped on request; or a run-level failure (the model, the database)
+            record(VideoResult(key, False, 0, "interrupted", interrupted=True) if stop_requested()
+                   else VideoResult(key, False, 0, failure_message(result)))
 
 
 def failure_message(result) -> str:
@@ -142,56 +142,86 @@ def failure_message(result) -> str:
     return "run failed (see the Dagster UI or logs/)"
 
 
-def run_on_devices(chunks: list[list[str]], devices: list[str], logs_dir: Path) -> Iterator[VideoResult]:
-    """Every video's result, as it comes."""
-    results: queue.Queue = queue.Queue()
-    pending, lock = list(chunks), threading.Lock()
+class DeviceRuns:
+    """The chunks spread over the devices: here (one device) or one worker process per
+    device. `stop` is the first Ctrl-C: no new chunk starts and the engine finishes what
+    it can commit (workers get SIGTERM for it); `kill` is the second."""
 
-    def next_chunk() -> list[str] | None:
-        with lock:
-            return pending.pop(0) if pending else None
+    def __init__(self, chunks: list[list[str]], devices: list[str], logs_dir: Path):
+        self.devices, self.logs_dir = devices, logs_dir
+        self.pending, self.lock = list(chunks), threading.Lock()
+        self.workers: list[_Worker] = []
+        self.results: queue.Queue = queue.Queue()
 
-    def chunks_of_this_thread() -> Iterator[list[str]]:
-        while (chunk := next_chunk()) is not None:
+    def _next_chunk(self) -> list[str] | None:
+        with self.lock:
+            return self.pending.pop(0) if self.pending and not stop_requested() else None
+
+    def _chunks(self) -> Iterator[list[str]]:
+        while (chunk := self._next_chunk()) is not None:
             yield chunk
 
-    def drive_here() -> None:
+    def _drive_here(self) -> None:
         try:
-            materialize_chunks(chunks_of_this_thread(), devices[0], results.put)
+            materialize_chunks(self._chunks(), self.devices[0], self.results.put)
         except BaseException as err:  # handed to the caller
-            results.put(err)
+            self.results.put(err)
         finally:
-            results.put(None)
+            self.results.put(None)
 
-    def drive_worker(device: str) -> None:
-        worker = _Worker(device, logs_dir)
+    def _drive_worker(self, device: str) -> None:
+        worker = self._start_worker(device)
         try:
-            while (chunk := next_chunk()) is not None:
-                got = worker.embed(chunk, results.put)
-                if got is None:
+            while (chunk := self._next_chunk()) is not None:
+                if worker.embed(chunk, self.results.put) is None:
                     code = worker.exit_code()
                     for key in chunk:
-                        results.put(VideoResult(key, False, 0, f"worker on {device} died (exit code {code})"))
-                    worker = _Worker(device, logs_dir)
+                        self.results.put(VideoResult(key, False, 0, f"worker on {device} died (exit code {code})"))
+                    worker = self._start_worker(device)
         finally:
             worker.close()
-            results.put(None)
+            self.results.put(None)
 
-    if len(devices) == 1 or len(chunks) <= 1:
-        threads = [threading.Thread(target=drive_here, daemon=True)]
-    else:
-        threads = [threading.Thread(target=drive_worker, args=(d,), daemon=True) for d in devices[: len(chunks)]]
-    for thread in threads:
-        thread.start()
-    finished = 0
-    while finished < len(threads):
-        result = results.get()
-        if result is None:
-            finished += 1
-        elif isinstance(result, BaseException):
-            raise result
+    def _start_worker(self, device: str) -> "_Worker":
+        worker = _Worker(device, self.logs_dir)
+        with self.lock:
+            self.workers.append(worker)
+        if stop_requested():
+            worker.process.terminate()
+        return worker
+
+    def __iter__(self) -> Iterator[VideoResult]:
+        """Every video's result, as it comes."""
+        if len(self.devices) == 1 or len(self.pending) <= 1:
+            threads = [threading.Thread(target=self._drive_here, daemon=True)]
         else:
-            yield result
+            threads = [threading.Thread(target=self._drive_worker, args=(d,), daemon=True)
+                       for d in self.devices[: len(self.pending)]]
+        for thread in threads:
+            thread.start()
+        finished = 0
+        while finished < len(threads):
+            try:
+                result = self.results.get(timeout=0.5)  # wakes up for signal handlers
+            except queue.Empty:
+                continue
+            if result is None:
+                finished += 1
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                yield result
+
+    def stop(self) -> None:
+        request_stop()
+        with self.lock:
+            for worker in self.workers:
+                worker.process.terminate()  # the worker's SIGTERM handler asks its engine to stop
+
+    def kill(self) -> None:
+        with self.lock:
+            for worker in self.workers:
+                worker.process.kill()
 
 
 class _Worker:
@@ -242,12 +272,24 @@ class _Worker:
 def _worker_main(device: str) -> None:
     results = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to the log, not into the result stream
+    # The terminal's Ctrl-C reaches every process of the group: the parent decides, and
+    # forwards a stop as SIGTERM. Dagster runs in a thread, so it installs no handler of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: request_stop())
 
     def chunks() -> Iterator[list[str]]:
         for line in sys.stdin:
+            if stop_requested():
+                return
             yield json.loads(line)
 
-    materialize_chunks(chunks(), device, lambda result: results.write(json.dumps(asdict(result)) + "\n"))
+    def send(result: VideoResult) -> None:
+        results.write(json.dumps(asdict(result)) + "\n")
+
+    work = threading.Thread(target=materialize_chunks, args=(chunks(), device, send), daemon=True)
+    work.start()
+    while work.is_alive():
+        work.join(0.5)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,12 @@ class StoreError(PipelineError):
 
 
 def one_line(err: BaseException) -> str:
-    """The first line of a library's error message: enough to act on, no traceback."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(err).__name__
+    """The first non-blank line of a library's error message, whole (runs of whitespace
+    collapsed): enough to act on, no traceback, and never cut mid-word."""
+    for line in str(err).splitlines():
+        if line.strip():
+            return " ".join(line.split())
+    return type(err).__name__
 
 
 class DeviceMemoryError(PipelineError):

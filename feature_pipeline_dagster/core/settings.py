@@ -103,6 +103,7 @@ class DbSettings:
     collections: tuple[CollectionSpec, ...]
     token_env: str | None = None
     batch_size: int = 1000
+    lite_idle_minutes: float | None = None  # the Lite server stops after this long without a client; None: 10
 
     @property
     def is_lite(self) -> bool:
@@ -270,7 +271,7 @@ def _parse_db(node: _Node, model: ModelSettings) -> DbSettings:
     for secret in ("token", "password", "user"):
         if secret in node.data:
             node.fail("credentials never go in the file: name an environment variable in db.token_env", secret)
-    node.check_keys({"type", "name", "uri", "token_env", "batch_size", "collections"})
+    node.check_keys({"type", "name", "uri", "token_env", "batch_size", "lite_idle_minutes", "collections"})
     if node.get("type", str, "milvus") != "milvus":
         node.fail("only 'milvus' is supported", "type")
     name = node.get("name", str, "feature_pipeline.db")
@@ -293,7 +294,10 @@ def _parse_db(node: _Node, model: ModelSettings) -> DbSettings:
         _parse_collection(_Node(c, f"{node.key}.collections[{i}]", node.source), model)
         for i, c in enumerate(collections)
     )
-    return DbSettings(uri, specs, token_env, node.positive("batch_size", int, 1000))
+    idle = node.get("lite_idle_minutes", float, 0.0)
+    if not idle >= 0:
+        node.fail(f"expected a positive number of minutes (0: the default, 10), got {idle!r}", "lite_idle_minutes")
+    return DbSettings(uri, specs, token_env, node.positive("batch_size", int, 1000), idle or None)
 
 
 def _parse_collection(node: _Node, model: ModelSettings) -> CollectionSpec:

@@ -18,8 +18,11 @@ def summary_collection(settings: Settings) -> CollectionSpec:
 
 
 def owned_collections(settings: Settings) -> list[CollectionSpec]:
-    """Every collection the config writes: one per feature, and the summary."""
-    return [settings.collection_for(f) for f in settings.model.features] + [summary_collection(settings)]
+    """Every collection the config writes: one per feature with its ledger, and the summary."""
+    from feature_pipeline_dagster.core.ledger import ledger_collection
+
+    features = [settings.collection_for(f) for f in settings.model.features]
+    return features + [ledger_collection(spec) for spec in features] + [summary_collection(settings)]
 
 
 @dataclass

@@ -13,9 +13,9 @@ from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputC
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, VideoRun, embed_run
 from feature_pipeline_dagster.core.errors import PipelineError
-from feature_pipeline_dagster.core.models import code_version
 from feature_pipeline_dagster.core.summary import SummaryRows
 from feature_pipeline_dagster.core.videos import relpath_of
+from feature_pipeline_dagster.orchestration.assets.embeddings import asset_version
 from feature_pipeline_dagster.orchestration.failures import as_failure
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
@@ -47,14 +47,17 @@ class MilvusIOManager(ConfigurableIOManager):
         written = {keys[video]: _ui_metadata({**meta, **report.lease}) for video, meta in report.written.items()}
         for key, meta in written.items():
             context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
-        if report.failed:
-            yield from _flush_materializations(context, written, code_version(run.settings))
+        if report.failed or report.interrupted:
+            yield from _flush_materializations(context, written, asset_version(run.settings, run.spec))
             summary = "; ".join(report.failed.values())
+            if report.interrupted:
+                summary = (f"interrupted: {len(written)} of {len(run.videos)} video(s) done"
+                           + (f"; {summary}" if summary else ""))
             raise Failure(
-                description=summary if len(run.videos) == 1 else
+                description=summary if len(run.videos) == 1 or report.interrupted else
                 f"{len(report.failed)} of {len(run.videos)} video(s) failed: {summary}",
                 allow_retries=False,
-                metadata={"failed": list(report.failed), "written": len(written)},
+                metadata={"failed": list(report.failed), "interrupted": report.interrupted, "written": len(written)},
             )
 
     def _write_summary(self, context: OutputContext, rows: SummaryRows) -> None:
@@ -78,9 +81,15 @@ class MilvusIOManager(ConfigurableIOManager):
 
 
 def _ui_metadata(meta: dict) -> dict:
-    if "contact_sheet" in meta:  # thumbnails render as markdown in the UI
-        meta["contact_sheet"] = MetadataValue.md(meta["contact_sheet"])
-    return meta
+    """As the UI shows it best: the contact sheet first (markdown, so its thumbnails
+    render in the partition's metadata), lease times as timestamps."""
+    ordered = {}
+    if "contact_sheet" in meta:
+        ordered["contact_sheet"] = MetadataValue.md(meta.pop("contact_sheet"))
+    for key in ("lease_acquired_at", "lease_released_at"):
+        if key in meta:
+            meta[key] = MetadataValue.timestamp(meta[key])
+    return {**ordered, **meta}
 
 
 def _flush_materializations(context: OutputContext, written: dict[str, dict], version: str):

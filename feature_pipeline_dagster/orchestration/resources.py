@@ -14,11 +14,13 @@ class VectorStoreResource(ConfigurableResource):
 
     uri: str
     token: str | None = None
+    lite_idle_minutes: float | None = None  # db.lite_idle_minutes, for a Lite server a run starts
 
     def open(self) -> VectorStore:
         """A connection of the caller's own; close it when done."""
-        return open_store(self.uri, self.token)
+        return open_store(self.uri, self.token, self.lite_idle_minutes)
 
 
 def vector_store_resource(db: DbSettings) -> VectorStoreResource:
-    return VectorStoreResource(uri=db.uri, token=EnvVar(db.token_env) if db.token_env else None)
+    return VectorStoreResource(uri=db.uri, token=EnvVar(db.token_env) if db.token_env else None,
+                               lite_idle_minutes=db.lite_idle_minutes)

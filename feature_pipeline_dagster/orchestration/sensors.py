@@ -30,7 +30,7 @@ from feature_pipeline_dagster.core.folder_watch import diff_folder, split_contig
 from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import owned_collections
-from feature_pipeline_dagster.core.videos import content_digest, list_videos, relpath_of
+from feature_pipeline_dagster.core.videos import content_digest, list_videos, partition_key, relpath_of
 from feature_pipeline_dagster.orchestration.names import (
     CHECK_NAMES,
     DATA_VERSION_TAG,
@@ -91,11 +91,12 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         started = time.perf_counter()
         instance = context.instance
         partitions = set(instance.get_dynamic_partitions(videos_partitions.name))
-        changes = diff_folder(
-            list_videos(settings.video_input), partitions, context.cursor, time.time(),
-            settings.video_input.settle_seconds,
-            embedded=lambda: set.intersection(*(instance.get_materialized_partitions(k) for k in features)),
-        )
+        listing = list_videos(settings.video_input)
+        changes = diff_folder(listing, partitions, context.cursor, time.time(), settings.video_input.settle_seconds,
+                              embedded=lambda: _done(settings, vector_store, listing))
+        if changes.changed:  # a copy or a `touch` moves the fingerprint, not the content: not changed
+            done = _done(settings, vector_store, [video for _, video in changes.changed])
+            changes.changed = [(k, v) for k, v in changes.changed if k not in done]
         picker = _DevicePicker(instance, devices)
         new_keys = [k for k, _ in changes.new]
         runs = [request(chunk, picker.take()) for chunk in split_contiguous(changes.new, len(devices), MAX_VIDEOS_PER_RUN)]
@@ -116,6 +117,18 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
                             asset_events=observations, cursor=changes.cursor)
 
     return video_folder_sensor
+
+
+def _done(settings: Settings, vector_store: VectorStoreResource, videos: list) -> set[str]:
+    """Partition keys of the videos whose current rows the database holds, in every
+    feature's collection (the database is the truth: core/ledger.py)."""
+    from feature_pipeline_dagster.core.ledger import done_in_every_collection
+
+    store = vector_store.open()
+    try:
+        return {partition_key(path) for path in done_in_every_collection(store, settings, videos)}
+    finally:
+        store.close()
 
 
 def _observe(key: str, video) -> AssetObservation | None:

@@ -62,14 +62,34 @@ def test_folder_records_quick_gelu(tmp_path):
     assert any(isinstance(m, QuickGELU) for m in model.visual.modules())
 
 
-def test_weights_file_is_loaded_without_pickle(tmp_path, tiny_clip):
-    """A bare .pt holding arbitrary pickled objects is refused (weights_only)."""
-    import pickle
+class _Payload:
+    """Unpickling this would run `touch`: what a malicious weights file does."""
 
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_weights_file_is_loaded_without_pickle(tmp_path, tiny_clip):
+    """A .pt whose pickle would run code when loaded is refused, and the code never runs:
+    loading goes through torch's weights-only unpickler, never plain pickle. (Written with
+    torch's own pickle protocol, 2, so torch has nothing to warn about but the refusal.)"""
+    import pickle
+    import warnings
+
+    marker = tmp_path / "pwned"
     evil = tmp_path / "weights.pt"
-    evil.write_bytes(pickle.dumps({"x": object()}))
-    with pytest.raises(ModelError, match="cannot load CLIP"):
-        create_open_clip(ModelSettings(name="CLIP", path=str(evil), source="folder"))
+    evil.write_bytes(pickle.dumps({"state_dict": _Payload(marker)}, protocol=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ModelError, match="cannot load CLIP .*[Ww]eights only load failed"):
+            create_open_clip(ModelSettings(name="CLIP", path=str(evil), source="folder"))
+    assert not marker.exists()  # the payload never ran
+    assert not [w for w in caught if "pickle" in str(w.message).lower()], [str(w.message) for w in caught]
 
 
 def test_unknown_cuda_device_is_a_clear_error(tiny_clip):

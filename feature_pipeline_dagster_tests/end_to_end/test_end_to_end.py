@@ -117,3 +117,32 @@ def test_models_download_without_a_network_is_one_line(project):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: model.path laion2b_s34b_b79k: cannot load CLIP ViT-B-32"), lines
     assert not os.path.exists(project.root / "dl")
+
+
+def test_dagster_dev_from_the_checkout_warns_of_no_ignored_instance_file(project):
+    """As the README has it: `dagster dev` from the checkout folder, with DAGSTER_HOME set.
+    The instance template lives in config/, so Dagster finds no dagster.yaml here to warn
+    that it ignores; the supersession warning is the one the README explains."""
+    import os
+    import signal
+    import socket
+    import time
+
+    cli(project, "scan")  # makes $DAGSTER_HOME from the template, as the README's first step
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = project.root / "dagster-dev.log"
+    with open(log, "w") as out:
+        dev = subprocess.Popen(["dagster", "dev", "-p", str(port)], cwd=REPO, env=subprocess_env(project),
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and "Serving dagster-webserver" not in log.read_text():
+            time.sleep(0.5)
+    finally:
+        os.killpg(dev.pid, signal.SIGTERM)
+        dev.wait(timeout=60)
+    output = log.read_text()
+    assert "Serving dagster-webserver" in output, output[-3000:]
+    assert "dagster.yaml" not in output, output[-3000:]

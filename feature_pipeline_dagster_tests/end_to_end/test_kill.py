@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 
 from feature_pipeline_dagster.core.settings import load_settings
@@ -119,6 +120,7 @@ STAGES = ["decoding", "between write batches", "new generation in, old not yet d
           "several videos in, their commit pending"]
 
 
+@pytest.mark.timeout(1800)  # 30 kills, each followed by a run of the range: minutes on 2 cores
 def test_sigkill_at_thirty_points_loses_and_doubles_nothing(project):
     config = yaml.safe_load(project.config.read_text())
     config["db"]["batch_size"] = 2  # many insert requests: many points between write batches

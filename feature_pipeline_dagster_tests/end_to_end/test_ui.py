@@ -30,7 +30,7 @@ from feature_pipeline_dagster_tests.conftest import stop_lite_server, subprocess
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-INSTANCE_TEMPLATE = Path(__file__).resolve().parents[2] / "dagster.yaml"
+INSTANCE_TEMPLATE = Path(__file__).resolve().parents[2] / "config" / "dagster-instance.yaml"
 VIDEOS = {"alpha.mp4": 2.5, "beta.mp4": 3.5}  # name -> seconds; at 1 fps: 3 and 4 rows
 CHOSEN, OTHER = "alpha.mp4", "beta.mp4"
 SERVER_WAIT_S = 90

@@ -123,6 +123,10 @@ def test_ranged_run_fails_only_the_bad_video(project):
         assert metadata["a.mp4"]["device"].value == "cpu"
         sheet = metadata["a.mp4"]["contact_sheet"]
         assert type(sheet).__name__ == "MarkdownMetadataValue" and sheet.value.count("data:image/jpeg;base64,") == 2
+        # what the UI shows: the thumbnails first, lease times as timestamps, not raw floats
+        assert next(iter(metadata["a.mp4"])) == "contact_sheet"
+        assert {type(metadata["a.mp4"][k]).__name__ for k in ("lease_acquired_at", "lease_released_at")} == {
+            "TimestampMetadataValue"}
     settings = load_settings(project.config)
     store = store_for(settings.db)
     assert [store.count_rows(settings.db.collections[0], n) for n in names] == [2, 0, 3]

@@ -207,6 +207,9 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
 
 
 def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the run decides when its
+    # decoders stop (and they die with it), so a Ctrl-C never reads as a decoder crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     fix_mmap_threshold()
     answers = os.fdopen(os.dup(1), "wb")  # the protocol's own channel:

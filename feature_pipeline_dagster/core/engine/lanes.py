@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 
 from feature_pipeline_dagster.core.decode.process import DecoderProcess, decoder_pool
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.engine.stopping import stop_requested
+from feature_pipeline_dagster.core.engine.stream import put_unless_stopped
 from feature_pipeline_dagster.core.engine.video import VideoJob
 from feature_pipeline_dagster.core.errors import VideoError
 
@@ -62,16 +64,10 @@ def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProc
     stop = threading.Event()
 
     def put(event) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(event, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(ready, event, stop)
 
     def lane(decoder: DecoderProcess) -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not stop_requested():
             with take:
                 job = next(pending, None)
             if job is None:
@@ -85,13 +81,13 @@ def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProc
                     job.seconds_decode += time.perf_counter() - started
                     if frames is None:
                         break
-                    if job.failed:  # the engine gave up on it (a bad vector): decode no more of it
+                    if job.failed or stop_requested():  # given up (a bad vector), or the run stops
                         batches.close()
                         break
                     if not put(Decoded(job, frames)):
                         batches.close()
                         return
-                if job.failed:
+                if job.failed or stop_requested():
                     continue
                 job.check_complete()
                 put(Decoded(job))

@@ -21,6 +21,7 @@ import numpy as np
 
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
+from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.video import VideoJob
 from feature_pipeline_dagster.core.engine.writer import RunWriter
 from feature_pipeline_dagster.core.errors import DeviceMemoryError, ModelError, PipelineError, VideoError
@@ -49,6 +50,7 @@ class RunReport:
 
     written: dict[str, dict] = field(default_factory=dict)  # video -> its metadata
     failed: dict[str, str] = field(default_factory=dict)  # video -> one-line reason
+    interrupted: list[str] = field(default_factory=list)  # not finished: a stop was asked for
     lease: dict = field(default_factory=dict)  # device, slot, acquired_at, released_at
 
 
@@ -78,7 +80,7 @@ def embed_run(run: VideoRun, store: VectorStore, report: RunReport) -> RunReport
 def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, extractor, videos: list[str],
                  report: RunReport, lanes: int | None = None) -> RunReport:
     """Write every video; raises `PipelineError` for a run-level fault."""
-    from feature_pipeline_dagster.core.models import FAMILIES
+    from feature_pipeline_dagster.core.models import FAMILIES, code_version
 
     if extractor.dim != spec.vector_field.dim:
         raise ModelError(f"{extractor.description} gives {extractor.dim}-d vectors but collection {spec.name} "
@@ -113,10 +115,10 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
         for job, n in owners:
             vectors = rows.vectors[start:start + n]
             start += n
-            bad = int((~np.isfinite(vectors).all(axis=1)).sum()) if n else 0
-            if bad or vectors.shape[1:] != (spec.vector_field.dim,):
-                failed(job, VideoError(f"{job.path}: the model gave {bad} non-finite or {spec.vector_field.dim}-d "
-                                       f"mismatched vector(s) of {n}; none of its rows are kept"))
+            dim, bad = vectors.shape[1:], int((~np.isfinite(vectors).all(axis=1)).sum()) if n else 0
+            if bad or dim != (spec.vector_field.dim,):
+                what = f"{bad} non-finite vector(s) of {n}" if bad else f"vectors of shape {dim}, not ({spec.vector_field.dim},)"
+                failed(job, VideoError(f"{job.path}: the model gave {what}; none of its rows are kept"))
                 keep.append(np.zeros(n, bool))
                 continue
             job.add_vectors(vectors)
@@ -130,7 +132,7 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
         for job, _ in kept_owners:
             model.close_if_done(job, writer)
 
-    writer = RunWriter(store, spec, settings.db.batch_size, committed)
+    writer = RunWriter(store, spec, settings.db.batch_size, code_version(settings), committed)
 
     def open_job(job: VideoJob, decoder) -> None:
         job.open(settings, spec, decoder, grid)
@@ -138,6 +140,8 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
     events = decode_ahead(jobs, open_job, settings.model.batch_size, lanes or decode_lanes(len(jobs)))
     try:
         for event in events:
+            if stop_requested():
+                continue  # the lanes are stopping: drain what they still hand over
             if event is None:  # nothing decoded is waiting: embed what is pending rather than idle
                 model.flush(deliver, largest_only=True)
             elif event.job.failed:
@@ -150,8 +154,13 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
             else:
                 model.add(event.job, event.frames)
                 model.flush(deliver, full_only=True)
-        model.flush(deliver)
-        writer.finish()
+        if stop_requested():
+            writer.finish(interrupted=True)
+            report.interrupted = [v for v in videos if v not in report.written and v not in report.failed]
+            log.warning("stopped on request: %d of %d video(s) done", len(report.written), len(videos))
+        else:
+            model.flush(deliver)
+            writer.finish()
     except BaseException:
         writer.abort()
         raise

@@ -20,6 +20,17 @@ class _Raised:
         self.error = error
 
 
+def put_unless_stopped(ready: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put `item`, waiting for room; False (not put) once `stop` is set."""
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def prefetch(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> Iterator[T]:
     """Yield `items` as produced by a background thread; its exceptions re-raise here.
     Closing the consumer early stops the producer at its next item."""
@@ -27,13 +38,7 @@ def prefetch(items: Iterable[T], depth: int = 2, name: str = "prefetch") -> Iter
     stop = threading.Event()
 
     def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(ready, item, stop)
 
     def produce() -> None:
         try:

@@ -22,7 +22,7 @@ import numpy as np
 from feature_pipeline_dagster.core.errors import VideoError
 from feature_pipeline_dagster.core.settings import INT_RANGES, CollectionSpec, Settings
 from feature_pipeline_dagster.core.summary import normalized_mean
-from feature_pipeline_dagster.core.videos import fingerprint, still_being_written
+from feature_pipeline_dagster.core.videos import content_digest, fingerprint, still_being_written
 
 THUMBNAILS, THUMBNAIL_WIDTH = 8, 96
 
@@ -39,6 +39,7 @@ class VideoJob:
     frames_in_flight: int = 0  # decoded, not yet turned into rows
     decoded: bool = False  # every batch of the plan has been decoded
     failed: bool = False  # its later frames are dropped, its decoding stopped
+    digest: str = ""  # of the content read (core/ledger.py)
     rows: int = 0
     vector_sum: np.ndarray | None = None
     seconds_decode: float = 0.0
@@ -60,6 +61,7 @@ class VideoJob:
             # A file still being written fails to open; say that, not what its half-written bytes look like.
             why = still_being_written(self.path, self.stat, settings.video_input.settle_seconds)
             raise (VideoError(why) if why else err) from None
+        self.digest = content_digest(self.path)
         plan = self.video.plan
         maxima = {"frame_id": int(plan.frame_ids[-1]), "timestamp_ms": int(plan.timestamps_ms[-1])}
         if grid is not None:  # patch models: every frame of a video has one grid
@@ -94,6 +96,13 @@ class VideoJob:
     def mean_vector(self) -> np.ndarray:
         """The L2-normalized mean of the video's vectors, as the summary stores it."""
         return normalized_mean(self.vector_sum, self.rows)
+
+    def record(self, code_version: str):
+        """What the ledger keeps of this video once committed."""
+        from feature_pipeline_dagster.core.ledger import VideoRecord
+
+        return VideoRecord(self.relpath, fingerprint(self.stat.st_size, self.stat.st_mtime_ns), self.digest,
+                           code_version, self.rows)
 
     def metadata(self, spec: CollectionSpec, extractor) -> dict:
         """What the UI shows per partition (and what the summary and checks read)."""

@@ -2,9 +2,10 @@
 
 Rows of many videos share insert requests (`db.batch_size` rows each, whatever video
 they belong to), all as the run's one `generation`. A video is committed (the store
-flushes, then deletes its older generations) once all its rows are in, and commits
-are amortized: one flush and one delete for many videos, never one per video (per
-video, flush-delete-flush and a read-back cost about 0.85 s of each short clip).
+flushes, deletes its older generations, and records it in the ledger) once all its rows
+are in, and commits are amortized: one flush and one delete for many videos, never one
+per video (per video, flush-delete-flush and a read-back cost about 0.85 s of each short
+clip).
 Crash-safe as before: the new generation is durable before older ones are deleted, so
 a kill leaves a duplicate that the next write removes, never a loss; a video that
 fails takes back the rows of its attempt.
@@ -33,9 +34,9 @@ log = logging.getLogger("feature_pipeline.writer")
 
 
 class RunWriter:
-    def __init__(self, store: VectorStore, spec: CollectionSpec, insert_rows: int,
+    def __init__(self, store: VectorStore, spec: CollectionSpec, insert_rows: int, code_version: str,
                  on_commit: Callable[[list[VideoJob]], None], commit_videos: int = 64, commit_seconds: float = 5.0):
-        self.store, self.spec, self.on_commit = store, spec, on_commit
+        self.store, self.spec, self.on_commit, self.code_version = store, spec, on_commit, code_version
         self.insert_rows = max(1, min(insert_rows, rows_per_request(spec)))
         self.commit_videos, self.commit_seconds = commit_videos, commit_seconds
         self.generation = new_generation()
@@ -63,9 +64,10 @@ class RunWriter:
         """Drop `job`'s rows: those buffered, and those already inserted."""
         self._submit(self._fail, job)
 
-    def finish(self) -> None:
-        """Insert and commit everything; wait for it."""
-        self._submit(self._finish)
+    def finish(self, interrupted: bool = False) -> None:
+        """Insert and commit everything (`interrupted`: only the videos whose rows are
+        all in; the rows of the others are taken back); wait for it."""
+        self._submit(self._finish, interrupted)
         self._submit(None)
         self._thread.join()
         self._raise()
@@ -148,6 +150,7 @@ class RunWriter:
         jobs, self._closed = self._closed, []
         started = time.perf_counter()
         self.store.commit(self.spec, [job.relpath for job in jobs], self.generation)
+        self.store.record_videos(self.spec, [job.record(self.code_version) for job in jobs], self.generation)
         spent = time.perf_counter() - started
         for job in jobs:
             job.seconds_write += spent / len(jobs)
@@ -169,7 +172,11 @@ class RunWriter:
             self.store.discard(self.spec, job.relpath, self.generation)
             self._inserted.discard(job)
 
-    def _finish(self) -> None:
+    def _finish(self, interrupted: bool) -> None:
+        if interrupted:
+            open_jobs = {job for _, owners in self._buffer for job, _ in owners} | self._inserted
+            for job in open_jobs - set(self._closed):
+                self._fail(job)
         self._commit()
 
 

@@ -34,6 +34,11 @@ class VectorStore(Protocol):
     def discard(self, spec: CollectionSpec, video_path: str, generation: int) -> None:
         """Take back a failed video's rows of `generation` (best effort)."""
 
+    def record_videos(self, spec: CollectionSpec, records: list, generation: int) -> None:
+        """Record committed videos in the ledger (core/ledger.py)."""
+
+    def recorded_videos(self, spec: CollectionSpec, video_paths: list[str]) -> dict: ...
+
     def delete_video(self, spec: CollectionSpec, video_path: str) -> None: ...
 
     def count_rows(self, spec: CollectionSpec, video_path: str | None = None) -> int: ...
@@ -49,11 +54,12 @@ class VectorStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(uri: str, token: str | None = None) -> VectorStore:
-    """A store for `uri`, connected on first use."""
+def open_store(uri: str, token: str | None = None, lite_idle_minutes: float | None = None) -> VectorStore:
+    """A store for `uri`, connected on first use (a Lite server it starts stops itself
+    after `lite_idle_minutes` without a client; None: 10)."""
     from feature_pipeline_dagster.core.store.milvus import MilvusStore
 
-    return MilvusStore(uri, token)
+    return MilvusStore(uri, token, lite_idle_minutes)
 
 
 def store_token(db: DbSettings) -> str | None:
@@ -68,4 +74,4 @@ def store_token(db: DbSettings) -> str | None:
 
 def store_for(db: DbSettings) -> VectorStore:
     """The store the config's `db` names (the CLI's way in; Dagster's is its resource)."""
-    return open_store(db.uri, store_token(db))
+    return open_store(db.uri, store_token(db), db.lite_idle_minutes)

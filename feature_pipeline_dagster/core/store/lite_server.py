@@ -6,7 +6,8 @@ exits, so a second process (another run, the sensor, a check, the CLI) would fai
 `milvus-lite server` on 127.0.0.1 for that data directory, records its port and pid in
 a state file beside it, and every process connects over loopback. A lock file keeps
 two starters from racing; a state file whose pid is dead or whose port is closed is
-replaced. The server outlives the process that started it; `stop` ends it.
+replaced. The server outlives the process that started it; `stop` ends it, and so does
+the server itself once it has had no client for `idle_minutes` (the watchdog in `_serve`).
 """
 
 from __future__ import annotations
@@ -14,19 +15,27 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from feature_pipeline_dagster.core.errors import StoreError
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
+DEFAULT_IDLE_MINUTES = 10.0  # db.lite_idle_minutes
+IDLE_POLL_S = 5.0  # how often the watchdog looks for clients (shorter for short idle times)
+SETTLE_S = 1.0  # with the state file gone, how long a retiring server waits for late clients
+logger = logging.getLogger("feature_pipeline.lite_server")
+_retiring_lock = None  # the lock a retiring server holds until its process exits
+_last_request = 0.0  # in the server: when it last took a request (time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,8 @@ class ServerState:
     pid: int
     port: int
     data_dir: str
+    idle_minutes: float | None = None  # None: a server from before idle stops
+    started_now: bool = field(default=False, compare=False)  # this call started it
 
     @property
     def uri(self) -> str:
@@ -41,7 +52,9 @@ class ServerState:
 
 
 class LiteServer:
-    def __init__(self, data_dir: str | os.PathLike):
+    def __init__(self, data_dir: str | os.PathLike, idle_minutes: float | None = None):
+        self.name = os.fspath(data_dir)  # as the config says it, for messages
+        self.idle_minutes = float(idle_minutes or DEFAULT_IDLE_MINUTES)
         self.data_dir = Path(data_dir).resolve()
         self.state_file = self.data_dir.with_name(self.data_dir.name + ".server.json")
         self.lock_file = self.data_dir.with_name(self.data_dir.name + ".server.lock")
@@ -57,28 +70,44 @@ class LiteServer:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def running(self) -> ServerState | None:
-        """The live server's state, or None (a stale state file counts as none)."""
+    def _recorded(self) -> ServerState | None:
         try:
             raw = json.loads(self.state_file.read_text())
-            state = ServerState(int(raw["pid"]), int(raw["port"]), raw["data_dir"])
-        except (OSError, ValueError, KeyError, TypeError):
+            idle = None if raw.get("idle_minutes") is None else float(raw["idle_minutes"])
+            return ServerState(int(raw["pid"]), int(raw["port"]), raw["data_dir"], idle)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if state.data_dir != str(self.data_dir) or not _alive(state.pid) or not _accepts(state.port):
+
+    def _record(self, state: ServerState) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": state.pid, "port": state.port, "data_dir": state.data_dir,
+                                   "idle_minutes": state.idle_minutes}))
+        tmp.replace(self.state_file)
+
+    def running(self) -> ServerState | None:
+        """The live server's state, or None (a stale state file counts as none). Starts nothing."""
+        state = self._recorded()
+        if state is None or state.data_dir != str(self.data_dir) or not _alive(state.pid) or not _accepts(state.port):
             return None
         return state
 
     def ensure_running(self) -> ServerState:
+        """The live server's state; started if there is none (then `started_now` is true,
+        and the start is logged on `feature_pipeline.lite_server`)."""
         state = self.running()
         if state:
             return state
         with self._locked():
             return self.running() or self._start()
 
+    def started_message(self, state: ServerState) -> str:
+        return (f"started Milvus Lite server for {self.name} on {HOST}:{state.port} (pid {state.pid}); "
+                f"it stops itself after {state.idle_minutes:g} idle minutes, or: feature-pipeline db stop")
+
     def _start(self) -> ServerState:
         port = _free_port()
         command = [sys.executable, "-m", __name__, "milvus_lite", "server", "--data-dir", str(self.data_dir),
-                   "--host", HOST, "--port", str(port)]
+                   "--host", HOST, "--port", str(port), "--idle-minutes", repr(self.idle_minutes)]
         with open(self.log_file, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)  # outlives this process and its signals
@@ -91,10 +120,9 @@ class LiteServer:
                     f"(see {self.log_file}: {_tail(self.log_file)})"
                 )
             time.sleep(0.1)
-        state = ServerState(process.pid, port, str(self.data_dir))
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state.__dict__))
-        tmp.replace(self.state_file)
+        state = ServerState(process.pid, port, str(self.data_dir), self.idle_minutes, started_now=True)
+        self._record(state)
+        logger.info(self.started_message(state))
         return state
 
     def stop(self, timeout: float = 30.0) -> ServerState | None:
@@ -111,6 +139,31 @@ class LiteServer:
                     os.kill(state.pid, signal.SIGKILL)
             self.state_file.unlink(missing_ok=True)
             return state
+
+    def _retire(self, port: int) -> bool:
+        """In the server, after it has been idle: True if it should stop now. Under the lock
+        starters take, the state file is removed (newcomers wait for the lock and then
+        start a fresh server), late clients that read it just before get `SETTLE_S` to
+        connect, and if any did, the record is put back and the server stays. When it
+        goes, the lock is kept until the process exits, so no new server opens the data
+        directory before this one has closed it."""
+        global _retiring_lock
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.lock_file, "a+")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        since = time.monotonic()
+        recorded = self._recorded()
+        ours = recorded is not None and recorded.pid == os.getpid() and recorded.port == port
+        if ours:
+            self.state_file.unlink(missing_ok=True)
+            time.sleep(min(SETTLE_S, self.idle_minutes * 60 / 10))
+        if _clients(port) or _last_request >= since:
+            if ours:
+                self._record(recorded)
+            handle.close()  # unlocks
+            return False
+        _retiring_lock = handle
+        return True
 
 
 def _alive(pid: int) -> bool:
@@ -133,6 +186,65 @@ def _accepts(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
+
+
+def _clients(port: int) -> int:
+    """Established TCP connections to `port` on this machine (the server's side of each
+    client's connection; pymilvus keeps one open while a store is open). Where the
+    tables cannot be read, a client is assumed: the server then never stops itself."""
+    count, readable = 0, False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()  # sl local_address rem_address st ...; addresses are HEX:PORT
+            if len(fields) > 3 and fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count if readable else 1
+
+
+def _note_requests() -> None:
+    """In the server: every request it takes marks it busy, so a store opened and closed
+    between two of the watchdog's looks counts too (an interceptor on the gRPC server
+    milvus-lite builds; should it build it otherwise, open connections still count)."""
+    import grpc
+
+    class Seen(grpc.ServerInterceptor):
+        def intercept_service(self, continuation, details):
+            global _last_request
+            _last_request = time.monotonic()
+            return continuation(details)
+
+    build = grpc.server
+
+    def server(*args, **kwargs):
+        kwargs["interceptors"] = [*(kwargs.get("interceptors") or ()), Seen()]
+        return build(*args, **kwargs)
+
+    grpc.server = server
+
+
+def _watch_idle(server: LiteServer, port: int) -> None:
+    """The server's watchdog thread: once it has had no client connected and no request
+    for the idle time, stop it the way SIGTERM does (drain, close the database)."""
+    idle_s = server.idle_minutes * 60
+    poll = min(IDLE_POLL_S, idle_s / 4)
+    last_client = time.monotonic()
+    while True:
+        time.sleep(poll)
+        if _clients(port):
+            last_client = time.monotonic()
+        elif time.monotonic() - max(last_client, _last_request) >= idle_s:
+            if server._retire(port):
+                break
+            last_client = time.monotonic()
+    print(f"no client for {server.idle_minutes:g} minutes: stopping", flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(START_TIMEOUT_S)  # a shutdown that hangs must not hold the lock for ever
+    os._exit(1)
 
 
 def _free_port() -> int:
@@ -158,6 +270,14 @@ def _serve(argv: list[str]) -> int:
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # milvus-lite stops on KeyboardInterrupt
+    if "--idle-minutes" in argv:  # ours, not milvus-lite's: the watchdog's idle time
+        at = argv.index("--idle-minutes")
+        minutes = float(argv[at + 1])
+        del argv[at:at + 2]
+        server = LiteServer(argv[argv.index("--data-dir") + 1], minutes)
+        _note_requests()
+        threading.Thread(target=_watch_idle, args=(server, int(argv[argv.index("--port") + 1])),
+                         name="idle-watchdog", daemon=True).start()
     return main(argv)
 
 

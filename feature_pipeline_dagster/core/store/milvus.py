@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -52,8 +53,9 @@ class _DropNoise(logging.Filter):
 class MilvusStore:
     """The `VectorStore` of Milvus: one connection to a Milvus Lite file or a Milvus server, opened on first use."""
 
-    def __init__(self, uri: str, token: str | None = None):
+    def __init__(self, uri: str, token: str | None = None, lite_idle_minutes: float | None = None):
         self.uri, self._token, self._client = uri, token, None
+        self.lite_idle_minutes = lite_idle_minutes  # for a Lite server this store starts (None: its default)
         self._ready: set[CollectionSpec] = set()  # checked and loaded on this connection
 
     @property
@@ -86,7 +88,7 @@ class MilvusStore:
         if self.uri.endswith(".db"):
             from feature_pipeline_dagster.core.store.lite_server import LiteServer
 
-            return LiteServer(self.uri).ensure_running().uri
+            return LiteServer(self.uri, self.lite_idle_minutes).ensure_running().uri  # a start is logged there
         return self.uri
 
     def close(self) -> None:
@@ -210,6 +212,35 @@ class MilvusStore:
             except Exception:
                 time.sleep(pause)
         self._call("flush", self.client.flush, spec.name)
+
+    def record_videos(self, spec: CollectionSpec, records: list, generation: int) -> None:
+        """The ledger's record of each committed video (core/ledger.py), replacing older ones."""
+        from feature_pipeline_dagster.core.ledger import MARK, ledger_collection
+
+        ledger = ledger_collection(spec)
+        self.ensure_collection(ledger)
+        rows = [{**asdict(r), "generation": generation, "mark": MARK.tolist()} for r in records]
+        self._call("insert", self.client.insert, ledger.name, rows)
+        for names in _filter_groups([r.video_path for r in records]):
+            self._call("delete", self.client.delete, ledger.name,
+                       filter=f"video_path in [{', '.join(map(quote, names))}] and generation != {generation}")
+
+    def recorded_videos(self, spec: CollectionSpec, video_paths: list[str]) -> dict:
+        """Video path -> its ledger record, for those that have one (creates nothing)."""
+        from feature_pipeline_dagster.core.ledger import VideoRecord, ledger_collection
+
+        ledger = ledger_collection(spec)
+        if not self._call("has_collection", self.client.has_collection, ledger.name):
+            return {}
+        self.ensure_collection(ledger)
+        fields = ["video_path", "fingerprint", "content_digest", "code_version", "rows", "generation"]
+        found: dict = {}
+        for names in _filter_groups(video_paths):
+            for row in self._call("query", self.client.query, ledger.name,
+                                  filter=f"video_path in [{', '.join(map(quote, names))}]", output_fields=fields):
+                if row["generation"] >= found.get(row["video_path"], (None, -1))[1]:  # newest, after a crash
+                    found[row["video_path"]] = (row, row["generation"])
+        return {path: VideoRecord(**{k: row[k] for k in fields[:-1]}) for path, (row, _) in found.items()}
 
     def delete_video(self, spec: CollectionSpec, video_path: str) -> None:
         self.ensure_collection(spec)

@@ -8,6 +8,7 @@ decodes, embeds and writes while streaming, so a video of any length passes thro
 bounded memory.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -36,6 +37,13 @@ def leases_root() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or ".dagster") / "device_leases"
 
 
+def asset_version(settings: Settings, collection) -> str:
+    """The vectors' code version and where they are kept: materializations made into
+    another database or collection show as stale, not as this one's."""
+    where = hashlib.sha256(f"{settings.db.uri}\0{collection.name}".encode()).hexdigest()[:8]
+    return f"{code_version(settings)}-{where}"
+
+
 def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
     collection = settings.collection_for(feature)
 
@@ -44,7 +52,7 @@ def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
         partitions_def=videos_partitions,
         deps=[AssetDep(VIDEO_FILE)],
         io_manager_key="milvus_io_manager",
-        code_version=code_version(settings),
+        code_version=asset_version(settings, collection),
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_VIDEOS_PER_RUN),
         retry_policy=RETRY_POLICY,
         kinds={"pytorch", "milvus"},

@@ -18,7 +18,7 @@ from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.models.devices import model_dtype, to_device, torch_device
-from feature_pipeline_dagster.core.models.weights import labelled
+from feature_pipeline_dagster.core.models.weights import fetch_first_file, labelled
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -29,10 +29,15 @@ def create_open_clip(model: ModelSettings, device: str = "cpu"):
     OpenAI's weights were trained with QuickGELU; loaded into the plain architecture
     they give wrong vectors without any error, so the tag's own metadata (or the
     folder's open_clip_config.json) decides unless `model.quick_gelu` says otherwise.
+
+    Hub weights (a pretrained tag or `hf-hub:`) are fetched here, not by open_clip, whose
+    download retries every candidate file with backoff: see `fetch_from_hub`.
     """
     import open_clip
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     path = model.path
+    label = f"CLIP {model.arch}"
     root = logging.getLogger()
     level, root.level = root.level, logging.CRITICAL  # open_clip logs its errors on the root logger too
     try:
@@ -45,17 +50,57 @@ def create_open_clip(model: ModelSettings, device: str = "cpu"):
                 model.arch, pretrained=path, device=device, force_quick_gelu=bool(model.quick_gelu)
             )
         if path.startswith("hf-hub:"):
-            return open_clip.create_model(path, device=device)
-        return open_clip.create_model(
-            model.arch, pretrained=path, device=device, force_quick_gelu=quick_gelu_for(model)
-        )
+            repo = path.removeprefix("hf-hub:")
+            config = fetch_first_file(path, repo, [HF_CONFIG_NAME], label)
+            weights = fetch_first_file(path, repo, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME], label)
+            if config.parent != weights.parent:
+                raise ModelError(f"model.path {path}: cannot load {label}: the hub repository changed while "
+                                 "downloading; run again")
+            return open_clip.create_model(f"local-dir:{config.parent}", device=device)
+        quick_gelu = quick_gelu_for(model)
+        checkpoint = tag_checkpoint(model)
+        if checkpoint is None:  # a tag with a plain URL only: open_clip downloads it
+            return open_clip.create_model(model.arch, pretrained=path, device=device, force_quick_gelu=quick_gelu)
+        return open_clip.create_model(model.arch, pretrained=str(checkpoint), device=device,
+                                      force_quick_gelu=quick_gelu, force_preprocess_cfg=tag_preprocess_cfg(model))
     except ModelError:
         raise
     except Exception as err:  # open_clip reports missing files, bad checkpoints and network faults alike
-        raise ModelError(f"model.path {path}: cannot load CLIP {model.arch}: {one_line(err)}") from None
+        raise ModelError(f"model.path {path}: cannot load {label}: {one_line(err)}") from None
     finally:
         root.setLevel(level)
 
+
+def tag_checkpoint(model: ModelSettings) -> Path | None:
+    """The weights file of a pretrained tag from its hub repository (or the local cache of
+    it): its safetensors alternative first, as open_clip prefers; None for a URL-only tag."""
+    import os
+
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+    from open_clip.pretrained import get_pretrained_cfg
+
+    hub = get_pretrained_cfg(model.arch, model.path).get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)  # "org/repo/" names the repository's default file
+    filename = filename or HF_WEIGHTS_NAME
+    if filename == HF_WEIGHTS_NAME:
+        candidates = [HF_SAFE_WEIGHTS_NAME, filename]
+    elif filename.endswith((".bin", ".pth")):
+        candidates = [filename[:-4] + ".safetensors", filename]
+    else:
+        candidates = [filename]
+    return fetch_first_file(model.path, repo, candidates, f"CLIP {model.arch}")
+
+
+def tag_preprocess_cfg(model: ModelSettings) -> dict:
+    """What loading by tag would set from the tag's metadata (mean, std, interpolation,
+    resize mode), for a model built from the tag's weights file: the size stays the model's."""
+    from open_clip.pretrained import get_pretrained_cfg
+    from open_clip.transform import merge_preprocess_dict
+
+    tag = get_pretrained_cfg(model.arch, model.path)
+    return {k: v for k, v in merge_preprocess_dict({}, tag).items() if k != "size"}
 
 
 class ClipExtractor:

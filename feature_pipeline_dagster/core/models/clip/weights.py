@@ -58,7 +58,8 @@ def download(model: ModelSettings, dest: Path) -> Path:
     if model.source == "folder":
         raise ModelError("model.source is 'folder': the weights are already local, nothing to download")
     if model.path.startswith("hf-hub:"):
-        return fetch_from_hub(model.path, ["open_clip_config.json", "*.safetensors", "*.json", "*.txt"], dest)
+        return fetch_from_hub(model.path, ["open_clip_config.json", "*.safetensors", "*.json", "*.txt"], dest,
+                              label=f"CLIP {model.arch}")
     clip_model = create_open_clip(model)
     cfg = open_clip.get_model_config(model.arch)
     cfg["quick_gelu"] = quick_gelu_for(model)

@@ -31,7 +31,7 @@ from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError, VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.models.devices import model_dtype, to_device, torch_device
-from feature_pipeline_dagster.core.models.navit.weights import HUB_FILES
+from feature_pipeline_dagster.core.models.navit.weights import HUB_FILES, LABEL
 from feature_pipeline_dagster.core.models.weights import fetch_from_hub, labelled
 
 
@@ -220,15 +220,15 @@ def load_native_model(folder: Path, dtype: torch.dtype, attn_implementation: str
 
 def resolve_folder(model: ModelSettings) -> Path:
     """The local folder of the checkpoint: `source: folder` as it is; `source: huggingface`
-    fetched once into the Hugging Face cache (config, preprocessor config, safetensors)."""
+    fetched once into the Hugging Face cache (config, preprocessor config, safetensors),
+    or the cache's copy when the hub cannot be reached (see `fetch_from_hub`)."""
     if model.source == "folder":
         folder = Path(model.path)
         if not folder.is_dir():
             raise ModelError(f"model.path {model.path}: expected a folder holding config.json, "
                              "preprocessor_config.json and model.safetensors")
         return folder
-    return fetch_from_hub(model.path, HUB_FILES,
-                          hint=" (or copy the checkpoint's folder here and use source: folder)")
+    return fetch_from_hub(model.path, HUB_FILES, label=LABEL)
 
 
 def load(model: ModelSettings, device: str) -> NavitExtractor:

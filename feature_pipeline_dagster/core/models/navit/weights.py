@@ -18,6 +18,7 @@ from feature_pipeline_dagster.core.errors import ModelError
 from feature_pipeline_dagster.core.models.weights import fetch_from_hub, mark_random
 
 HUB_REPO = "DAMO-NLP-SG/VL3-SigLIP-NaViT"
+LABEL = "VL3-SigLIP-NaViT"  # what names the model in messages
 # What a download fetches: never the repository's remote code.
 HUB_FILES = ["config.json", "preprocessor_config.json", "*.safetensors", "model.safetensors.index.json"]
 
@@ -127,4 +128,4 @@ def download(model: ModelSettings, dest: Path) -> Path:
     once, into a folder loaded offline afterwards (remote code is not fetched)."""
     if model.source == "folder":
         raise ModelError("model.source is 'folder': the weights are already local, nothing to download")
-    return fetch_from_hub(model.path, HUB_FILES, dest)
+    return fetch_from_hub(model.path, HUB_FILES, dest, label=LABEL)

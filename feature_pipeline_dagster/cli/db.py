@@ -1,0 +1,85 @@
+"""`feature-pipeline db status|stop`, and the one line a command prints when it starts the
+shared Milvus Lite server.
+
+`db status` starts nothing: with no Lite server running it says so; with one (or a Milvus
+server URI) it counts the rows of every collection the config owns, the summary among
+them, and names those not created yet without creating them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from feature_pipeline_dagster.core.settings import Settings, load_settings
+
+
+def start_lite_server(settings: Settings) -> None:
+    """Before a command's work: the config's Lite server running, started if need be; a
+    start is said on stderr, once (the server then serves the command's workers too)."""
+    if not settings.db.is_lite:
+        return
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
+
+    server = LiteServer(settings.db.uri, settings.db.lite_idle_minutes)
+    state = server.ensure_running()
+    if state.started_now:
+        print(server.started_message(state), file=sys.stderr)
+
+
+def db_status(args) -> int:
+    from feature_pipeline_dagster.core.store import open_store, store_token
+    from feature_pipeline_dagster.core.summary import owned_collections
+
+    settings = load_settings(check_paths=False)
+    db = settings.db
+    if db.is_lite:
+        from feature_pipeline_dagster.core.store.lite_server import LiteServer
+
+        server = LiteServer(db.uri, db.lite_idle_minutes)
+        state = server.running()
+        if state is None:
+            print(f"Milvus Lite server: not running ({db.uri}); it starts on the next command that needs it")
+            print(f"data dir: {server.data_dir}" + ("" if server.data_dir.exists() else " (not created yet)"))
+            for spec in owned_collections(settings):
+                print(f"collection {spec.name}: rows not counted while no server runs")
+            return 0
+        idle = f"; stops itself after {state.idle_minutes:g} idle minutes" if state.idle_minutes else ""
+        print(f"Milvus Lite server: running ({db.uri}){idle}")
+        print(f"data dir: {state.data_dir}\naddress:  {state.uri}\npid:      {state.pid}")
+        store = open_store(state.uri)  # this server's address: a server that went meanwhile is not restarted
+    else:
+        print(f"server:   {db.uri}")
+        store = open_store(db.uri, store_token(db))
+    try:
+        for spec in owned_collections(settings):
+            if not _exists(store, spec.name):
+                print(f"collection {spec.name}: not created yet")
+            else:
+                print(f"collection {spec.name}: {store.count_rows(spec)} rows")
+    finally:
+        store.close()
+    return 0
+
+
+def _exists(store, name: str) -> bool:
+    """Whether the collection exists; unlike `count_rows`, never creates it."""
+    from feature_pipeline_dagster.core.errors import StoreError, one_line
+
+    try:
+        return store.client.has_collection(name)
+    except StoreError:
+        raise
+    except Exception as err:
+        raise StoreError(f"Milvus at {store.uri}: has_collection failed ({one_line(err)})") from None
+
+
+def db_stop(args) -> int:
+    settings = load_settings(check_paths=False)
+    if not settings.db.is_lite:
+        print(f"db.uri is a Milvus server ({settings.db.uri}): nothing local to stop", file=sys.stderr)
+        return 0
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
+
+    state = LiteServer(settings.db.uri).stop()
+    print(f"stopped Milvus Lite server pid {state.pid} on {state.uri}" if state else "no Milvus Lite server running")
+    return 0
