@@ -100,7 +100,8 @@ def main() -> None:
 
     os.environ.update(DAGSTER_HOME=env["DAGSTER_HOME"], FEATURE_PIPELINE_CONFIG=env["FEATURE_PIPELINE_CONFIG"])
     from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, EventRecordsFilter, RunsFilter
-    from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+    running_statuses = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
     daemon = subprocess.Popen(["dagster-daemon", "run", "-m", "feature_pipeline_dagster"], env=env, cwd=base,
                               stdout=open(base / "daemon.log", "w"), stderr=subprocess.STDOUT,
@@ -117,7 +118,7 @@ def main() -> None:
             while drained_s is None:
                 if time.perf_counter() - started > TIMEOUT_S:
                     raise SystemExit(f"timed out after {TIMEOUT_S}s; see {base / 'daemon.log'}")
-                running = instance.get_runs(RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES))
+                running = instance.get_runs(RunsFilter(statuses=running_statuses))
                 queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
                 for device, n in Counter(r.tags.get(DEVICE_TAG, "(untagged)") for r in running).items():
                     peak_device[device] = max(peak_device[device], n)

@@ -46,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     # --config before or after the command: each subcommand takes it too (SUPPRESS keeps
     # a value given before the command when none follows it).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    common.add_argument("--config", type=Path, metavar="PATH", default=argparse.SUPPRESS, help=config_help)
     parser = argparse.ArgumentParser(prog="feature-pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--config", type=Path, metavar="PATH", help=config_help)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(group, name: str, handler, help: str, **defaults) -> argparse.ArgumentParser:

@@ -146,3 +146,12 @@ def test_dagster_dev_from_the_checkout_warns_of_no_ignored_instance_file(project
     output = log.read_text()
     assert "Serving dagster-webserver" in output, output[-3000:]
     assert "dagster.yaml" not in output, output[-3000:]
+
+
+def test_config_is_taken_before_or_after_the_command(project):
+    write_video(project.videos / "plain.mp4", seconds=1.5, seed=1)
+    for command in (["scan"], ["run"], ["db", "status"], ["models", "download"]):
+        assert "--config PATH" in cli(project, *command, "--help").stdout
+    after = cli(project, "scan", "--config", str(project.config))
+    before = cli(project, "--config", str(project.config), "scan")
+    assert after.stdout == before.stdout == "plain.mp4\n"
