@@ -34,7 +34,7 @@ def project(root: Path, videos: Path, model: Path) -> dict:
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     home = root / "dagster_home"
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "config" / "dagster-instance.yaml").read_text())
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's dagster-daemon
     return {**os.environ, "FEATURE_PIPELINE_CONFIG": str(root / "config.yaml"), "DAGSTER_HOME": str(home), "PATH": path}
 

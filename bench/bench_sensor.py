@@ -42,7 +42,7 @@ def main() -> None:
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     home = root / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "config" / "dagster-instance.yaml").read_text())
     os.environ.update(FEATURE_PIPELINE_CONFIG=str(root / "config.yaml"), DAGSTER_HOME=str(home))
     Path(config["model"]["path"]).mkdir()
 

@@ -96,6 +96,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -824,6 +825,10 @@ def main() -> None:
     parser.add_argument("--only", default="1-4,5,6", help="figures to run, for development: any of 1-4, 5, 6")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
+    # SIGTERM (and SIGINT, which a background job ignores) end the run through the cleanup
+    # below: the Lite servers stopped, the temporary folders removed, a command in flight killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     import torch
 
