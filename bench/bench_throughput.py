@@ -618,7 +618,7 @@ def bench_navit(files: list[Path], ctx: dict, repeats: int, max_frames: int) -> 
     from feature_pipeline_dagster.core.models import load_extractor
     from feature_pipeline_dagster.core.settings import load_settings
     from feature_pipeline_dagster.core.store.fast_insert import insert_columns
-    from feature_pipeline_dagster.core.store.milvus import new_generation
+    from feature_pipeline_dagster.core.store import new_generation
 
     work, store = ctx["work"], ctx["store"]
     folder = linked(work / "navit_videos", files)

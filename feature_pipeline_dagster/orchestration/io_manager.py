@@ -13,6 +13,7 @@ from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputC
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, VideoRun, embed_run
 from feature_pipeline_dagster.core.errors import PipelineError
+from feature_pipeline_dagster.core.store import new_generation
 from feature_pipeline_dagster.core.summary import SummaryRows
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.embeddings import asset_version
@@ -63,11 +64,15 @@ class MilvusIOManager(ConfigurableIOManager):
     def _write_summary(self, context: OutputContext, rows: SummaryRows) -> None:
         import numpy as np
 
+        videos = list(rows.means)
         store = self.vector_store.open()
-        try:
-            for video, vector in rows.means.items():
-                row = EmbeddingBatch(vector[None, :], {"timestamp_ms": np.zeros(1, np.int64)})
-                store.write_video(rows.spec, video, [row], 1)
+        try:  # every video's row in one insert, then one commit (not a flush-delete-flush per video)
+            if videos:
+                means = EmbeddingBatch(np.stack([rows.means[v] for v in videos]),
+                                       {"timestamp_ms": np.zeros(len(videos), np.int64)})
+                generation = new_generation()
+                store.insert(rows.spec, means, videos, generation)
+                store.commit(rows.spec, videos, generation)
         except PipelineError as err:
             raise as_failure(err) from None
         finally:

@@ -98,19 +98,27 @@ def test_it_stays_while_a_client_is_connected_stops_once_none_is_and_the_next_us
     assert again is not None and again.pid != state.pid
 
 
-def test_a_client_that_comes_as_it_decides_to_stop_keeps_it(config):
-    """The server has been idle and waits for the starters' lock to retire; meanwhile a
-    client that read the state file connects: the server sees it, puts its record back
-    and stays."""
+def idle_server_holding_the_lock(config):
+    """A server with 5 rows, left idle while this test holds the starters' lock (returned
+    open: closing it releases the lock), so that its watchdog is waiting for it."""
     spec = load_settings(config).db.collections[0]
     server = LiteServer(load_settings(config).db.uri)
     store = open_store(config)
     write_rows(store, config, "v.mp4", 5)
     store.close()
     state = server.running()
-    with open(server.lock_file, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        time.sleep(IDLE_MINUTES * 60 + 1.5)  # idle: its watchdog now waits for this lock
+    lock = open(server.lock_file, "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    time.sleep(IDLE_MINUTES * 60 + 1.5)
+    return spec, server, state, lock
+
+
+def test_a_client_that_comes_as_it_decides_to_stop_keeps_it(config):
+    """The server has been idle and waits for the starters' lock to retire; meanwhile a
+    client that read the state file connects: the server sees it, puts its record back
+    and stays."""
+    spec, server, state, lock = idle_server_holding_the_lock(config)
+    with lock:  # idle: its watchdog now waits for this lock
         late = MilvusStore(state.uri)
         late.client  # connected to the address the state file gave
     try:
@@ -125,15 +133,8 @@ def test_a_newcomer_while_it_stops_itself_gets_a_fresh_server(config):
     """Once the idle server has removed its record, a process that needs the database
     waits for the lock, which the old server keeps until it has exited, then starts a
     new one over the same data."""
-    spec = load_settings(config).db.collections[0]
-    server = LiteServer(load_settings(config).db.uri)
-    store = open_store(config)
-    write_rows(store, config, "v.mp4", 5)
-    store.close()
-    old = server.running()
-    with open(server.lock_file, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        time.sleep(IDLE_MINUTES * 60 + 1.5)
+    spec, server, old, lock = idle_server_holding_the_lock(config)
+    lock.close()
     deadline = time.monotonic() + 5
     while server.state_file.exists() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -27,8 +27,8 @@ import numpy as np
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.video import VideoJob
 from feature_pipeline_dagster.core.settings import CollectionSpec
-from feature_pipeline_dagster.core.store import VectorStore
-from feature_pipeline_dagster.core.store.milvus import new_generation, rows_per_request
+from feature_pipeline_dagster.core.store import VectorStore, new_generation
+from feature_pipeline_dagster.core.store.milvus import rows_per_request
 
 log = logging.getLogger("feature_pipeline.writer")
 

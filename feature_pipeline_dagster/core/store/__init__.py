@@ -5,6 +5,7 @@ through a shared loopback server, or a Milvus server)."""
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 from feature_pipeline_dagster.core.errors import ConfigError
@@ -52,6 +53,11 @@ class VectorStore(Protocol):
     def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]: ...
 
     def close(self) -> None: ...
+
+
+def new_generation() -> int:
+    """A write's generation: every row it inserts carries it (see `VectorStore.commit`)."""
+    return time.time_ns()
 
 
 def open_store(uri: str, token: str | None = None, lite_idle_minutes: float | None = None) -> VectorStore:

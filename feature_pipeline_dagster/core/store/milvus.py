@@ -21,6 +21,7 @@ from feature_pipeline_dagster.core.settings import VECTOR_DTYPE, CollectionSpec,
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.stream import prefetch
+from feature_pipeline_dagster.core.store import new_generation
 
 
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
@@ -36,10 +37,6 @@ def quote(value: str) -> str:
     if any((ord(ch) < 32 and ch not in _ESCAPES) or ord(ch) == 127 for ch in value):
         raise VideoError(f"{value!r}: names with control characters other than newline and tab cannot be matched in Milvus")
     return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'
-
-
-def new_generation() -> int:
-    return time.time_ns()
 
 
 class _DropNoise(logging.Filter):
