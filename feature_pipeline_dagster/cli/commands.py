@@ -88,8 +88,10 @@ def _scan(args) -> int:
 def _run(args) -> int:
     from tqdm import tqdm
 
-    from feature_pipeline_dagster.cli.workers import DeviceRuns, plan_runs, videos_to_embed
+    from feature_pipeline_dagster.cli.workers import DeviceRuns, videos_to_embed
     from feature_pipeline_dagster.core.devices import run_devices
+    from feature_pipeline_dagster.core.folder_watch import plan_ranges
+    from feature_pipeline_dagster.orchestration.names import MAX_VIDEOS_PER_RUN
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     settings = load_settings()
@@ -102,7 +104,8 @@ def _run(args) -> int:
           f"device(s): {', '.join(devices)}", file=sys.stderr)
     if todo:
         start_lite_server(settings)  # a start is said here, once; the runs and workers find it running
-    runs = DeviceRuns(plan_runs(todo, instance.get_dynamic_partitions(videos_partitions.name), len(devices)),
+    runs = DeviceRuns(plan_ranges(todo, instance.get_dynamic_partitions(videos_partitions.name), len(devices),
+                                  MAX_VIDEOS_PER_RUN),
                       devices, settings.logs_dir)
     done, failures, partial, rows = set(), {}, {}, 0  # failures: message -> videos
     signals = []

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from feature_pipeline_dagster.core.engine.stopping import request_stop, stop_requested
 from feature_pipeline_dagster.core.videos import partition_key
-from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, MAX_VIDEOS_PER_RUN, RANGE_END_TAG, RANGE_START_TAG
+from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, RANGE_END_TAG, RANGE_START_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # each failure reaches the user as one line; logs/ and the UI keep the rest
 
@@ -58,25 +58,6 @@ def videos_to_embed(settings, videos: dict, everything: bool = False) -> list[st
     finally:
         store.close()
     return sorted(key for key, video in videos.items() if video.relpath not in done)
-
-
-def plan_runs(todo: list[str], partitions: list[str], devices: int) -> list[list[str]]:
-    """Ranged runs: consecutive partitions only (a range covers every partition between
-    its ends), about one run per device, at most MAX_VIDEOS_PER_RUN each."""
-    from feature_pipeline_dagster.core.folder_watch import split_contiguous
-
-    wanted = set(todo)
-    spans, span = [], []
-    for key in partitions:
-        if key in wanted:
-            span.append(key)
-        elif span:
-            spans.append(span)
-            span = []
-    if span:
-        spans.append(span)
-    size = max(1, min(MAX_VIDEOS_PER_RUN, -(-len(todo) // max(1, devices))))
-    return [chunk for span in spans for chunk in split_contiguous(span, -(-len(span) // size), MAX_VIDEOS_PER_RUN)]
 
 
 class _EngineOutcomes(logging.Handler):

@@ -7,6 +7,12 @@ a ready file is new (no partition yet), changed (handed out before with another
 fingerprint) or adopted (a partition already embedded by other means). Partitions
 without a file are deleted. At most `limit` files are handed out per look, so one
 tick stays short however many files arrive at once.
+
+Every `audit_seconds` the look also asks the database (`missing`) which settled files
+lack their rows although they were handed out: rows deleted by hand, or a config now
+pointing at another database or collection. Those are lost, to embed again; each is
+asked for once per fingerprint, so a video that fails every time is not retried at every
+audit (its file changing makes it changed, as any file).
 """
 
 from __future__ import annotations
@@ -21,24 +27,33 @@ from feature_pipeline_dagster.core.videos import VideoFile, partition_key
 class FolderChanges:
     new: list[tuple[str, VideoFile]] = field(default_factory=list)  # no partition yet
     changed: list[tuple[str, VideoFile]] = field(default_factory=list)  # re-embed (or never embedded)
+    lost: list[tuple[str, VideoFile]] = field(default_factory=list)  # handed out, but the database lacks its rows
     deleted: list[str] = field(default_factory=list)
     waiting: int = 0
     cursor: str = ""
 
 
+AUDIT_SECONDS = 600.0  # a look at every file's rows costs 2 queries per 1000 videos per collection
+
+
 def diff_folder(listing: list[VideoFile], partitions: set[str], cursor: str | None, now: float,
-                settle_seconds: float, embedded=lambda: set(), limit: int = 1000) -> FolderChanges:
-    """`embedded()` (called only when needed) gives the partitions already materialized."""
+                settle_seconds: float, embedded=lambda: set(), limit: int = 1000,
+                missing=None, audit_seconds: float = AUDIT_SECONDS) -> FolderChanges:
+    """`embedded()` (called only when needed) gives the partitions already materialized;
+    `missing(videos)`, when an audit is due, the keys of `videos` the database lacks."""
     state = json.loads(cursor) if cursor else {"seen": {}, "pending": {}}
     seen, pending = state["seen"], state["pending"]
     changes = FolderChanges()
     present: set[str] = set()
+    settled: list[tuple[str, VideoFile]] = []
     materialized = None
     for video in listing:
         key = partition_key(video.relpath)
         present.add(key)
         fp = video.fingerprint
         if seen.get(key) == fp:
+            if key in partitions:
+                settled.append((key, video))
             continue
         since = pending[key][1] if key in pending and pending[key][0] == fp else now
         if now - since < settle_seconds and now - video.mtime_ns / 1e9 < settle_seconds:
@@ -64,7 +79,16 @@ def diff_folder(listing: list[VideoFile], partitions: set[str], cursor: str | No
         del seen[key]
     for key in [k for k in pending if k not in present]:
         del pending[key]
-    changes.cursor = json.dumps({"seen": seen, "pending": pending}, separators=(",", ":"))
+    asked = state.get("asked", {})
+    if missing is not None and now - state.get("audited", 0.0) >= audit_seconds:
+        state["audited"] = now
+        room = max(0, limit - len(changes.new) - len(changes.changed))
+        lacking = set(missing([video for _, video in settled])) if settled else set()
+        asked = {k: fp for k, fp in asked.items() if k in lacking}  # found whole again: may be asked again
+        changes.lost = [(k, v) for k, v in settled if k in lacking and asked.get(k) != v.fingerprint][:room]
+        asked.update({k: v.fingerprint for k, v in changes.lost})
+    state.update(seen=seen, pending=pending, asked=asked)
+    changes.cursor = json.dumps(state, separators=(",", ":"))
     return changes
 
 
@@ -74,3 +98,20 @@ def split_contiguous(keys: list, parts: int, max_size: int) -> list[list]:
         return []
     size = min(max_size, -(-len(keys) // max(1, parts)))
     return [keys[i : i + size] for i in range(0, len(keys), size)]
+
+
+def plan_ranges(todo: list[str], order: list[str], parts: int, max_size: int) -> list[list[str]]:
+    """Ranged runs for the keys `todo`: consecutive in `order` only (a range covers every
+    partition between its ends), about `parts` runs, at most `max_size` keys each."""
+    wanted = set(todo)
+    spans, span = [], []
+    for key in order:
+        if key in wanted:
+            span.append(key)
+        elif span:
+            spans.append(span)
+            span = []
+    if span:
+        spans.append(span)
+    size = max(1, min(max_size, -(-len(wanted) // max(1, parts))))
+    return [chunk for span in spans for chunk in split_contiguous(span, -(-len(span) // size), max_size)]

@@ -7,8 +7,9 @@ SUMMARY_ASSET = "video_summary_embedding"
 CHECK_NAMES = ("rows_match_run", "vectors_valid", "videos_complete")
 MAX_VIDEOS_PER_RUN = 50
 
-# Dagster's documented system tags: a ranged run names its first and last partition,
+# Dagster's documented system tags: a run names its partition, a ranged run its first and last,
 # and an observation's data version rides in a tag.
+PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 DATA_VERSION_TAG = "dagster/data_version"

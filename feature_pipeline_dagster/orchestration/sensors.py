@@ -1,5 +1,8 @@
 """The file-arrival sensor: new videos become partitions and runs in the same tick,
-changed videos run again, deleted videos lose their partition and their rows.
+changed videos run again, deleted videos lose their partition and their rows, and
+videos whose rows the database lacks (an audit every 10 minutes: rows deleted by hand,
+another database or collection) run again, with a failed `rows_match_run` evaluation
+naming them so the UI shows why.
 
 Runs carry a device tag (least loaded first) that the run queue limits per device;
 videos that arrive together go out as ranged runs, about one per device, so one
@@ -11,6 +14,7 @@ import json
 import time
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckKey,
     AssetKey,
     AssetObservation,
@@ -26,7 +30,7 @@ from dagster import (
 )
 
 from feature_pipeline_dagster.core.errors import PipelineError
-from feature_pipeline_dagster.core.folder_watch import diff_folder, split_contiguous
+from feature_pipeline_dagster.core.folder_watch import diff_folder, plan_ranges, split_contiguous
 from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import owned_collections
@@ -36,6 +40,7 @@ from feature_pipeline_dagster.orchestration.names import (
     DATA_VERSION_TAG,
     DEVICE_TAG,
     MAX_VIDEOS_PER_RUN,
+    PARTITION_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
     SUMMARY_ASSET,
@@ -71,13 +76,14 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
     targets = [*features, AssetKey(SUMMARY_ASSET)]
     devices = run_devices(settings.gpus)
 
-    def request(videos: list[tuple[str, object]], device: str) -> RunRequest:
-        """One run for consecutive videos; its key changes with any file's content."""
+    def request(videos: list[tuple[str, object]], device: str, again: str = "") -> RunRequest:
+        """One run for consecutive videos; its key changes with any file's content (and
+        with `again`: a video whose rows were lost is asked for anew)."""
         keys = [k for k, _ in videos]
         tags = {DEVICE_TAG: device}
         if len(keys) > 1:
             tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
-        run_key = hashlib.sha1(json.dumps([(k, v.fingerprint) for k, v in videos]).encode()).hexdigest()
+        run_key = hashlib.sha1(json.dumps([again, *((k, v.fingerprint) for k, v in videos)]).encode()).hexdigest()
         return RunRequest(run_key=run_key, asset_selection=targets, asset_check_keys=checks,
                           partition_key=keys[0] if len(keys) == 1 else None, tags=tags)
 
@@ -90,10 +96,12 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             return SkipReason(f"video_input.path {settings.video_input.path} is not there; nothing changed")
         started = time.perf_counter()
         instance = context.instance
-        partitions = set(instance.get_dynamic_partitions(videos_partitions.name))
+        order = instance.get_dynamic_partitions(videos_partitions.name)
+        partitions = set(order)
         listing = list_videos(settings.video_input)
         changes = diff_folder(listing, partitions, context.cursor, time.time(), settings.video_input.settle_seconds,
-                              embedded=lambda: _done(settings, vector_store, listing))
+                              embedded=lambda: _done(settings, vector_store, listing),
+                              missing=lambda videos: _lacking(settings, vector_store, instance, videos))
         if changes.changed:  # a copy or a `touch` moves the fingerprint, not the content: not changed
             done = _done(settings, vector_store, [video for _, video in changes.changed])
             changes.changed = [(k, v) for k, v in changes.changed if k not in done]
@@ -101,7 +109,12 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         new_keys = [k for k, _ in changes.new]
         runs = [request(chunk, picker.take()) for chunk in split_contiguous(changes.new, len(devices), MAX_VIDEOS_PER_RUN)]
         runs += [request([video], picker.take()) for video in changes.changed]
+        lost, again = dict(changes.lost), str(time.time_ns())
+        runs += [request([(k, lost[k]) for k in keys], picker.take(), again)
+                 for keys in plan_ranges(list(lost), order, len(devices), MAX_VIDEOS_PER_RUN)]
         observations = [o for k, v in changes.new + changes.changed if (o := _observe(k, v))]
+        if changes.lost:
+            observations += _rows_lost(features, [k for k, _ in changes.lost])
         if changes.deleted:
             _delete_rows(settings, vector_store, changes.deleted, context)
         partition_requests = []
@@ -111,6 +124,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             partition_requests.append(videos_partitions.build_delete_request(changes.deleted))
         context.log.info(
             f"{len(new_keys)} new, {len(changes.changed)} changed, {len(changes.deleted)} deleted, "
+            f"{len(changes.lost)} lacking rows, "
             f"{changes.waiting} settling; {len(runs)} run(s); {time.perf_counter() - started:.2f}s"
         )
         return SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
@@ -129,6 +143,39 @@ def _done(settings: Settings, vector_store: VectorStoreResource, videos: list) -
         return {partition_key(path) for path in done_in_every_collection(store, settings, videos)}
     finally:
         store.close()
+
+
+def _lacking(settings: Settings, vector_store: VectorStoreResource, instance, videos: list) -> set[str]:
+    """Keys of `videos` the database lacks, leaving out those a queued or running run is
+    embedding now (their rows are not committed yet)."""
+    done = _done(settings, vector_store, videos)
+    return {k for v in videos if (k := partition_key(v.relpath)) not in done} - _in_flight(instance)
+
+
+def _in_flight(instance) -> set[str]:
+    """Partition keys of the unfinished runs (one partition, or a range of the videos'
+    partitions in their order)."""
+    runs = instance.get_runs(RunsFilter(statuses=UNFINISHED))
+    if not runs:
+        return set()
+    order = instance.get_dynamic_partitions(videos_partitions.name)
+    keys: set[str] = set()
+    for run in runs:
+        if key := run.tags.get(PARTITION_TAG):
+            keys.add(key)
+        elif (first := run.tags.get(RANGE_START_TAG)) in order and (last := run.tags.get(RANGE_END_TAG)) in order:
+            keys.update(order[order.index(first) : order.index(last) + 1])
+    return keys
+
+
+def _rows_lost(features: list[AssetKey], keys: list[str]) -> list[AssetCheckEvaluation]:
+    """What the UI shows until the videos are embedded again: their rows check failed."""
+    problems = {relpath_of(k): "its rows are not in Milvus (deleted by hand, or another database or collection); "
+                "embedding it again" for k in keys}
+    return [AssetCheckEvaluation(asset_key=feature, check_name=CHECK_NAMES[0], passed=False,
+                                 metadata={"videos": len(keys), "problems": problems},
+                                 description=f"{len(keys)} video(s) lack their rows in Milvus")
+            for feature in features]
 
 
 def _observe(key: str, video) -> AssetObservation | None:

@@ -9,7 +9,7 @@ import time
 import yaml
 from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
 
-from feature_pipeline_dagster.core.folder_watch import diff_folder, split_contiguous
+from feature_pipeline_dagster.core.folder_watch import diff_folder, plan_ranges, split_contiguous
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
@@ -65,6 +65,35 @@ def test_a_tick_hands_out_at_most_limit_files():
     assert len(first.new) == 10 and first.waiting == 15
     second = diff_folder(files, {k for k, _ in first.new}, first.cursor, 101.0, 5, limit=10)
     assert [k for k, _ in second.new] == [f"{i:03d}.mp4" for i in range(10, 20)]
+
+
+def test_an_audit_finds_videos_the_database_lacks_once_per_fingerprint():
+    files = [video("a.mp4"), video("b.mp4"), video("c.mp4")]
+    keys = {"a.mp4", "b.mp4", "c.mp4"}
+    asked = []
+
+    def missing(videos):
+        asked.append([v.relpath for v in videos])
+        return {"b.mp4"}
+
+    start = diff_folder(files, set(), None, 100.0, 5, missing=missing)  # all new: nothing to audit
+    assert len(start.new) == 3 and not start.lost and asked == []
+    first = diff_folder(files, keys, start.cursor, 101.0, 5, missing=missing, audit_seconds=600)
+    assert not first.lost and asked == []  # audited at the first look; not due yet
+    due = diff_folder(files, keys, start.cursor, 800.0, 5, missing=missing, audit_seconds=600)
+    assert [k for k, _ in due.lost] == ["b.mp4"] and asked == [["a.mp4", "b.mp4", "c.mp4"]]
+    again = diff_folder(files, keys, due.cursor, 1500.0, 5, missing=missing, audit_seconds=600)
+    assert not again.lost  # asked for once: a video that fails every time is not retried at each audit
+    whole = diff_folder(files, keys, again.cursor, 2200.0, 5, missing=lambda videos: set(), audit_seconds=600)
+    lost_again = diff_folder(files, keys, whole.cursor, 2900.0, 5, missing=missing, audit_seconds=600)
+    assert [k for k, _ in lost_again.lost] == ["b.mp4"]  # found whole in between: asked for again
+
+
+def test_plan_ranges_keeps_ranges_to_consecutive_partitions():
+    order = [f"{i}.mp4" for i in range(6)]
+    assert plan_ranges(["0.mp4", "1.mp4", "3.mp4", "4.mp4", "5.mp4"], order, 1, 50) == [
+        ["0.mp4", "1.mp4"], ["3.mp4", "4.mp4", "5.mp4"]]
+    assert plan_ranges(order, order, 2, 50) == [order[:3], order[3:]]
 
 
 def test_split_contiguous():
@@ -180,6 +209,54 @@ def test_checks_pass_then_a_deleted_file_loses_partition_and_rows(project):
     store = store_for(settings.db)
     assert (store.count_rows(spec, "a.mp4"), store.count_rows(spec, "b.mp4")) == (0, 2)
     store.close()
+
+
+def test_rows_deleted_by_hand_fail_the_rows_check_in_the_ui_and_run_again(project):
+    """The sensor's audit asks the database, not Dagster's records: a video whose rows were
+    deleted by hand runs again, and until it has, its asset shows the rows check failed."""
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+
+    write_video(project.videos / "a.mp4", seconds=1)
+    write_video(project.videos / "b.mp4", seconds=1, seed=3)
+    for name in ("a.mp4", "b.mp4"):
+        os.utime(project.videos / name, (time.time() - 60, time.time() - 60))
+    defs = build_definitions()
+    settings = load_settings(project.config)
+    with DagsterInstance.get() as instance:
+        first = sensor_of(defs)(instance)
+        instance.add_dynamic_partitions("videos", ["a.mp4", "b.mp4"])
+        for key in ("a.mp4", "b.mp4"):
+            assert materialize([*defs.assets, *defs.asset_checks], selection=[AssetKey("video_embedding")],
+                               instance=instance, resources=defs.resources, partition_key=key).success
+        audit_now = json.dumps({**json.loads(first.cursor), "audited": 0})
+        assert not sensor_of(defs)(instance, audit_now).run_requests  # everything there: nothing to do
+        store = store_for(settings.db)
+        store.delete_video(settings.db.collections[0], "b.mp4")  # by hand
+        store.close()
+        tick = sensor_of(defs)(instance, audit_now)
+        assert [r.partition_key for r in tick.run_requests] == ["b.mp4"]
+        for event in tick.asset_events:
+            instance.report_runless_asset_event(event)  # what the daemon does with them
+        assert check_in_ui(instance, "rows_match_run") == "FAILED"
+        assert materialize([*defs.assets, *defs.asset_checks], selection=[AssetKey("video_embedding")],
+                           instance=instance, resources=defs.resources, partition_key="b.mp4",
+                           tags=tick.run_requests[0].tags).success
+        assert check_in_ui(instance, "rows_match_run") == "SUCCEEDED"
+        audit_now = json.dumps({**json.loads(tick.cursor), "audited": 0})
+        assert not sensor_of(defs)(instance, audit_now).run_requests
+
+
+def check_in_ui(instance, name: str) -> str:
+    """The latest evaluation of a check of video_embedding, as the webserver's GraphQL gives it."""
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    query = """query ($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+      assetChecksOrError { ... on AssetChecks { checks { name executionForLatestMaterialization {
+        evaluation { success } status } } } } } } }"""
+    with define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
+        result = execute_dagster_graphql(context, query, {"key": {"path": ["video_embedding"]}})
+    checks = result.data["assetNodeOrError"]["assetChecksOrError"]["checks"]
+    return next(c["executionForLatestMaterialization"]["status"] for c in checks if c["name"] == name)
 
 
 def stale_status(instance, defs, key: str):
