@@ -9,7 +9,7 @@ Not a test.
 One collection grows to each size in turn: rows of 1000-frame videos (1 fps, 1000 s each)
 go in through the project's fast insert path and are committed and recorded in the ledger
 as a run does, so the query takes the API's own path: `search_rows` grouped by video
-(`group_by_field=video_path`, `group_size` 32, k=10 videos) plus the ledger lookup that
+(`group_by_field=video_path`, `group_size` 8, k=10 videos) plus the ledger lookup that
 keeps current rows only, then the merge into moments. Query encoding is not included
 (a text query through ViT-B-32 costs the model's own time, reported as `encode_text_ms`
 for a random ViT-B-32 on this CPU). Each size reports, over `--queries` queries after a

@@ -21,7 +21,7 @@ from feature_pipeline_dagster.core.search.moments import DEFAULT_GAP_S, Hit, Mom
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.store import RowFilter, VectorStore
 
-GROUP_SIZE = 32  # hits per video a grouped search returns: a video's moments come from its best 32 frames
+GROUP_SIZE = 8  # hits per video a grouped search returns: a video's moments come from its best 8 frames
 REFINE_ROUNDS = 4  # searches at most, each excluding what the previous one found stale
 NAVIT_QUERY_PATCHES = 64  # query patches that look for candidate frames (all of them score the candidates)
 NAVIT_ROWS_PER_PATCH = 256
