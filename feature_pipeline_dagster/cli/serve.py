@@ -62,7 +62,8 @@ form { margin-bottom: 1em; } input[type=text] { width: 28em; }
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
 
@@ -82,7 +83,11 @@ def run_serve(args) -> int:
     print(f"search page on http://{args.host}:{args.port}/ (read-only; Ctrl-C stops it)", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             timeout_graceful_shutdown=SHUTDOWN_S, lifespan="on")
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()  # re-raises the Ctrl-C it handled, once shut down
+    except KeyboardInterrupt:
+        pass
+    print("search page stopped", file=sys.stderr)
     return 0
 
 

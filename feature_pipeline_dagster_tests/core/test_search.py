@@ -4,7 +4,6 @@ architectures, generated videos embedded by the real engine into a real Milvus L
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +130,7 @@ def test_only_current_rows_answer(indexed):
     store, spec = indexed.store, indexed.spec
     frame, _, _ = decoded_frame(indexed.root / "videos" / "red car.mp4", index=1)
     vector, _ = encode_image(indexed.settings.model, "cpu", frame)
-    planted = EmbeddingBatch(np.repeat(vector, 1, axis=0), {"frame_id": np.array([999]), "timestamp_ms": np.array([99_000])})
+    planted = EmbeddingBatch(vector, {"frame_id": np.array([999]), "timestamp_ms": np.array([99_000])})
     store.insert(spec, planted, ["red car.mp4"], generation=1)  # stale: older than the committed one
     store.insert(spec, planted, ["uncommitted.mp4"], generation=2)  # no ledger record
     store.insert(spec, planted, ["old model.mp4"], generation=3)

@@ -30,6 +30,5 @@ def maxsim(query: np.ndarray, cells: np.ndarray, rows: np.ndarray, cols: np.ndar
     score_map[rows, cols] = sims.max(axis=0)
     order = np.argsort(-np.nan_to_num(score_map, nan=-np.inf), axis=None)[:min(best, len(cells))]
     cells_best = tuple((int(i // grid[1]), int(i % grid[1])) for i in order)
-    return PatchMatch(grid=grid, best=cells_best,
-                      scores=tuple(tuple(round(float(v), 4) for v in row) for row in np.nan_to_num(score_map, nan=-1.0)),
-                      score=float(sims.max(axis=1).mean()))
+    scores = tuple(tuple(round(float(v), 4) for v in row) for row in np.nan_to_num(score_map, nan=-1.0))
+    return PatchMatch(grid=grid, best=cells_best, scores=scores, score=float(sims.max(axis=1).mean()))

@@ -325,8 +325,12 @@ class MilvusStore:
 
     def query_rows(self, spec: CollectionSpec, where: RowFilter, fields: tuple[str, ...]) -> list[dict]:
         self.ensure_collection(spec)
-        it = self._call("query", self.client.query_iterator, spec.name, filter=expression(where),
-                        output_fields=list(fields), batch_size=1000)
+        return self._all_rows(spec.name, expression(where), fields)
+
+    def _all_rows(self, name: str, where: str, fields) -> list[dict]:
+        """Every row `where` admits, a page at a time (a plain query stops at 16384)."""
+        it = self._call("query", self.client.query_iterator, name, filter=where, output_fields=list(fields),
+                        batch_size=1000)
         rows: list[dict] = []
         try:
             while page := self._call("query", it.next):
@@ -361,8 +365,7 @@ class MilvusStore:
                 rows = self._call("query", self.client.query, ledger.name, filter=where, output_fields=fields,
                                   limit=limit)
             else:
-                rows = self.query_rows(ledger, RowFilter(), tuple(fields)) if not where else self._call(
-                    "query", self.client.query, ledger.name, filter=where, output_fields=fields)
+                rows = self._all_rows(ledger.name, where, fields)
             for row in rows:
                 old = found.get(row["video_path"])
                 if old is None or row["generation"] > old.generation:
