@@ -26,8 +26,8 @@ from feature_pipeline_dagster.core.store import Committed, RowFilter, new_genera
 
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
 MAX_TOPK = 16384  # Milvus' limit on rows per query vector
-# HNSW (Lite's AUTOINDEX) candidate list: at least the rows asked for, never under Lite's
-# default 64. bench_search.py: recall of the exact top 10 at 1M rows, this ef.
+# HNSW (Lite's AUTOINDEX) candidate list: at least the rows asked for (HNSW returns no
+# more than ef), never under Lite's default 64. bench_search.py measures the recall it gives.
 MIN_EF = 64
 
 
