@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CLIP = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
+    # open_clip's own tokenizer (49408 tokens) feeds the text tower in search tests
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
 

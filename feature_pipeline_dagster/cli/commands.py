@@ -7,6 +7,8 @@
     feature-pipeline samples              generate small sample videos
     feature-pipeline quickstart           offline smoke run: random model + samples + run
     feature-pipeline db status|stop       the shared Milvus Lite server: show it, stop it
+    feature-pipeline search "text"        find moments by text (CLIP) or --image FILE
+    feature-pipeline serve                the search page on http://127.0.0.1:8000
 
 `--config` (or FEATURE_PIPELINE_CONFIG) picks the YAML file. Runs are recorded in the
 Dagster instance at DAGSTER_HOME (default ./.dagster), so the UI shows them too.
@@ -66,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     db_actions = db.add_subparsers(required=True, metavar="ACTION")
     command(db_actions, "status", db_status, "the Milvus Lite server (starts nothing), collections and row counts")
     command(db_actions, "stop", db_stop, "stop the Milvus Lite server that serves db.uri")
+    from feature_pipeline_dagster.cli import search as search_cli, serve as serve_cli
+
+    search = command(commands, "search", search_cli.run_search, "find moments in the embedded videos by text or image")
+    search_cli.add_arguments(search)
+    serve = command(commands, "serve", serve_cli.run_serve, "serve the search page (read-only) on this machine")
+    serve_cli.add_arguments(serve)
     models = commands.add_parser("models", help="download or build model weights", parents=[common])
     models = models.add_subparsers(required=True, metavar="ACTION")
     download = command(models, "download", _download, "fetch the configured weights into a local folder")

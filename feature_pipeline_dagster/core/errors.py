@@ -40,3 +40,8 @@ class DeviceMemoryError(PipelineError):
     """The device ran out of memory even at batch size 1: another run may free it."""
 
     retryable = True
+
+
+class SearchError(PipelineError):
+    """A query that cannot be answered as asked: no text tower, a collection written by
+    another model or code version, a query image that does not open."""

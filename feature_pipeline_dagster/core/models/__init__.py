@@ -39,6 +39,14 @@ class PatchExtractor(Extractor, Protocol):
     def grid(self, height: int, width: int) -> tuple[int, int]: ...
 
 
+class TextEncoder(Protocol):
+    """A family with `text_tower`: text queries into the frames' vector space."""
+
+    description: str
+
+    def encode(self, texts: list[str]) -> Any: ...  # float32 (N, dim), L2-normalized
+
+
 @dataclass(frozen=True)
 class Option:
     """A family-only `model.*` key: its type, default and allowed values."""
@@ -61,7 +69,7 @@ class ModelFamily:
     label: Callable[[ModelSettings], str]  # what names the model in messages (arch, path)
     options: dict[str, Option] = field(default_factory=dict)  # part of the code version
     patch_grid: bool = False  # capability: the extractor is a PatchExtractor
-    text_tower: bool = False  # capability: the extractor embeds text queries too
+    text_tower: bool = False  # capability: the model module's load_text(settings, device) embeds text queries
 
     def check_columns(self, batch: EmbeddingBatch) -> None:
         """The columns `embed` emitted are the row fields this family declares."""
@@ -92,6 +100,18 @@ def load_extractor(model: ModelSettings, device: str) -> Extractor:
     """Load once per process and device: in-process runs of many videos share it."""
     module = importlib.import_module(FAMILIES[model.name].module)
     return module.load(model, device)
+
+
+@functools.lru_cache(maxsize=2)
+def load_text_encoder(model: ModelSettings, device: str) -> TextEncoder:
+    """The family's text encoder (`text_tower` families only), sharing the extractor's weights."""
+    from feature_pipeline_dagster.core.errors import ModelError
+
+    family = FAMILIES[model.name]
+    if not family.text_tower:
+        raise ModelError(f"model {model.name} has no text tower: search it with an image (--image)")
+    module = importlib.import_module(family.module)
+    return module.load_text(model, device)
 
 
 def weights_module(model: ModelSettings):

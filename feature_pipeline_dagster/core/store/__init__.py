@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 from feature_pipeline_dagster.core.errors import ConfigError
@@ -15,6 +16,30 @@ if TYPE_CHECKING:
 
     from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
     from feature_pipeline_dagster.core.settings import CollectionSpec, DbSettings
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """Which rows a search or query may return, as typed values: the store turns them into
+    its own expression (file names quoted, numbers formatted), so no request text ever
+    becomes filter syntax. `current` maps a video to the generation whose rows alone may
+    match; `exclude` names videos whose rows never match."""
+
+    videos: tuple[str, ...] | None = None  # only these videos (None: any)
+    exclude: tuple[str, ...] = ()
+    current: tuple[tuple[str, int], ...] = ()  # (video, generation): that video's rows of other generations never match
+    since_ms: int | None = None
+    until_ms: int | None = None
+    frame_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A video's ledger entry as search needs it: its code version and the generation of its current rows."""
+
+    video_path: str
+    code_version: str
+    generation: int
 
 
 class VectorStore(Protocol):
@@ -51,6 +76,22 @@ class VectorStore(Protocol):
     def count_videos(self, spec: CollectionSpec, video_paths: list[str]) -> int: ...
 
     def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]: ...
+
+    def exists(self, spec: CollectionSpec) -> bool:
+        """Whether the collection exists (creates nothing)."""
+
+    def search_rows(self, spec: CollectionSpec, vectors: np.ndarray, limit: int, where: RowFilter | None = None,
+                    group_size: int = 0, fields: tuple[str, ...] = ()) -> list[list[dict]]:
+        """Per query vector, its nearest rows (scalar fields and `score`, cosine); with
+        `group_size`, at most that many rows per video for `limit` videos, where the
+        backend supports per-video grouping (else `limit * group_size` rows)."""
+
+    def query_rows(self, spec: CollectionSpec, where: RowFilter, fields: tuple[str, ...]) -> list[dict]:
+        """Every row `where` admits, with `fields` (the vector field among them if named)."""
+
+    def committed(self, spec: CollectionSpec, video_paths: list[str] | None = None,
+                  code_version: str | None = None, limit: int | None = None) -> dict[str, Committed]:
+        """Ledger entries (core/ledger.py) of these videos (None: any), of this code version only if given."""
 
     def close(self) -> None: ...
 

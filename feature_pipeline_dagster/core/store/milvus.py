@@ -21,10 +21,14 @@ from feature_pipeline_dagster.core.settings import VECTOR_DTYPE, CollectionSpec,
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.stream import prefetch
-from feature_pipeline_dagster.core.store import new_generation
+from feature_pipeline_dagster.core.store import Committed, RowFilter, new_generation
 
 
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
+MAX_TOPK = 16384  # Milvus' limit on rows per query vector
+# HNSW (Lite's AUTOINDEX) candidate list: at least the rows asked for (HNSW returns no
+# more than ef), never under Lite's default 64. bench_search.py measures the recall it gives.
+MIN_EF = 64
 
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -281,13 +285,119 @@ class MilvusStore:
             it.close()
 
     def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]:
+        fields = tuple(f.name for f in spec.fields if f.dtype != VECTOR_DTYPE and not f.is_primary)
+        return self.search_rows(spec, np.asarray(vector, dtype=np.float32)[None], limit, fields=fields)[0]
+
+    def exists(self, spec: CollectionSpec) -> bool:
+        return bool(self._call("has_collection", self.client.has_collection, spec.name))
+
+    def search_rows(self, spec: CollectionSpec, vectors: np.ndarray, limit: int, where: RowFilter | None = None,
+                    group_size: int = 0, fields: tuple[str, ...] = ()) -> list[list[dict]]:
+        """Nearest rows per query vector. `group_size`: Milvus' `group_by_field` on
+        `video_path` (Lite 3.2 and servers from 2.4 have it), so one long video cannot
+        fill the answer with its own frames; a backend without it (Milvus 2.3) answers the
+        same search ungrouped with `limit * group_size` rows, once noticed."""
         self.ensure_collection(spec)
-        fields = [f.name for f in spec.fields if f.dtype != VECTOR_DTYPE and not f.is_primary]
-        hits = self._call(
-            "search", self.client.search, spec.name, data=[np.asarray(vector, dtype=np.float32)],
-            limit=limit, output_fields=fields, anns_field=spec.vector_field.name,
-        )
-        return [dict(hit["entity"], score=hit["distance"]) for hit in hits[0]]
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        kwargs = dict(data=list(vectors), output_fields=list(fields) or ["video_path"],
+                      anns_field=spec.vector_field.name, filter=expression(where))
+        if group_size and self._grouping:
+            limit = min(limit, MAX_TOPK // group_size)
+            try:
+                hits = self.client.search(spec.name, limit=limit, group_by_field="video_path", group_size=group_size,
+                                          search_params=self._search_params(limit * group_size), **kwargs)
+                return [[dict(h["entity"], score=h["distance"]) for h in per] for per in hits]
+            except Exception as err:
+                if "group" not in str(err).lower():
+                    raise StoreError(f"Milvus at {self.uri}: search failed ({one_line(err)})") from None
+                self._grouping = False  # this server cannot group: ungrouped from now on
+        limit = min(MAX_TOPK, limit * max(1, group_size))
+        hits = self._call("search", self.client.search, spec.name, limit=limit,
+                          search_params=self._search_params(limit), **kwargs)
+        return [[dict(h["entity"], score=h["distance"]) for h in per] for per in hits]
+
+    _grouping = True
+
+    def _search_params(self, rows: int) -> dict:
+        """HNSW's `ef` (Lite's AUTOINDEX is FAISS HNSW): at least the rows asked for. A
+        server's AUTOINDEX chooses its own."""
+        return {"params": {"ef": min(MAX_TOPK, max(MIN_EF, rows))}} if self.uri.endswith(".db") else {}
+
+    def query_rows(self, spec: CollectionSpec, where: RowFilter, fields: tuple[str, ...]) -> list[dict]:
+        self.ensure_collection(spec)
+        return self._all_rows(spec.name, expression(where), fields)
+
+    def _all_rows(self, name: str, where: str, fields) -> list[dict]:
+        """Every row `where` admits, a page at a time (a plain query stops at 16384)."""
+        it = self._call("query", self.client.query_iterator, name, filter=where, output_fields=list(fields),
+                        batch_size=1000)
+        rows: list[dict] = []
+        try:
+            while page := self._call("query", it.next):
+                rows.extend(page)
+        finally:
+            it.close()
+        return rows
+
+    def committed(self, spec: CollectionSpec, video_paths: list[str] | None = None,
+                  code_version: str | None = None, limit: int | None = None) -> dict[str, Committed]:
+        """Ledger entries, the newest per video (a crash can leave two for a moment);
+        nothing when the ledger does not exist (creates nothing)."""
+        from feature_pipeline_dagster.core.ledger import ledger_collection
+
+        ledger = ledger_collection(spec)
+        if not self._call("has_collection", self.client.has_collection, ledger.name):
+            return {}
+        self.ensure_collection(ledger)
+        fields = ["video_path", "code_version", "generation"]
+        version = f"code_version == {quote(code_version)}" if code_version is not None else ""
+        if video_paths is None:
+            groups: list[list[str] | None] = [None]
+        else:
+            groups = list(_filter_groups(video_paths))
+        found: dict[str, Committed] = {}
+        for names in groups:
+            parts = [version] if version else []
+            if names is not None:
+                parts.append(f"video_path in [{', '.join(map(quote, names))}]")
+            where = " and ".join(parts)
+            if limit is not None:
+                rows = self._call("query", self.client.query, ledger.name, filter=where, output_fields=fields,
+                                  limit=limit)
+            else:
+                rows = self._all_rows(ledger.name, where, fields)
+            for row in rows:
+                old = found.get(row["video_path"])
+                if old is None or row["generation"] > old.generation:
+                    found[row["video_path"]] = Committed(row["video_path"], row["code_version"], row["generation"])
+        return found
+
+
+def expression(where: RowFilter | None) -> str:
+    """The Milvus filter for `where`: names quoted by `quote`, numbers formatted as
+    integers; nothing of a request is pasted in as syntax."""
+    if where is None:
+        return ""
+    parts = []
+    if where.videos is not None:
+        parts.append(f"video_path in [{', '.join(map(quote, where.videos))}]")
+    if where.exclude:
+        parts.append(f"video_path not in [{', '.join(map(quote, where.exclude))}]")
+    if where.current:
+        by_generation: dict[int, list[str]] = {}
+        for video, generation in where.current:
+            by_generation.setdefault(int(generation), []).append(video)
+        either = [f"video_path not in [{', '.join(quote(v) for v, _ in where.current)}]"]
+        either += [f"(generation == {g} and video_path in [{', '.join(map(quote, names))}])"
+                   for g, names in by_generation.items()]
+        parts.append("(" + " or ".join(either) + ")")
+    if where.since_ms is not None:
+        parts.append(f"timestamp_ms >= {int(where.since_ms)}")
+    if where.until_ms is not None:
+        parts.append(f"timestamp_ms <= {int(where.until_ms)}")
+    if where.frame_ids is not None:
+        parts.append(f"frame_id in [{', '.join(str(int(i)) for i in where.frame_ids)}]")
+    return " and ".join(parts)
 
 
 def _quiet_pymilvus() -> None:

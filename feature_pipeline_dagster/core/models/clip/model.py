@@ -151,6 +151,13 @@ class ClipExtractor:
         )
 
 
+def load_text(model: ModelSettings, device: str):
+    """The text tower of the same model (core/models/clip/text.py)."""
+    from feature_pipeline_dagster.core.models.clip.text import load_text as load
+
+    return load(model, device)
+
+
 def load(model: ModelSettings, device: str) -> ClipExtractor:
     target = torch_device(device)
     dtype = model_dtype(model.dtype, target)

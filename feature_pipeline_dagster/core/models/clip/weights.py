@@ -58,12 +58,16 @@ def download(model: ModelSettings, dest: Path) -> Path:
     if model.source == "folder":
         raise ModelError("model.source is 'folder': the weights are already local, nothing to download")
     if model.path.startswith("hf-hub:"):
-        return fetch_from_hub(model.path, ["open_clip_config.json", "*.safetensors", "*.json", "*.txt"], dest,
-                              label=f"CLIP {model.arch}")
+        # *.model: a SentencePiece tokenizer (text queries, core/models/clip/text.py)
+        return fetch_from_hub(model.path, ["open_clip_config.json", "*.safetensors", "*.json", "*.txt", "*.model"],
+                              dest, label=f"CLIP {model.arch}")
     clip_model = create_open_clip(model)
     cfg = open_clip.get_model_config(model.arch)
     cfg["quick_gelu"] = quick_gelu_for(model)
-    return save_folder(clip_model, cfg, dest)
+    save_folder(clip_model, cfg, dest)
+    if cfg.get("text_cfg", {}).get("hf_tokenizer_name"):  # an HF tokenizer: its files beside the weights,
+        open_clip.get_tokenizer(model.arch).tokenizer.save_pretrained(str(dest))  # so text queries run offline
+    return dest
 
 
 def _jsonable(cfg: dict) -> dict:

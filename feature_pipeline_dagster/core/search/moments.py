@@ -1,0 +1,80 @@
+"""Hits into moments: a video's hits that lie within `gap` seconds of each other are one
+segment (start, end, best timestamp, best score); segments rank by their best score.
+Pure Python, no store or model: what a notebook, the CLI and the page all return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_GAP_S = 2.0  # at the default 1 fps sampling: neighbours, or one miss between them
+
+
+@dataclass(frozen=True)
+class PatchMatch:
+    """Where in a frame a NaViT image query matched (MaxSim over the stored patch rows):
+    `scores[r][c]` is the best cosine of any query patch against the frame's cell (r, c);
+    `best` the highest cells, best first; `score` the frame's MaxSim (mean over query
+    patches of their best cell)."""
+
+    grid: tuple[int, int]  # (rows, cols) of the frame's grid
+    best: tuple[tuple[int, int], ...]
+    scores: tuple[tuple[float, ...], ...]
+    score: float
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One matching frame of a video's current rows."""
+
+    video_path: str  # relative to video_input.path, as stored
+    timestamp_s: float
+    frame_id: int
+    score: float  # cosine similarity (CLIP) or MaxSim (NaViT): higher is closer
+    patches: PatchMatch | None = None
+
+
+@dataclass(frozen=True)
+class Moment:
+    """Consecutive hits of one video, none more than the gap from the next."""
+
+    video_path: str
+    start_s: float
+    end_s: float
+    best_s: float
+    score: float  # the best hit's
+    hits: tuple[Hit, ...] = field(default=())  # in time order
+
+    @property
+    def best(self) -> Hit:
+        return max(self.hits, key=lambda h: (h.score, -h.timestamp_s))
+
+
+def merge_hits(hits: list[Hit], gap_s: float = DEFAULT_GAP_S, k: int | None = None) -> list[Moment]:
+    """Moments ranked by best score (ties: video, then start), the first `k` if given.
+    A frame hit twice keeps its best score."""
+    if gap_s < 0:
+        raise ValueError("gap must be >= 0 seconds")
+    by_video: dict[str, dict[int, Hit]] = {}
+    for hit in hits:
+        frames = by_video.setdefault(hit.video_path, {})
+        key = round(hit.timestamp_s * 1000)
+        if key not in frames or hit.score > frames[key].score:
+            frames[key] = hit
+    moments = []
+    for video, frames in by_video.items():
+        ordered = [frames[t] for t in sorted(frames)]
+        segment = [ordered[0]]
+        for hit in ordered[1:]:
+            if hit.timestamp_s - segment[-1].timestamp_s <= gap_s + 1e-9:
+                segment.append(hit)
+            else:
+                moments.append(_moment(video, segment))
+                segment = [hit]
+        moments.append(_moment(video, segment))
+    moments.sort(key=lambda m: (-m.score, m.video_path, m.start_s))
+    return moments[:k] if k is not None else moments
+
+
+def _moment(video: str, hits: list[Hit]) -> Moment:
+    best = max(hits, key=lambda h: (h.score, -h.timestamp_s))
+    return Moment(video, hits[0].timestamp_s, hits[-1].timestamp_s, best.timestamp_s, best.score, tuple(hits))
