@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass
 class FrameBatch:
-    """Decoded RGB frames (N, H, W, 3) uint8 with their source frame index and time."""
+    """Decoded RGB frames (N, H, W, 3) uint8 with their source frame index and time;
+    `frames` is a numpy array, or a CUDA tensor where nvdec decoded on the model's device."""
 
     frames: np.ndarray
     frame_ids: np.ndarray
@@ -17,6 +18,17 @@ class FrameBatch:
 
     def __len__(self) -> int:
         return len(self.frame_ids)
+
+
+def concat_frames(parts: list):
+    """Frame arrays into one: numpy, or CUDA tensors from nvdec (no host copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
 
 
 @dataclass
