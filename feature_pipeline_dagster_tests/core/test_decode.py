@@ -67,6 +67,27 @@ def test_random_bytes_give_one_clear_error(tmp_path, backend):
     assert str(bad) in str(err.value) and "cannot open video" in str(err.value)
 
 
+def write_audio_only(path):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_audio_only_file(tmp_path, backend):
+    write_audio_only(tmp_path / "audio.mp4")
+    with pytest.raises(VideoError, match="audio.mp4: no video stream"):
+        VideoReader(tmp_path / "audio.mp4", decoder=backend)
+
+
 def test_empty_file(tmp_path):
     empty = tmp_path / "empty.mp4"
     empty.touch()

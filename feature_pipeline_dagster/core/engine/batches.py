@@ -20,17 +20,6 @@ class FrameBatch:
         return len(self.frame_ids)
 
 
-def concat_frames(parts: list):
-    """Frame arrays into one: numpy, or CUDA tensors from nvdec (no host copy)."""
-    if len(parts) == 1:
-        return parts[0]
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
-    import torch
-
-    return torch.cat(parts)
-
-
 @dataclass
 class EmbeddingBatch:
     """Rows for one collection: a float32 vector per row plus its scalar columns

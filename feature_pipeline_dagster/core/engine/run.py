@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch, concat_frames
+from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.video import VideoJob
@@ -269,6 +269,17 @@ class ModelStage:
         log.warning("out of memory on %s, batch size now %d", self.extractor.device, self.batch_size)
         halves = [_frames_slice(batch, 0, self.batch_size), _frames_slice(batch, self.batch_size, len(batch))]
         return EmbeddingBatch.concat([self._embed(half, first) for half in halves])
+
+
+def concat_frames(parts: list):
+    """Frame arrays into one: numpy, or CUDA tensors from nvdec (no host copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
 
 
 def _frames_slice(frames: FrameBatch, start: int, stop: int) -> FrameBatch:
