@@ -55,8 +55,12 @@ class NvdecBackend(Backend):
                                               output_color_type=nvc.OutputColorType.RGB)
         except Exception as err:  # the bindings raise plain RuntimeError/ValueError for bad input
             raise OpenFailed(one_line(err)) from None
-        if len(self._decoder) != len(self.starts):
-            raise OpenFailed(f"PyNvVideoCodec finds {len(self._decoder)} frames where the demuxer finds {len(self.starts)}")
+        try:
+            count = len(self._decoder)
+        except TypeError:  # a version without __len__: the demuxer's count stands
+            count = len(self.starts)
+        if count != len(self.starts):
+            raise OpenFailed(f"PyNvVideoCodec finds {count} frames where the demuxer finds {len(self.starts)}")
 
     def frames(self, ids: np.ndarray):
         """(N, H, W, 3) uint8 on the run's CUDA device: no host copy."""

@@ -25,11 +25,11 @@ class PyAVBackend(Backend):
         index = packet_index(path)
         self.starts, self._pts, self.keyframes, self.fps = index.starts, index.pts, index.keyframes, index.fps
         self.cut_short = index.cut_short
-        av.logging.set_level(av.logging.WARNING)
-        self._capture = av.logging.Capture(local=False)
-        self._log = self._capture.__enter__()
         self._container = None
         self._open()
+        av.logging.set_level(av.logging.WARNING)  # PyAV logs nothing unless asked
+        self._capture = av.logging.Capture(local=False)
+        self._log = self._capture.__enter__()
 
     def _open(self) -> None:
         import av
