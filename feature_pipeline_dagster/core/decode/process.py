@@ -37,8 +37,8 @@ class OpenVideo:
     def __init__(self, decoder: DecoderProcess, path: Path, answer: dict):
         self.decoder, self.path = decoder, path
         self.info = VideoInfo(path, **{k: v for k, v in answer["info"].items() if k != "path"})
-        self.plan = SamplingPlan(np.asarray(answer["frame_ids"], np.int64), np.asarray(answer["timestamps_ms"], np.int64),
-                                 bool(answer.get("key_frames_only")))
+        self.plan = SamplingPlan(np.asarray(answer["frame_ids"], np.int64),
+                                 np.asarray(answer["timestamps_ms"], np.int64), bool(answer.get("key_frames_only")))
         self.partial: str | None = answer["partial"]
 
     def batches(self, batch_size: int) -> Iterator[FrameBatch]:
@@ -195,8 +195,8 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
                 reader = VideoReader(request["path"], complaints, request.get("decoder", "auto"))
                 plan = reader.plan(request["sample_fps"], request["max_frames"], request.get("sampling", "fps"))
                 info = {k: v for k, v in asdict(reader.info).items() if k != "path"}
-                answer({"info": info, "frame_ids": plan.frame_ids.tolist(), "timestamps_ms": plan.timestamps_ms.tolist(),
-                        "key_frames_only": plan.key_frames_only, "partial": reader.partial})
+                answer({"info": info, "frame_ids": plan.frame_ids.tolist(),
+                        "timestamps_ms": plan.timestamps_ms.tolist(), "key_frames_only": plan.key_frames_only, "partial": reader.partial})
             elif request["op"] == "decode":
                 done = 0
                 for batch in reader.batches(plan, request["batch_size"]):

@@ -28,7 +28,8 @@ class DecordBackend(Backend):
             raise OpenFailed(one_line(err), no_stream="cannot find video stream" in str(err)) from None
         count = len(self._reader)
         try:
-            self.starts = np.asarray(self._reader.get_frame_timestamp(range(count))[:, 0], np.float64) if count else np.zeros(0)
+            stamps = self._reader.get_frame_timestamp(range(count)) if count else np.zeros((0, 2))
+            self.starts = np.asarray(stamps[:, 0], np.float64)
         except _errors() as err:
             raise DecodeFailed(one_line(err)) from None
         self.keyframes = np.asarray(self._reader.get_key_indices(), np.int64)

@@ -41,7 +41,8 @@ class NvdecBackend(Backend):
         self.path, self.device = path, device
         self.gpu = int(device.partition(":")[2] or 0)
         index = packet_index(path)
-        self.starts, self.keyframes, self.fps, self.cut_short = index.starts, index.keyframes, index.fps, index.cut_short
+        self.starts, self.keyframes, self.fps = index.starts, index.keyframes, index.fps
+        self.cut_short = index.cut_short
         self._rotation = display_rotation(path) // 90 % 4
         self._decoder = None
         if not self.cut_short:

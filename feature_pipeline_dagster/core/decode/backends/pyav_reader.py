@@ -45,9 +45,15 @@ class PyAVBackend(Backend):
         self._decoded = None  # the running decode: a generator of frames
         self._at = -1  # the last frame id it gave
 
+    def _key_before(self, frame_id: int) -> int:
+        """The last key frame at or before `frame_id` (0 if the stream flags none)."""
+        if not len(self.keyframes):
+            return 0
+        return int(self.keyframes[max(np.searchsorted(self.keyframes, frame_id, side="right") - 1, 0)])
+
     def _seek(self, frame_id: int) -> None:
-        key = self.keyframes[np.searchsorted(self.keyframes, frame_id, side="right") - 1] if len(self.keyframes) else 0
-        self._container.seek(int(self._pts[max(int(key), 0)]), stream=self._stream, backward=True, any_frame=False)
+        key = self._key_before(frame_id)
+        self._container.seek(int(self._pts[key]), stream=self._stream, backward=True, any_frame=False)
         self._decoded = self._container.decode(self._stream)
         self._at = -1
 
@@ -58,8 +64,7 @@ class PyAVBackend(Backend):
         out = []
         try:
             for frame_id in ids.tolist():
-                key = self.keyframes[np.searchsorted(self.keyframes, frame_id, side="right") - 1] if len(self.keyframes) else 0
-                if self._decoded is None or frame_id <= self._at or key > self._at:
+                if self._decoded is None or frame_id <= self._at or self._key_before(frame_id) > self._at:
                     self._seek(frame_id)
                 out.append(self._take(frame_id))
         except (av.FFmpegError, ValueError) as err:
