@@ -10,7 +10,8 @@ from feature_pipeline_dagster_tests.conftest import REPO
 def test_import_contracts_hold():
     """The core never imports dagster, the orchestration layer or the CLI; the
     orchestration layer never imports the CLI; the sensor's import closure, lazy
-    imports included, holds no torch, open_clip, transformers or decord."""
+    imports included, holds no torch, open_clip, transformers or decoder library (decord,
+    torchcodec, PyAV, PyNvVideoCodec)."""
     result = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--config", str(REPO / "setup.cfg")],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -95,6 +95,8 @@ class VideoInput:
     max_frames: int | None = None
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS
     settle_seconds: float = 5.0  # a file must stop changing this long before it is embedded
+    decoder: str = "auto"  # auto | decord | torchcodec | pyav | nvdec (core/decode/backends)
+    sampling: str = "fps"  # fps: one frame per 1/sample_fps s; keyframes: key frames, at most sample_fps/s
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,15 @@ def _parse_model(node: _Node, check_paths: bool) -> ModelSettings:
 
 
 def _parse_video_input(node: _Node, check_paths: bool) -> VideoInput:
-    node.check_keys({"path", "sample_fps", "max_frames", "extensions", "settle_seconds"})
+    from feature_pipeline_dagster.core.decode.backends import DECODERS, SAMPLINGS
+
+    node.check_keys({"path", "sample_fps", "max_frames", "extensions", "settle_seconds", "decoder", "sampling"})
+    decoder = node.get("decoder", str, "auto")
+    if decoder not in DECODERS:
+        node.fail(f"unknown decoder {decoder!r} (expected one of: {', '.join(DECODERS)})", "decoder")
+    sampling = node.get("sampling", str, "fps")
+    if sampling not in SAMPLINGS:
+        node.fail(f"unknown sampling {sampling!r} (expected fps or keyframes)", "sampling")
     path = Path(node.get("path", str, required=True))
     if check_paths and not path.is_dir():
         node.fail(f"no such folder: {path}", "path")
@@ -251,6 +261,8 @@ def _parse_video_input(node: _Node, check_paths: bool) -> VideoInput:
         max_frames=node.positive("max_frames", int, None),
         extensions=tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions),
         settle_seconds=node.get("settle_seconds", float, 5.0),
+        decoder=decoder,
+        sampling=sampling,
     )
 
 

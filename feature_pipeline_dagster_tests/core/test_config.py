@@ -20,6 +20,7 @@ def test_shipped_configs_parse(name):
 def test_defaults(tmp_path, tiny_clip):
     settings = load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, tmp_path)))
     assert settings.video_input.sample_fps == 1.0 and settings.video_input.max_frames is None
+    assert settings.video_input.decoder == "auto" and settings.video_input.sampling == "fps"
     assert settings.db.is_lite and settings.gpus == ("cpu",)
 
 
@@ -37,6 +38,9 @@ BAD = [
     ({"model.path": "/nonexistent/weights"}, "model.path: no such file or folder"),
     ({"video_input.path": "/nonexistent/videos"}, "video_input.path: no such folder"),
     ({"video_input.sample_fps": -1}, "video_input.sample_fps: must be positive"),
+    ({"video_input.decoder": "ffmpeg"},
+     "video_input.decoder: unknown decoder 'ffmpeg' (expected one of: auto, decord, torchcodec, pyav, nvdec)"),
+    ({"video_input.sampling": "scenes"}, "video_input.sampling: unknown sampling 'scenes' (expected fps or keyframes)"),
     ({"gpus": ["cuda:0", "tpu:1"]}, "gpus[1]: unknown device 'tpu:1'"),
     ({"db.uri": "mysql://x"}, "db.uri: expected a Milvus server URL"),
     ({"db.token": "secret"}, "credentials never go in the file"),
@@ -101,3 +105,17 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad)
+
+
+def test_sampling_is_part_of_the_code_version_and_the_decoder_is_not(tmp_path, tiny_clip):
+    """Keyframe sampling embeds other frames; another backend gives the same frames
+    (test_decoder_parity.py). The default's code version is the one it was before."""
+    from feature_pipeline_dagster.core.models import code_version
+
+    def version(**overrides):
+        return code_version(load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, tmp_path, **overrides))))
+
+    fps = version()
+    assert version(**{"video_input.sampling": "fps"}) == fps
+    assert version(**{"video_input.decoder": "pyav"}) == fps == version(**{"video_input.decoder": "torchcodec"})
+    assert version(**{"video_input.sampling": "keyframes"}) != fps

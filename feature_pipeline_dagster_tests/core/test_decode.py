@@ -1,9 +1,23 @@
+"""Decoding, for every backend installed here (decord, torchcodec, PyAV): the same
+frames, timestamps and failures; test_decoder_parity.py compares their pixels and vectors."""
+
+import importlib.util
+
 import numpy as np
 import pytest
 
+from feature_pipeline_dagster.core.decode.backends import torchcodec_loads
 from feature_pipeline_dagster.core.errors import VideoError
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
 from feature_pipeline_dagster.core.samples import write_video
+
+BACKENDS = [name for name, here in (("decord", importlib.util.find_spec("decord") is not None),
+                                    ("torchcodec", torchcodec_loads() is None), ("pyav", True)) if here]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
 
 
 def steady(frames: int, fps: float) -> np.ndarray:
@@ -32,8 +46,9 @@ def test_plan_of_a_variable_frame_rate_follows_time_not_frame_count():
     assert plan.frame_ids.tolist() == [0, 30, 35, 40] and plan.timestamps_ms.tolist() == [0, 1000, 2000, 3000]
 
 
-def test_batches_carry_frame_ids_and_timestamps(sample_video):
-    reader = VideoReader(sample_video)
+def test_batches_carry_frame_ids_and_timestamps(sample_video, backend):
+    reader = VideoReader(sample_video, decoder=backend)
+    assert reader.info.decoder == backend
     assert (reader.info.width, reader.info.height, reader.info.frame_count) == (320, 240, 90)
     plan = reader.plan(sample_fps=2.0, max_frames=None)
     batches = list(reader.batches(plan, batch_size=4))
@@ -44,12 +59,33 @@ def test_batches_carry_frame_ids_and_timestamps(sample_video):
     assert batches[0].frames.shape == (4, 240, 320, 3) and batches[0].frames.dtype == np.uint8
 
 
-def test_random_bytes_give_one_clear_error(tmp_path):
+def test_random_bytes_give_one_clear_error(tmp_path, backend):
     bad = tmp_path / "noise.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(20000))
     with pytest.raises(VideoError) as err:
-        VideoReader(bad)
+        VideoReader(bad, decoder=backend)
     assert str(bad) in str(err.value) and "cannot open video" in str(err.value)
+
+
+def write_audio_only(path):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_audio_only_file(tmp_path, backend):
+    write_audio_only(tmp_path / "audio.mp4")
+    with pytest.raises(VideoError, match="audio.mp4: no video stream"):
+        VideoReader(tmp_path / "audio.mp4", decoder=backend)
 
 
 def test_empty_file(tmp_path):
@@ -59,11 +95,12 @@ def test_empty_file(tmp_path):
         VideoReader(empty)
 
 
-def test_truncated_file_with_index_at_end(tmp_path, sample_video):
+def test_truncated_file_with_index_at_end(tmp_path, sample_video, backend):
     truncated = tmp_path / "cut.mp4"
     truncated.write_bytes(sample_video.read_bytes()[: sample_video.stat().st_size // 2])
-    with pytest.raises(VideoError, match="cut.mp4: cannot open video"):
-        VideoReader(truncated)
+    with pytest.raises(VideoError, match="cut.mp4: cannot open video") as err:
+        VideoReader(truncated, decoder=backend)
+    assert "\n" not in str(err.value)
 
 
 # Hard files, through the decoder process as the pipeline uses it.
@@ -115,19 +152,19 @@ def decoder():
     process.stop()
 
 
-def decode_all(decoder, path, batch_size=4, sample_fps=1.0):
-    video = decoder.open(path, sample_fps, None)
+def decode_all(decoder, path, batch_size=4, sample_fps=1.0, backend="auto", sampling="fps"):
+    video = decoder.open(path, sample_fps, None, backend, sampling)
     batches = list(video.batches(batch_size))
     return video, batches
 
 
-def test_variable_frame_rate_is_sampled_by_time(decoder, tmp_path):
-    video, batches = decode_all(decoder, write_vfr(tmp_path / "vfr.mp4"))
+def test_variable_frame_rate_is_sampled_by_time(decoder, tmp_path, backend):
+    video, batches = decode_all(decoder, write_vfr(tmp_path / "vfr.mp4"), backend=backend)
     assert np.concatenate([b.timestamps_ms for b in batches]).tolist() == [0, 1000, 2000, 3000]
     assert np.concatenate([b.frame_ids for b in batches]).tolist() == [0, 30, 35, 40]
 
 
-def test_rotated_phone_video_is_decoded_as_displayed(decoder, tmp_path):
+def test_rotated_phone_video_is_decoded_as_displayed(decoder, tmp_path, backend):
     import av
 
     path = write_video(tmp_path / "portrait.mp4", seconds=1, rotation=90)
@@ -135,40 +172,40 @@ def test_rotated_phone_video_is_decoded_as_displayed(decoder, tmp_path):
         stored = next(container.decode(video=0))
         assert stored.rotation == 90 and (stored.width, stored.height) == (320, 240)
         upright = np.rot90(stored.to_ndarray(format="rgb24"), k=1)  # 90 degrees counter-clockwise
-    video, batches = decode_all(decoder, path)
+    video, batches = decode_all(decoder, path, backend=backend)
     assert (video.info.width, video.info.height) == (240, 320)
     assert batches[0].frames[0].shape == (320, 240, 3)
     assert np.abs(batches[0].frames[0].astype(int) - upright).mean() < 1.0
 
 
-def test_faststart_file_cut_short_embeds_the_frames_that_exist(decoder, tmp_path):
+def test_faststart_file_cut_short_embeds_the_frames_that_exist(decoder, tmp_path, backend):
     whole = write_video(tmp_path / "whole.mp4", seconds=6, faststart=True)
     data = whole.read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")  # the index is at the front
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) * 6 // 10])
-    video, batches = decode_all(decoder, cut)
+    video, batches = decode_all(decoder, cut, backend=backend)
     kept = np.concatenate([b.timestamps_ms for b in batches]).tolist()
     assert kept[:3] == [0, 1000, 2000] and len(kept) < 6
     assert video.partial.startswith("file is cut short") and "6.0 s" in video.partial
-    sound, _ = decode_all(decoder, whole)
+    sound, _ = decode_all(decoder, whole, backend=backend)
     assert all(np.array_equal(a, b) for a, b in zip(np.concatenate([b.frames for b in batches]), _[0].frames))
 
 
-def test_damage_mid_stream_stops_before_the_damaged_frame(decoder, tmp_path):
+def test_damage_mid_stream_stops_before_the_damaged_frame(decoder, tmp_path, backend):
     whole = write_video(tmp_path / "whole.mp4", seconds=6)
     damaged = damage_packets(whole, tmp_path / "damaged.mp4", first=95)  # frame 95 of 180, at 3.17 s
-    video, batches = decode_all(decoder, damaged)
+    video, batches = decode_all(decoder, damaged, backend=backend)
     assert np.concatenate([b.frame_ids for b in batches]).tolist() == [0, 30, 60, 90]
     assert video.partial.startswith("damaged video stream near 4.0 s") and "embedded the 4 sampled frames" in video.partial
-    _, clean = decode_all(decoder, whole)
+    _, clean = decode_all(decoder, whole, backend=backend)
     assert np.array_equal(np.concatenate([b.frames for b in batches]), np.concatenate([b.frames for b in clean])[:4])
 
 
-def test_damage_in_the_first_frames_fails_the_video(decoder, tmp_path):
+def test_damage_in_the_first_frames_fails_the_video(decoder, tmp_path, backend):
     damaged = damage_packets(write_video(tmp_path / "whole.mp4", seconds=2), tmp_path / "bad.mp4", first=0, span=400)
     with pytest.raises(VideoError, match="bad.mp4: damaged video stream at 0.0 s, no sound frame in it"):
-        decode_all(decoder, damaged)
+        decode_all(decoder, damaged, backend=backend)
 
 
 def test_8k_frames_are_decoded_one_at_a_time(decoder, tmp_path):
@@ -177,15 +214,18 @@ def test_8k_frames_are_decoded_one_at_a_time(decoder, tmp_path):
     assert [b.frames.shape for b in batches] == [(1, 4320, 7680, 3)] * 3  # MAX_BATCH_BYTES, not batch_size
 
 
-def test_a_decoder_crash_fails_its_video_and_the_next_one_decodes(decoder, tmp_path):
+# The child contains a crash whatever decodes in it; torchcodec's child imports torch
+# (~10 s per start on this 2-core machine), which this test pays twice.
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torchcodec"])
+def test_a_decoder_crash_fails_its_video_and_the_next_one_decodes(decoder, tmp_path, backend):
     import os
     import signal
 
     path = write_video(tmp_path / "a.mp4", seconds=4)
-    video = decoder.open(path, 30.0, None)
+    video = decoder.open(path, 30.0, None, backend)
     batches = video.batches(2)
     next(batches)
     os.kill(decoder._proc.pid, signal.SIGSEGV)
     with pytest.raises(VideoError, match=r"a.mp4: the decoder crashed on this file \(killed by SIGSEGV\)"):
         list(batches)
-    assert sum(map(len, decode_all(decoder, path)[1])) == 4  # a fresh decoder takes the next video
+    assert sum(map(len, decode_all(decoder, path, backend=backend)[1])) == 4  # a fresh decoder takes the next video

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
+from feature_pipeline_dagster.core.decode.backends import resolve
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 from feature_pipeline_dagster.core.engine.video import decode_vector
 from feature_pipeline_dagster.core.models import load_extractor
@@ -73,6 +74,7 @@ def test_batches_span_videos_and_every_video_keeps_exactly_its_rows(project, eng
         mean = decode_vector(report.written[name]["mean_vector"])
         assert np.dot(mean, mean_of_pages([ours])) > 0.99999
         assert np.dot(mean, mean_of_pages([alone.vectors])) > 0.9999  # batch company changes nothing
+        assert report.written[name]["decoder"] == resolve("auto")  # the backend that ran, named per video
 
 
 def test_one_bad_video_among_many_fails_alone(project, engine):
@@ -117,3 +119,16 @@ def _frames_of(path):
 
     reader = VideoReader(path)
     return reader.batches(reader.plan(1.0, None), 8)
+
+
+def test_a_run_decodes_with_the_configured_backend_and_sampling(project, engine):
+    """`video_input.decoder` reaches the decoder process and each video's metadata names
+    it; `sampling: keyframes` embeds key frames (here at 0, 0.67, 1.33 and 2 s), at most
+    sample_fps (1) a second: 0 and 1.33 s."""
+    settings, spec, store, extractor = engine
+    settings = dataclasses.replace(settings, video_input=dataclasses.replace(
+        settings.video_input, decoder="pyav", sampling="keyframes"))
+    write_video(project.videos / "k.mp4", seconds=2.5, gop=20)
+    report = embed_videos(settings, spec, store, extractor, ["k.mp4"], RunReport(), lanes=1)
+    assert not report.failed and report.written["k.mp4"]["decoder"] == "pyav"
+    assert stored(store, spec, "k.mp4")[0] == [(0, 0), (40, 1333)]

@@ -8,31 +8,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
 
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster_tests.conftest import readers_of
-from feature_pipeline_dagster_tests.core.test_decode import damage_packets, write_vfr
+from feature_pipeline_dagster_tests.core.test_decode import BACKENDS, damage_packets, write_audio_only, write_vfr
 from feature_pipeline_dagster_tests.end_to_end.test_end_to_end import cli
 
 
-def write_audio_only(path):
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        for i in range(20):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def test_a_folder_of_bad_files(project, tmp_path_factory):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_folder_of_bad_files(project, tmp_path_factory, backend):
+    """Every installed backend (`video_input.decoder`) gives the same lines and rows."""
+    config = yaml.safe_load(project.config.read_text())
+    config["video_input"]["decoder"] = backend
+    project.config.write_text(yaml.safe_dump(config, allow_unicode=True))
     folder = project.videos
     write_video(folder / "good.mp4", seconds=2.5)
     write_video(folder / "one frame.mp4", seconds=1 / 30)

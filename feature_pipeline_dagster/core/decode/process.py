@@ -1,5 +1,7 @@
-"""Decoding in a child process, so a native crash in FFmpeg or decord (both have open
-reports of aborts and segfaults on odd files) fails that one video, not the run.
+"""Decoding in a child process, so a native crash in FFmpeg or a decoder library (decord
+and FFmpeg have open reports of aborts and segfaults on odd files) fails that one video,
+not the run. Every CPU backend decodes here; nvdec decodes in the run's process
+(`decode/local.py`), since its frames stay on the GPU.
 
 The child is started once per process and reused for every video; frames cross a pipe
 as raw bytes (one copy; measured by bench/bench_decoder_process.py). The child takes
@@ -35,7 +37,8 @@ class OpenVideo:
     def __init__(self, decoder: DecoderProcess, path: Path, answer: dict):
         self.decoder, self.path = decoder, path
         self.info = VideoInfo(path, **{k: v for k, v in answer["info"].items() if k != "path"})
-        self.plan = SamplingPlan(np.asarray(answer["frame_ids"], np.int64), np.asarray(answer["timestamps_ms"], np.int64))
+        self.plan = SamplingPlan(np.asarray(answer["frame_ids"], np.int64),
+                                 np.asarray(answer["timestamps_ms"], np.int64), bool(answer.get("key_frames_only")))
         self.partial: str | None = answer["partial"]
 
     def batches(self, batch_size: int) -> Iterator[FrameBatch]:
@@ -71,11 +74,13 @@ class DecoderProcess:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
-    def open(self, path: Path, sample_fps: float, max_frames: int | None) -> OpenVideo:
+    def open(self, path: Path, sample_fps: float, max_frames: int | None, decoder: str = "auto",
+             sampling: str = "fps") -> OpenVideo:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
-            self._send({"op": "open", "path": str(path), "sample_fps": sample_fps, "max_frames": max_frames})
+            self._send({"op": "open", "path": str(path), "sample_fps": sample_fps, "max_frames": max_frames,
+                        "decoder": decoder, "sampling": sampling})
             answer = self._receive(path)
         if "error" in answer:
             raise VideoError(answer["error"])
@@ -187,11 +192,11 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
                 if reader is not None:  # opened, never decoded (the parent refused it)
                     reader.close()
                 complaints.reset()
-                reader = VideoReader(request["path"], complaints)
-                plan = reader.plan(request["sample_fps"], request["max_frames"])
+                reader = VideoReader(request["path"], complaints, request.get("decoder", "auto"))
+                plan = reader.plan(request["sample_fps"], request["max_frames"], request.get("sampling", "fps"))
                 info = {k: v for k, v in asdict(reader.info).items() if k != "path"}
                 answer({"info": info, "frame_ids": plan.frame_ids.tolist(),
-                        "timestamps_ms": plan.timestamps_ms.tolist(), "partial": reader.partial})
+                        "timestamps_ms": plan.timestamps_ms.tolist(), "key_frames_only": plan.key_frames_only, "partial": reader.partial})
             elif request["op"] == "decode":
                 done = 0
                 for batch in reader.batches(plan, request["batch_size"]):

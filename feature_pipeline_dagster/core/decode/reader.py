@@ -1,14 +1,18 @@
-"""Open a video, plan which frames to sample, decode them in batches (decord).
+"""Open a video, plan which frames to sample, decode them in batches, through the
+backend `video_input.decoder` names (`backends/`: decord, torchcodec, PyAV, nvdec).
 
-Bad files fail with one `VideoError` naming the file; damaged ones give what is sound:
-- a file cut short whose index is at the front (an interrupted "faststart" download)
-  cannot be opened by decord, so its readable packets are copied into a temporary file
-  first and the frames that exist are embedded, with a `partial` note saying so;
+Everything a backend does not decide lives here, so every backend fails the same way:
+bad files fail with one `VideoError` naming the file; damaged ones give what is sound:
+- a file cut short whose index is at the front (an interrupted "faststart" download),
+  which a backend cannot open or whose index promises frames its data lacks, has its
+  readable packets copied into a temporary file first, and the frames that exist are
+  embedded, with a `partial` note saying so;
 - damage in the middle of the stream stops the video at the last batch decoded before
-  it (decord raises, or FFmpeg's decoder logs an error while concealing it), so no
+  it (the backend raises, or FFmpeg's decoder logs an error while concealing it), so no
   damaged frame is embedded, and the `partial` note says where and why.
 Decoder log lines are read through `complaints`, a callable the decoder process gives
-(FFmpeg writes them to file descriptor 2, which only that process may take over).
+(FFmpeg writes them to file descriptor 2, which only that process may take over), and
+from the backend itself where its library logs through Python (PyAV).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import numpy as np
 
 from feature_pipeline_dagster.core.errors import VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.decode.backends import open_backend, resolve
+from feature_pipeline_dagster.core.decode.backends.base import DecodeFailed, OpenFailed
 
 MAX_BATCH_BYTES = 128 * 1024 * 1024  # decoded RGB per batch: an 8K frame is 100 MB
 # FFmpeg log lines that mean the bytes being decoded are damaged ("[h264 @ 0x..] error
@@ -41,6 +47,7 @@ class SamplingPlan:
 
     frame_ids: np.ndarray
     timestamps_ms: np.ndarray
+    key_frames_only: bool = False  # every planned frame is a key frame: decode those only
 
     @classmethod
     def for_timestamps(cls, starts_s: np.ndarray, sample_fps: float, max_frames: int | None) -> SamplingPlan:
@@ -56,6 +63,28 @@ class SamplingPlan:
             ids = ids[np.round(np.linspace(0, len(ids) - 1, max_frames)).astype(np.int64)]
         return cls(ids, np.round(starts[ids] * 1000).astype(np.int64))
 
+    @classmethod
+    def for_keyframes(cls, starts_s: np.ndarray, keyframes: np.ndarray, sample_fps: float,
+                      max_frames: int | None) -> SamplingPlan:
+        """`video_input.sampling: keyframes`: one frame per key frame, at most `sample_fps`
+        of them per second (a key frame closer than 1/`sample_fps` s to the one taken
+        before is skipped), capped at `max_frames` spread evenly. A key frame decodes
+        alone, so this decodes only the frames it embeds (see bench/bench_decoders.py)."""
+        starts = np.asarray(starts_s, dtype=np.float64)
+        keys = np.asarray(keyframes, np.int64)
+        keys = keys[(keys >= 0) & (keys < len(starts))] if len(starts) else keys[:0]
+        if len(starts) and not len(keys):
+            keys = np.zeros(1, np.int64)  # a stream that flags no key frame starts with one
+        taken, last = [], -np.inf
+        for key in keys.tolist():
+            if starts[key] >= last + 1 / sample_fps - 1e-6:
+                taken.append(key)
+                last = starts[key]
+        ids = np.asarray(taken, np.int64)
+        if max_frames is not None and len(ids) > max_frames:
+            ids = ids[np.round(np.linspace(0, len(ids) - 1, max_frames)).astype(np.int64)]
+        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64), key_frames_only=True)
+
     def __len__(self) -> int:
         return len(self.frame_ids)
 
@@ -65,14 +94,9 @@ class VideoInfo:
     path: Path
     frame_count: int
     fps: float
-    width: int  # as displayed: decord applies the stream's rotation (display matrix)
+    width: int  # as displayed: every backend applies the stream's rotation (display matrix)
     height: int
-
-
-def _decord_errors() -> tuple[type[BaseException], ...]:
-    from decord._ffi.base import DECORDError
-
-    return (RuntimeError, DECORDError)
+    decoder: str = ""  # the backend that decoded it (recorded in the video's metadata)
 
 
 class VideoReader:
@@ -80,10 +104,12 @@ class VideoReader:
     bounded by the batch (at most `MAX_BATCH_BYTES` of frames), not by the video.
     After `batches` ends, `partial` says why it stopped early, if it did."""
 
-    def __init__(self, path: str | Path, complaints: Callable[[], list[str]] | None = None):
+    def __init__(self, path: str | Path, complaints: Callable[[], list[str]] | None = None, decoder: str = "auto",
+                 device: str | None = None):
         self.path = Path(path)
         self._complaints = complaints or (lambda: [])
         self._salvaged: tempfile.TemporaryDirectory | None = None
+        self._decoder, self._device = resolve(decoder), device
         self.partial: str | None = None
         try:
             with open(self.path, "rb"):
@@ -99,32 +125,34 @@ class VideoReader:
         self._source = self.path  # or the salvaged copy of a file cut short
         try:
             self._reader = self._open(self.path)
-        except _decord_errors() as err:
-            if "cannot find video stream" in str(err):
+            if self._reader.cut_short:
+                self._reader.close()
+                raise OpenFailed("its index promises frames that its data lacks")
+        except OpenFailed as err:
+            if err.no_stream:
                 raise VideoError(f"{self.path}: no video stream (an audio-only file?)") from None
             self._reader = self._open_salvaged(err)
-        frame_count = len(self._reader)
+        except DecodeFailed as err:
+            raise VideoError(f"{self.path}: damaged video stream at 0.0 s, no sound frame in it ({err})") from None
+        self._starts = np.asarray(self._reader.starts, np.float64)
+        frame_count = len(self._starts)
         if frame_count == 0:
             raise VideoError(f"{self.path}: no video frames (audio-only or empty stream?)")
         try:
-            height, width = self._reader[0].shape[:2]
-            self._reader.seek(0)
-            self._starts = np.asarray(self._reader.get_frame_timestamp(range(frame_count))[:, 0], np.float64)
-        except _decord_errors() as err:
+            height, width = self._reader.frames(np.zeros(1, np.int64)).shape[1:3]
+        except DecodeFailed as err:
             raise VideoError(f"{self.path}: damaged video stream at 0.0 s, no sound frame in it "
                              f"({self._reason(err)})") from None
         # What decoding the first frame logged is judged with the first batch.
-        self.info = VideoInfo(self.path, frame_count, float(self._reader.get_avg_fps()), width, height)
+        self.info = VideoInfo(self.path, frame_count, float(self._reader.fps), int(width), int(height), self._decoder)
 
-    @staticmethod
-    def _open(path: Path):
-        import decord
-
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
+    def _open(self, path: Path):
+        return open_backend(self._decoder, path, self._device)
 
     def _open_salvaged(self, error: BaseException):
-        """decord indexes every packet when it opens a file; one cut short after its
-        index fails that. Copy the whole packets into a temporary file and open that."""
+        """A backend indexes the packets when it opens a file; one cut short after its
+        index fails that (or is found short). Copy the whole packets into a temporary
+        file and open that."""
         self._salvaged = tempfile.TemporaryDirectory(prefix="feature-pipeline-salvage-")
         copy = Path(self._salvaged.name) / f"salvaged{self.path.suffix}"
         kept = salvage_packets(self.path, copy)
@@ -136,11 +164,15 @@ class VideoReader:
         self._source = copy
         self._complaints()  # about the cut-off end, which `partial` has said
         try:
-            return self._open(copy)
-        except _decord_errors() as err:
+            reader = self._open(copy)
+        except (OpenFailed, DecodeFailed) as err:
             raise VideoError(f"{self.path}: cannot open video ({one_line(err)})") from None
+        reader.logged()
+        return reader
 
-    def plan(self, sample_fps: float, max_frames: int | None) -> SamplingPlan:
+    def plan(self, sample_fps: float, max_frames: int | None, sampling: str = "fps") -> SamplingPlan:
+        if sampling == "keyframes":
+            return SamplingPlan.for_keyframes(self._starts, self._reader.keyframes, sample_fps, max_frames)
         return SamplingPlan.for_timestamps(self._starts, sample_fps, max_frames)
 
     def batches(self, plan: SamplingPlan, batch_size: int) -> Iterator[FrameBatch]:
@@ -148,21 +180,22 @@ class VideoReader:
         size = max(1, min(batch_size, MAX_BATCH_BYTES // frame_bytes))
         for start in range(0, len(plan), size):
             ids = plan.frame_ids[start : start + size]
-            frames, why = self._decode(ids)
+            frames, why = self._decode(ids, plan.key_frames_only)
             if why is None:
                 yield FrameBatch(frames, ids, plan.timestamps_ms[start : start + len(ids)])
                 continue
             sound, why = self._sound_prefix(ids)
             if sound:
-                yield FrameBatch(np.stack(sound), ids[: len(sound)], plan.timestamps_ms[start : start + len(sound)])
+                yield FrameBatch(_stack(sound), ids[: len(sound)], plan.timestamps_ms[start : start + len(sound)])
             if why is not None:
                 self._stop_at(plan, start + len(sound), why)
                 return
 
     def _sound_prefix(self, ids: np.ndarray) -> tuple[list[np.ndarray], str | None]:
         """Damage somewhere in a batch: its frames one at a time, on a fresh reader
-        (decord's may be left mid-packet), up to the first that is not sound."""
-        self._reader = self._open(self._source)
+        (a decoder may be left mid-packet), up to the first that is not sound."""
+        self._reader.restart()
+        self._reader.logged()
         sound = []
         for i in range(len(ids)):
             frame, why = self._decode(ids[i : i + 1])
@@ -171,21 +204,22 @@ class VideoReader:
             sound.append(frame[0])
         return sound, None  # what was logged was about frames past this batch
 
-    def _decode(self, ids: np.ndarray) -> tuple[np.ndarray | None, str | None]:
-        """The frames, or why they are not sound: decord failed, or FFmpeg logged damage."""
+    def _decode(self, ids: np.ndarray, key_frames_only: bool = False) -> tuple[np.ndarray | None, str | None]:
+        """The frames, or why they are not sound: the backend failed, or FFmpeg logged damage."""
         try:
-            frames = self._reader.get_batch(ids).asnumpy()
-        except _decord_errors() as err:
+            frames = self._reader.key_frames(ids) if key_frames_only else self._reader.frames(ids)
+        except DecodeFailed as err:
             return None, self._reason(err)
         why = self._reason()
         return (None, why) if why else (frames, None)
 
     def _reason(self, failure: BaseException | None = None) -> str | None:
-        """What FFmpeg logged about damage since the last call, else decord's error."""
-        damage = [_DAMAGE_PREFIX.sub(r"\1: ", line) for line in self._complaints() if _DAMAGE.search(line)]
+        """What FFmpeg logged about damage since the last call, else the backend's error."""
+        lines = self._complaints() + self._reader.logged()
+        damage = [_DAMAGE_PREFIX.sub(r"\1: ", line) for line in lines if _DAMAGE.search(line)]
         if damage:
             return damage[0]
-        return "decoder error: " + one_line(failure).rsplit(": ", 1)[-1] if failure else None
+        return str(failure) if failure else None
 
     def _stop_at(self, plan: SamplingPlan, index: int, why: str) -> None:
         at = plan.timestamps_ms[index] / 1000
@@ -195,9 +229,20 @@ class VideoReader:
                         f"before it, of {len(plan)}")
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self._reader = None
         if self._salvaged is not None:
             self._salvaged.cleanup()
+
+
+def _stack(frames: list):
+    """Frames of one batch into one array (numpy, or a CUDA tensor from nvdec)."""
+    if isinstance(frames[0], np.ndarray):
+        return np.stack(frames)
+    import torch
+
+    return torch.stack(frames)
 
 
 def salvage_packets(path: Path, copy: Path) -> tuple[float, float] | None:

@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass
 class FrameBatch:
-    """Decoded RGB frames (N, H, W, 3) uint8 with their source frame index and time."""
+    """Decoded RGB frames (N, H, W, 3) uint8 with their source frame index and time;
+    `frames` is a numpy array, or a CUDA tensor where nvdec decoded on the model's device."""
 
     frames: np.ndarray
     frame_ids: np.ndarray

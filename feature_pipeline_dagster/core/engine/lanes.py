@@ -54,10 +54,11 @@ class _Raised:
 
 
 def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProcess], None], batch_size: int,
-                 lanes: int, depth: int = 4) -> Iterator[Decoded | None]:
+                 lanes: int, depth: int = 4, decoders: list | None = None) -> Iterator[Decoded | None]:
     """Every job's frame batches, then its end (or failure), lanes interleaved; None
     when nothing is ready at the moment (the consumer may use the pause). Closing the
-    iterator stops the lanes at their next batch."""
+    iterator stops the lanes at their next batch. `decoders`: one per lane (default:
+    this process's decoder children)."""
     pending = iter(jobs)
     take = threading.Lock()
     ready: queue.Queue = queue.Queue(maxsize=max(depth, 2 * lanes))
@@ -103,7 +104,7 @@ def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProc
         finally:
             put(_DONE)
 
-    decoders = decoder_pool(lanes)
+    decoders = decoders or decoder_pool(lanes)
     threads = [threading.Thread(target=run_lane, args=(d,), name=f"decode-{i}", daemon=True)
                for i, d in enumerate(decoders)]
     for thread in threads:

@@ -24,7 +24,7 @@ from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lane
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.video import VideoJob
 from feature_pipeline_dagster.core.engine.writer import RunWriter
-from feature_pipeline_dagster.core.errors import DeviceMemoryError, ModelError, PipelineError, VideoError
+from feature_pipeline_dagster.core.errors import ConfigError, DeviceMemoryError, ModelError, PipelineError, VideoError
 from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots
 from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
 from feature_pipeline_dagster.core.store import VectorStore
@@ -137,7 +137,9 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
     def open_job(job: VideoJob, decoder) -> None:
         job.open(settings, spec, decoder, grid)
 
-    events = decode_ahead(jobs, open_job, settings.model.batch_size, lanes or decode_lanes(len(jobs)))
+    lanes = lanes or decode_lanes(len(jobs))
+    events = decode_ahead(jobs, open_job, settings.model.batch_size, lanes,
+                          decoders=local_decoders(settings, extractor.device, lanes))
     try:
         for event in events:
             if stop_requested():
@@ -167,6 +169,22 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
     finally:
         events.close()
     return report
+
+
+def local_decoders(settings: Settings, device: str, lanes: int) -> list | None:
+    """For nvdec, decoders in this process on the run's device (its frames stay there);
+    None for the CPU backends, which decode in child processes. A run that cannot use
+    nvdec fails at once with one line, before any video."""
+    from feature_pipeline_dagster.core.decode.backends import in_process
+
+    if not in_process(settings.video_input.decoder):
+        return None
+    from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
+    from feature_pipeline_dagster.core.decode.local import LocalDecoder
+
+    if why := unusable(device):
+        raise ConfigError(f"{settings.source}: video_input.decoder: {why}")
+    return [LocalDecoder(device) for _ in range(lanes)]
 
 
 class ModelStage:
@@ -218,7 +236,7 @@ class ModelStage:
             taken += len(frames)
         if not group:
             del self.groups[key]
-        batch = FrameBatch(np.concatenate([f.frames for _, f in parts]), np.concatenate([f.frame_ids for _, f in parts]),
+        batch = FrameBatch(concat_frames([f.frames for _, f in parts]), np.concatenate([f.frame_ids for _, f in parts]),
                            np.concatenate([f.timestamps_ms for _, f in parts]))
         started = time.perf_counter()
         rows = self._embed(batch, parts[0][0])
@@ -251,6 +269,17 @@ class ModelStage:
         log.warning("out of memory on %s, batch size now %d", self.extractor.device, self.batch_size)
         halves = [_frames_slice(batch, 0, self.batch_size), _frames_slice(batch, self.batch_size, len(batch))]
         return EmbeddingBatch.concat([self._embed(half, first) for half in halves])
+
+
+def concat_frames(parts: list):
+    """Frame arrays into one: numpy, or CUDA tensors from nvdec (no host copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+
+    return torch.cat(parts)
 
 
 def _frames_slice(frames: FrameBatch, start: int, stop: int) -> FrameBatch:

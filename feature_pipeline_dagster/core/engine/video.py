@@ -56,7 +56,8 @@ class VideoJob:
         except OSError as err:
             raise VideoError(f"{self.path}: not a readable file ({err.strerror})") from None
         try:
-            self.video = decoder.open(self.path, settings.video_input.sample_fps, settings.video_input.max_frames)
+            vi = settings.video_input
+            self.video = decoder.open(self.path, vi.sample_fps, vi.max_frames, vi.decoder, vi.sampling)
         except VideoError as err:
             # A file still being written fails to open; say that, not what its half-written bytes look like.
             why = still_being_written(self.path, self.stat, settings.video_input.settle_seconds)
@@ -86,7 +87,9 @@ class VideoJob:
         for i, frame_id in enumerate(frame_ids.tolist()):
             if frame_id in self._thumb_ids:
                 step = max(1, frames[i].shape[1] // THUMBNAIL_WIDTH)
-                self.thumbnails.append((int(timestamps_ms[i]), np.ascontiguousarray(frames[i][::step, ::step])))
+                small = frames[i][::step, ::step]
+                small = small.cpu().numpy() if hasattr(small, "cpu") else small  # a CUDA frame from nvdec
+                self.thumbnails.append((int(timestamps_ms[i]), np.ascontiguousarray(small)))
 
     def add_vectors(self, vectors: np.ndarray) -> None:
         total = vectors.sum(axis=0, dtype=np.float64)
@@ -112,6 +115,7 @@ class VideoJob:
             "frames": self.frames_embedded,
             "model": extractor.description,
             "device": extractor.device,
+            "decoder": self.video.info.decoder if self.video is not None else "",
             "batch_size": self.batch_size,
             "collection": spec.name,
             "seconds": round(time.perf_counter() - self.started, 3),

@@ -121,9 +121,14 @@ def weights_module(model: ModelSettings):
 
 def code_version(settings: Settings) -> str:
     """Covers what changes the vectors: model, weights, dtype, the family's own keys,
-    preprocessing and sampling."""
+    preprocessing and sampling (`video_input.sampling` too: key frames are other frames;
+    named only when not `fps`, so the code versions of existing configs stay). Not the
+    decoder: every backend gives the same frames, their vectors within cos 0.999
+    (test_decoder_parity.py), and each video's metadata names the one that ran."""
     model = settings.model
     keep = {key: getattr(model, key) for key in ("name", "path", "source", "dtype", *FAMILIES[model.name].options)}
     sampling = {"sample_fps": settings.video_input.sample_fps, "max_frames": settings.video_input.max_frames}
+    if settings.video_input.sampling != "fps":
+        sampling["sampling"] = settings.video_input.sampling
     blob = json.dumps([keep, sampling, PREPROCESSING_VERSION], sort_keys=True, default=str)
     return f"{model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"

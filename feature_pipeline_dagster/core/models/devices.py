@@ -30,9 +30,12 @@ def torch_device(name: str):
 
 def to_device(array, device):
     """A host array onto `device`; through pinned memory on CUDA, so the copy is
-    asynchronous and overlaps the work already queued."""
+    asynchronous and overlaps the work already queued. A tensor already there (nvdec's
+    frames) is taken as it is."""
     import torch
 
+    if isinstance(array, torch.Tensor):
+        return array.to(device)
     tensor = torch.from_numpy(array)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)

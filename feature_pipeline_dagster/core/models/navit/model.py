@@ -117,6 +117,8 @@ class NavitExtractor:
         from PIL import Image
 
         p, m = self.prep.patch_size, self.prep.merge_size
+        if not isinstance(frames, np.ndarray):  # nvdec's CUDA frames: the PIL resize (the reference's) needs them on the host
+            frames = frames.cpu().numpy()
         height, width = frames.shape[1:3]
         h, w = self.prep.resized_size(height, width)
         if (h, w) != (height, width):

@@ -1,0 +1,43 @@
+"""Decoding in the run's own process, for nvdec: its frames are CUDA tensors the model
+takes as they are, which a child process could hand over only through host memory.
+Same interface as `process.DecoderProcess`; a native crash of the GPU decoder is not
+contained (NVDEC runs in the driver, not in FFmpeg's software decoders), and FFmpeg's
+log (fd 2) is not read: damage is seen where the decoder raises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from feature_pipeline_dagster.core.decode.reader import VideoReader
+from feature_pipeline_dagster.core.engine.batches import FrameBatch
+
+
+class LocalVideo:
+    def __init__(self, reader: VideoReader, sample_fps: float, max_frames: int | None, sampling: str):
+        self.reader, self.path, self.info = reader, reader.path, reader.info
+        self.plan = reader.plan(sample_fps, max_frames, sampling)
+
+    @property
+    def partial(self) -> str | None:
+        return self.reader.partial
+
+    def batches(self, batch_size: int) -> Iterator[FrameBatch]:
+        try:
+            yield from self.reader.batches(self.plan, batch_size)
+        finally:
+            self.reader.close()
+
+
+class LocalDecoder:
+    """A decoder lane's handle that decodes in this process on `device`."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def open(self, path: Path, sample_fps: float, max_frames: int | None, decoder: str = "nvdec",
+             sampling: str = "fps") -> LocalVideo:
+        return LocalVideo(VideoReader(path, decoder=decoder, device=self.device), sample_fps, max_frames, sampling)
+
+    def stop(self) -> None:
+        pass
