@@ -110,3 +110,29 @@ def readers_of(paths, parent: int | None = None) -> list[int]:
         except (OSError, IndexError):
             continue
     return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (feature_pipeline_dagster_tests/postgres.py)."""
+    from feature_pipeline_dagster_tests.postgres import postgres_bin, start_postgres
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_instance(project, postgres_server, monkeypatch, request):
+    """The project's Dagster instance on the production template, deploy/dagster.yaml:
+    Postgres storage in a database of this test's own, credentials from the environment."""
+    from feature_pipeline_dagster.cli.instance import instance_yaml
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    postgres_server.create_database(name)
+    for key, value in postgres_server.env(name).items():
+        monkeypatch.setenv(key, value)
+    (project.root / "dagster_home" / "dagster.yaml").write_text(instance_yaml(1, REPO / "deploy" / "dagster.yaml"))
+    return project

@@ -3,7 +3,9 @@ changed videos run again, deleted videos lose their partition and their rows.
 
 Runs carry a device tag (least loaded first) that the run queue limits per device;
 videos that arrive together go out as ranged runs, about one per device, so one
-process and one model load serve many videos. Never imports torch.
+process and one model load serve many videos. Under `placement: kubernetes` a run's tags
+also ask dagster-k8s for a pod with one GPU (orchestration/placement.py). Never imports
+torch.
 """
 
 import hashlib
@@ -27,7 +29,6 @@ from dagster import (
 
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.folder_watch import diff_folder, split_contiguous
-from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import owned_collections
 from feature_pipeline_dagster.core.videos import content_digest, list_videos, partition_key, relpath_of
@@ -42,6 +43,7 @@ from feature_pipeline_dagster.orchestration.names import (
     VIDEO_FILE,
 )
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
+from feature_pipeline_dagster.orchestration.placement import device_tags, parallel_runs, run_tags
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 
 UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE,
@@ -69,12 +71,12 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
     # left to the automation sensor, it waited for every queued run's checks (the checks
     # are not partitioned), so summaries stalled while files kept arriving (bench_load.py).
     targets = [*features, AssetKey(SUMMARY_ASSET)]
-    devices = run_devices(settings.gpus)
+    devices = device_tags(settings)
 
     def request(videos: list[tuple[str, object]], device: str) -> RunRequest:
         """One run for consecutive videos; its key changes with any file's content."""
         keys = [k for k, _ in videos]
-        tags = {DEVICE_TAG: device}
+        tags = run_tags(settings, device)
         if len(keys) > 1:
             tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
         run_key = hashlib.sha1(json.dumps([(k, v.fingerprint) for k, v in videos]).encode()).hexdigest()
@@ -99,7 +101,8 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             changes.changed = [(k, v) for k, v in changes.changed if k not in done]
         picker = _DevicePicker(instance, devices)
         new_keys = [k for k, _ in changes.new]
-        runs = [request(chunk, picker.take()) for chunk in split_contiguous(changes.new, len(devices), MAX_VIDEOS_PER_RUN)]
+        chunks = split_contiguous(changes.new, parallel_runs(settings), MAX_VIDEOS_PER_RUN)
+        runs = [request(chunk, picker.take()) for chunk in chunks]
         runs += [request([video], picker.take()) for video in changes.changed]
         observations = [o for k, v in changes.new + changes.changed if (o := _observe(k, v))]
         if changes.deleted:

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from feature_pipeline_dagster.core.settings import VECTOR_DTYPE, CollectionSpec, ConfigError
+from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, VECTOR_DTYPE, CollectionSpec, ConfigError
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.stream import prefetch
@@ -25,6 +25,7 @@ from feature_pipeline_dagster.core.store import new_generation
 
 
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
+log = logging.getLogger("feature_pipeline.store")
 
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -102,9 +103,13 @@ class MilvusStore:
         except Exception as err:
             raise StoreError(f"Milvus at {self.uri}: {what} failed ({one_line(err)})") from None
 
+    @property
+    def is_lite(self) -> bool:
+        return self.uri.endswith(".db")
+
     def ensure_collection(self, spec: CollectionSpec) -> None:
-        """Create the collection with a COSINE index, or check that the existing one
-        has the fields the config declares; either way load it for queries."""
+        """Create the collection with its configured index, or check that the existing
+        one has the fields the config declares; either way load it for queries."""
         if spec in self._ready:
             return
         if self._call("has_collection", self.client.has_collection, spec.name):
@@ -114,17 +119,37 @@ class MilvusStore:
         self._call("load_collection", self.client.load_collection, spec.name)
         self._ready.add(spec)
 
+    def index_type(self, spec: CollectionSpec) -> str:
+        """The configured index, or AUTOINDEX where Milvus Lite cannot build it (DISKANN):
+        one config serves the laptop and the cluster."""
+        if self.is_lite and spec.index.type not in LITE_INDEX_TYPES:
+            return "AUTOINDEX"
+        return spec.index.type
+
     def _create(self, spec: CollectionSpec) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
         for f in spec.fields:
             extra = {k: v for k, v in (("max_length", f.max_length), ("dim", f.dim)) if v is not None}
+            if f.name == "video_path" and spec.partition_key:
+                # A server hashes videos over its partitions (16 by default in 2.3): a
+                # video's delete, count and fetch touch one partition, not all of them.
+                extra["is_partition_key"] = True
             schema.add_field(f.name, DataType[f.dtype], is_primary=f.is_primary, auto_id=f.auto_id, **extra)
         index = self.client.prepare_index_params()
-        index.add_index(field_name=spec.vector_field.name, index_type="AUTOINDEX", metric_type="COSINE")
+        kind = self.index_type(spec)
+        if kind != spec.index.type:
+            log.warning("collection %s: Milvus Lite has no %s index: AUTOINDEX instead (a server builds %s)",
+                        spec.name, spec.index.type, spec.index.type)
+        params = dict(spec.index.params) if kind == spec.index.type else {}
+        index.add_index(field_name=spec.vector_field.name, index_type=kind, metric_type=spec.index.metric,
+                        params=params)
         try:
-            self.client.create_collection(spec.name, schema=schema, index_params=index)
+            # Strong: a server otherwise answers queries at "Bounded" staleness (pymilvus'
+            # default), and a count right after a commit could miss the rows or see the
+            # deleted ones; the ledger and the checks count exactly. Lite is always current.
+            self.client.create_collection(spec.name, schema=schema, index_params=index, consistency_level="Strong")
         except Exception as err:
             # Another process may be creating it right now: its collection shows up in a moment.
             for _ in range(20):
@@ -283,9 +308,10 @@ class MilvusStore:
     def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]:
         self.ensure_collection(spec)
         fields = [f.name for f in spec.fields if f.dtype != VECTOR_DTYPE and not f.is_primary]
+        params = {"metric_type": spec.index.metric, "params": dict(spec.index.search)}
         hits = self._call(
             "search", self.client.search, spec.name, data=[np.asarray(vector, dtype=np.float32)],
-            limit=limit, output_fields=fields, anns_field=spec.vector_field.name,
+            limit=limit, output_fields=fields, anns_field=spec.vector_field.name, search_params=params,
         )
         return [dict(hit["entity"], score=hit["distance"]) for hit in hits[0]]
 
