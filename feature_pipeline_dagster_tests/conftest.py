@@ -136,3 +136,25 @@ def postgres_instance(project, postgres_server, monkeypatch, request):
         monkeypatch.setenv(key, value)
     (project.root / "dagster_home" / "dagster.yaml").write_text(instance_yaml(1, REPO / "deploy" / "dagster.yaml"))
     return project
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory):
+    """The real Milvus server (feature_pipeline_dagster_tests/milvus_server.py), once per
+    session, only inside the namespace end_to_end/test_milvus_server.py makes for it."""
+    from feature_pipeline_dagster_tests.milvus_server import MilvusStandalone, inside_namespace
+
+    if not inside_namespace():
+        pytest.skip("the Milvus server runs only in its own network namespace (end_to_end/test_milvus_server.py)")
+    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone") / "data")
+    server.start()
+    yield server
+    print(f"\nmilvus-server start-up: {', '.join(f'{s:.1f}s' for s in server.start_seconds)}")
+    server.kill()
+
+
+@pytest.fixture
+def milvus_server(milvus_standalone):
+    """The session's Milvus server, running and empty."""
+    milvus_standalone.reset()
+    return milvus_standalone

@@ -22,7 +22,7 @@ from feature_pipeline_dagster.orchestration.names import (
     RANGE_END_TAG,
     RANGE_START_TAG,
 )
-from feature_pipeline_dagster.orchestration.placement import queue_limits
+from feature_pipeline_dagster.orchestration.placement import k8s_run_config, queue_limits
 from feature_pipeline_dagster_tests.conftest import REPO
 
 IMAGE = "registry.example.com/feature-pipeline:0.1.0"
@@ -131,6 +131,40 @@ def test_the_job_dagster_k8s_submits_for_a_sensor_ranged_run(project, monkeypatc
     assert type(command).__name__ == "ExecuteRunArgs" and command.run_id == run.run_id
     assert command.job_origin.repository_origin.code_pointer.module == "feature_pipeline_dagster"
     assert "root:Milvus" not in json.dumps(job.to_dict(), default=str)
+
+
+def test_a_run_launched_without_the_sensors_tag_also_gets_one_gpu(tmp_path):
+    """The UI's Materialize and `dagster job launch` add no tag: the launcher's own
+    runK8sConfig (deploy/helm-values.yaml) asks for the GPU, the same as the sensor's tag."""
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.launcher import LaunchRunContext
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.test_utils import create_run_for_test
+    from dagster_k8s import K8sRunLauncher
+
+    values = yaml.safe_load((REPO / "deploy" / "helm-values.yaml").read_text())
+    chart = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    cluster = load_settings(REPO / "deploy" / "cluster-config.yaml", check_paths=False)
+    expected = k8s_run_config(cluster)
+    expected["container_config"].pop("image")  # the chart's runs take the code location's image
+    assert {"container_config": chart["containerConfig"], "pod_spec_config": chart["podSpecConfig"]} == expected
+    (kubeconfig := tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    batch_api = RecordingBatchApi()
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        launcher = K8sRunLauncher(
+            service_account_name="dagster", instance_config_map="dagster-instance", dagster_home="/opt/dagster/home",
+            load_incluster_config=False, kubeconfig_file=str(kubeconfig), k8s_client_batch_api=batch_api,
+            run_k8s_config={"container_config": chart["containerConfig"], "pod_spec_config": chart["podSpecConfig"]})
+        launcher.register_instance(instance)
+        origin = JobPythonOrigin("__ASSET_JOB", RepositoryPythonOrigin(
+            "/usr/local/bin/python", ModuleCodePointer("feature_pipeline_dagster", "defs", "/opt/dagster/app"),
+            container_image=IMAGE))
+        run = create_run_for_test(instance, job_name="__ASSET_JOB", tags={}, job_code_origin=origin)
+        launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+    [(_, job)] = batch_api.jobs
+    [container] = job.spec.template.spec.containers
+    assert container.resources.limits == {"nvidia.com/gpu": "1"} and container.image == IMAGE
+    assert {e.name for e in container.env} >= {"MILVUS_TOKEN"}
 
 
 def test_queue_limit_is_the_gpu_count_and_the_helm_values_match(project, monkeypatch):
