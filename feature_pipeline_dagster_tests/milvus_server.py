@@ -52,21 +52,52 @@ class MilvusStandalone:
 
     def __init__(self, data_dir: Path):
         self.data_dir, self.process = data_dir, None
+        self.binary: tuple[list[str], dict, str] | None = None
         self.start_seconds: list[float] = []
+        self.last_error = ""
 
     def start(self, timeout: float = 120) -> None:
+        """The first start goes through `milvus-server` (it writes the config and unpacks
+        the binaries); a restart runs the `milvus` binary it started, with the same command,
+        environment and config. The launcher probes its ports with a plain bind: after a
+        SIGKILL with clients connected, 19530 sits in TIME_WAIT for a minute and the launcher
+        silently moves the server to 19531; the Go binary binds with SO_REUSEADDR."""
         assert inside_namespace(), "the Milvus server binds every interface: start it only in its own namespace"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         with open(self.data_dir.parent / "milvus-server.log", "ab") as log:
-            self.process = subprocess.Popen([str(milvus_server_command()), "--data", str(self.data_dir), *EXTRA_CONFIG],
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+            if self.binary is None:
+                command, env, cwd = [str(milvus_server_command()), "--data", str(self.data_dir), *EXTRA_CONFIG], None, None
+            else:
+                command, env, cwd = self.binary
+            self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
         while not self.ready():
             assert self.process.poll() is None, f"milvus-server exited; see {self.data_dir.parent / 'milvus-server.log'}"
-            assert time.monotonic() - started < timeout, "milvus-server did not accept clients in time"
+            assert time.monotonic() - started < timeout, f"milvus-server did not accept clients in time ({self.last_error})"
             time.sleep(0.2)
         self.start_seconds.append(time.monotonic() - started)
+        if self.binary is None:
+            self.binary = self._binary_command()
+
+    def _binary_command(self) -> tuple[list[str], dict, str]:
+        """The running `milvus` binary's command line, environment and folder (/proc)."""
+        for pid in self._binary_pids():
+            read = Path(f"/proc/{pid}")
+            command = [a.decode() for a in read.joinpath("cmdline").read_bytes().split(b"\0") if a]
+            env = dict(e.decode().split("=", 1) for e in read.joinpath("environ").read_bytes().split(b"\0") if b"=" in e)
+            return command, env, os.readlink(read / "cwd")
+        raise AssertionError("milvus-server runs no milvus binary")
+
+    def _binary_pids(self) -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{pid}/exe").startswith(str(self.data_dir)):
+                    found.append(int(pid))
+            except OSError:
+                continue
+        return found
 
     def ready(self) -> bool:
         with socket.socket() as sock:
@@ -77,12 +108,14 @@ class MilvusStandalone:
 
         try:
             client = MilvusClient(uri=self.uri, timeout=5, dedicated=True)
-        except Exception:
+        except Exception as err:
+            self.last_error = f"connect: {err}"
             return False
         try:
             client.list_collections()
             return True
-        except Exception:
+        except Exception as err:
+            self.last_error = f"list_collections: {err}"
             return False
         finally:
             client.close()
@@ -99,13 +132,11 @@ class MilvusStandalone:
             except ProcessLookupError:
                 pass
             self.process.wait()
-        binaries = str(self.data_dir)
-        for pid in filter(str.isdigit, os.listdir("/proc")):
+        for pid in self._binary_pids():
             try:
-                if os.readlink(f"/proc/{pid}/exe").startswith(binaries):
-                    os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                continue
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with socket.socket() as sock:

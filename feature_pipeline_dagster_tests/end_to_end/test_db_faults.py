@@ -103,8 +103,11 @@ class KillOnceRowsLand(threading.Thread):
         client = MilvusClient(uri=self.server.uri, dedicated=True)
         try:
             while not self.run_over.wait(0.02):
-                if client.has_collection(self.collection) and row_count(client, self.collection):
-                    break
+                try:
+                    if client.has_collection(self.collection) and row_count(client, self.collection):
+                        break
+                except Exception:  # a Milvus server answers "collection not loaded" while it loads
+                    continue
             else:
                 return
         finally:
