@@ -39,7 +39,7 @@ def namespaces_available() -> str | None:
     for tool in ("unshare", "ip"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (util-linux, iproute2)"
-    probe = subprocess.run(["unshare", "-m", "-n", "-p", "--fork", "--mount-proc", "sh", "-c", "ip link set lo up"],
+    probe = subprocess.run(["unshare", "-m", "-n", "-p", "--fork", "--kill-child", "--mount-proc", "sh", "-c", "ip link set lo up"],
                            capture_output=True, text=True)
     if probe.returncode != 0:
         return f"cannot make network namespaces here ({probe.stderr.strip() or probe.returncode}): needs root or CAP_SYS_ADMIN"
@@ -51,7 +51,7 @@ def test_store_kill_and_db_faults_against_a_real_milvus_server(tmp_path):
     reason = namespaces_available()
     if reason:
         pytest.skip(reason)
-    command = ["unshare", "-m", "-n", "-p", "--fork", "--mount-proc", "sh", "-c", NAMESPACE, sys.executable,
+    command = ["unshare", "-m", "-n", "-p", "--fork", "--kill-child", "--mount-proc", "sh", "-c", NAMESPACE, sys.executable,
                "-q", "-p", "no:cacheprovider", "-k", BACKEND, "-s", "-rfEs", "--durations=8",
                f"--basetemp={tmp_path / 'inner'}", *SUITES]
     env = {**os.environ, NAMESPACE_ENV: "1"}
