@@ -21,9 +21,15 @@ TINY_CLIP = {
 }
 
 
+TINY_CLIP_ENV = "FP_TEST_TINY_CLIP"  # a pytest run inside another (test_milvus_server.py) reuses its model
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     from feature_pipeline_dagster.core.models.clip.weights import make_random
+
+    if os.environ.get(TINY_CLIP_ENV):
+        return Path(os.environ[TINY_CLIP_ENV])
 
     folder = tmp_path_factory.mktemp("models") / "tiny-clip"
     return make_random(ModelSettings(name="CLIP", path=str(folder), source="folder"), folder, TINY_CLIP)

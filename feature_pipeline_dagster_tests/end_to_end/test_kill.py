@@ -9,8 +9,7 @@ before its old one is deleted; after several videos' new generations are in, wai
 for their one amortized commit. The rest are spread in time over the whole run.
 
 Against a Milvus Lite file, and (inside the namespace end_to_end/test_milvus_server.py
-makes) a real Milvus 2.3 server, with three kills: between write batches, after a new
-generation is in and before the old one is deleted, and one in time."""
+makes) a real Milvus 2.3 server, with two kills: between write batches, and one in time."""
 
 import os
 import signal
@@ -129,9 +128,9 @@ STAGES = ["decoding", "between write batches", "new generation in, old not yet d
 @pytest.mark.timeout(1800)  # 30 kills, each followed by a run of the range: minutes on 2 cores
 @pytest.mark.parametrize("backend", backends("lite"))
 def test_sigkill_at_thirty_points_loses_and_doubles_nothing(project, backend, request):
-    # On the server, 3 kills (between write batches, new generation in and old not yet
-    # deleted, one in time): each costs a run of the range, ~30 s on 2 busy cores.
-    kill_points, placed = (KILL_POINTS, PLACED) if backend == "lite" else (3, 2)
+    # On the server, 2 kills (between write batches, one in time): each costs a run of the
+    # range, ~45 s on 2 cores shared with other jobs.
+    kill_points, placed = (KILL_POINTS, PLACED) if backend == "lite" else (2, 1)
     config = yaml.safe_load(project.config.read_text())
     if backend == BACKEND:
         config["db"]["uri"] = request.getfixturevalue("milvus_server").uri
