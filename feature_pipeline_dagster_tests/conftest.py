@@ -22,9 +22,15 @@ TINY_CLIP = {
 }
 
 
+TINY_CLIP_ENV = "FP_TEST_TINY_CLIP"  # a pytest run inside another (test_milvus_server.py) reuses its model
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     from feature_pipeline_dagster.core.models.clip.weights import make_random
+
+    if os.environ.get(TINY_CLIP_ENV):
+        return Path(os.environ[TINY_CLIP_ENV])
 
     folder = tmp_path_factory.mktemp("models") / "tiny-clip"
     return make_random(ModelSettings(name="CLIP", path=str(folder), source="folder"), folder, TINY_CLIP)
@@ -111,3 +117,51 @@ def readers_of(paths, parent: int | None = None) -> list[int]:
         except (OSError, IndexError):
             continue
     return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (feature_pipeline_dagster_tests/postgres.py)."""
+    from feature_pipeline_dagster_tests.postgres import postgres_bin, start_postgres
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_instance(project, postgres_server, monkeypatch, request):
+    """The project's Dagster instance on the production template, deploy/dagster.yaml:
+    Postgres storage in a database of this test's own, credentials from the environment."""
+    from feature_pipeline_dagster.cli.instance import instance_yaml
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    postgres_server.create_database(name)
+    for key, value in postgres_server.env(name).items():
+        monkeypatch.setenv(key, value)
+    (project.root / "dagster_home" / "dagster.yaml").write_text(instance_yaml(1, REPO / "deploy" / "dagster.yaml"))
+    return project
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory):
+    """The real Milvus server (feature_pipeline_dagster_tests/milvus_server.py), once per
+    session, only inside the namespace end_to_end/test_milvus_server.py makes for it."""
+    from feature_pipeline_dagster_tests.milvus_server import MilvusStandalone, inside_namespace
+
+    if not inside_namespace():
+        pytest.skip("the Milvus server runs only in its own network namespace (end_to_end/test_milvus_server.py)")
+    server = MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone") / "data")
+    server.start()
+    yield server
+    print(f"\nmilvus-server start-up: {', '.join(f'{s:.1f}s' for s in server.start_seconds)}")
+    server.kill()
+
+
+@pytest.fixture
+def milvus_server(milvus_standalone):
+    """The session's Milvus server, running and empty."""
+    milvus_standalone.reset()
+    return milvus_standalone

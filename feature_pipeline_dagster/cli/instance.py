@@ -44,9 +44,10 @@ def claim_folder(home: Path, settings: Settings) -> None:
             f"partitions of {owner}: give each folder its own instance (export DAGSTER_HOME=<another folder>)")
 
 
-def instance_yaml(runs_per_device: int) -> str:
-    """The instance template with the config's runs per device as the queue's limit per device tag."""
-    return INSTANCE_TEMPLATE.read_text().replace(
+def instance_yaml(runs_per_device: int, template: Path = INSTANCE_TEMPLATE) -> str:
+    """The instance template (or deploy/dagster.yaml, the production one) with the config's
+    runs per device as the queue's limit per device tag."""
+    return template.read_text().replace(
         "limit: 1  # runs_per_device", f"limit: {runs_per_device}  # runs_per_device")
 
 

@@ -5,6 +5,11 @@ A slot is an exclusive `flock` on `<root>/<device>.<slot>.lock`: the kernel rele
 when the holder exits, so a killed run never leaks a slot. The run queue's tag limits
 keep tagged runs from piling up; the lease is what guarantees the limit for the runs
 that bypass the queue.
+
+That holds on one host. Across hosts (`placement: kubernetes`) the scheduler is the lease:
+a run's pod asks for `nvidia.com/gpu: 1` and the device plugin gives a GPU to one
+container at a time (orchestration/placement.py); `scheduler_owns_device` says when a run
+is such a pod.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ log = logging.getLogger("feature_pipeline.leases")
 class DeviceLease:
     device: str
     slot: int
-    path: Path
+    path: Path | None  # None: the scheduler's (`scheduled`)
     acquired_at: float
     _fd: int = field(repr=False, default=-1)
 
@@ -33,6 +38,18 @@ class DeviceLease:
             os.close(self._fd)
             self._fd = -1
         return time.time()
+
+
+def scheduler_owns_device(placement: str) -> bool:
+    """True in a Kubernetes pod under `placement: kubernetes`: the pod was scheduled with
+    its own GPU, which it sees as cuda:0, so no file lease is taken (a lock file on one
+    node says nothing about another). Kubernetes sets KUBERNETES_SERVICE_HOST in every pod."""
+    return placement == "kubernetes" and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def scheduled(device: str) -> DeviceLease:
+    """The lease of a device the scheduler gave this pod: nothing to lock or release."""
+    return DeviceLease(device, 0, None, time.time())
 
 
 def _try_slot(root: Path, device: str, slot: int) -> DeviceLease | None:

@@ -28,6 +28,12 @@ VECTOR_DTYPE = "FLOAT_VECTOR"
 IMPLICIT_FIELDS = {"timestamp_ms": "INT64", "generation": "INT64"}
 DEVICE_PATTERN = re.compile(r"^(cpu(:\d+)?|cuda(:\d+)?|mps|auto)$")
 MODEL_KEYS = {"name", "path", "source", "features", "batch_size", "dtype"}
+# Vector index types a config may name. Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW
+# and AUTOINDEX (tested: core/test_store.py); DISKANN is server-only (Lite accepts the
+# index and then fails to build it at search time), so on Lite the store uses AUTOINDEX.
+INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "SCANN")
+LITE_INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
+PLACEMENTS = ("local", "kubernetes")
 
 
 @dataclass(frozen=True)
@@ -41,9 +47,23 @@ class FieldSpec:
 
 
 @dataclass(frozen=True)
+class IndexSpec:
+    """`db.collections[].index`: the vector index and how searches walk it. The default,
+    AUTOINDEX with no parameters, works on Milvus Lite and on every server; see the
+    README's "Milvus server: indexes at scale" for the choice at 10^8-10^9 rows."""
+
+    type: str = "AUTOINDEX"
+    metric: str = "COSINE"
+    params: tuple[tuple[str, Any], ...] = ()  # build parameters, e.g. (("M", 16), ("efConstruction", 200))
+    search: tuple[tuple[str, Any], ...] = ()  # search parameters, e.g. (("ef", 64),)
+
+
+@dataclass(frozen=True)
 class CollectionSpec:
     name: str
     fields: tuple[FieldSpec, ...]
+    index: IndexSpec = IndexSpec()
+    partition_key: bool = True  # video_path as the partition key (a server hashes videos to partitions)
 
     @property
     def vector_field(self) -> FieldSpec:
@@ -113,6 +133,19 @@ class DbSettings:
 
 
 @dataclass(frozen=True)
+class KubernetesSettings:
+    """`kubernetes.*`, read with `placement: kubernetes`: each run is its own pod with one
+    GPU (Dagster's K8sRunLauncher; orchestration/placement.py builds the run's tag)."""
+
+    gpus: int  # GPUs the cluster lends these runs: the run queue's limit
+    image: str  # the user-code image (deploy/Dockerfile)
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    token_secret: str | None = None  # a Secret holding the Milvus token, as env db.token_env
+    token_secret_key: str = "token"
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path
     model: ModelSettings
@@ -121,6 +154,8 @@ class Settings:
     db: DbSettings
     logs_dir: Path = field(default=Path("logs"))
     runs_per_device: int = 1
+    placement: str = "local"  # local: runs on this host's devices; kubernetes: one pod and one GPU per run
+    kubernetes: KubernetesSettings | None = None
 
     def collection_for(self, feature: str) -> CollectionSpec:
         return self.db.collections[self.model.features.index(feature)]
@@ -190,7 +225,7 @@ def load_settings(path: str | os.PathLike | None = None, check_paths: bool = Tru
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}".replace("\n", " ")) from None
     root = _Node(data if data is not None else {}, "", source)
-    root.check_keys({"model", "video_input", "gpus", "runs_per_device", "db", "logs"})
+    root.check_keys({"model", "video_input", "gpus", "runs_per_device", "db", "logs", "placement", "kubernetes"})
     model = _parse_model(root.child("model"), check_paths)
     video_input = _parse_video_input(root.child("video_input"), check_paths)
     gpus = _parse_gpus(root)
@@ -198,7 +233,38 @@ def load_settings(path: str | os.PathLike | None = None, check_paths: bool = Tru
     logs = root.get("logs", dict, {}) or {}
     logs_dir = Path(_Node(logs, "logs", source).get("path", str, "logs"))
     runs_per_device = root.positive("runs_per_device", int, 1)
-    return Settings(source, model, video_input, gpus, db, logs_dir, runs_per_device)
+    placement = root.get("placement", str, "local")
+    if placement not in PLACEMENTS:
+        root.fail(f"unknown placement {placement!r} (expected local or kubernetes)", "placement")
+    kubernetes = None
+    if placement == "kubernetes":
+        kubernetes = _parse_kubernetes(root.child("kubernetes"), db)
+    elif root.get("kubernetes", dict, None) is not None:
+        root.fail("only placement: kubernetes reads this block (placement is local)", "kubernetes")
+    return Settings(source, model, video_input, gpus, db, logs_dir, runs_per_device, placement, kubernetes)
+
+
+def _parse_kubernetes(node: _Node, db: DbSettings) -> KubernetesSettings:
+    node.check_keys({"gpus", "image", "node_selector", "tolerations", "token_secret", "token_secret_key"})
+    selector = node.get("node_selector", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
+        node.fail("expected a mapping of label to string value, e.g. {nvidia.com/gpu.present: \"true\"}", "node_selector")
+    tolerations = node.get("tolerations", list, [])
+    for i, toleration in enumerate(tolerations):
+        if not isinstance(toleration, dict) or not toleration:
+            node.fail("expected a Kubernetes toleration, e.g. {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}",
+                      f"tolerations[{i}]")
+    token_secret = node.get("token_secret", str, None)
+    if token_secret and not db.token_env:
+        node.fail("names the Secret for db.token_env's variable, but db.token_env is not set", "token_secret")
+    return KubernetesSettings(
+        gpus=node.positive("gpus", int),
+        image=node.get("image", str, required=True),
+        node_selector=tuple(sorted(selector.items())),
+        tolerations=tuple(tuple(sorted(t.items())) for t in tolerations),
+        token_secret=token_secret,
+        token_secret_key=node.get("token_secret_key", str, "token"),
+    )
 
 
 def _parse_model(node: _Node, check_paths: bool) -> ModelSettings:
@@ -315,7 +381,7 @@ def _parse_db(node: _Node, model: ModelSettings) -> DbSettings:
 def _parse_collection(node: _Node, model: ModelSettings) -> CollectionSpec:
     from feature_pipeline_dagster.core.models import FAMILIES
 
-    node.check_keys({"name", "fields"})
+    node.check_keys({"name", "fields", "index", "partition_key"})
     name = node.get("name", str, required=True)
     if not re.fullmatch(r"[A-Za-z_]\w{0,254}", name):
         node.fail(f"{name!r} is not a valid Milvus collection name (letters, digits, underscores)", "name")
@@ -355,7 +421,23 @@ def _parse_collection(node: _Node, model: ModelSettings) -> CollectionSpec:
         if required not in names:
             node.fail(f"missing field {required!r}, which model {model.name} writes into every row", "fields")
     fields += [FieldSpec(n, t) for n, t in IMPLICIT_FIELDS.items() if n not in names]
-    return CollectionSpec(name, tuple(fields))
+    index = _parse_index(_Node(node.get("index", dict, {}), f"{node.key}.index", node.source))
+    return CollectionSpec(name, tuple(fields), index, node.get("partition_key", bool, True))
+
+
+def _parse_index(node: _Node) -> IndexSpec:
+    node.check_keys({"type", "metric", "params", "search_params"})
+    kind = node.get("type", str, "AUTOINDEX").upper()
+    if kind not in INDEX_TYPES:
+        node.fail(f"unknown index type {kind!r} (expected one of: {', '.join(INDEX_TYPES)})", "type")
+    metric = node.get("metric", str, "COSINE").upper()
+    if metric not in ("COSINE", "IP", "L2"):
+        node.fail(f"unknown metric {metric!r} (expected COSINE, IP or L2)", "metric")
+    params, search = node.get("params", dict, {}), node.get("search_params", dict, {})
+    for key, given in (("params", params), ("search_params", search)):
+        if not all(isinstance(k, str) and isinstance(v, (int, float, str)) for k, v in given.items()):
+            node.fail("expected a mapping of parameter name to number, e.g. {M: 16, efConstruction: 200}", key)
+    return IndexSpec(kind, metric, tuple(sorted(params.items())), tuple(sorted(search.items())))
 
 
 def _parse_field(node: _Node) -> FieldSpec:

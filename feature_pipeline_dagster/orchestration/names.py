@@ -13,3 +13,9 @@ PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 DATA_VERSION_TAG = "dagster/data_version"
+
+# `placement: kubernetes`: every run carries this one device tag value (the queue limits it
+# to `kubernetes.gpus`), and dagster-k8s reads a run's pod spec from its config tag.
+KUBERNETES_DEVICE = "kubernetes/gpu"
+K8S_CONFIG_TAG = "dagster-k8s/config"
+GPU_RESOURCE = "nvidia.com/gpu"

@@ -6,7 +6,9 @@ naming them so the UI shows why.
 
 Runs carry a device tag (least loaded first) that the run queue limits per device;
 videos that arrive together go out as ranged runs, about one per device, so one
-process and one model load serve many videos. Never imports torch.
+process and one model load serve many videos. Under `placement: kubernetes` a run's tags
+also ask dagster-k8s for a pod with one GPU (orchestration/placement.py). Never imports
+torch.
 """
 
 import hashlib
@@ -47,6 +49,7 @@ from feature_pipeline_dagster.orchestration.names import (
     VIDEO_FILE,
 )
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
+from feature_pipeline_dagster.orchestration.placement import device_tags, parallel_runs, run_tags
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 
 UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE,
@@ -74,13 +77,13 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
     # left to the automation sensor, it waited for every queued run's checks (the checks
     # are not partitioned), so summaries stalled while files kept arriving (bench_load.py).
     targets = [*features, AssetKey(SUMMARY_ASSET)]
-    devices = run_devices(settings.gpus)
+    devices = device_tags(settings)
 
     def request(videos: list[tuple[str, object]], device: str, again: str = "") -> RunRequest:
         """One run for consecutive videos; its key changes with any file's content (and
         with `again`: a video whose rows were lost is asked for anew)."""
         keys = [k for k, _ in videos]
-        tags = {DEVICE_TAG: device}
+        tags = run_tags(settings, device)
         if len(keys) > 1:
             tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
         run_key = hashlib.sha1(json.dumps([again, *((k, v.fingerprint) for k, v in videos)]).encode()).hexdigest()
@@ -107,11 +110,12 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             changes.changed = [(k, v) for k, v in changes.changed if k not in done]
         picker = _DevicePicker(instance, devices)
         new_keys = [k for k, _ in changes.new]
-        runs = [request(chunk, picker.take()) for chunk in split_contiguous(changes.new, len(devices), MAX_VIDEOS_PER_RUN)]
+        chunks = split_contiguous(changes.new, parallel_runs(settings), MAX_VIDEOS_PER_RUN)
+        runs = [request(chunk, picker.take()) for chunk in chunks]
         runs += [request([video], picker.take()) for video in changes.changed]
         lost, again = dict(changes.lost), str(time.time_ns())
         runs += [request([(k, lost[k]) for k in keys], picker.take(), again)
-                 for keys in plan_ranges(list(lost), order, len(devices), MAX_VIDEOS_PER_RUN)]
+                 for keys in plan_ranges(list(lost), order, parallel_runs(settings), MAX_VIDEOS_PER_RUN)]
         observations = [o for k, v in changes.new + changes.changed if (o := _observe(k, v))]
         if changes.lost:
             observations += _rows_lost(features, [k for k, _ in changes.lost])

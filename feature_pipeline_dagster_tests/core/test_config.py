@@ -48,6 +48,22 @@ BAD = [
 ]
 
 
+def test_index_keys(tmp_path, tiny_clip):
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    collection = config["db"]["collections"][0]
+    collection["index"] = {"type": "hnsw", "params": {"M": 16}, "search_params": {"ef": 64}}
+    spec = load_settings(write_config(tmp_path, config)).db.collections[0]
+    assert (spec.index.type, spec.index.metric, spec.index.params, spec.index.search) == (
+        "HNSW", "COSINE", (("M", 16),), (("ef", 64),))
+    assert spec.partition_key
+    collection["index"] = {"type": "IVF_SQ8", "metric": "dot"}
+    with pytest.raises(ConfigError, match=r"db.collections\[0\].index.metric: unknown metric 'DOT'"):
+        load_settings(write_config(tmp_path, config))
+    collection["index"] = {"type": "ANNOY"}
+    with pytest.raises(ConfigError, match=r"db.collections\[0\].index.type: unknown index type 'ANNOY'"):
+        load_settings(write_config(tmp_path, config))
+
+
 @pytest.mark.parametrize("overrides,message", BAD)
 def test_bad_config_names_file_and_key(tmp_path, tiny_clip, overrides, message):
     config = clip_config(tmp_path, tiny_clip, tmp_path)

@@ -357,3 +357,25 @@ def test_declared_row_fields_are_the_columns_embed_emits(tiny_navit, video_frame
     rows = navit.load(settings(tiny_navit, max_tokens_per_frame=64), "cpu").embed(frame_batch(video_frames[0]))
     FAMILIES[NAME].check_columns(rows)
     assert FAMILIES[NAME].patch_grid and not FAMILIES[NAME].text_tower
+
+
+def test_what_a_navit_collection_costs_per_hour_of_video():
+    """The README's per-hour figures (section "Milvus server: indexes at scale"), from the
+    family's own defaults and grid: 1008 rows per 720p or 1080p frame at 1 fps."""
+    from feature_pipeline_dagster.core.models import FAMILIES
+    from feature_pipeline_dagster.core.models.navit.model import Preprocessing
+    from feature_pipeline_dagster.core.settings import VideoInput
+
+    family = FAMILIES["VL3-SigLIP-NaViT"]
+    defaults = {key: option.default for key, option in family.options.items()}
+    prep = Preprocessing(patch_size=14, merge_size=defaults["merge_size"], min_tokens=16,
+                         max_tokens=defaults["max_tokens_per_frame"], mean=(0.5,) * 3, std=(0.5,) * 3,
+                         rescale_factor=1 / 255, resample=3)
+    assert prep.grid(720, 1280) == prep.grid(1080, 1920) == (24, 42)
+    rows_per_hour = 3600 * VideoInput(path=None).sample_fps * 24 * 42
+    assert rows_per_hour == 3_628_800
+    row_bytes = 1152 * 4 + 8 + 44 + 4 + 8 + 2 + 2 + 8  # vector, id, video_path (~40 chars), frame_id ... generation
+    assert round(rows_per_hour * row_bytes / 1e9, 1) == 17.0  # GB of raw rows per hour
+    assert round(rows_per_hour * 1152 * 4 * 0.125 / 1e9, 1) == 2.1  # DISKANN's PQ codes in RAM per hour
+    assert round(rows_per_hour * (1152 + 8) / 1e9, 1) == 4.2  # IVF_SQ8 per hour
+    assert round(10**8 / rows_per_hour) == 28  # hours of video per 10^8 patch rows

@@ -1,4 +1,6 @@
-"""The store against a real Milvus Lite file (no mock)."""
+"""The store against a real Milvus Lite file, a Milvus Lite server and (inside the
+namespace end_to_end/test_milvus_server.py makes) a real Milvus 2.3 standalone server;
+no mock."""
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from feature_pipeline_dagster.core.store.lite_server import LiteServer
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.store.milvus import quote, rechunk, rows_per_request
 from feature_pipeline_dagster_tests.conftest import clip_config, stop_lite_server, write_config
+from feature_pipeline_dagster_tests.milvus_server import BACKEND, MilvusStandalone, backends
 
 INJECTION = '" or frame_id >= 0 or video_path == ".mp4'
 
@@ -20,20 +23,23 @@ def batch(n: int, seed: int = 0, start: int = 0) -> EmbeddingBatch:
     return EmbeddingBatch(vectors, {"frame_id": ids, "timestamp_ms": ids * 1000})
 
 
-@pytest.fixture(params=["lite-file", "server"])
+@pytest.fixture(params=backends("lite-file", "server"))
 def store_and_spec(request, tmp_path, tiny_clip, monkeypatch):
-    """The same tests against a Milvus Lite file and against a Milvus server on loopback
-    (`milvus-lite server`, started here), with the token read from the variable the
-    config names."""
+    """The same tests against a Milvus Lite file, a Milvus Lite server on loopback
+    (`milvus-lite server`, started here) and a Milvus standalone server, with the token
+    read from the variable the config names."""
     config = clip_config(tmp_path, tiny_clip, tmp_path)
     server = None
     if request.param == "server":
         server = LiteServer(tmp_path / "server" / "milvus.db")
         config["db"].update(uri=server.ensure_running().uri, token_env="TEST_MILVUS_TOKEN")
         monkeypatch.setenv("TEST_MILVUS_TOKEN", "root:Milvus")
+    elif request.param == BACKEND:
+        config["db"].update(uri=request.getfixturevalue("milvus_server").uri, token_env="TEST_MILVUS_TOKEN")
+        monkeypatch.setenv("TEST_MILVUS_TOKEN", "root:Milvus")
     settings = load_settings(write_config(tmp_path, config))
     store = store_for(settings.db)
-    assert store._token == ("root:Milvus" if server else None)
+    assert store._token == (None if request.param == "lite-file" else "root:Milvus")
     spec = settings.db.collections[0]
     store.ensure_collection(spec)
     yield store, spec
@@ -128,3 +134,51 @@ def test_inserts_stay_under_the_request_limit_whatever_the_batch_size(store_and_
     rows = EmbeddingBatch(np.ones((big, 32), np.float32), {"frame_id": np.arange(big), "timestamp_ms": np.arange(big)})
     assert store.write_video(spec, "big.mp4", [rows], batch_size=10**9) == big
     assert store.count_rows(spec, "big.mp4") == big
+
+
+def test_the_configured_index_and_partition_key(store_and_spec, tmp_path, tiny_clip):
+    """HNSW with its parameters and video_path as the partition key, as configured; a
+    DISKANN config gets AUTOINDEX on Milvus Lite (which cannot build it), the index
+    itself on a server, so one config serves both."""
+    store, _ = store_and_spec
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    collection = config["db"]["collections"][0]
+    specs = {}
+    for kind, params, search in (("HNSW", {"M": 8, "efConstruction": 64}, {"ef": 32}), ("DISKANN", {}, {})):
+        collection.update(name=f"idx_{kind.lower()}", index={"type": kind, "params": params, "search_params": search})
+        specs[kind] = load_settings(write_config(tmp_path, config, f"{kind}.yaml")).db.collections[0]
+    for kind, spec in specs.items():
+        store.ensure_collection(spec)
+        index = store.client.describe_index(spec.name, spec.vector_field.name)
+        built = "AUTOINDEX" if store.is_lite and kind == "DISKANN" else kind
+        assert (index["index_type"], index["metric_type"]) == (built, "COSINE")
+        if kind == "HNSW" and store.uri == MilvusStandalone.uri:  # Milvus Lite does not report build parameters
+            assert (int(index["M"]), int(index["efConstruction"])) == (8, 64)
+        fields = {f["name"]: f for f in store.client.describe_collection(spec.name)["fields"]}
+        assert fields["video_path"].get("is_partition_key") is True
+        rows = batch(5, seed=4)
+        store.write_video(spec, "p.mp4", [rows], batch_size=10)
+        store.write_video(spec, "q.mp4", [batch(3, seed=5)], batch_size=10)
+        hits = store.search(spec, rows.vectors[2], limit=1)  # with the configured search parameters
+        assert (hits[0]["video_path"], hits[0]["frame_id"]) == ("p.mp4", 2)
+        assert (store.count_rows(spec, "p.mp4"), store.count_rows(spec, "q.mp4")) == (5, 3)
+
+
+@pytest.mark.parametrize("store_and_spec", [BACKEND], indirect=True)  # skips outside the server's namespace
+def test_a_server_commit_is_visible_at_once_without_a_flush(store_and_spec):
+    """On a server the store never flushes: an acknowledged insert or delete is in the
+    server's log, and the collection's Strong consistency makes the next count exact.
+    A flush of Milvus 2.3 costs seconds (measured and printed here)."""
+    import time
+
+    store, spec = store_and_spec
+    started = time.perf_counter()
+    for i in range(3):
+        store.write_video(spec, "v.mp4", [batch(4 + i, seed=i)], batch_size=100)
+        assert store.count_rows(spec, "v.mp4") == 4 + i  # the new generation in, the old one gone
+    writes = (time.perf_counter() - started) / 3
+    started = time.perf_counter()
+    store.client.flush(spec.name)
+    flush = time.perf_counter() - started
+    print(f"server: write+commit+count {writes:.2f}s per video without flush; one flush {flush:.2f}s")
+    assert store.client.describe_collection(spec.name)["consistency_level"] in (0, "Strong")

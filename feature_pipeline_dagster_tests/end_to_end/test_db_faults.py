@@ -1,5 +1,6 @@
 """Database faults against a real Milvus server (`milvus-lite server` on loopback, started
-here) that is killed in the middle of a ranged run: the step is retried with backoff and,
+here; and, inside the namespace end_to_end/test_milvus_server.py makes, a real Milvus 2.3
+standalone) that is killed in the middle of a ranged run: the step is retried with backoff and,
 once the server is back, every video ends with exactly its rows; if it stays down, the run
 fails after its retries with one line naming the URI and what failed, and the next run,
 once the server is back, works at once."""
@@ -19,6 +20,7 @@ from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.decode.reader import VideoReader
 from feature_pipeline_dagster.core.videos import partition_key
 from feature_pipeline_dagster.core.samples import write_video
+from feature_pipeline_dagster_tests.milvus_server import MilvusStandalone, backends
 
 HOST = "127.0.0.1"
 VIDEOS = ["f0.mp4", "f1.mp4", "f2.mp4", "f3.mp4"]
@@ -57,8 +59,11 @@ class Server:
             self.process.wait()
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(params=backends("lite_server"))
+def server(request, tmp_path):
+    if request.param != "lite_server":
+        yield request.getfixturevalue("milvus_server")  # killed by the test, started again by the next reset
+        return
     server = Server(tmp_path / "milvus-server")
     server.start()
     yield server
@@ -98,8 +103,11 @@ class KillOnceRowsLand(threading.Thread):
         client = MilvusClient(uri=self.server.uri, dedicated=True)
         try:
             while not self.run_over.wait(0.02):
-                if client.has_collection(self.collection) and row_count(client, self.collection):
-                    break
+                try:
+                    if client.has_collection(self.collection) and row_count(client, self.collection):
+                        break
+                except Exception:  # a Milvus server answers "collection not loaded" while it loads
+                    continue
             else:
                 return
         finally:
@@ -171,9 +179,16 @@ def assert_exact_rows(server, collection: str, expected: dict[str, list[int]]) -
         client.close()
 
 
-def test_server_killed_mid_run_and_back_ends_with_exact_rows(project, server, expected):
+def test_server_killed_mid_run_and_back_ends_with_exact_rows(project, server, expected, monkeypatch):
     """The project's own retry policy (2 s, exponential: retries 2, 8 and 22 s after the
-    first failure) rides out a 4 s outage, and no attempt fails once the server is back."""
+    first failure) rides out a 4 s outage, and no attempt fails once the server is back.
+    A Milvus 2.3 standalone killed with SIGKILL is back only 10-30 s after its restart
+    (it waits for the dead process's etcd sessions to expire; 26 s measured under load):
+    there five retries (2 to 32 s apart) ride it out."""
+    if isinstance(server, MilvusStandalone):
+        import feature_pipeline_dagster.orchestration.assets.embeddings as embeddings
+
+        monkeypatch.setattr(embeddings, "RETRY_POLICY", RetryPolicy(max_retries=5, delay=2.0, backoff=Backoff.EXPONENTIAL))
     collection = load_settings(project.config).db.collections[0].name
     watcher = KillOnceRowsLand(server, collection, down_for=4.0)
     result, retries = materialize_range(watcher)

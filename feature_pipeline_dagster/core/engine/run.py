@@ -25,7 +25,7 @@ from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.video import VideoJob
 from feature_pipeline_dagster.core.engine.writer import RunWriter
 from feature_pipeline_dagster.core.errors import ConfigError, DeviceMemoryError, ModelError, PipelineError, VideoError
-from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots
+from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots, scheduled
 from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
 from feature_pipeline_dagster.core.store import VectorStore
 
@@ -41,7 +41,7 @@ class VideoRun:
     spec: CollectionSpec
     videos: list[str]
     devices: list[str]
-    leases_root: Path
+    leases_root: Path | None  # None: the scheduler gave this run its device (a Kubernetes pod)
 
 
 @dataclass
@@ -54,8 +54,11 @@ class RunReport:
     lease: dict = field(default_factory=dict)  # device, slot, acquired_at, released_at
 
 
-def take_device(devices: list[str], slots: int, root: Path) -> DeviceLease:
-    """The least busy of `devices`; waits for one of its `slots` if all are busy."""
+def take_device(devices: list[str], slots: int, root: Path | None) -> DeviceLease:
+    """The least busy of `devices`; waits for one of its `slots` if all are busy. Without
+    a leases folder the device is the run's own (its pod's GPU)."""
+    if root is None:
+        return scheduled(devices[0])
     return acquire(sorted(devices, key=lambda d: busy_slots(d, slots, root)), slots, root)
 
 

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from feature_pipeline_dagster.core.settings import VECTOR_DTYPE, CollectionSpec, ConfigError
+from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, VECTOR_DTYPE, CollectionSpec, ConfigError
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.stream import prefetch
@@ -29,6 +29,7 @@ MAX_TOPK = 16384  # Milvus' limit on rows per query vector
 # HNSW (Lite's AUTOINDEX) candidate list: at least the rows asked for (HNSW returns no
 # more than ef), never under Lite's default 64. bench_search.py measures the recall it gives.
 MIN_EF = 64
+log = logging.getLogger("feature_pipeline.store")
 
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -106,9 +107,13 @@ class MilvusStore:
         except Exception as err:
             raise StoreError(f"Milvus at {self.uri}: {what} failed ({one_line(err)})") from None
 
+    @property
+    def is_lite(self) -> bool:
+        return self.uri.endswith(".db")
+
     def ensure_collection(self, spec: CollectionSpec) -> None:
-        """Create the collection with a COSINE index, or check that the existing one
-        has the fields the config declares; either way load it for queries."""
+        """Create the collection with its configured index, or check that the existing
+        one has the fields the config declares; either way load it for queries."""
         if spec in self._ready:
             return
         if self._call("has_collection", self.client.has_collection, spec.name):
@@ -118,17 +123,37 @@ class MilvusStore:
         self._call("load_collection", self.client.load_collection, spec.name)
         self._ready.add(spec)
 
+    def index_type(self, spec: CollectionSpec) -> str:
+        """The configured index, or AUTOINDEX where Milvus Lite cannot build it (DISKANN):
+        one config serves the laptop and the cluster."""
+        if self.is_lite and spec.index.type not in LITE_INDEX_TYPES:
+            return "AUTOINDEX"
+        return spec.index.type
+
     def _create(self, spec: CollectionSpec) -> None:
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=True, enable_dynamic_field=False)
         for f in spec.fields:
             extra = {k: v for k, v in (("max_length", f.max_length), ("dim", f.dim)) if v is not None}
+            if f.name == "video_path" and spec.partition_key:
+                # A server hashes videos over its partitions (16 by default in 2.3): a
+                # video's delete, count and fetch touch one partition, not all of them.
+                extra["is_partition_key"] = True
             schema.add_field(f.name, DataType[f.dtype], is_primary=f.is_primary, auto_id=f.auto_id, **extra)
         index = self.client.prepare_index_params()
-        index.add_index(field_name=spec.vector_field.name, index_type="AUTOINDEX", metric_type="COSINE")
+        kind = self.index_type(spec)
+        if kind != spec.index.type:
+            log.warning("collection %s: Milvus Lite has no %s index: AUTOINDEX instead (a server builds %s)",
+                        spec.name, spec.index.type, spec.index.type)
+        params = dict(spec.index.params) if kind == spec.index.type else {}
+        index.add_index(field_name=spec.vector_field.name, index_type=kind, metric_type=spec.index.metric,
+                        params=params)
         try:
-            self.client.create_collection(spec.name, schema=schema, index_params=index)
+            # Strong: a server otherwise answers queries at "Bounded" staleness (pymilvus'
+            # default), and a count right after a commit could miss the rows or see the
+            # deleted ones; the ledger and the checks count exactly. Lite is always current.
+            self.client.create_collection(spec.name, schema=schema, index_params=index, consistency_level="Strong")
         except Exception as err:
             # Another process may be creating it right now: its collection shows up in a moment.
             for _ in range(20):
@@ -184,9 +209,10 @@ class MilvusStore:
             self._call("insert", insert_columns, self.client, spec.name, spec.vector_field.name, vectors[start:stop], chunk)
 
     def commit(self, spec: CollectionSpec, video_paths: list[str], generation: int) -> None:
-        """Make `generation` the videos' only rows: flushed first, so the new rows are
-        durable before the old go (Milvus Lite also filters sealed rows far faster than
-        unflushed ones, measured by bench_pipeline), then one delete for all of them."""
+        """Make `generation` the videos' only rows: durable first (Lite: flushed; a server:
+        acknowledged, see `_flush`), so the new rows are in before the old go (Milvus Lite
+        also filters sealed rows far faster than unflushed ones, measured by
+        bench_pipeline), then one delete for all of them."""
         self.ensure_collection(spec)
         self._flush(spec)
         for names in _filter_groups(video_paths):
@@ -206,7 +232,15 @@ class MilvusStore:
         """Flush, again at once if it fails: Milvus Lite 3.2 can refuse one of two flushes
         that race ("current_seq is monotonic"; seen with two runs writing, bench_load.py).
         A flush only persists what is in memory, so a repeat is safe, and cheaper than
-        Dagster's retry, which embeds the run's videos again."""
+        Dagster's retry, which embeds the run's videos again.
+
+        A server needs none: an insert or delete it acknowledged is already in its log
+        (rocksmq in a standalone, Pulsar or Kafka in a cluster) and survives a crash, and
+        Strong consistency makes it visible to the next query. Milvus 2.3 also rate-limits
+        flush and seals a segment per call: a flush there took ~2 s, so a commit ~4 s
+        (core/test_store.py, `milvus_server` backend)."""
+        if not self.is_lite:
+            return
         for pause in (0.1, 0.3):
             try:
                 return self.client.flush(spec.name)
@@ -305,7 +339,7 @@ class MilvusStore:
             limit = min(limit, MAX_TOPK // group_size)
             try:
                 hits = self.client.search(spec.name, limit=limit, group_by_field="video_path", group_size=group_size,
-                                          search_params=self._search_params(limit * group_size), **kwargs)
+                                          search_params=self._search_params(spec, limit * group_size), **kwargs)
                 return [[dict(h["entity"], score=h["distance"]) for h in per] for per in hits]
             except Exception as err:
                 if "group" not in str(err).lower():
@@ -313,15 +347,19 @@ class MilvusStore:
                 self._grouping = False  # this server cannot group: ungrouped from now on
         limit = min(MAX_TOPK, limit * max(1, group_size))
         hits = self._call("search", self.client.search, spec.name, limit=limit,
-                          search_params=self._search_params(limit), **kwargs)
+                          search_params=self._search_params(spec, limit), **kwargs)
         return [[dict(h["entity"], score=h["distance"]) for h in per] for per in hits]
 
     _grouping = True
 
-    def _search_params(self, rows: int) -> dict:
-        """HNSW's `ef` (Lite's AUTOINDEX is FAISS HNSW): at least the rows asked for. A
-        server's AUTOINDEX chooses its own."""
-        return {"params": {"ef": min(MAX_TOPK, max(MIN_EF, rows))}} if self.uri.endswith(".db") else {}
+    def _search_params(self, spec: CollectionSpec, rows: int) -> dict:
+        """The collection's configured search parameters (`db.collections[].index.search`),
+        with HNSW's `ef` at least the rows asked for (HNSW returns no more than ef; Lite's
+        AUTOINDEX is FAISS HNSW). A server's AUTOINDEX chooses its own."""
+        params = dict(spec.index.search)
+        if spec.index.type == "HNSW" or (spec.index.type == "AUTOINDEX" and self.uri.endswith(".db")):
+            params["ef"] = min(MAX_TOPK, max(MIN_EF, rows, int(params.get("ef", 0))))
+        return {"metric_type": spec.index.metric, "params": params}
 
     def query_rows(self, spec: CollectionSpec, where: RowFilter, fields: tuple[str, ...]) -> list[dict]:
         self.ensure_collection(spec)

@@ -17,10 +17,11 @@ from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, AssetSpec
 from feature_pipeline_dagster.core.engine.run import VideoRun
 from feature_pipeline_dagster.core.models import code_version
 from feature_pipeline_dagster.core.devices import run_devices
+from feature_pipeline_dagster.core.leases import scheduler_owns_device
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.failures import RETRY_POLICY
-from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, MAX_VIDEOS_PER_RUN, VIDEO_FILE
+from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, KUBERNETES_DEVICE, MAX_VIDEOS_PER_RUN, VIDEO_FILE
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
 
@@ -62,10 +63,13 @@ def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
     )
     def _embeddings(context: AssetExecutionContext) -> VideoRun:
         attach_run_log(context.run_id, context.log, settings.logs_dir)
+        videos = [relpath_of(k) for k in context.partition_keys]
+        if scheduler_owns_device(settings.placement):
+            # A pod Kubernetes scheduled with its one GPU: cuda:0 there, no host lease.
+            return VideoRun(settings, collection, videos, ["cuda:0"], None)
         # The queue placed a tagged run on its device; other runs take the least busy one.
         tagged = context.run.tags.get(DEVICE_TAG)
-        devices = [tagged] if tagged else run_devices(settings.gpus)
-        videos = [relpath_of(k) for k in context.partition_keys]
+        devices = [tagged] if tagged and tagged != KUBERNETES_DEVICE else run_devices(settings.gpus)
         return VideoRun(settings, collection, videos, devices, leases_root())
 
     return _embeddings
