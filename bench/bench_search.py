@@ -103,6 +103,8 @@ def wait_indexed(store, spec, data_dir: Path | None, timeout_s: float = 3600) ->
     force, while `describe_index` already counts its rows as indexed: for Lite, wait until
     each data file of the collection has its index file, twice in a row 5 s apart."""
     started = time.perf_counter()
+    if data_dir is None:  # a server indexes sealed segments only; the store does not flush there
+        store.client.flush(spec.name)
     settled = 0
     while time.perf_counter() - started < timeout_s and settled < 2:
         info = store.client.describe_index(spec.name, spec.vector_field.name)

@@ -52,7 +52,7 @@ def test_store_kill_and_db_faults_against_a_real_milvus_server(tmp_path, tiny_cl
     if reason:
         pytest.skip(reason)
     command = ["unshare", "-m", "-n", "-p", "--fork", "--kill-child", "--mount-proc", "sh", "-c", NAMESPACE, sys.executable,
-               "-q", "-p", "no:cacheprovider", "-k", f"{BACKEND} and not stays_down", "-s", "-rfEs", "--durations=8",
+               "-q", "-n", "0", "-p", "no:cacheprovider", "-k", f"{BACKEND} and not stays_down", "-s", "-rfEs", "--durations=8",
                f"--basetemp={tmp_path / 'inner'}", *SUITES]
     env = {**os.environ, NAMESPACE_ENV: "1", TINY_CLIP_ENV: str(tiny_clip)}  # the session's model, not a second one
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1150)
