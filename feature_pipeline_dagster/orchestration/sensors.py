@@ -118,7 +118,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
                  for keys in plan_ranges(list(lost), order, parallel_runs(settings), MAX_VIDEOS_PER_RUN)]
         observations = [o for k, v in changes.new + changes.changed if (o := _observe(k, v))]
         if changes.lost:
-            observations += _rows_lost(features, [k for k, _ in changes.lost])
+            observations += _rows_lost(instance, features, [k for k, _ in changes.lost])
         if changes.deleted:
             _delete_rows(settings, vector_store, changes.deleted, context)
         partition_requests = []
@@ -170,14 +170,27 @@ def _in_flight(instance, order: list[str]) -> set[str]:
     return keys
 
 
-def _rows_lost(features: list[AssetKey], keys: list[str]) -> list[AssetCheckEvaluation]:
-    """What the UI shows until the videos are embedded again: their rows check failed."""
+def _rows_lost(instance, features: list[AssetKey], keys: list[str]) -> list[AssetCheckEvaluation]:
+    """What the UI shows until the videos are embedded again: their rows check failed,
+    against the asset's latest materialization. Named explicitly: without it the UI
+    compares creation times, which SQLite keeps to the second, and showed no result
+    for a check reported in the second of the last materialization (seen in CI)."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # the documented argument's type; not exported
+        AssetCheckEvaluationTargetMaterializationData as Target,
+    )
+
     problems = {relpath_of(k): "its rows are not in Milvus (deleted by hand, or another database or collection); "
                 "embedding it again" for k in keys}
-    return [AssetCheckEvaluation(asset_key=feature, check_name=CHECK_NAMES[0], passed=False,
-                                 metadata={"videos": len(keys), "problems": problems},
-                                 description=f"{len(keys)} video(s) lack their rows in Milvus")
-            for feature in features]
+    evaluations = []
+    for feature in features:
+        latest = instance.fetch_materializations(feature, limit=1).records
+        target = Target(storage_id=latest[0].storage_id, run_id=latest[0].run_id,
+                        timestamp=latest[0].timestamp) if latest else None
+        evaluations.append(AssetCheckEvaluation(
+            asset_key=feature, check_name=CHECK_NAMES[0], passed=False, target_materialization_data=target,
+            metadata={"videos": len(keys), "problems": problems},
+            description=f"{len(keys)} video(s) lack their rows in Milvus"))
+    return evaluations
 
 
 def _observe(key: str, video) -> AssetObservation | None:

@@ -2,6 +2,7 @@
 frames, timestamps and failures; test_decoder_parity.py compares their pixels and vectors."""
 
 import importlib.util
+import time
 
 import numpy as np
 import pytest
@@ -200,6 +201,23 @@ def test_damage_mid_stream_stops_before_the_damaged_frame(decoder, tmp_path, bac
     assert video.partial.startswith("damaged video stream near 4.0 s") and "embedded the 4 sampled frames" in video.partial
     _, clean = decode_all(decoder, whole, backend=backend)
     assert np.array_equal(np.concatenate([b.frames for b in batches]), np.concatenate([b.frames for b in clean])[:4])
+
+
+def test_damage_logged_ahead_of_the_frame_asked_for_is_judged_by_packet(tmp_path, capfd, backend):
+    """decord's decoder thread reads ahead of the frame asked for and logs damage of later
+    packets meanwhile: a log read 0.3 s late (a busy machine, as in CI) used to fail this
+    video "at 0.0 s". The damage is placed by packet, so the sound frames are still kept."""
+    damaged = damage_packets(write_video(tmp_path / "whole.mp4", seconds=6), tmp_path / "damaged.mp4", first=95)
+
+    def late_log() -> list[str]:
+        time.sleep(0.3)
+        return capfd.readouterr().err.splitlines()
+
+    reader = VideoReader(damaged, late_log, decoder=backend)
+    batches = list(reader.batches(reader.plan(1.0, None), batch_size=1))
+    reader.close()
+    assert np.concatenate([b.frame_ids for b in batches]).tolist() == [0, 30, 60, 90]
+    assert reader.partial.startswith("damaged video stream near 4.0 s")
 
 
 def test_damage_in_the_first_frames_fails_the_video(decoder, tmp_path, backend):

@@ -7,7 +7,7 @@ import sys
 import time
 
 import yaml
-from dagster import AssetKey, DagsterInstance, build_sensor_context, materialize
+from dagster import AssetCheckEvaluation, AssetKey, DagsterInstance, build_sensor_context, materialize
 
 from feature_pipeline_dagster.core.folder_watch import diff_folder, plan_ranges, split_contiguous
 from feature_pipeline_dagster.core.samples import write_video
@@ -235,6 +235,11 @@ def test_rows_deleted_by_hand_fail_the_rows_check_in_the_ui_and_run_again(projec
         store.close()
         tick = sensor_of(defs)(instance, audit_now)
         assert [r.partition_key for r in tick.run_requests] == ["b.mp4"]
+        # Against the latest materialization by its id: SQLite keeps the check's creation
+        # time to the second, so a time comparison hid a check reported in the same second.
+        latest = instance.fetch_materializations(AssetKey("video_embedding"), limit=1).records[0]
+        assert [e.target_materialization_data.storage_id for e in tick.asset_events
+                if isinstance(e, AssetCheckEvaluation)] == [latest.storage_id]
         for event in tick.asset_events:
             instance.report_runless_asset_event(event)  # what the daemon does with them
         assert check_in_ui(instance, "rows_match_run") == "FAILED"

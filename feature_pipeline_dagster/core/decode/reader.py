@@ -7,9 +7,10 @@ bad files fail with one `VideoError` naming the file; damaged ones give what is 
   which a backend cannot open or whose index promises frames its data lacks, has its
   readable packets copied into a temporary file first, and the frames that exist are
   embedded, with a `partial` note saying so;
-- damage in the middle of the stream stops the video at the last batch decoded before
-  it (the backend raises, or FFmpeg's decoder logs an error while concealing it), so no
-  damaged frame is embedded, and the `partial` note says where and why.
+- damage in the middle of the stream (the backend raises, or FFmpeg's decoder logs an
+  error while concealing it) stops the video at the last frame decoded before it, placed
+  packet by packet (`damage.py`), so no damaged frame is embedded, and the `partial`
+  note says where and why.
 Decoder log lines are read through `complaints`, a callable the decoder process gives
 (FFmpeg writes them to file descriptor 2, which only that process may take over), and
 from the backend itself where its library logs through Python (PyAV).
@@ -17,7 +18,6 @@ from the backend itself where its library logs through Python (PyAV).
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +29,9 @@ from feature_pipeline_dagster.core.errors import VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.backends import open_backend, resolve
 from feature_pipeline_dagster.core.decode.backends.base import DecodeFailed, OpenFailed
+from feature_pipeline_dagster.core.decode.damage import damage_in, sound_count
 
 MAX_BATCH_BYTES = 128 * 1024 * 1024  # decoded RGB per batch: an 8K frame is 100 MB
-# FFmpeg log lines that mean the bytes being decoded are damaged ("[h264 @ 0x..] error
-# while decoding MB 3 5"); the pixel converter's warnings say nothing about the data.
-_DAMAGE = re.compile(r"^\[(?!swscaler|swresample)[^\]@]+ @ 0x[0-9a-f]+\] .*"
-                     r"(error|conceal|corrupt|invalid|missing|partial|truncat|overread|out of range|unavailable|fail)",
-                     re.IGNORECASE)
-_DAMAGE_PREFIX = re.compile(r"^\[([^\]@]+) @ 0x[0-9a-f]+\] ")
 
 
 @dataclass(frozen=True)
@@ -176,50 +171,47 @@ class VideoReader:
         return SamplingPlan.for_timestamps(self._starts, sample_fps, max_frames)
 
     def batches(self, plan: SamplingPlan, batch_size: int) -> Iterator[FrameBatch]:
+        """At the first sign of damage (the backend fails, or FFmpeg logs it), which frame
+        it spoils is judged once, packet by packet (`damage.py` says why the log alone
+        cannot tell), and the video stops at the last frame decoded before it."""
         frame_bytes = self.info.width * self.info.height * 3
         size = max(1, min(batch_size, MAX_BATCH_BYTES // frame_bytes))
+        key_only = plan.key_frames_only
+        end, damage, judged = len(plan), None, False  # the sound frames end at `end`, because of `damage`
         for start in range(0, len(plan), size):
-            ids = plan.frame_ids[start : start + size]
-            frames, why = self._decode(ids, plan.key_frames_only)
-            if why is None:
-                yield FrameBatch(frames, ids, plan.timestamps_ms[start : start + len(ids)])
-                continue
-            sound, why = self._sound_prefix(ids)
-            if sound:
-                yield FrameBatch(_stack(sound), ids[: len(sound)], plan.timestamps_ms[start : start + len(sound)])
-            if why is not None:
-                self._stop_at(plan, start + len(sound), why)
-                return
+            if start >= end:
+                break
+            ids = plan.frame_ids[start : min(start + size, end)]
+            frames, why = self._decode(ids, key_only)
+            if why is not None and not judged:
+                judged = True
+                count, damage = sound_count(self._source, plan.frame_ids[start:], key_only)
+                end = start + count if damage else len(plan)
+                ids = ids[: end - start]
+                if not len(ids):
+                    break
+                if frames is None:  # again on a fresh reader: a failed decoder may be left mid-packet
+                    self._reader.restart()
+                    frames, why = self._decode(ids, key_only)
+            if frames is None:
+                end, damage = start, why
+                break
+            yield FrameBatch(frames[: len(ids)], ids, plan.timestamps_ms[start : start + len(ids)])
+        if end < len(plan):
+            self._stop_at(plan, end, damage)
 
-    def _sound_prefix(self, ids: np.ndarray) -> tuple[list[np.ndarray], str | None]:
-        """Damage somewhere in a batch: its frames one at a time, on a fresh reader
-        (a decoder may be left mid-packet), up to the first that is not sound."""
-        self._reader.restart()
-        self._reader.logged()
-        sound = []
-        for i in range(len(ids)):
-            frame, why = self._decode(ids[i : i + 1])
-            if why is not None:
-                return sound, why
-            sound.append(frame[0])
-        return sound, None  # what was logged was about frames past this batch
-
-    def _decode(self, ids: np.ndarray, key_frames_only: bool = False) -> tuple[np.ndarray | None, str | None]:
-        """The frames, or why they are not sound: the backend failed, or FFmpeg logged damage."""
+    def _decode(self, ids: np.ndarray, key_only: bool) -> tuple[np.ndarray | None, str | None]:
+        """The frames (None if the backend failed), and the damage FFmpeg logged meanwhile."""
         try:
-            frames = self._reader.key_frames(ids) if key_frames_only else self._reader.frames(ids)
+            frames = self._reader.key_frames(ids) if key_only else self._reader.frames(ids)
         except DecodeFailed as err:
             return None, self._reason(err)
-        why = self._reason()
-        return (None, why) if why else (frames, None)
+        return frames, self._reason()
 
     def _reason(self, failure: BaseException | None = None) -> str | None:
         """What FFmpeg logged about damage since the last call, else the backend's error."""
-        lines = self._complaints() + self._reader.logged()
-        damage = [_DAMAGE_PREFIX.sub(r"\1: ", line) for line in lines if _DAMAGE.search(line)]
-        if damage:
-            return damage[0]
-        return str(failure) if failure else None
+        damage = damage_in(self._complaints() + self._reader.logged())
+        return damage or (str(failure) if failure else None)
 
     def _stop_at(self, plan: SamplingPlan, index: int, why: str) -> None:
         at = plan.timestamps_ms[index] / 1000
@@ -234,15 +226,6 @@ class VideoReader:
         self._reader = None
         if self._salvaged is not None:
             self._salvaged.cleanup()
-
-
-def _stack(frames: list):
-    """Frames of one batch into one array (numpy, or a CUDA tensor from nvdec)."""
-    if isinstance(frames[0], np.ndarray):
-        return np.stack(frames)
-    import torch
-
-    return torch.stack(frames)
 
 
 def salvage_packets(path: Path, copy: Path) -> tuple[float, float] | None:
