@@ -29,8 +29,8 @@ from feature_pipeline_dagster.core.store.milvus import quote
 from feature_pipeline_dagster_tests.conftest import readers_of, subprocess_env
 from feature_pipeline_dagster_tests.milvus_server import BACKEND, backends
 
-KILL_POINTS = 30
-PLACED = 25  # 5 kills at each named stage; the last 5 spread in time
+KILL_POINTS = 20  # as issue #5 asks; 30 cost CI 135 s more and found nothing new
+PLACED = 15  # 3 kills at each named stage; the last 5 spread in time
 RANGE = ["k0.mp4", "k1.mp4", "k2.mp4"]
 EXPECTED = {"k0.mp4": 8, "k1.mp4": 8, "k2.mp4": 8}
 
@@ -125,9 +125,9 @@ STAGES = ["decoding", "between write batches", "new generation in, old not yet d
           "several videos in, their commit pending"]
 
 
-@pytest.mark.timeout(1800)  # 30 kills, each followed by a run of the range: minutes on 2 cores
+@pytest.mark.timeout(1800)  # 20 kills, each followed by a run of the range: minutes on 2 cores
 @pytest.mark.parametrize("backend", backends("lite"))
-def test_sigkill_at_thirty_points_loses_and_doubles_nothing(project, backend, request):
+def test_sigkill_at_twenty_points_loses_and_doubles_nothing(project, backend, request):
     # On the server, one kill half way through the run (each kill costs a run of the range,
     # ~35 s: the CI budget). Not placed by watching the rows: a Strong read waits for the
     # server's time tick (~200 ms) and a run's inserts there took ~1 s in all, so watched
@@ -157,7 +157,7 @@ def test_sigkill_at_thirty_points_loses_and_doubles_nothing(project, backend, re
     proc = spawn(project)
     for point in range(1, kill_points + 1):
         go(proc)
-        if point <= placed:  # 5 kills placed at each named stage
+        if point <= placed:  # 3 kills placed at each named stage
             stage = STAGES[point % len(STAGES)]
             hits[stage if kill_when(proc, stage, watcher, spec, videos) else "missed: " + stage] += 1
         else:  # and 5 spread in time
@@ -182,5 +182,5 @@ def test_sigkill_at_thirty_points_loses_and_doubles_nothing(project, backend, re
           f"rows lost: {lost}; rows doubled: {doubled}")
     assert (lost, doubled) == (0, 0)
     if backend == "lite":
-        assert all(hits[stage] >= 4 for stage in STAGES), hits  # a stage missed once is noise, not a hole
+        assert all(hits[stage] >= 2 for stage in STAGES), hits  # a stage missed once is noise, not a hole
 
