@@ -8,11 +8,11 @@ interpreter running it (here Linux x86_64: torch's `cuda-bindings; platform_syst
 runs with its marker environment set to the target's. A manylinux_2_28 system takes every
 older manylinux tag too; pip 23's `--platform` does not add them itself.
 
-This needs the package registry: 4 to 7 minutes per platform here the first time (pip
-reads each package's metadata; a loaded 2-core machine), about 1.5 minutes with pip's HTTP
-cache; both platforms resolve at once, in parallel. A resolution that passed is kept for a
-week under ~/.cache/feature-pipeline-dagster/platforms/, keyed by the dependency list, so
-CI pays it once per change of dependencies (or week): FEATURE_PIPELINE_RESOLVE_AGAIN=1
+This needs the package registry: 130 s on a fresh machine here, both platforms at once,
+waiting on the registry more than on the CPU; so the resolves start with the test session
+(conftest.py) and run beside the other tests. A resolution that passed is kept for a week
+under ~/.cache/feature-pipeline-dagster/platforms/, keyed by the dependency list, so a
+machine pays it once per change of dependencies (or week): FEATURE_PIPELINE_RESOLVE_AGAIN=1
 resolves regardless. Without a route to the registry the test skips, saying so.
 """
 
@@ -22,8 +22,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -64,33 +66,61 @@ def passed_before(name: str) -> Path:
     return CACHE / f"{name}-{key}.json"
 
 
-def test_dependencies_resolve_to_wheels_on_macos_arm64_and_linux_aarch64(tmp_path):
-    reqs = tmp_path / "requirements.txt"
-    reqs.write_text("\n".join(requirements()) + "\n")
+_STARTED: dict[str, tuple[subprocess.Popen, Path]] = {}  # platform: its pip, and the folder of its files
+
+
+def start_resolves() -> None:
+    """Start pip for each platform whose resolution is not kept (conftest.py calls this
+    when the session starts); the test below waits for them. Output goes to a file: a
+    pipe nobody reads for minutes could fill and stall pip."""
     again = os.environ.get("FEATURE_PIPELINE_RESOLVE_AGAIN") == "1"
-    todo = [name for name in TARGETS if again or not passed_before(name).exists()
-            or time.time() - passed_before(name).stat().st_mtime > KEEP_S]
-    runs = {}
-    for name, target in ((n, TARGETS[n]) for n in todo):
+    for name, target in TARGETS.items():
+        kept = passed_before(name)
+        if name in _STARTED or (not again and kept.exists() and time.time() - kept.stat().st_mtime < KEEP_S):
+            continue
+        folder = Path(tempfile.mkdtemp(prefix=f"feature-pipeline-{name}-"))
+        (folder / "requirements.txt").write_text("\n".join(requirements()) + "\n")
         args = [sys.executable, "-c", RESOLVE, json.dumps(target["markers"]), "install", "--dry-run",
                 "--only-binary=:all:", *[a for p in target["platforms"] for a in ("--platform", p)],
-                "--python-version", "3.11", "--ignore-installed", "--target", str(tmp_path / f"target-{name}"),
-                "--disable-pip-version-check", "--no-input", "--report", str(tmp_path / f"{name}.json"), "-q", "-r", str(reqs)]
-        runs[name] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    outputs = {name: run.communicate(timeout=900)[0] for name, run in runs.items()}
-    for name, run in runs.items():
-        errors = "\n".join(line for line in outputs[name].splitlines() if "is ignored" not in line)
-        if run.returncode != 0 and any(sign in errors for sign in NO_ROUTE):
-            pytest.skip(f"no route to the package registry: {errors.splitlines()[-1]}")
-        assert run.returncode == 0, f"{name}: {errors[-3000:]}"
-        report = json.loads((tmp_path / f"{name}.json").read_text())
-        wanted = {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item for item in report["install"]}
-        assert all(item["download_info"]["url"].endswith(".whl") for item in wanted.values())
-        assert "decord" not in wanted, name  # x86_64 only: its marker keeps it out
-        assert wanted["torch"]["metadata"]["version"] == "2.14.1" and wanted["torchcodec"]["metadata"]["version"].startswith("0.17")
-        assert {"av", "milvus-lite", "dagster", "open-clip-torch"} <= set(wanted), name
-        CACHE.mkdir(parents=True, exist_ok=True)
-        passed_before(name).write_text(json.dumps({n: item["metadata"]["version"] for n, item in sorted(wanted.items())}))
+                "--python-version", "3.11", "--ignore-installed", "--target", str(folder / "target"),
+                "--disable-pip-version-check", "--no-input", "--report", str(folder / "report.json"), "-q",
+                "-r", str(folder / "requirements.txt")]
+        with open(folder / "output.txt", "w") as output:
+            _STARTED[name] = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT), folder
+
+
+def stop_resolves() -> None:
+    """Nothing left running or lying in /tmp when the session ends (before the test too)."""
+    for run, folder in _STARTED.values():
+        run.kill()
+        run.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+    _STARTED.clear()
+
+
+def test_dependencies_resolve_to_wheels_on_macos_arm64_and_linux_aarch64():
+    start_resolves()  # a no-op where the session started them
+    try:
+        for name, (run, folder) in _STARTED.items():
+            run.wait(timeout=900)
+            check_resolution(name, run.returncode, (folder / "output.txt").read_text(), folder / "report.json")
+    finally:
+        stop_resolves()
+
+
+def check_resolution(name: str, returncode: int, output: str, report_file: Path) -> None:
+    errors = "\n".join(line for line in output.splitlines() if "is ignored" not in line)
+    if returncode != 0 and any(sign in errors for sign in NO_ROUTE):
+        pytest.skip(f"no route to the package registry: {errors.splitlines()[-1]}")
+    assert returncode == 0, f"{name}: {errors[-3000:]}"
+    report = json.loads(report_file.read_text())
+    wanted = {re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item for item in report["install"]}
+    assert all(item["download_info"]["url"].endswith(".whl") for item in wanted.values())
+    assert "decord" not in wanted, name  # x86_64 only: its marker keeps it out
+    assert wanted["torch"]["metadata"]["version"] == "2.14.1" and wanted["torchcodec"]["metadata"]["version"].startswith("0.17")
+    assert {"av", "milvus-lite", "dagster", "open-clip-torch"} <= set(wanted), name
+    CACHE.mkdir(parents=True, exist_ok=True)
+    passed_before(name).write_text(json.dumps({n: item["metadata"]["version"] for n, item in sorted(wanted.items())}))
 
 
 def test_decord_stays_on_x86_64_linux_and_windows():
