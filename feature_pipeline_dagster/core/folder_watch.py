@@ -38,9 +38,10 @@ AUDIT_SECONDS = 600.0  # a look at every file's rows costs 2 queries per 1000 vi
 
 def diff_folder(listing: list[VideoFile], partitions: set[str], cursor: str | None, now: float,
                 settle_seconds: float, embedded=lambda: set(), limit: int = 1000,
-                missing=None, audit_seconds: float = AUDIT_SECONDS) -> FolderChanges:
+                missing=None, busy=lambda: set(), audit_seconds: float = AUDIT_SECONDS) -> FolderChanges:
     """`embedded()` (called only when needed) gives the partitions already materialized;
-    `missing(videos)`, when an audit is due, the keys of `videos` the database lacks."""
+    `missing(videos)`, when an audit is due, the keys of `videos` the database lacks, and
+    `busy()` those a queued or running run is embedding now (not asked for again)."""
     state = json.loads(cursor) if cursor else {"seen": {}, "pending": {}}
     seen, pending = state["seen"], state["pending"]
     changes = FolderChanges()
@@ -85,7 +86,9 @@ def diff_folder(listing: list[VideoFile], partitions: set[str], cursor: str | No
         room = max(0, limit - len(changes.new) - len(changes.changed))
         lacking = set(missing([video for _, video in settled])) if settled else set()
         asked = {k: fp for k, fp in asked.items() if k in lacking}  # found whole again: may be asked again
-        changes.lost = [(k, v) for k, v in settled if k in lacking and asked.get(k) != v.fingerprint][:room]
+        running = busy() if lacking else set()
+        changes.lost = [(k, v) for k, v in settled
+                        if k in lacking and k not in running and asked.get(k) != v.fingerprint][:room]
         asked.update({k: v.fingerprint for k, v in changes.lost})
     state.update(seen=seen, pending=pending, asked=asked)
     changes.cursor = json.dumps(state, separators=(",", ":"))

@@ -104,7 +104,8 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         listing = list_videos(settings.video_input)
         changes = diff_folder(listing, partitions, context.cursor, time.time(), settings.video_input.settle_seconds,
                               embedded=lambda: _done(settings, vector_store, listing),
-                              missing=lambda videos: _lacking(settings, vector_store, instance, order, videos))
+                              missing=lambda videos: _lacking(settings, vector_store, videos),
+                              busy=lambda: _in_flight(instance, order))
         if changes.changed:  # a copy or a `touch` moves the fingerprint, not the content: not changed
             done = _done(settings, vector_store, [video for _, video in changes.changed])
             changes.changed = [(k, v) for k, v in changes.changed if k not in done]
@@ -149,12 +150,10 @@ def _done(settings: Settings, vector_store: VectorStoreResource, videos: list) -
         store.close()
 
 
-def _lacking(settings: Settings, vector_store: VectorStoreResource, instance, order: list[str],
-             videos: list) -> set[str]:
-    """Keys of `videos` the database lacks, leaving out those a queued or running run is
-    embedding now (their rows are not committed yet)."""
+def _lacking(settings: Settings, vector_store: VectorStoreResource, videos: list) -> set[str]:
+    """Keys of `videos` the database lacks (those being embedded now among them)."""
     done = _done(settings, vector_store, videos)
-    return {k for v in videos if (k := partition_key(v.relpath)) not in done} - _in_flight(instance, order)
+    return {k for v in videos if (k := partition_key(v.relpath)) not in done}
 
 
 def _in_flight(instance, order: list[str]) -> set[str]:

@@ -87,6 +87,11 @@ def test_an_audit_finds_videos_the_database_lacks_once_per_fingerprint():
     whole = diff_folder(files, keys, again.cursor, 2200.0, 5, missing=lambda videos: set(), audit_seconds=600)
     lost_again = diff_folder(files, keys, whole.cursor, 2900.0, 5, missing=missing, audit_seconds=600)
     assert [k for k, _ in lost_again.lost] == ["b.mp4"]  # found whole in between: asked for again
+    running = diff_folder(files, keys, lost_again.cursor, 3600.0, 5, missing=missing, busy=lambda: {"b.mp4"},
+                          audit_seconds=600)
+    assert not running.lost  # its run is embedding it now
+    failed = diff_folder(files, keys, running.cursor, 4300.0, 5, missing=missing, audit_seconds=600)
+    assert not failed.lost  # that run failed: still asked for once, not again after an audit saw it running
 
 
 def test_plan_ranges_keeps_ranges_to_consecutive_partitions():
