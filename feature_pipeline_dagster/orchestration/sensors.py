@@ -33,7 +33,6 @@ from dagster import (
 
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.folder_watch import diff_folder, plan_ranges, split_contiguous
-from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import owned_collections
 from feature_pipeline_dagster.core.videos import content_digest, list_videos, partition_key, relpath_of

@@ -220,6 +220,64 @@ def test_damage_logged_ahead_of_the_frame_asked_for_is_judged_by_packet(tmp_path
     assert reader.partial.startswith("damaged video stream near 4.0 s")
 
 
+ODD_NAMES = ["ünï cödé ✓.mp4", "it's \"quoted\", with, commas.mp4", "new\nline.mp4", "n" * 250 + ".mp4"]
+# What each file of `write_bad_folder` gives: its sampled frames, or the start of its
+# `partial` note (then 4 frames), or a phrase of its one-line error.
+FOLDER_FRAMES = {"good.mp4": 3, "one frame.mp4": 1, "vfr.mp4": 4, "portrait.mp4": 2, "8k.mp4": 1,
+                 **dict.fromkeys(ODD_NAMES, 2)}
+FOLDER_PARTIAL = {"cut faststart.mp4": "file is cut short", "damaged.mp4": "damaged video stream near 4.0 s"}
+FOLDER_FAILED = {"empty.mp4": "empty file (0 bytes)", "noise.mp4": "cannot open video",
+                 "truncated.mp4": "cannot open video", "audio.mp4": "no video stream"}
+
+
+def write_bad_folder(folder, scratch) -> None:
+    """Good, odd and bad files side by side (end_to_end/test_bad_input.py runs it whole)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    write_video(folder / "good.mp4", seconds=2.5)
+    write_video(folder / "one frame.mp4", seconds=1 / 30)
+    (folder / "empty.mp4").touch()
+    (folder / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 30000, dtype=np.uint8).tobytes())
+    whole = write_video(scratch / "whole.mp4", seconds=3)
+    (folder / "truncated.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    write_audio_only(folder / "audio.mp4")
+    faststart = write_video(scratch / "fast.mp4", seconds=6, faststart=True)
+    (folder / "cut faststart.mp4").write_bytes(faststart.read_bytes()[: faststart.stat().st_size * 6 // 10])
+    damage_packets(write_video(scratch / "d.mp4", seconds=6), folder / "damaged.mp4", first=95)
+    write_vfr(folder / "vfr.mp4")
+    write_video(folder / "portrait.mp4", seconds=2, rotation=90)
+    write_video(folder / "8k.mp4", seconds=1 / 30, size=(7680, 4320))
+    for i, name in enumerate(ODD_NAMES):
+        write_video(folder / name, seconds=2, seed=i)
+
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    write_bad_folder(folder / "videos", folder / "scratch")
+    return folder / "videos"
+
+
+def test_every_backend_gives_the_bad_folder_the_same_outcomes(decoder, bad_folder, backend):
+    """The files end_to_end/test_bad_input.py runs through the CLI (with the default
+    backend), through each backend: the same frames, partial notes and one-line errors."""
+    frames, partial, failed = {}, {}, {}
+    for path in sorted(bad_folder.iterdir()):
+        try:
+            video, batches = decode_all(decoder, path, backend=backend)
+        except VideoError as err:
+            failed[path.name] = str(err)
+            continue
+        frames[path.name] = sum(len(b.frame_ids) for b in batches)
+        if video.partial:
+            partial[path.name] = video.partial
+    assert {n: frames.pop(n) for n in FOLDER_PARTIAL} == dict.fromkeys(FOLDER_PARTIAL, 4)
+    assert frames == FOLDER_FRAMES
+    assert set(partial) == set(FOLDER_PARTIAL) and all(partial[n].startswith(p) for n, p in FOLDER_PARTIAL.items())
+    assert set(failed) == set(FOLDER_FAILED), failed
+    assert all(phrase in failed[n] and "\n" not in failed[n].replace(n, "") for n, phrase in FOLDER_FAILED.items())
+
+
 def test_damage_in_the_first_frames_fails_the_video(decoder, tmp_path, backend):
     damaged = damage_packets(write_video(tmp_path / "whole.mp4", seconds=2), tmp_path / "bad.mp4", first=0, span=400)
     with pytest.raises(VideoError, match="bad.mp4: damaged video stream at 0.0 s, no sound frame in it"):

@@ -17,7 +17,6 @@ from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.orchestration.names import (
     DEVICE_TAG,
-    K8S_CONFIG_TAG,
     KUBERNETES_DEVICE,
     RANGE_END_TAG,
     RANGE_START_TAG,
