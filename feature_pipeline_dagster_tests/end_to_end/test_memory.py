@@ -46,8 +46,13 @@ def test_navit_peak_memory_does_not_follow_video_length(tmp_path):
 
     model = tmp_path / "navit-1-layer"
     make_random(ModelSettings(name=NAME, path=str(model), source="folder"), model, {"num_hidden_layers": 1})
-    short = peak_rss_kib(tmp_path / "short", model, 5.5)  # 6 frames, ~2.2k rows
+    # Against 25 frames, not fewer: buffers reach their working size within the first ~20
+    # frames (peak RSS measured here: 1089 MiB for 6 frames, 1218 for 25, 1225 for 49 and
+    # 1184-1277 for 97), so 6 against 97 read 1.09-1.17, near any threshold. Holding the
+    # rows (the code before issue #12: 1077 MiB for 6 frames, 1523 for 97, ~4.9 MiB a frame)
+    # would read about 1.3 on this pair.
+    short = peak_rss_kib(tmp_path / "short", model, 24.5)  # 25 frames, ~9k rows
     long = peak_rss_kib(tmp_path / "long", model, 96.5)  # 97 frames, ~36k rows (166 MB of vectors)
-    print(f"peak RSS of the run: {short / 1024:.0f} MiB for 6 frames, {long / 1024:.0f} MiB for 97: "
+    print(f"peak RSS of the run: {short / 1024:.0f} MiB for 25 frames, {long / 1024:.0f} MiB for 97: "
           f"ratio {long / short:.2f}")
-    assert long <= 1.2 * short
+    assert long <= 1.15 * short
