@@ -63,6 +63,7 @@ def sound_count(path: Path, ids: np.ndarray, key_frames_only: bool = False) -> t
                     return got, "decoder error: " + one_line(err)
                 if why := damage_in([f"[{name} @ 0x0] {message.strip()}" for _level, name, message in log]):
                     return got, why
+                log.clear()
                 for frame in frames:
                     if frame.pts is None or frame.pts < want[got]:
                         continue
