@@ -37,15 +37,14 @@ def sound_count(path: Path, ids: np.ndarray, key_frames_only: bool = False) -> t
     import av
     import av.logging
 
-    from feature_pipeline_dagster.core.decode.backends.base import OpenFailed, packet_index
+    from feature_pipeline_dagster.core.decode.backends.base import OpenFailed, key_before, packet_index, pyav_lines
 
     try:
         index = packet_index(path)
     except OpenFailed as err:
         return 0, str(err)
     want = index.pts[ids].tolist()
-    keys = index.keyframes
-    start = int(keys[max(np.searchsorted(keys, ids[0], side="right") - 1, 0)]) if len(keys) else 0
+    start = key_before(index.keyframes, int(ids[0]))
     level = av.logging.get_level()
     av.logging.set_level(av.logging.WARNING)
     got = 0
@@ -61,7 +60,7 @@ def sound_count(path: Path, ids: np.ndarray, key_frames_only: bool = False) -> t
                     frames = stream.decode(packet)
                 except (av.FFmpegError, ValueError) as err:
                     return got, "decoder error: " + one_line(err)
-                if why := damage_in([f"[{name} @ 0x0] {message.strip()}" for _level, name, message in log]):
+                if why := damage_in(pyav_lines(log)):
                     return got, why
                 log.clear()
                 for frame in frames:

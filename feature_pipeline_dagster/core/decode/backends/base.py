@@ -102,6 +102,18 @@ def packet_index(path: Path) -> PacketIndex:
         return PacketIndex(sorted_pts * float(stream.time_base), sorted_pts, keyframes, fps, cut)
 
 
+def key_before(keyframes: np.ndarray, frame_id: int) -> int:
+    """The last key frame at or before `frame_id` (0 if the stream flags none)."""
+    if not len(keyframes):
+        return 0
+    return int(keyframes[max(np.searchsorted(keyframes, frame_id, side="right") - 1, 0)])
+
+
+def pyav_lines(log) -> list[str]:
+    """What `av.logging.Capture` caught, as FFmpeg writes it to fd 2 ("[h264 @ 0x0] ...")."""
+    return [f"[{name} @ 0x0] {message.strip()}" for _level, name, message in log]
+
+
 def rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
     """(N, H, W, 3) frames turned as the display matrix says (decord's convention)."""
     k = rotation // 90 % 4

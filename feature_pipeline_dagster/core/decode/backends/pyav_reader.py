@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_pipeline_dagster.core.decode.backends.base import Backend, DecodeFailed, OpenFailed, packet_index, rotate
+from feature_pipeline_dagster.core.decode.backends.base import (
+    Backend, DecodeFailed, OpenFailed, key_before, packet_index, pyav_lines, rotate,
+)
 from feature_pipeline_dagster.core.errors import one_line
 
 
@@ -45,14 +47,8 @@ class PyAVBackend(Backend):
         self._decoded = None  # the running decode: a generator of frames
         self._at = -1  # the last frame id it gave
 
-    def _key_before(self, frame_id: int) -> int:
-        """The last key frame at or before `frame_id` (0 if the stream flags none)."""
-        if not len(self.keyframes):
-            return 0
-        return int(self.keyframes[max(np.searchsorted(self.keyframes, frame_id, side="right") - 1, 0)])
-
     def _seek(self, frame_id: int) -> None:
-        key = self._key_before(frame_id)
+        key = key_before(self.keyframes, frame_id)
         self._container.seek(int(self._pts[key]), stream=self._stream, backward=True, any_frame=False)
         self._decoded = self._container.decode(self._stream)
         self._at = -1
@@ -64,7 +60,7 @@ class PyAVBackend(Backend):
         out = []
         try:
             for frame_id in ids.tolist():
-                if self._decoded is None or frame_id <= self._at or self._key_before(frame_id) > self._at:
+                if self._decoded is None or frame_id <= self._at or key_before(self.keyframes, frame_id) > self._at:
                     self._seek(frame_id)
                 out.append(self._take(frame_id))
         except (av.FFmpegError, ValueError) as err:
@@ -100,7 +96,7 @@ class PyAVBackend(Backend):
         raise DecodeFailed(f"decoder error: frame {frame_id} (pts {want}) was not decoded")
 
     def logged(self) -> list[str]:
-        lines = [f"[{name} @ 0x0] {message.strip()}" for _level, name, message in self._log]
+        lines = pyav_lines(self._log)
         self._log.clear()
         return lines
 
