@@ -106,12 +106,12 @@ def _run(args) -> int:
     instance = dagster_instance(settings)
     started = time.perf_counter()
     videos = register_videos(settings, instance)
+    if videos:
+        start_lite_server(settings)  # a start is said here, once; the ledger read, runs and workers find it running
     todo = videos_to_embed(settings, videos, args.all)
     devices = run_devices(settings.gpus)
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
-    if todo:
-        start_lite_server(settings)  # a start is said here, once; the runs and workers find it running
     runs = DeviceRuns(plan_ranges(todo, instance.get_dynamic_partitions(videos_partitions.name), len(devices),
                                   MAX_VIDEOS_PER_RUN),
                       devices, settings.logs_dir)

@@ -60,13 +60,14 @@ def test_run_embeds_every_video_and_reports_the_broken_one(project):
     assert first.returncode == 1
     assert "broken.mp4: cannot open video" in first.stderr
     assert "embedded 4 of 5 video(s), 18 rows" in first.stderr
+    assert first.stderr.count("started Milvus Lite server for") == 1  # the run that started it says so, once
     assert runs_count() == 1  # one ranged run for the five videos, not one run each
     expected = {"plain.mp4": 3, NAMES[1]: 4, NAMES[2]: 5, NAMES[3]: 6, "broken.mp4": 0}
     assert rows_by_video(project) == expected
 
     (project.videos / "broken.mp4").unlink()
     again = cli(project, "run")
-    assert "0 new or changed" in again.stderr
+    assert "0 new or changed" in again.stderr and "started Milvus Lite server" not in again.stderr
     write_video(project.videos / "plain.mp4", seconds=4.5, seed=9)  # new content
     changed = cli(project, "run")
     assert "1 new or changed" in changed.stderr
