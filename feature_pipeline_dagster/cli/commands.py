@@ -119,7 +119,8 @@ def _run(args) -> int:
     signals = []
 
     def interrupted_line() -> str:
-        return f"interrupted: {len(done)} of {len(todo)} videos done; run again to continue"
+        rest = "run again to continue" if len(done) < len(todo) else "nothing left to do"  # all finished in flight
+        return f"interrupted: {len(done)} of {len(todo)} videos done; {rest}"
 
     def on_signal(signum, frame) -> None:
         """The first Ctrl-C (or SIGTERM) stops handing out work and lets the engine commit
