@@ -110,3 +110,26 @@ def test_declared_row_fields_are_the_columns_embed_emits(tiny_clip, frames):
     wrong = dataclasses.replace(FAMILIES["CLIP"], row_fields=("frame_id", "timestamp_ms", "row_idx"))
     with pytest.raises(ModelError, match=r"emitted columns \['frame_id', 'timestamp_ms'\] but declares"):
         wrong.check_columns(rows)
+
+
+def test_loading_leaves_the_process_logging_as_it_was(tiny_clip):
+    """open_clip's `logging.info()` calls install a root handler as a side effect; after a
+    load (model and text tokenizer) a warning of any library still prints as its bare
+    message, not as `WARNING:name:message` (a search printed its random-weights warning so)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    program = textwrap.dedent("""
+        import logging, sys
+        from feature_pipeline_dagster.core.models.clip.text import load_text
+        from feature_pipeline_dagster.core.settings import ModelSettings
+
+        load_text(ModelSettings(name="CLIP", path=sys.argv[1], source="folder"), "cpu")
+        assert logging.getLogger().handlers == [], logging.getLogger().handlers
+        logging.getLogger("some.library").warning("a warning")
+    """)
+    done = subprocess.run([sys.executable, "-c", program, str(tiny_clip)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == "a warning"
+    assert not [line for line in done.stderr.splitlines() if line.startswith("WARNING:")], done.stderr

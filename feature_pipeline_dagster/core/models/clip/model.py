@@ -9,6 +9,7 @@ normalize): torchvision's antialiased uint8 resize matches PIL where a float
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,23 @@ from feature_pipeline_dagster.core.models.weights import fetch_first_file, label
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
+@contextmanager
+def open_clip_quiet():
+    """open_clip logs on the root logger through `logging.info()`, which installs a root
+    handler (logging.basicConfig) as a side effect: every later warning of the process
+    then printed as `WARNING:name:message`. Its lines are muted and that handler removed."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    root.setLevel(logging.CRITICAL)  # open_clip logs its errors there too; ours say them in one line
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+
+
 def create_open_clip(model: ModelSettings, device: str = "cpu"):
     """Build the open_clip model the settings name, with its weights.
 
@@ -33,13 +51,16 @@ def create_open_clip(model: ModelSettings, device: str = "cpu"):
     Hub weights (a pretrained tag or `hf-hub:`) are fetched here, not by open_clip, whose
     download retries every candidate file with backoff: see `fetch_from_hub`.
     """
+    with open_clip_quiet():
+        return _create_open_clip(model, device)
+
+
+def _create_open_clip(model: ModelSettings, device: str):
     import open_clip
     from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     path = model.path
     label = f"CLIP {model.arch}"
-    root = logging.getLogger()
-    level, root.level = root.level, logging.CRITICAL  # open_clip logs its errors on the root logger too
     try:
         if model.source == "folder":
             if Path(path).is_dir():
@@ -67,8 +88,6 @@ def create_open_clip(model: ModelSettings, device: str = "cpu"):
         raise
     except Exception as err:  # open_clip reports missing files, bad checkpoints and network faults alike
         raise ModelError(f"model.path {path}: cannot load {label}: {one_line(err)}") from None
-    finally:
-        root.setLevel(level)
 
 
 def tag_checkpoint(model: ModelSettings) -> Path | None:

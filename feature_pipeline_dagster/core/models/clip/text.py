@@ -10,13 +10,13 @@ queries offline once the weights are local.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from feature_pipeline_dagster.core.errors import ModelError, one_line
+from feature_pipeline_dagster.core.models.clip.model import open_clip_quiet
 from feature_pipeline_dagster.core.settings import ModelSettings
 
 
@@ -58,13 +58,10 @@ def load_text(model: ModelSettings, device: str) -> ClipTextEncoder:
     if getattr(extractor.model, "encode_text", None) is None:
         raise ModelError(f"{extractor.description}: this CLIP model has no text tower")
     source = tokenizer_source(model)
-    root = logging.getLogger()
-    level, root.level = root.level, logging.CRITICAL  # open_clip logs its errors on the root logger too
     try:
-        tokenizer = open_clip.get_tokenizer(source)
+        with open_clip_quiet():
+            tokenizer = open_clip.get_tokenizer(source)
     except Exception as err:  # an HF tokenizer not in the folder nor the cache, offline
         raise ModelError(f"model.path {model.path}: cannot load the text tokenizer ({one_line(err)}); "
                          "the folder must hold the tokenizer files of its text_cfg.hf_tokenizer_name") from None
-    finally:
-        root.setLevel(level)
     return ClipTextEncoder(extractor.model, tokenizer, extractor.torch_device, extractor.description)
