@@ -107,7 +107,7 @@ class Page:
         if self._store is None:
             from feature_pipeline_dagster.core.store import store_for
 
-            self._store = store_for(self.settings.db)
+            self._store = store_for(self.settings.db, reads_may_lag=True)
         return self._store
 
     def close(self) -> None:

@@ -8,8 +8,9 @@ import pytest
 from feature_pipeline_dagster.core.settings import ConfigError, load_settings
 from feature_pipeline_dagster.core.errors import VideoError
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.ledger import VideoRecord
 from feature_pipeline_dagster.core.store.lite_server import LiteServer
-from feature_pipeline_dagster.core.store import store_for
+from feature_pipeline_dagster.core.store import RowFilter, open_store, store_for
 from feature_pipeline_dagster.core.store.milvus import quote, rechunk, rows_per_request
 from feature_pipeline_dagster_tests.conftest import clip_config, stop_lite_server, write_config
 from feature_pipeline_dagster_tests.milvus_server import BACKEND, MilvusStandalone, backends
@@ -182,3 +183,23 @@ def test_a_server_commit_is_visible_at_once_without_a_flush(store_and_spec):
     flush = time.perf_counter() - started
     print(f"server: write+commit+count {writes:.2f}s per video without flush; one flush {flush:.2f}s")
     assert store.client.describe_collection(spec.name)["consistency_level"] in (0, "Strong")
+
+
+def test_a_search_store_finds_what_was_committed_before_it(store_and_spec, tmp_path):
+    """The search path's store (`reads_may_lag`: Bounded consistency, no wait for a server's
+    newest time tick) sees rows and ledger entries committed more than the server's
+    graceful time (5 s) before, on every backend."""
+    import time
+
+    store, spec = store_and_spec
+    rows = batch(5, seed=11)
+    store.write_video(spec, "old.mp4", [rows], batch_size=10)
+    store.record_videos(spec, [VideoRecord("old.mp4", "1-1", "digest", "v1", 5)], generation=7)
+    time.sleep(0 if store.is_lite else 6)  # Lite is always current; a server's Bounded lag is at most 5 s
+    search = open_store(store.uri, store._token, reads_may_lag=True)
+    try:
+        assert [(h["video_path"], h["frame_id"]) for h in search.search(spec, rows.vectors[3], limit=1)] == [("old.mp4", 3)]
+        assert search.committed(spec, ["old.mp4"])["old.mp4"].generation == 7
+        assert len(search.query_rows(spec, RowFilter(videos=("old.mp4",)), ("frame_id",))) == 5
+    finally:
+        search.close()

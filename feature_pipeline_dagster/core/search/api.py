@@ -69,7 +69,7 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
     if own_store:
         from feature_pipeline_dagster.core.store import store_for
 
-        store = store_for(settings.db)
+        store = store_for(settings.db, reads_may_lag=True)  # a search writes nothing: no wait for the newest writes
     try:
         version = code_version(settings)
         result = SearchResult([], repr(text) if text is not None else _image_label(image), "", spec.name)

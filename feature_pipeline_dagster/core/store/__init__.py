@@ -101,12 +101,14 @@ def new_generation() -> int:
     return time.time_ns()
 
 
-def open_store(uri: str, token: str | None = None, lite_idle_minutes: float | None = None) -> VectorStore:
+def open_store(uri: str, token: str | None = None, lite_idle_minutes: float | None = None,
+               reads_may_lag: bool = False) -> VectorStore:
     """A store for `uri`, connected on first use (a Lite server it starts stops itself
-    after `lite_idle_minutes` without a client; None: 10)."""
+    after `lite_idle_minutes` without a client; None: 10). `reads_may_lag`: for search,
+    reads that do not wait for a server's newest writes (see MilvusStore)."""
     from feature_pipeline_dagster.core.store.milvus import MilvusStore
 
-    return MilvusStore(uri, token, lite_idle_minutes)
+    return MilvusStore(uri, token, lite_idle_minutes, reads_may_lag)
 
 
 def store_token(db: DbSettings) -> str | None:
@@ -119,6 +121,6 @@ def store_token(db: DbSettings) -> str | None:
     return token
 
 
-def store_for(db: DbSettings) -> VectorStore:
+def store_for(db: DbSettings, reads_may_lag: bool = False) -> VectorStore:
     """The store the config's `db` names (the CLI's way in; Dagster's is its resource)."""
-    return open_store(db.uri, store_token(db), db.lite_idle_minutes)
+    return open_store(db.uri, store_token(db), db.lite_idle_minutes, reads_may_lag)
