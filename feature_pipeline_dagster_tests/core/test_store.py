@@ -203,3 +203,13 @@ def test_a_search_store_finds_what_was_committed_before_it(store_and_spec, tmp_p
         assert len(search.query_rows(spec, RowFilter(videos=("old.mp4",)), ("frame_id",))) == 5
     finally:
         search.close()
+
+
+def test_reads_past_a_plain_query_limit_come_whole(store_and_spec):
+    """A read that fits one plain query takes one; past Milvus' 16384 rows it pages."""
+    store, spec = store_and_spec
+    store.write_video(spec, "big.mp4", [batch(16390, seed=2)], batch_size=10_000)
+    store.write_video(spec, "small.mp4", [batch(3, seed=4)], batch_size=10)
+    big = store.query_rows(spec, RowFilter(videos=("big.mp4",)), ("frame_id",))
+    assert sorted(r["frame_id"] for r in big) == list(range(16390))
+    assert sorted(r["frame_id"] for r in store.query_rows(spec, RowFilter(videos=("small.mp4",)), ("frame_id",))) == [0, 1, 2]

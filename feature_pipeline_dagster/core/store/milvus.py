@@ -26,6 +26,7 @@ from feature_pipeline_dagster.core.store import Committed, RowFilter, new_genera
 
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
 MAX_TOPK = 16384  # Milvus' limit on rows per query vector
+MAX_QUERY_ROWS = 16384  # Milvus' limit on a plain query's offset + limit
 # HNSW (Lite's AUTOINDEX) candidate list: at least the rows asked for (HNSW returns no
 # more than ef), never under Lite's default 64. bench_search.py measures the recall it gives.
 MIN_EF = 64
@@ -374,10 +375,17 @@ class MilvusStore:
         return self._all_rows(spec.name, expression(where), fields)
 
     def _all_rows(self, name: str, where: str, fields) -> list[dict]:
-        """Every row `where` admits, a page at a time (a plain query stops at 16384)."""
+        """Every row `where` admits: one plain query when they fit in one (a few videos'
+        ledger entries, a frame's patch rows), else a page at a time (a plain query stops
+        at 16384). An iterator's pages wait for a server's newest time tick whatever the
+        consistency asked: ~200 ms each on Milvus 2.3 here, against ~3 ms for a query."""
+        rows = self._call("query", self.client.query, name, filter=where, output_fields=list(fields),
+                          limit=MAX_QUERY_ROWS, **self._reads)
+        if len(rows) < MAX_QUERY_ROWS:
+            return rows
         it = self._call("query", self.client.query_iterator, name, filter=where, output_fields=list(fields),
                         batch_size=1000, **self._reads)
-        rows: list[dict] = []
+        rows = []
         try:
             while page := self._call("query", it.next):
                 rows.extend(page)
