@@ -7,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.store import store_for
@@ -50,6 +49,7 @@ def test_a_folder_of_bad_files(project, tmp_path_factory):
         assert sorted(r["timestamp_ms"] for r in store.fetch_video(spec, "vfr.mp4", ("timestamp_ms",))) == [0, 1000, 2000, 3000]
     finally:
         store.close()
+
 
 class GrowingFile:
     """A video being copied into the folder, slowly, for as long as the block runs."""
