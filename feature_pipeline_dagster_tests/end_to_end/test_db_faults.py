@@ -20,6 +20,7 @@ from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.decode.reader import VideoReader
 from feature_pipeline_dagster.core.videos import partition_key
 from feature_pipeline_dagster.core.samples import write_video
+from feature_pipeline_dagster.core.store.milvus import MilvusStore
 from feature_pipeline_dagster_tests.milvus_server import MilvusStandalone, backends
 
 HOST = "127.0.0.1"
@@ -88,32 +89,33 @@ def expected(project, server):
 
 
 class KillOnceRowsLand(threading.Thread):
-    """Watches the server on its own connection until the run's first rows are in, kills
-    it, and starts it again `down_for` seconds later (None: it stays down)."""
+    """Kills the server once the run's first insert has returned, and starts it again
+    `down_for` seconds later (None: it stays down). The run's writer waits for the kill,
+    so the kill falls mid-run however fast the run is (polling the server for rows could
+    see them only after a 1 s run had ended: Milvus 2.3's counts lag its inserts)."""
 
-    def __init__(self, server, collection: str, down_for: float | None):
+    def __init__(self, server, monkeypatch, down_for: float | None):
         super().__init__(daemon=True)
-        self.server, self.collection, self.down_for = server, collection, down_for
-        self.run_over = threading.Event()
+        self.server, self.down_for = server, down_for
+        self.rows_in, self.killed, self.run_over = threading.Event(), threading.Event(), threading.Event()
         self.killed_at = self.back_at = None
+        insert = MilvusStore.insert
+
+        def insert_then_wait_for_the_kill(store, *args, **kwargs):
+            insert(store, *args, **kwargs)
+            if not self.rows_in.is_set():
+                self.rows_in.set()
+                self.killed.wait(timeout=60)
+
+        monkeypatch.setattr(MilvusStore, "insert", insert_then_wait_for_the_kill)
 
     def run(self):
-        from pymilvus import MilvusClient
-
-        client = MilvusClient(uri=self.server.uri, dedicated=True)
-        try:
-            while not self.run_over.wait(0.02):
-                try:
-                    if client.has_collection(self.collection) and row_count(client, self.collection):
-                        break
-                except Exception:  # a Milvus server answers "collection not loaded" while it loads
-                    continue
-            else:
+        while not self.rows_in.wait(0.05):
+            if self.run_over.is_set():
                 return
-        finally:
-            client.close()
         self.server.kill()
         self.killed_at = time.time()
+        self.killed.set()
         if self.down_for is not None:
             time.sleep(self.down_for)
             self.server.start()
@@ -190,7 +192,7 @@ def test_server_killed_mid_run_and_back_ends_with_exact_rows(project, server, ex
 
         monkeypatch.setattr(embeddings, "RETRY_POLICY", RetryPolicy(max_retries=5, delay=2.0, backoff=Backoff.EXPONENTIAL))
     collection = load_settings(project.config).db.collections[0].name
-    watcher = KillOnceRowsLand(server, collection, down_for=4.0)
+    watcher = KillOnceRowsLand(server, monkeypatch, down_for=4.0)
     result, retries = materialize_range(watcher)
     print(f"server back {watcher.back_at - watcher.killed_at:.1f}s after the kill; retries at "
           f"{[round(t - watcher.killed_at, 1) for t in retries]}s: {list(retries.values())}")
@@ -209,7 +211,7 @@ def test_server_that_stays_down_fails_with_one_line_then_works_once_back(project
 
     monkeypatch.setattr(embeddings, "RETRY_POLICY", RetryPolicy(max_retries=3, delay=1.0, backoff=Backoff.EXPONENTIAL))
     collection = load_settings(project.config).db.collections[0].name
-    result, retries = materialize_range(KillOnceRowsLand(server, collection, down_for=None))
+    result, retries = materialize_range(KillOnceRowsLand(server, monkeypatch, down_for=None))
     assert not result.success and len(retries) == 3
     failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data.description
     print(failure)
