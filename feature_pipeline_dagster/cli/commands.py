@@ -6,7 +6,7 @@
     feature-pipeline models make-random   a random-weight model for offline smoke runs
     feature-pipeline samples              generate small sample videos
     feature-pipeline quickstart           offline smoke run: random model + samples + run
-    feature-pipeline db status|stop       the shared Milvus Lite server: show it, stop it
+    feature-pipeline db status|stop       the shared Milvus Lite server: show it, stop it (--all: every one)
     feature-pipeline search "text"        find moments by text (CLIP) or --image FILE
     feature-pipeline serve                the search page on http://127.0.0.1:8000
 
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from feature_pipeline_dagster.cli.db import db_status, db_stop, start_lite_server
+from feature_pipeline_dagster.cli.db import add_arguments as add_db_arguments, db_status, db_stop, start_lite_server
 from feature_pipeline_dagster.cli.instance import dagster_instance, register_videos
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import CONFIG_ENV, ConfigError, config_path, load_settings
@@ -66,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     samples.add_argument("--count", type=int, default=3)
     db = commands.add_parser("db", help="the database: status, stop the local Milvus Lite server", parents=[common])
     db_actions = db.add_subparsers(required=True, metavar="ACTION")
-    command(db_actions, "status", db_status, "the Milvus Lite server (starts nothing), collections and row counts")
-    command(db_actions, "stop", db_stop, "stop the Milvus Lite server that serves db.uri")
+    add_db_arguments(command(db_actions, "status", db_status, "the Milvus Lite server (starts nothing), "
+                             "collections and row counts"), "list")
+    add_db_arguments(command(db_actions, "stop", db_stop, "stop the Milvus Lite server that serves db.uri"), "stop")
     from feature_pipeline_dagster.cli import search as search_cli, serve as serve_cli
 
     search = command(commands, "search", search_cli.run_search, "find moments in the embedded videos by text or image")

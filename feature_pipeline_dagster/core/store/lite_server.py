@@ -8,12 +8,18 @@ a state file beside it, and every process connects over loopback. A lock file ke
 two starters from racing; a state file whose pid is dead or whose port is closed is
 replaced. The server outlives the process that started it; `stop` ends it, and so does
 the server itself once it has had no client for `idle_minutes` (the watchdog in `_serve`).
+
+Each start is also registered in the starter's working folder (`REGISTRY`, one file per
+data directory), so `db status --all` and `db stop --all` find the servers of every config
+tried there, not only the current one's; an entry whose server has gone (or was replaced
+by one started elsewhere) is removed when the registry is read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +39,7 @@ START_TIMEOUT_S = 60.0
 DEFAULT_IDLE_MINUTES = 10.0  # db.lite_idle_minutes
 IDLE_POLL_S = 5.0  # how often the watchdog looks for clients (shorter for short idle times)
 SETTLE_S = 1.0  # with the state file gone, how long a retiring server waits for late clients
+REGISTRY = Path(".feature-pipeline") / "lite-servers"  # under the starter's working folder
 logger = logging.getLogger("feature_pipeline.lite_server")
 _retiring_lock = None  # the lock a retiring server holds until its process exits
 _last_request = 0.0  # in the server: when it last took a request (time.monotonic)
@@ -122,8 +129,25 @@ class LiteServer:
             time.sleep(0.1)
         state = ServerState(process.pid, port, str(self.data_dir), self.idle_minutes, started_now=True)
         self._record(state)
+        self._register(state)
         logger.info(self.started_message(state))
         return state
+
+    def _entry(self, registry: Path) -> Path:
+        return registry / (hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:16] + ".json")
+
+    def _register(self, state: ServerState) -> None:
+        """Under the lock, after a start: this working folder's registry names the server
+        (a working folder that cannot be written only loses `--all`'s view of it)."""
+        registry = Path.cwd() / REGISTRY
+        try:
+            registry.mkdir(parents=True, exist_ok=True)
+            entry = self._entry(registry)
+            tmp = entry.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"data_dir": state.data_dir, "pid": state.pid, "port": state.port}))
+            tmp.replace(entry)
+        except OSError as err:
+            logger.debug("not registered in %s: %s", registry, err)
 
     def stop(self, timeout: float = 30.0) -> ServerState | None:
         """Stop the server cleanly (SIGTERM: it drains requests and closes the database),
@@ -164,6 +188,47 @@ class LiteServer:
             return False
         _retiring_lock = handle
         return True
+
+
+def registered(folder: str | os.PathLike | None = None) -> list[tuple[LiteServer, ServerState]]:
+    """The live Lite servers started from the working folder `folder` (default: the current
+    one), by data directory. An entry whose server is gone (its pid dead, its port closed, its
+    record removed) or was replaced by a server started from elsewhere is deleted; the
+    check is made under the data directory's lock, so a start in progress is not mistaken
+    for a stale entry."""
+    registry = Path(folder or Path.cwd()) / REGISTRY
+    found = []
+    for entry in sorted(registry.glob("*.json")):
+        try:
+            raw = json.loads(entry.read_text())
+            server, pid = LiteServer(raw["data_dir"]), int(raw["pid"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            entry.unlink(missing_ok=True)
+            continue
+        state = server.running()
+        if state is None or state.pid != pid:
+            if not server.data_dir.parent.is_dir():  # its folder deleted: nothing can run there
+                entry.unlink(missing_ok=True)
+                continue
+            with server._locked():
+                state = server.running()
+                if state is None or state.pid != _registered_pid(entry):
+                    entry.unlink(missing_ok=True)
+                    continue
+        found.append((server, state))
+    return found
+
+
+def _registered_pid(entry: Path) -> int | None:
+    try:
+        return int(json.loads(entry.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def clients(port: int) -> int:
+    """Connections open to the server on `port` now (0: idle)."""
+    return _clients(port)
 
 
 def _alive(pid: int) -> bool:
