@@ -100,17 +100,19 @@ def _run(args) -> int:
     from feature_pipeline_dagster.cli.workers import DeviceRuns, videos_to_embed
     from feature_pipeline_dagster.core.devices import run_devices
     from feature_pipeline_dagster.core.folder_watch import plan_ranges
+    from feature_pipeline_dagster.core.models.devices import check_devices
     from feature_pipeline_dagster.orchestration.names import MAX_VIDEOS_PER_RUN
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     settings = load_settings()
+    devices = run_devices(settings.gpus)
+    check_devices(devices, settings.source)  # once, before any video, the database or Dagster is touched
     instance = dagster_instance(settings)
     started = time.perf_counter()
     videos = register_videos(settings, instance)
     if videos:
         start_lite_server(settings)  # a start is said here, once; the ledger read, runs and workers find it running
     todo = videos_to_embed(settings, videos, args.all)
-    devices = run_devices(settings.gpus)
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
     runs = DeviceRuns(plan_ranges(todo, instance.get_dynamic_partitions(videos_partitions.name), len(devices),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from feature_pipeline_dagster.core.devices import visible_devices
-from feature_pipeline_dagster.core.errors import ModelError
+from feature_pipeline_dagster.core.errors import ConfigError, ModelError
 
 
 def torch_device(name: str):
@@ -26,6 +26,31 @@ def torch_device(name: str):
             raise ModelError(f"device {name}: this machine has {count} visible CUDA device(s)")
         return torch.device("cuda", i)
     raise ModelError(f"unknown device {name!r} (expected cuda:N, mps, cpu, cpu:N or auto)")
+
+
+def check_devices(names: list[str], source) -> None:
+    """Every configured device is on this machine, or a ConfigError naming the first that
+    is not and what the machine has: checked once, before a video is touched (it failed
+    each video one by one, and said nothing when nothing was to do). torch is imported
+    only when a CUDA or MPS device is configured: a CPU config pays nothing."""
+    if all(name.partition(":")[0] == "cpu" for name in names):
+        return
+    for name in names:
+        try:
+            torch_device(name)
+        except ModelError:
+            raise ConfigError(f"{source}: gpus: {name}: this machine has {_what_it_has()}; "
+                              "name one of those, or `auto`") from None
+
+
+def _what_it_has() -> str:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = [f"cuda:{i}" for i in range(count)]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        found.append("mps")
+    return ", ".join(found + ["cpu"]) if found else "no CUDA or MPS device, only cpu"
 
 
 def to_device(array, device):
