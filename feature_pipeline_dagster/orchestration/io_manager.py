@@ -41,15 +41,21 @@ class MilvusIOManager(ConfigurableIOManager):
         try:
             embed_run(run, store, report)
         except PipelineError as err:  # the model, the device or the database: the whole run
-            raise as_failure(err, videos_written=len(report.written)) from None
+            fault = err
+        else:
+            fault = None
         finally:
             store.close()
         keys = {relpath_of(key): key for key in context.asset_partition_keys}
         written = {keys[video]: _ui_metadata({**meta, **report.lease}) for video, meta in report.written.items()}
+        if fault is not None:
+            if written:  # videos committed before the fault stay whole: materialized, summarized, checked
+                yield from self._settle_partial_run(context, run, report, keys, written)
+            raise as_failure(fault, videos_written=len(report.written)) from None
         for key, meta in written.items():
             context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
         if report.failed or report.interrupted:
-            yield from _flush_materializations(context, written, asset_version(run.settings, run.spec))
+            yield from self._settle_partial_run(context, run, report, keys, written)
             summary = "; ".join(report.failed.values())
             if report.interrupted:
                 summary = (f"interrupted: {len(written)} of {len(run.videos)} video(s) done"
@@ -61,23 +67,75 @@ class MilvusIOManager(ConfigurableIOManager):
                 metadata={"failed": list(report.failed), "interrupted": report.interrupted, "written": len(written)},
             )
 
+    def _settle_partial_run(self, context: OutputContext, run: VideoRun, report: RunReport, keys: dict[str, str],
+                            written: dict[str, dict]):
+        """What a run some of whose videos failed still owes its committed videos before
+        its step fails: their materializations, their summary rows, and the run's checks.
+
+        Dagster skips every step after a failed one, the summary's and the checks' among
+        them, so the good videos of the run lacked their summary row for good (the next run
+        finds them done) and the UI showed no check naming the failed video. Written here
+        instead: the summary from the means summed in-stream, recorded as the summary
+        asset's materializations; the checks' evaluations as their own steps would make
+        them, the failed videos named by `videos_complete`."""
+        from dagster import AssetCheckEvaluation, AssetKey, DagsterEvent
+
+        from feature_pipeline_dagster.core.engine.video import decode_vector
+        from feature_pipeline_dagster.core.summary import summary_collection
+        from feature_pipeline_dagster.orchestration.checks import evaluate
+        from feature_pipeline_dagster.orchestration.names import SUMMARY_ASSET
+
+        yield from _flush_materializations(context, written, asset_version(run.settings, run.spec))
+        settings = run.settings
+        if _in_this_run(context, AssetKey(SUMMARY_ASSET)) and (
+                run.spec.name == settings.collection_for(settings.model.features[0]).name):  # the summary's frames
+            rows = SummaryRows(summary_collection(settings),
+                               {video: decode_vector(meta["mean_vector"]) for video, meta in report.written.items()})
+            try:
+                self._insert_summary(rows)
+            except PipelineError as err:  # the database, likely what failed the run: the step's failure says so
+                context.log.warning(f"summary rows of {len(rows.means)} video(s) not written: {err}")
+            else:
+                for video in rows.means:
+                    context.log_event(AssetMaterialization(
+                        AssetKey(SUMMARY_ASSET), partition=keys[video],
+                        metadata={"collection": rows.spec.name, "written_by": f"{context.asset_key.to_user_string()}'s "
+                                  "step (the summary's own was skipped: some videos of the run failed)"}))
+                yield {}
+        videos = {keys[video]: meta for video, meta in report.written.items()}
+        videos.update({keys[video]: {"failed": reason} for video, reason in report.failed.items()})
+        try:
+            results = evaluate(run.spec, videos, self.vector_store.open)
+        except PipelineError as err:  # the database is what failed the run: the step's failure says so
+            context.log.warning(f"checks of this run not evaluated: {err}")
+            return
+        for name, result in results.items():
+            evaluation = AssetCheckEvaluation(asset_key=context.asset_key, check_name=name, **result)
+            yield DagsterEvent.asset_check_evaluation(context.step_context, evaluation)
+
     def _write_summary(self, context: OutputContext, rows: SummaryRows) -> None:
+        try:
+            self._insert_summary(rows)
+        except PipelineError as err:
+            raise as_failure(err) from None
+        context.add_output_metadata({"videos": len(rows.means), "collection": rows.spec.name})
+
+    def _insert_summary(self, rows: SummaryRows) -> None:
+        """Every video's row in one insert, then one commit (not a flush-delete-flush per video)."""
         import numpy as np
 
         videos = list(rows.means)
+        if not videos:
+            return
         store = self.vector_store.open()
-        try:  # every video's row in one insert, then one commit (not a flush-delete-flush per video)
-            if videos:
-                means = EmbeddingBatch(np.stack([rows.means[v] for v in videos]),
-                                       {"timestamp_ms": np.zeros(len(videos), np.int64)})
-                generation = new_generation()
-                store.insert(rows.spec, means, videos, generation)
-                store.commit(rows.spec, videos, generation)
-        except PipelineError as err:
-            raise as_failure(err) from None
+        try:
+            means = EmbeddingBatch(np.stack([rows.means[v] for v in videos]),
+                                   {"timestamp_ms": np.zeros(len(videos), np.int64)})
+            generation = new_generation()
+            store.insert(rows.spec, means, videos, generation)
+            store.commit(rows.spec, videos, generation)
         finally:
             store.close()
-        context.add_output_metadata({"videos": len(rows.means), "collection": rows.spec.name})
 
     def load_input(self, context: InputContext):
         raise NotImplementedError(
@@ -95,6 +153,14 @@ def _ui_metadata(meta: dict) -> dict:
         if key in meta:
             meta[key] = MetadataValue.timestamp(meta[key])
     return {**ordered, **meta}
+
+
+def _in_this_run(context: OutputContext, key) -> bool:
+    """Whether the run was asked to materialize `key` (a run of the embedding alone leaves
+    the summary to its automation condition, as when every video succeeds)."""
+    step = context.step_context
+    selection = step.dagster_run.asset_selection  # empty in `materialize()`'s runs: the job holds the selection
+    return key in selection if selection else key in step.job_def.asset_layer.executable_asset_keys
 
 
 def _flush_materializations(context: OutputContext, written: dict[str, dict], version: str):
