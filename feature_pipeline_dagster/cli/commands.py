@@ -61,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     command(commands, "scan", _scan, "register every video under video_input.path as a partition")
     run = command(commands, "run", _run, "embed every new or changed video through Dagster")
     run.add_argument("--all", action="store_true", help="embed every video again, changed or not")
-    command(commands, "quickstart", _quickstart, "make-random model and samples if missing, then run", all=False)
+    run.add_argument("--retry-failed", action="store_true",
+                     help="try again the videos that failed for their content and have not changed since")
+    command(commands, "quickstart", _quickstart, "make-random model and samples if missing, then run", all=False,
+            retry_failed=False)
     samples = command(commands, "samples", _samples, "generate small sample videos into video_input.path")
     samples.add_argument("--count", type=int, default=3)
     db = commands.add_parser("db", help="the database: status, stop the local Milvus Lite server", parents=[common])
@@ -113,6 +116,8 @@ def _run(args) -> int:
     if videos:
         start_lite_server(settings)  # a start is said here, once; the ledger read, runs and workers find it running
     todo = videos_to_embed(settings, videos, args.all)
+    skipped = [] if args.all or args.retry_failed else _failed_before(settings, videos, todo)
+    todo = [key for key in todo if key not in skipped]
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
     runs = DeviceRuns(plan_ranges(todo, instance.get_dynamic_partitions(videos_partitions.name), len(devices),
@@ -160,11 +165,30 @@ def _run(args) -> int:
         return 130
     print(f"embedded {len(done)} of {len(todo)} video(s), {rows} rows into "
           f"{settings.db.uri} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} video{'' if len(skipped) == 1 else 's'} skipped: failed before, unchanged; "
+              "--retry-failed to try again", file=sys.stderr)
     for key, message in partial.items():
         print(f"  partial: {key}: {message}", file=sys.stderr)
     for message, keys in failures.items():
         print(f"  failed: {', '.join(keys)}: {message}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _failed_before(settings, videos: dict, todo: list[str]) -> list[str]:
+    """Keys of `todo` that failed for their content as they are now, with this code
+    version (core/ledger.py): not tried again until they change."""
+    from feature_pipeline_dagster.core.ledger import failed_before
+    from feature_pipeline_dagster.core.store import store_for
+    from feature_pipeline_dagster.core.videos import partition_key
+
+    if not todo:
+        return []
+    store = store_for(settings.db)
+    try:
+        return sorted(partition_key(path) for path in failed_before(store, settings, [videos[k] for k in todo]))
+    finally:
+        store.close()
 
 
 def _quickstart(args) -> int:

@@ -17,6 +17,13 @@ class VideoError(PipelineError):
     """One video cannot be embedded: unreadable, damaged, or its values do not fit."""
 
 
+class FileInFluxError(VideoError):
+    """The file is still being written (copied, recorded): not a fault of its content, so
+    it is never recorded as failed (core/ledger.py); a later run finds it whole."""
+
+    retryable = True
+
+
 class ModelError(PipelineError):
     """The model cannot be loaded on the device, or disagrees with the config."""
 

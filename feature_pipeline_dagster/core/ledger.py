@@ -12,6 +12,14 @@ is to do. A copy or a `touch` changes the fingerprint but not the digest: not ch
 Checking many videos costs one query per thousand videos for their records, one count
 query per thousand for their rows, and a digest (1 MiB read) only of files whose
 fingerprint moved.
+
+Beside it, `<collection>_failed` keeps the videos that failed for their content (a
+`VideoError` that trying again cannot help: unreadable, damaged, values that do not
+fit), with the content digest and code version they failed with: `run` and the sensor
+skip such a video until its file or the code version changes (a broken file cost a model
+load and a failed run at every `run`). Faults of the model, the device or the database,
+and a file still being copied, are never recorded. A video's record goes when it is
+embedded, or when its file is deleted.
 """
 
 from __future__ import annotations
@@ -48,6 +56,47 @@ def ledger_collection(rows: CollectionSpec) -> CollectionSpec:
 
 
 MARK = np.array([1.0, 0.0], np.float32)
+ERROR_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    video_path: str
+    fingerprint: str
+    content_digest: str
+    code_version: str
+    error: str
+
+
+def failures_collection(rows: CollectionSpec) -> CollectionSpec:
+    path = rows.field("video_path")
+    return CollectionSpec(f"{rows.name}_failed", (
+        FieldSpec("id", "INT64", is_primary=True, auto_id=True),
+        FieldSpec("video_path", "VARCHAR", max_length=path.max_length if path else 1024),
+        FieldSpec("fingerprint", "VARCHAR", max_length=64),
+        FieldSpec("content_digest", "VARCHAR", max_length=64),
+        FieldSpec("code_version", "VARCHAR", max_length=128),
+        FieldSpec("error", "VARCHAR", max_length=ERROR_CHARS * 4),  # Milvus counts bytes: 4 per character at most
+        FieldSpec("generation", "INT64"),
+        FieldSpec("mark", "FLOAT_VECTOR", dim=2),
+    ))
+
+
+def failed_before(store, settings: Settings, videos: list[VideoFile]) -> dict[str, str]:
+    """The relative paths of `videos` that failed for their content as they are now, with
+    this code version, in any feature's collection: path -> the error they failed with."""
+    from feature_pipeline_dagster.core.models import code_version
+
+    version, failed = code_version(settings), {}
+    for feature in settings.model.features:
+        records = store.recorded_failures(settings.collection_for(feature), [v.relpath for v in videos])
+        for video in videos:
+            record = records.get(video.relpath)
+            if video.relpath in failed or record is None or record.code_version != version:
+                continue
+            if record.fingerprint == video.fingerprint or _digest(video) == record.content_digest:
+                failed[video.relpath] = record.error
+    return failed
 
 
 def done_in_every_collection(store, settings: Settings, videos: list[VideoFile]) -> set[str]:

@@ -18,11 +18,13 @@ def summary_collection(settings: Settings) -> CollectionSpec:
 
 
 def owned_collections(settings: Settings) -> list[CollectionSpec]:
-    """Every collection the config writes: one per feature with its ledger, and the summary."""
-    from feature_pipeline_dagster.core.ledger import ledger_collection
+    """Every collection the config writes: one per feature with its ledger and its failed
+    videos, and the summary."""
+    from feature_pipeline_dagster.core.ledger import failures_collection, ledger_collection
 
     features = [settings.collection_for(f) for f in settings.model.features]
-    return features + [ledger_collection(spec) for spec in features] + [summary_collection(settings)]
+    return (features + [ledger_collection(spec) for spec in features] + [failures_collection(spec) for spec in features]
+            + [summary_collection(settings)])
 
 
 @dataclass

@@ -108,6 +108,10 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         if changes.changed:  # a copy or a `touch` moves the fingerprint, not the content: not changed
             done = _done(settings, vector_store, [video for _, video in changes.changed])
             changes.changed = [(k, v) for k, v in changes.changed if k not in done]
+        # A video that failed for its content as it is now waits for a change (core/ledger.py).
+        failed = _failed_before(settings, vector_store, [v for _, v in changes.changed + changes.lost])
+        changes.changed = [(k, v) for k, v in changes.changed if k not in failed]
+        changes.lost = [(k, v) for k, v in changes.lost if k not in failed]
         picker = _DevicePicker(instance, devices)
         new_keys = [k for k, _ in changes.new]
         chunks = split_contiguous(changes.new, parallel_runs(settings), MAX_VIDEOS_PER_RUN)
@@ -129,6 +133,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         context.log.info(
             f"{len(new_keys)} new, {len(changes.changed)} changed, {len(changes.deleted)} deleted, "
             f"{len(changes.lost)} lacking rows, "
+            + (f"{len(failed)} skipped (failed before, unchanged), " if failed else "") +
             f"{changes.waiting} settling; {len(runs)} run(s); {time.perf_counter() - started:.2f}s"
         )
         return SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
@@ -145,6 +150,20 @@ def _done(settings: Settings, vector_store: VectorStoreResource, videos: list) -
     store = vector_store.open()
     try:
         return {partition_key(path) for path in done_in_every_collection(store, settings, videos)}
+    finally:
+        store.close()
+
+
+def _failed_before(settings: Settings, vector_store: VectorStoreResource, videos: list) -> set[str]:
+    """Partition keys of the videos that failed for their content as they are now, with
+    this code version: not asked for again until they change."""
+    from feature_pipeline_dagster.core.ledger import failed_before
+
+    if not videos:
+        return set()
+    store = vector_store.open()
+    try:
+        return {partition_key(path) for path in failed_before(store, settings, videos)}
     finally:
         store.close()
 

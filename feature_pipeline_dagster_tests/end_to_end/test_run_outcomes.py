@@ -2,6 +2,9 @@
 content is not tried again until it changes, and devices this machine lacks are refused
 once, before anything is touched."""
 
+import os
+import time
+
 import yaml
 
 from feature_pipeline_dagster.core.samples import write_video
@@ -26,3 +29,33 @@ def test_a_device_this_machine_lacks_is_one_line_and_exit_2_before_any_video(pro
         assert "cpu" in lines[0]
     assert not (project.root / "db").exists()  # no database started, no video registered or read
     assert sorted(p.name for p in (project.root / "dagster_home").iterdir()) == ["dagster.yaml"]
+
+
+SKIPPED = "1 video skipped: failed before, unchanged; --retry-failed to try again"
+
+
+def test_a_video_that_failed_for_its_content_waits_for_a_change(project):
+    write_video(project.videos / "plain.mp4", seconds=2.5, seed=1)
+    broken = project.videos / "broken.mp4"
+    broken.write_bytes(b"\x00" * 4096 + b"not a video" * 100)
+    first = cli(project, "run", check=False)
+    assert first.returncode == 1 and "broken.mp4: cannot open video" in first.stderr
+
+    os.utime(broken, (time.time() + 5, time.time() + 5))  # touched: the same content
+    again = cli(project, "run")  # exit 0: nothing else failed
+    assert "0 new or changed" in again.stderr and SKIPPED in again.stderr, again.stderr[-3000:]
+    assert "FAILED" not in again.stderr and "  failed: " not in again.stderr
+
+    retried = cli(project, "run", "--retry-failed", check=False)
+    assert retried.returncode == 1 and "1 new or changed" in retried.stderr
+    assert "broken.mp4: cannot open video" in retried.stderr and "skipped" not in retried.stderr
+
+    _configure(project, video_input={**yaml.safe_load(project.config.read_text())["video_input"], "sample_fps": 2.0})
+    new_version = cli(project, "run", check=False)  # a new code version (sampling): every video again
+    assert new_version.returncode == 1 and "2 new or changed" in new_version.stderr
+    assert "broken.mp4: cannot open video" in new_version.stderr and "skipped" not in new_version.stderr
+
+    broken.write_bytes(write_video(project.root / "whole.mp4", seconds=1.5, seed=2).read_bytes())  # fixed
+    fixed = cli(project, "run")
+    assert "1 new or changed" in fixed.stderr and "skipped" not in fixed.stderr
+    assert rows_by_video(project)["broken.mp4"] == 3  # 1.5 s at 2 fps

@@ -54,3 +54,32 @@ def test_a_failed_video_costs_the_good_ones_nothing_of_their_summary(project):
         assert [store.count_rows(settings.db.collections[0], n) for n in NAMES] == [2, 0, 3]
     finally:
         store.close()
+
+
+def test_the_sensor_asks_again_for_a_failed_video_only_once_it_changed(project):
+    import time
+
+    import yaml
+
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+    from feature_pipeline_dagster_tests.orchestration.test_sensor import sensor_of
+
+    config = yaml.safe_load(project.config.read_text())
+    config["video_input"]["settle_seconds"] = 0
+    project.config.write_text(yaml.safe_dump(config))
+    broken = project.videos / "b.mp4"
+    broken.write_bytes(os.urandom(5000))
+    defs = build_definitions()
+    with DagsterInstance.get() as instance:
+        first = sensor_of(defs)(instance)
+        assert [r.partition_key for r in first.run_requests] == ["b.mp4"]
+        instance.add_dynamic_partitions("videos", ["b.mp4"])
+        assert not _run_everything(defs, instance, ["b.mp4"]).success  # recorded as failed for this content
+        os.utime(broken, (time.time() + 5, time.time() + 5))  # touched: the same content
+        touched = sensor_of(defs)(instance, first.cursor)
+        assert not touched.run_requests
+        restarted = sensor_of(defs)(instance)  # no cursor (a new sensor): the partition is adopted, not run
+        assert not restarted.run_requests
+        write_video(broken, seconds=1, seed=4)  # new content
+        changed = sensor_of(defs)(instance, touched.cursor)
+        assert [r.partition_key for r in changed.run_requests] == ["b.mp4"]

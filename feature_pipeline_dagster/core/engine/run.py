@@ -108,6 +108,8 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
         model.drop(job)
         writer.fail(job)
         report.failed[job.relpath] = str(err)
+        if isinstance(err, VideoError) and not err.retryable and (record := failure_record(job, err, version)):
+            failures.append(record)
         log.error("%s", err, extra={"video_failed": job.relpath})
         next(done)
 
@@ -135,7 +137,8 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
         for job, _ in kept_owners:
             model.close_if_done(job, writer)
 
-    writer = RunWriter(store, spec, settings.db.batch_size, code_version(settings), committed)
+    version, failures = code_version(settings), []
+    writer = RunWriter(store, spec, settings.db.batch_size, version, committed)
 
     def open_job(job: VideoJob, decoder) -> None:
         job.open(settings, spec, decoder, grid)
@@ -166,12 +169,27 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
         else:
             model.flush(deliver)
             writer.finish()
+        store.record_failures(spec, failures, cleared=list(report.written))  # one request for the run
     except BaseException:
         writer.abort()
         raise
     finally:
         events.close()
     return report
+
+
+def failure_record(job: VideoJob, err: VideoError, version: str):
+    """What the ledger keeps of a video that failed for its content (core/ledger.py): the
+    file as it was opened (or is now, if it never opened); None if it cannot be read."""
+    from feature_pipeline_dagster.core.ledger import FailureRecord
+    from feature_pipeline_dagster.core.videos import content_digest, fingerprint
+
+    try:
+        stat = job.stat or job.path.stat()
+        digest = job.digest or content_digest(job.path)
+    except OSError:
+        return None
+    return FailureRecord(job.relpath, fingerprint(stat.st_size, stat.st_mtime_ns), digest, version, str(err))
 
 
 def local_decoders(settings: Settings, device: str, lanes: int) -> list | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_pipeline_dagster.core.errors import VideoError
+from feature_pipeline_dagster.core.errors import FileInFluxError, VideoError
 from feature_pipeline_dagster.core.settings import INT_RANGES, CollectionSpec, Settings
 from feature_pipeline_dagster.core.summary import normalized_mean
 from feature_pipeline_dagster.core.videos import content_digest, fingerprint, still_being_written
@@ -57,11 +57,11 @@ class VideoJob:
             raise VideoError(f"{self.path}: not a readable file ({err.strerror})") from None
         try:
             vi = settings.video_input
-            self.video = decoder.open(self.path, vi.sample_fps, vi.max_frames, vi.decoder, vi.sampling)
+            self.video = decoder.open(self.path, vi.sample_fps, vi.max_frames, vi.decoder, vi.sampling, vi.max_shift_ms)
         except VideoError as err:
             # A file still being written fails to open; say that, not what its half-written bytes look like.
             why = still_being_written(self.path, self.stat, settings.video_input.settle_seconds)
-            raise (VideoError(why) if why else err) from None
+            raise (FileInFluxError(why) if why else err) from None
         self.digest = content_digest(self.path)
         plan = self.video.plan
         maxima = {"frame_id": int(plan.frame_ids[-1]), "timestamp_ms": int(plan.timestamps_ms[-1])}
@@ -76,7 +76,7 @@ class VideoJob:
     def check_complete(self) -> None:
         """After the last batch, before the store commits rows of a half-copied file."""
         if why := still_being_written(self.path, self.stat, 0):
-            raise VideoError(why)
+            raise FileInFluxError(why)
 
     @property
     def partial(self) -> str | None:

@@ -286,6 +286,42 @@ class MilvusStore:
                     found[row["video_path"]] = (row, row["generation"])
         return {path: VideoRecord(**{k: row[k] for k in fields[:-1]}) for path, (row, _) in found.items()}
 
+    def record_failures(self, spec: CollectionSpec, records: list, cleared: list[str]) -> None:
+        """The videos that failed for their content (core/ledger.py): `records` replace the
+        older ones of their videos; `cleared` (videos embedded since) lose theirs. Creates
+        nothing while no video has failed."""
+        from feature_pipeline_dagster.core.ledger import ERROR_CHARS, MARK, failures_collection
+
+        failed = failures_collection(spec)
+        if not records and (not cleared or not self._call("has_collection", self.client.has_collection, failed.name)):
+            return
+        self.ensure_collection(failed)
+        generation = new_generation()
+        if records:
+            rows = [{**asdict(r), "error": r.error[:ERROR_CHARS], "generation": generation, "mark": MARK.tolist()}
+                    for r in records]
+            self._call("insert", self.client.insert, failed.name, rows)
+        for names in _filter_groups([r.video_path for r in records] + list(cleared)):
+            self._call("delete", self.client.delete, failed.name,
+                       filter=f"video_path in [{', '.join(map(quote, names))}] and generation != {generation}")
+
+    def recorded_failures(self, spec: CollectionSpec, video_paths: list[str]) -> dict:
+        """Video path -> its newest failure record, for those that have one (creates nothing)."""
+        from feature_pipeline_dagster.core.ledger import FailureRecord, failures_collection
+
+        failed = failures_collection(spec)
+        if not video_paths or not self._call("has_collection", self.client.has_collection, failed.name):
+            return {}
+        self.ensure_collection(failed)
+        fields = ["video_path", "fingerprint", "content_digest", "code_version", "error", "generation"]
+        found: dict = {}
+        for names in _filter_groups(video_paths):
+            for row in self._call("query", self.client.query, failed.name,
+                                  filter=f"video_path in [{', '.join(map(quote, names))}]", output_fields=fields):
+                if row["generation"] >= found.get(row["video_path"], (None, -1))[1]:
+                    found[row["video_path"]] = (row, row["generation"])
+        return {path: FailureRecord(**{k: row[k] for k in fields[:-1]}) for path, (row, _) in found.items()}
+
     def delete_video(self, spec: CollectionSpec, video_path: str) -> None:
         self.ensure_collection(spec)
         self._call("delete", self.client.delete, spec.name, filter=f"video_path == {quote(video_path)}")
