@@ -1,9 +1,10 @@
 """`feature-pipeline run`: every new or changed video, materialized through Dagster in
 ranged runs spread over the configured devices, as the sensor hands them out.
 
-Videos go out in chunks of consecutive partitions (about one per device, at most
-`MAX_VIDEOS_PER_RUN` each), one Dagster run per chunk, so a run's start-up and model
-load serve many videos and the engine streams across them. One device: the runs
+Videos go out in chunks of consecutive partitions sized by their work (frames to embed,
+core/run_sizing.py), one Dagster run per chunk, so a run's start-up serves many videos,
+the engine streams across them, and the model, loaded once per process (in the
+background from the start), serves every chunk. One device: the runs
 execute in this process. Several: one worker process per device pulls the next chunk
 when it finishes one; a worker that dies (a native crash, the OOM killer) fails only the
 videos of its chunk that had no result yet, and a fresh worker takes over the rest.
@@ -267,6 +268,10 @@ def _worker_main(device: str) -> None:
     def send(result: VideoResult) -> None:
         results.write(json.dumps(asdict(result)) + "\n")
 
+    from feature_pipeline_dagster.core.models import preload
+    from feature_pipeline_dagster.core.settings import load_settings
+
+    preload(load_settings().model, device)  # while this worker imports Dagster and waits for its first chunk
     work = threading.Thread(target=materialize_chunks, args=(chunks(), device, send), daemon=True)
     work.start()
     while work.is_alive():

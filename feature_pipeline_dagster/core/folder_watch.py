@@ -95,26 +95,13 @@ def diff_folder(listing: list[VideoFile], partitions: set[str], cursor: str | No
     return changes
 
 
-def split_contiguous(keys: list, parts: int, max_size: int) -> list[list]:
-    """Consecutive items in about `parts` chunks (more if a chunk would exceed max_size)."""
-    if not keys:
-        return []
-    size = min(max_size, -(-len(keys) // max(1, parts)))
-    return [keys[i : i + size] for i in range(0, len(keys), size)]
+def held_keys(cursor: str | None) -> dict[str, str]:
+    """The videos the cursor holds for a busy device (key -> new, changed or lost)."""
+    return json.loads(cursor).get("held", {}) if cursor else {}
 
 
-def plan_ranges(todo: list[str], order: list[str], parts: int, max_size: int) -> list[list[str]]:
-    """Ranged runs for the keys `todo`: consecutive in `order` only (a range covers every
-    partition between its ends), about `parts` runs, at most `max_size` keys each."""
-    wanted = set(todo)
-    spans, span = [], []
-    for key in order:
-        if key in wanted:
-            span.append(key)
-        elif span:
-            spans.append(span)
-            span = []
-    if span:
-        spans.append(span)
-    size = max(1, min(max_size, -(-len(wanted) // max(1, parts))))
-    return [chunk for span in spans for chunk in split_contiguous(span, -(-len(span) // size), max_size)]
+def with_held(cursor: str, held: dict[str, str]) -> str:
+    """The cursor, now holding `held`."""
+    state = json.loads(cursor)
+    state["held"] = held
+    return json.dumps(state, separators=(",", ":"))

@@ -5,7 +5,6 @@ DEVICE_TAG = "feature_pipeline/device"
 VIDEO_FILE = "video_file"
 SUMMARY_ASSET = "video_summary_embedding"
 CHECK_NAMES = ("rows_match_run", "vectors_valid", "videos_complete")
-MAX_VIDEOS_PER_RUN = 50
 
 # Dagster's documented system tags: a run names its partition, a ranged run its first and last,
 # and an observation's data version rides in a tag.

@@ -31,13 +31,6 @@ def device_tags(settings: Settings) -> list[str]:
     return run_devices(settings.gpus)
 
 
-def parallel_runs(settings: Settings) -> int:
-    """How many runs the videos that arrive together are split into: one per device."""
-    if settings.placement == "kubernetes":
-        return settings.kubernetes.gpus
-    return len(run_devices(settings.gpus))
-
-
 def run_tags(settings: Settings, device: str) -> dict[str, str]:
     """The tags of a run the sensor places on `device` (a value of `device_tags`)."""
     tags = {DEVICE_TAG: device}

@@ -9,7 +9,7 @@ import time
 import yaml
 from dagster import AssetCheckEvaluation, AssetKey, DagsterInstance, build_sensor_context, materialize
 
-from feature_pipeline_dagster.core.folder_watch import diff_folder, plan_ranges, split_contiguous
+from feature_pipeline_dagster.core.folder_watch import diff_folder
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
@@ -94,18 +94,6 @@ def test_an_audit_finds_videos_the_database_lacks_once_per_fingerprint():
     assert not failed.lost  # that run failed: still asked for once, not again after an audit saw it running
 
 
-def test_plan_ranges_keeps_ranges_to_consecutive_partitions():
-    order = [f"{i}.mp4" for i in range(6)]
-    assert plan_ranges(["0.mp4", "1.mp4", "3.mp4", "4.mp4", "5.mp4"], order, 1, 50) == [
-        ["0.mp4", "1.mp4"], ["3.mp4", "4.mp4", "5.mp4"]]
-    assert plan_ranges(order, order, 2, 50) == [order[:3], order[3:]]
-
-
-def test_split_contiguous():
-    assert split_contiguous(list(range(7)), 2, 50) == [[0, 1, 2, 3], [4, 5, 6]]
-    assert [len(c) for c in split_contiguous(list(range(120)), 2, 50)] == [50, 50, 20]
-
-
 def _two_devices(project):
     config = yaml.safe_load(project.config.read_text())
     config["gpus"] = ["cpu:0", "cpu:1"]
@@ -113,25 +101,43 @@ def _two_devices(project):
     project.config.write_text(yaml.safe_dump(config))
 
 
-def test_sensor_requests_ranged_runs_one_per_device(project):
+def _busy(instance, device):
+    """An unfinished run on `device`, as the queue counts them; its id."""
+    from dagster import DagsterRun, DagsterRunStatus
+
+    run = DagsterRun(job_name="elsewhere", status=DagsterRunStatus.STARTED, tags={DEVICE_TAG: device})
+    instance.add_run(run)
+    return run.run_id
+
+
+def test_arrivals_wait_for_a_busy_queue_and_go_out_together(project):
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
 
     _two_devices(project)
-    for i in range(5):
-        write_video(project.videos / f"v{i}.mp4", seconds=1, seed=i)
     defs = build_definitions()
     sensor = sensor_of(defs)
     with DagsterInstance.get() as instance:
-        result = sensor(instance)
+        busy = [_busy(instance, "cpu:0"), _busy(instance, "cpu:1")]
+        cursor = None
+        for batch in range(2):  # two drops while both devices run: partitions at once, runs held
+            for i in range(batch * 3, batch * 3 + 3):
+                write_video(project.videos / f"v{i}.mp4", seconds=1, seed=i)
+            held = sensor(instance, cursor)
+            assert not held.run_requests
+            keys = held.dynamic_partitions_requests[0].partition_keys
+            assert keys == [f"v{i}.mp4" for i in range(batch * 3, batch * 3 + 3)]
+            instance.add_dynamic_partitions("videos", keys)
+            cursor = held.cursor
+        instance.delete_run(busy[1])  # cpu:1 frees: everything held goes out in one run there
+        result = sensor(instance, cursor)
         runs = result.run_requests
-        assert [r.tags[DEVICE_TAG] for r in runs] == ["cpu:0", "cpu:1"]
-        assert [(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs] == [
-            ("v0.mp4", "v2.mp4"), ("v3.mp4", "v4.mp4")]
-        assert result.dynamic_partitions_requests[0].partition_keys == [f"v{i}.mp4" for i in range(5)]
-        assert {e.partition for e in result.asset_events} == {f"v{i}.mp4" for i in range(5)}
-        instance.add_dynamic_partitions("videos", [f"v{i}.mp4" for i in range(5)])
-        quiet = sensor(instance, result.cursor)
-        assert not quiet.run_requests and not quiet.dynamic_partitions_requests
+        assert [(r.tags[DEVICE_TAG], r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs] == [
+            ("cpu:1", "v0.mp4", "v5.mp4")]
+        assert not sensor(instance, result.cursor).run_requests  # handed out once
+        instance.delete_run(busy[0])  # an idle queue answers at once, small work in one run
+        write_video(project.videos / "v6.mp4", seconds=1, seed=6)
+        idle = sensor(instance, result.cursor)
+        assert [r.partition_key for r in idle.run_requests] == ["v6.mp4"]
 
 
 def test_ranged_run_fails_only_the_bad_video(project):

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -95,11 +96,42 @@ def option_owners(key: str) -> list[str]:
     return [name for name, family in FAMILIES.items() if key in family.options]
 
 
-@functools.lru_cache(maxsize=2)
+_loaded: dict[tuple, Extractor] = {}
+_loading: dict[tuple, threading.Lock] = {}
+_registry_lock = threading.Lock()
+
+
 def load_extractor(model: ModelSettings, device: str) -> Extractor:
-    """Load once per process and device: in-process runs of many videos share it."""
-    module = importlib.import_module(FAMILIES[model.name].module)
-    return module.load(model, device)
+    """Load once per process and device: every run of the process shares it (a CLI `run`
+    and its workers keep it loaded across their runs). A call while `preload` is loading
+    the same model waits for that load instead of starting another."""
+    key = (model, device)
+    with _registry_lock:
+        lock = _loading.setdefault(key, threading.Lock())
+    with lock:
+        if key not in _loaded:
+            module = importlib.import_module(FAMILIES[model.name].module)
+            extractor = module.load(model, device)
+            with _registry_lock:
+                for old in [k for k in _loaded if k[1] == device]:  # one model per device, as before
+                    del _loaded[old]
+                _loaded[key] = extractor
+        return _loaded[key]
+
+
+def preload(model: ModelSettings, device: str) -> None:
+    """Start loading the model in a background thread, so the imports and weights (3 s
+    for ViT-B-32 on a CPU here) overlap what a process does before its first batch: the
+    Dagster instance, the Lite server start, the ledger read, the run's set-up. A failure
+    is left to the engine's own `load_extractor` call, which loads again and says why."""
+
+    def load() -> None:
+        try:
+            load_extractor(model, device)
+        except BaseException:  # reported by the engine's call
+            pass
+
+    threading.Thread(target=load, name="model-preload", daemon=True).start()
 
 
 @functools.lru_cache(maxsize=2)
@@ -122,13 +154,16 @@ def weights_module(model: ModelSettings):
 def code_version(settings: Settings) -> str:
     """Covers what changes the vectors: model, weights, dtype, the family's own keys,
     preprocessing and sampling (`video_input.sampling` too: key frames are other frames;
-    named only when not `fps`, so the code versions of existing configs stay). Not the
-    decoder: every backend gives the same frames, their vectors within cos 0.999
-    (test_decoder_parity.py), and each video's metadata names the one that ran."""
+    named only when not `fps`, so the code versions of existing configs stay; `nearest`
+    with its `max_shift_ms`, resolved). Not the decoder: every backend gives the same
+    frames, their vectors within cos 0.999 (test_decoder_parity.py), and each video's
+    metadata names the one that ran."""
     model = settings.model
     keep = {key: getattr(model, key) for key in ("name", "path", "source", "dtype", *FAMILIES[model.name].options)}
     sampling = {"sample_fps": settings.video_input.sample_fps, "max_frames": settings.video_input.max_frames}
     if settings.video_input.sampling != "fps":
         sampling["sampling"] = settings.video_input.sampling
+    if settings.video_input.sampling == "nearest":  # the window the frames are chosen in (its default resolved)
+        sampling["max_shift_ms"] = settings.video_input.shift_ms
     blob = json.dumps([keep, sampling, PREPROCESSING_VERSION], sort_keys=True, default=str)
     return f"{model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"

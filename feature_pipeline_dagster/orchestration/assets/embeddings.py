@@ -20,8 +20,9 @@ from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.leases import scheduler_owns_device
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.videos import relpath_of
+from feature_pipeline_dagster.core.run_sizing import MAX_RUN_VIDEOS
 from feature_pipeline_dagster.orchestration.failures import RETRY_POLICY
-from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, KUBERNETES_DEVICE, MAX_VIDEOS_PER_RUN, VIDEO_FILE
+from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, KUBERNETES_DEVICE, VIDEO_FILE
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
 
@@ -54,7 +55,7 @@ def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
         deps=[AssetDep(VIDEO_FILE)],
         io_manager_key="milvus_io_manager",
         code_version=asset_version(settings, collection),
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_VIDEOS_PER_RUN),
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_RUN_VIDEOS),
         retry_policy=RETRY_POLICY,
         kinds={"pytorch", "milvus"},
         description=f"{settings.model.name} embeddings of each video's sampled frames, "

@@ -22,9 +22,10 @@ from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import SummaryRows, mean_of_pages, summary_collection
 from feature_pipeline_dagster.core.videos import relpath_of
+from feature_pipeline_dagster.core.run_sizing import MAX_RUN_VIDEOS
 from feature_pipeline_dagster.orchestration.failures import RETRY_POLICY, as_failure
 from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
-from feature_pipeline_dagster.orchestration.names import MAX_VIDEOS_PER_RUN, SUMMARY_ASSET
+from feature_pipeline_dagster.orchestration.names import SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 
@@ -39,7 +40,7 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
         deps=[AssetDep(feature)],
         io_manager_key="milvus_io_manager",
         automation_condition=AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed(),
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_VIDEOS_PER_RUN),
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_RUN_VIDEOS),
         retry_policy=RETRY_POLICY,
         kinds={"milvus"},
         description=f"The mean of each video's {feature} vectors, L2-normalized: one row per video "
