@@ -40,8 +40,11 @@ def run_search(args) -> int:
         raise SearchError('give a text query ("a red car") or --image FILE, not both or neither')
     from feature_pipeline_dagster.cli.db import start_lite_server
 
+    from feature_pipeline_dagster.core.models.weights import warned_elsewhere
+
     settings = load_settings()
     start_lite_server(settings)
+    warned_elsewhere(settings.model.path)  # the result's warning below says it, once
     result = search(settings, text=args.text, image=args.image, k=args.k, videos=args.video,
                     since=args.since, until=args.until, gap=args.gap, feature=args.feature)
     for warning in result.warnings:

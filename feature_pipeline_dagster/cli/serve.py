@@ -13,7 +13,13 @@ Content-Security-Policy allows no other, and no inline script). What a request c
 - A codec browsers cannot play (anything but H.264, VP8/9, AV1 in MP4/MOV/WebM) gets the
   moment's frames and a note instead of the player; so does a video the player fails on.
 
-Ctrl-C stops it within `SHUTDOWN_S` even while a video is streaming.
+Ctrl-C stops it within `SHUTDOWN_S` even while a video is streaming. Once the port listens,
+uvicorn's SIGINT/SIGTERM handler is in place (installed before its startup binds the port),
+and a signal is never lost to a thread: whichever thread the kernel hands it to, CPython
+runs the handler in the main thread the next time that thread takes the GIL (the event loop
+ticks every 0.1 s, and uvloop's wakeup fd wakes it at once); the handler only sets
+`should_exit`, which nothing can swallow. Before the port listens, Ctrl-C is Python's
+KeyboardInterrupt (`interrupted`, exit 130).
 """
 
 from __future__ import annotations
@@ -118,8 +124,10 @@ class Page:
     def warm_up(self) -> None:
         """Load the model before the first query (its seconds are paid at start, not by a visitor)."""
         from feature_pipeline_dagster.core.models import load_extractor
+        from feature_pipeline_dagster.core.models.weights import warned_elsewhere
         from feature_pipeline_dagster.core.search.api import _query_device
 
+        warned_elsewhere(self.settings.model.path)  # the banner says it, once
         extractor = load_extractor(self.settings.model, _query_device(self.settings))
         if "RANDOM WEIGHTS" in extractor.description:
             self.banner = [f"RANDOM WEIGHTS: {self.settings.model.path} gives meaningless vectors; results mean "
@@ -207,7 +215,7 @@ async def search_route(request):
         result = await run_in_threadpool(page.search, text=text, image=image, k=k, gap=gap)
     except PipelineError as err:
         return _html(request, _form(page, fields) + _warning(str(err)), "", status=400)
-    return _html(request, _form(page, fields) + _results(result), f" - {result.query}")
+    return _html(request, _form(page, fields) + _results(result, quoted=text is not None), f" - {result.query}")
 
 
 async def thumb(request):
@@ -317,7 +325,7 @@ def _has_text_tower(settings) -> bool:
     return FAMILIES[settings.model.name].text_tower
 
 
-def _results(result) -> str:
+def _results(result, quoted: bool = False) -> str:
     notes = "".join(_warning(w) for w in result.warnings if not w.startswith("RANDOM WEIGHTS"))
     if not result.moments:
         return notes + '<p id="results">No moments found.</p>'
@@ -334,7 +342,8 @@ def _results(result) -> str:
             f'<img src="{html.escape("/thumb?" + urlencode(thumb))}" alt="frame at {m.best_s:.1f} s"></a>'
             f'<div class="name">{html.escape(m.video_path)}</div>'
             f"<div>{m.start_s:.1f} s - {m.end_s:.1f} s, best at {m.best_s:.1f} s, score {m.score:.4f}</div></li>")
-    return (f'{notes}<p>{len(result.moments)} moment(s) for {html.escape(result.query)} in '
+    query = f"\u201c{result.query}\u201d" if quoted else result.query
+    return (f'{notes}<p>{len(result.moments)} moment(s) for {html.escape(query)} in '
             f'{html.escape(result.collection)}</p><ul id="results" class="moments">{"".join(items)}</ul>')
 
 

@@ -48,6 +48,11 @@ def test_scan_then_dagster_cli_materialize(project):
              "--partition", partition_key(NAMES[1])],
             cwd=project.root, env=subprocess_env(project), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
+        readme = " ".join((REPO / "README.md").read_text().split())
+        for line in result.stderr.splitlines():  # Dagster 1.13's own warning: the README names it
+            if "SupersessionWarning" in line:
+                assert "`dagster asset materialize` its own" in readme, line
+                assert line.split("Use '", 1)[1].split("'")[0] in readme, line
     assert rows_by_video(project)[NAMES[1]] == 4
     assert list((project.root / "logs").glob("*.log"))
 

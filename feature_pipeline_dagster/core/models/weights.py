@@ -30,12 +30,26 @@ def mark_random(folder: Path) -> None:
     (folder / RANDOM_MARKER).write_text(RANDOM_NOTICE + "\n")
 
 
+_warned: set[str] = set()  # model paths whose random weights this process has warned about
+
+
 def labelled(description: str, folder: Path, model_path: str) -> str:
-    """The model's description, loudly labelled (and a warning logged) if its weights are random."""
+    """The model's description, loudly labelled if its weights are random, and a warning
+    logged the first time this process loads it (a second load, a second device, a text
+    tower beside the image tower: one warning)."""
     if not (folder / RANDOM_MARKER).exists():
         return description
-    log.warning("%s: %s", model_path, "RANDOM WEIGHTS: this model gives meaningless vectors")
+    if model_path not in _warned:
+        _warned.add(model_path)
+        log.warning("%s: %s", model_path, "RANDOM WEIGHTS: this model gives meaningless vectors")
     return description + " [RANDOM WEIGHTS: meaningless vectors]"
+
+
+def warned_elsewhere(model_path: str) -> None:
+    """The caller says the random-weights warning in its own words (`search` from the
+    result's warnings, `serve` in its banner): the log's line is not said as well, so a
+    command prints it once."""
+    _warned.add(model_path)
 
 
 # What a user without a connection to the hub does, in every such message.

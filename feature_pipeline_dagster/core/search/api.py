@@ -30,7 +30,7 @@ NAVIT_ROWS_PER_PATCH = 256
 @dataclass
 class SearchResult:
     moments: list[Moment]
-    query: str  # what was asked, in words
+    query: str  # what was asked: the text as typed, or `image NAME`
     model: str  # the query encoder's description (labelled if its weights are random)
     collection: str
     warnings: list[str] = field(default_factory=list)
@@ -72,7 +72,7 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
         store = store_for(settings.db, reads_may_lag=True)  # a search writes nothing: no wait for the newest writes
     try:
         version = code_version(settings)
-        result = SearchResult([], repr(text) if text is not None else _image_label(image), "", spec.name)
+        result = SearchResult([], text if text is not None else _image_label(image), "", spec.name)
         if not store.exists(spec):
             raise SearchError(f"collection {spec.name} does not exist in {settings.db.uri}: embed videos first "
                               "(feature-pipeline run)")
