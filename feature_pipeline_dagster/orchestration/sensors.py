@@ -4,9 +4,10 @@ videos whose rows the database lacks (an audit every 10 minutes: rows deleted by
 another database or collection) run again, with a failed `rows_match_run` evaluation
 naming them so the UI shows why.
 
-Runs carry a device tag (least loaded first) that the run queue limits per device;
-videos that arrive together go out as ranged runs, about one per device, so one
-process and one model load serve many videos. Under `placement: kubernetes` a run's tags
+Runs carry a device tag that the run queue limits per device; what is ready goes out
+when a device has a free slot, as ranged runs packed by work (one per free slot), and
+waits in the cursor while every device is busy, so one process and one model load serve
+many videos. Under `placement: kubernetes` a run's tags
 also ask dagster-k8s for a pod with one GPU (orchestration/placement.py). Never imports
 torch.
 """
@@ -32,7 +33,8 @@ from dagster import (
 )
 
 from feature_pipeline_dagster.core.errors import PipelineError
-from feature_pipeline_dagster.core.folder_watch import diff_folder, plan_ranges, split_contiguous
+from feature_pipeline_dagster.core.folder_watch import diff_folder, held_keys, with_held
+from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import owned_collections
 from feature_pipeline_dagster.core.videos import content_digest, list_videos, partition_key, relpath_of
@@ -40,7 +42,6 @@ from feature_pipeline_dagster.orchestration.names import (
     CHECK_NAMES,
     DATA_VERSION_TAG,
     DEVICE_TAG,
-    MAX_VIDEOS_PER_RUN,
     PARTITION_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -48,25 +49,44 @@ from feature_pipeline_dagster.orchestration.names import (
     VIDEO_FILE,
 )
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
-from feature_pipeline_dagster.orchestration.placement import device_tags, parallel_runs, run_tags
+from feature_pipeline_dagster.orchestration.placement import device_tags, run_tags
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 
 UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE,
                                                        DagsterRunStatus.CANCELED)]
 
 
-class _DevicePicker:
-    """Least-loaded device first, counting the unfinished (queued or running) runs each
-    device tag has."""
+def _free_slots(instance, settings: Settings, devices: list[str]) -> dict[str, int]:
+    """Per device tag, the runs the queue would start now: its limit less its unfinished
+    (queued or running) runs."""
+    limit = settings.kubernetes.gpus if settings.placement == "kubernetes" else settings.runs_per_device
+    return {d: max(0, limit - instance.get_runs_count(RunsFilter(tags={DEVICE_TAG: d}, statuses=UNFINISHED)))
+            for d in devices}
 
-    def __init__(self, instance, devices: list[str]):
-        self.load = {d: instance.get_runs_count(RunsFilter(tags={DEVICE_TAG: d}, statuses=UNFINISHED))
-                     for d in devices}
 
-    def take(self) -> str:
-        device = min(self.load, key=self.load.get)
-        self.load[device] += 1
-        return device
+def _runs_for_free_devices(settings: Settings, instance, devices: list[str], request, order: list[str],
+                           listing: list, changes, cursor: str | None) -> tuple[list[RunRequest], dict[str, str]]:
+    """What is ready (this tick's new, changed and lost videos, and those held before) goes
+    out when a device is free, packed by work into one ranged run per free slot
+    (core/run_sizing.py); while every device is busy it is held in the cursor, so arrivals
+    during a run go out together when it ends: a busy queue batches by itself and an idle
+    one answers at once. Returns the runs and what is still held (key -> why)."""
+    files = {partition_key(v.relpath): v for v in listing}
+    held = {k: why for k, why in held_keys(cursor).items() if k in files and k not in changes.deleted}
+    held.update({k: "new" for k, _ in changes.new})
+    held.update({k: "changed" for k, _ in changes.changed})
+    held.update({k: "lost" for k, _ in changes.lost})
+    free = _free_slots(instance, settings, devices)
+    slots = [d for d, n in sorted(free.items(), key=lambda item: -item[1]) for _ in range(n)]
+    if not held or not slots:
+        return [], held
+    order = [k for k in order if k not in changes.deleted] + [k for k, _ in changes.new]
+    work = {k: expected_frames(files[k].path, settings.video_input.sample_fps, settings.video_input.max_frames)
+            for k in held}
+    again = str(time.time_ns())  # a lost video is asked for anew, not matched to its old run key
+    runs = [request([(k, files[k]) for k in chunk], device, again if any(held[k] == "lost" for k in chunk) else "")
+            for chunk, device in zip(pack_runs(list(held), order, work, len(slots)), slots * len(held))]
+    return runs, {}
 
 
 def build_video_sensor(settings: Settings) -> SensorDefinition:
@@ -104,7 +124,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         changes = diff_folder(listing, partitions, context.cursor, time.time(), settings.video_input.settle_seconds,
                               embedded=lambda: _done(settings, vector_store, listing),
                               missing=lambda videos: _lacking(settings, vector_store, videos),
-                              busy=lambda: _in_flight(instance, order))
+                              busy=lambda: _in_flight(instance, order) | set(held_keys(context.cursor)))
         if changes.changed:  # a copy or a `touch` moves the fingerprint, not the content: not changed
             done = _done(settings, vector_store, [video for _, video in changes.changed])
             changes.changed = [(k, v) for k, v in changes.changed if k not in done]
@@ -112,14 +132,9 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         failed = _failed_before(settings, vector_store, [v for _, v in changes.changed + changes.lost])
         changes.changed = [(k, v) for k, v in changes.changed if k not in failed]
         changes.lost = [(k, v) for k, v in changes.lost if k not in failed]
-        picker = _DevicePicker(instance, devices)
         new_keys = [k for k, _ in changes.new]
-        chunks = split_contiguous(changes.new, parallel_runs(settings), MAX_VIDEOS_PER_RUN)
-        runs = [request(chunk, picker.take()) for chunk in chunks]
-        runs += [request([video], picker.take()) for video in changes.changed]
-        lost, again = dict(changes.lost), str(time.time_ns())
-        runs += [request([(k, lost[k]) for k in keys], picker.take(), again)
-                 for keys in plan_ranges(list(lost), order, parallel_runs(settings), MAX_VIDEOS_PER_RUN)]
+        runs, held = _runs_for_free_devices(settings, instance, devices, request, order, listing, changes,
+                                            context.cursor)
         observations = [o for k, v in changes.new + changes.changed if (o := _observe(k, v))]
         if changes.lost:
             observations += _rows_lost(instance, features, [k for k, _ in changes.lost])
@@ -134,10 +149,11 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             f"{len(new_keys)} new, {len(changes.changed)} changed, {len(changes.deleted)} deleted, "
             f"{len(changes.lost)} lacking rows, "
             + (f"{len(failed)} skipped (failed before, unchanged), " if failed else "") +
-            f"{changes.waiting} settling; {len(runs)} run(s); {time.perf_counter() - started:.2f}s"
+            f"{changes.waiting} settling; {len(runs)} run(s), {len(held)} held for a busy device; "
+            f"{time.perf_counter() - started:.2f}s"
         )
         return SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
-                            asset_events=observations, cursor=changes.cursor)
+                            asset_events=observations, cursor=with_held(changes.cursor, held))
 
     return video_folder_sensor
 
