@@ -197,20 +197,22 @@ def _failed_before(settings, videos: dict, todo: list[str]) -> list[str]:
 def _prepare_database(settings):
     """In the background while Dagster's instance opens: the Lite server started (said on
     stderr, once; the ledger read, runs and workers find it running) and every collection
-    the config writes created (0.5 s each on a fresh Milvus Lite file, five of them)."""
+    a run writes created (0.5 s each on a fresh Milvus Lite file)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from feature_pipeline_dagster.core.ledger import ledger_collection
     from feature_pipeline_dagster.core.store import store_for
-    from feature_pipeline_dagster.core.summary import owned_collections
+    from feature_pipeline_dagster.core.summary import summary_collection
     from feature_pipeline_dagster.core.videos import list_videos
 
     def prepare() -> None:
         if not list_videos(settings.video_input):
             return
         start_lite_server(settings)
+        features = [settings.collection_for(f) for f in settings.model.features]
         store = store_for(settings.db)
-        try:
-            for spec in owned_collections(settings):
+        try:  # the failed videos' collection is made by the first failure
+            for spec in [*features, *map(ledger_collection, features), summary_collection(settings)]:
                 store.ensure_collection(spec)
         finally:
             store.close()

@@ -1,0 +1,222 @@
+"""The GPU regime on a CPU: a model as cheap per frame as a GPU's, so that what binds is
+everything around it (start-up, runs, per-video cost, decoding). Side by side in one run:
+
+    python bench/bench_gpu_standin.py [--clips 1000] [--short 100] [--sampling fps|nearest] [--skip-sensor]
+
+Model: the stand-in, a CLIP of the real family and output width (open_clip's CLIP class,
+512-d vectors) with two narrow layers (bench_pipeline.TINY_CLIP: vision width 128),
+random weights, saved as an open_clip `local-dir` folder and loaded by `model.source:
+folder` like any user's weights; its bare cost per frame is printed (goal ~1 ms).
+Clips: `--clips` x 3 s, 320x240, 30 fps, H.264 (libx264 superfast, B-frames, 2 s GOPs),
+ffmpeg `testsrc2` with temporal noise (detail that costs the decoder what real footage
+costs it), cut from one stream at forced key frames; cached in bench/results/cache/.
+
+Figures:
+  1. ceiling: sampled frames/s if decoding were all there is: as many `ffmpeg -f null`
+     full decodes at once as cores, over the same clips, each sampled at 1 fps (3 a clip).
+  2. `feature-pipeline run` over all clips, start-up included (a fresh Milvus Lite file,
+     no Lite server running, a fresh DAGSTER_HOME): sampled frames/s, and / ceiling
+     (goal >= 0.8).
+  3. start-up: the same command over one clip (goal <= 6 s), and the intercept of the
+     two-length fit of `--short` and `--clips` clips (goal <= 5 s).
+  4. the sensor: dagster-daemon running, the clips dropped into the watched folder in 10
+     batches 3 s apart; from the first drop to the last video committed (its ledger row), / figure 2's wall time (goal <= 1.25); the runs it launched.
+Results also go to bench/results/gpu_standin.json. No timing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_pipeline import CACHE, REPO, RESULTS, TINY_CLIP, Timer, ensure_ffmpeg, ffmpeg, model_folder  # noqa: E402
+from bench_throughput import CORES, NOISE, ffmpeg_null  # noqa: E402
+
+CLI = Path(sys.executable).parent / "feature-pipeline"
+SECONDS, SIZE, FPS = 3, "320x240", 30
+DROPS, DROP_EVERY_S = 10, 3.0
+
+
+def clips(count: int) -> list[Path]:
+    folder = CACHE / "videos" / f"standin_{SIZE}_{SECONDS}s_{count}"
+    if len(list(folder.glob("c*.mp4"))) != count:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        ffmpeg("-f", "lavfi", "-i", f"testsrc2=size={SIZE}:rate={FPS}", "-vf", NOISE, "-t", str(count * SECONDS),
+               "-c:v", "libx264", "-preset", "superfast", "-pix_fmt", "yuv420p", "-g", str(2 * FPS), "-bf", "2",
+               "-force_key_frames", f"expr:gte(t,n_forced*{SECONDS})", "-f", "segment",
+               "-segment_time", str(SECONDS), "-reset_timestamps", "1", str(tmp / "c%05d.mp4"))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)
+    return sorted(folder.glob("c*.mp4"))
+
+
+def project(root: Path, videos: Path, model: Path, sampling: str) -> dict:
+    """A config over `videos` with the stand-in, its own Lite file, logs and DAGSTER_HOME."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((REPO / "config" / "smoke-config.yaml").read_text())
+    config["model"].update(path=str(model), batch_size=32)
+    config["video_input"].update(path=str(videos), settle_seconds=1, sampling=sampling)
+    config["db"]["uri"] = str(root / "db" / "bench.db")
+    config["logs"] = {"path": str(root / "logs")}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    home = root / "dagster_home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text((REPO / "config" / "dagster-instance.yaml").read_text())
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "FEATURE_PIPELINE_CONFIG": str(root / "config.yaml"), "DAGSTER_HOME": str(home),
+            "PATH": path}
+
+
+def stop_db(env: dict, cwd: Path) -> None:
+    subprocess.run([str(CLI), "db", "stop"], env=env, cwd=cwd, capture_output=True)
+
+
+def cli_run(work: Path, files: list[Path], model: Path, sampling: str) -> dict:
+    root = Path(tempfile.mkdtemp(dir=work, prefix="run-"))
+    videos = root / "videos"
+    videos.mkdir()
+    for path in files:
+        os.link(path, videos / path.name)
+    env = project(root, videos, model, sampling)
+    try:
+        with Timer() as t:
+            done = subprocess.run([str(CLI), "run"], env=env, cwd=root, capture_output=True, text=True)
+        match = re.search(r"embedded (\d+) of (\d+) video\(s\), (\d+) rows", done.stderr)
+        if done.returncode != 0 or not match or match[1] != match[2]:
+            raise SystemExit(f"feature-pipeline run failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return {"seconds": t.wall, "videos": int(match[1]), "frames": int(match[3])}
+    finally:
+        stop_db(env, root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def sensor_run(work: Path, files: list[Path], model: Path, sampling: str) -> dict:
+    """The daemon and the sensor over a folder the clips are dropped into in batches."""
+    root = Path(tempfile.mkdtemp(dir=work, prefix="sensor-"))
+    watched = root / "videos"
+    watched.mkdir()
+    env = project(root, watched, model, sampling)
+    daemon = subprocess.Popen(["dagster-daemon", "run", "-m", "feature_pipeline_dagster"], env=env, cwd=root,
+                              stdout=open(root / "daemon.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(20)  # the daemon is up and its sensor has ticked over the empty folder
+        os.environ.update(DAGSTER_HOME=env["DAGSTER_HOME"], FEATURE_PIPELINE_CONFIG=env["FEATURE_PIPELINE_CONFIG"])
+        from dagster import DagsterInstance, RunsFilter
+
+        from feature_pipeline_dagster.core.ledger import ledger_collection
+        from feature_pipeline_dagster.core.settings import load_settings
+        from feature_pipeline_dagster.core.store import store_for
+
+        settings = load_settings(root / "config.yaml")
+        spec = settings.collection_for(settings.model.features[0])
+        batches = [sorted(files)[len(files) * i // DROPS: len(files) * (i + 1) // DROPS] for i in range(DROPS)]
+        started = time.perf_counter()
+        for i, batch in enumerate(batches):
+            for path in batch:
+                os.link(path, watched / path.name)
+            if i < DROPS - 1:
+                time.sleep(DROP_EVERY_S)
+        store, rows = store_for(settings.db), 0  # shares the Lite server the runs start
+        while rows < len(files):
+            time.sleep(0.5)
+            if time.perf_counter() - started > 1800:
+                raise SystemExit(f"sensor: timed out at {rows} of {len(files)} videos; see {root / 'daemon.log'}")
+            try:
+                rows = store.count_rows(ledger_collection(spec))  # a row per video, written at its commit
+            except Exception:  # not created yet
+                rows = 0
+        store.close()
+        seconds = time.perf_counter() - started
+        with DagsterInstance.get() as instance:
+            runs = instance.get_runs(RunsFilter(tags={"dagster/sensor_name": "video_folder_sensor"}))
+            per_run = [(r.tags.get("dagster/asset_partition_range_start") or r.tags.get("dagster/partition"),
+                        r.tags.get("dagster/asset_partition_range_end")) for r in runs]
+        return {"seconds": seconds, "videos": rows, "runs": len(runs), "ranges": per_run[::-1]}
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait()
+        stop_db(env, root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bare_ms_per_frame(model: Path) -> float:
+    import numpy as np
+
+    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.models import load_extractor
+    from feature_pipeline_dagster.core.settings import ModelSettings
+
+    extractor = load_extractor(ModelSettings(name="CLIP", path=str(model), source="folder"), "cpu")
+    frames = np.random.default_rng(0).integers(0, 255, (32, 240, 320, 3), np.uint8)
+    batch = FrameBatch(frames, np.arange(32), np.arange(32))
+    extractor.embed(batch)
+    with Timer() as t:
+        for _ in range(10):
+            extractor.embed(batch)
+    return 1000 * t.wall / 320
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clips", type=int, default=1000)
+    parser.add_argument("--short", type=int, default=100)
+    parser.add_argument("--sampling", default="fps", choices=["fps", "nearest"])
+    parser.add_argument("--skip-sensor", action="store_true")
+    args = parser.parse_args()
+    ensure_ffmpeg()
+    files = clips(args.clips)
+    model = model_folder("clip-tiny-random", TINY_CLIP)
+    work = Path(tempfile.mkdtemp(prefix="bench-standin-"))
+    out: dict = {"clips": args.clips, "sampling": args.sampling, "cores": CORES}
+    out["bare_ms_per_frame"] = bare_ms_per_frame(model)
+    frames = args.clips * SECONDS
+    wall, _ = ffmpeg_null(files, CORES)
+    out["ceiling_fps"] = frames / wall
+    one = cli_run(work, files[:1], model, args.sampling)
+    short = cli_run(work, files[: args.short], model, args.sampling)
+    full = cli_run(work, files, model, args.sampling)
+    out.update(one_clip_s=one["seconds"], short_s=short["seconds"], run_s=full["seconds"], run_frames=full["frames"])
+    out["run_fps"] = full["frames"] / full["seconds"]
+    out["run_over_ceiling"] = out["run_fps"] / out["ceiling_fps"]
+    steady = (full["frames"] - short["frames"]) / (full["seconds"] - short["seconds"])
+    out["steady_fps"] = steady
+    out["startup_intercept_s"] = short["seconds"] - short["frames"] / steady
+    if not args.skip_sensor:
+        sensor = sensor_run(work, files, model, args.sampling)
+        out.update(sensor_s=sensor["seconds"], sensor_runs=sensor["runs"], sensor_ranges=sensor["ranges"])
+        out["sensor_over_run"] = sensor["seconds"] / full["seconds"]
+    shutil.rmtree(work, ignore_errors=True)
+    lines = [
+        f"stand-in model (CLIP, 512-d, 2 narrow layers): {out['bare_ms_per_frame']:.2f} ms/frame bare (goal ~1)",
+        f"1. decode ceiling ({CORES} x ffmpeg -f null): {out['ceiling_fps']:.0f} sampled frames/s",
+        f"2. feature-pipeline run, {args.clips} clips, start-up included: {out['run_s']:.1f} s, "
+        f"{out['run_fps']:.0f} frames/s = {out['run_over_ceiling']:.2f} x ceiling (goal >= 0.8)",
+        f"3. one clip: {out['one_clip_s']:.1f} s (goal <= 6); two-length fit ({args.short}/{args.clips} clips): "
+        f"start-up intercept {out['startup_intercept_s']:.1f} s (goal <= 5), steady {steady:.0f} frames/s",
+    ]
+    if "sensor_s" in out:
+        lines.append(f"4. sensor, {DROPS} drops {DROP_EVERY_S:.0f} s apart: first drop to last row "
+                     f"{out['sensor_s']:.1f} s = {out['sensor_over_run']:.2f} x run (goal <= 1.25), "
+                     f"{out['sensor_runs']} run(s)")
+    print("\n".join(lines))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "gpu_standin.json").write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
