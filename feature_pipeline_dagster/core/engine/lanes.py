@@ -75,7 +75,7 @@ def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProc
                 break
             try:
                 open_job(job, decoder)
-                batches = job.video.batches(batch_size)
+                batches = job.video.batches(job.decode_batch or batch_size)
                 while True:
                     started = time.perf_counter()
                     frames = next(batches, None)

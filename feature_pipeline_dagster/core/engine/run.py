@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
@@ -88,6 +89,7 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
     if extractor.dim != spec.vector_field.dim:
         raise ModelError(f"{extractor.description} gives {extractor.dim}-d vectors but collection {spec.name} "
                          f"field {spec.vector_field.name} has dim {spec.vector_field.dim} ({settings.source})")
+    fix_mmap_threshold()
     family = FAMILIES[settings.model.name]
     grid = extractor.grid if family.patch_grid else None
     jobs = [VideoJob(v, settings.video_input.path / v) for v in videos]
@@ -142,6 +144,7 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
 
     def open_job(job: VideoJob, decoder) -> None:
         job.open(settings, spec, decoder, grid)
+        job.decode_batch = model.frames_per_batch((job.video.info.height, job.video.info.width))
 
     lanes = lanes or decode_lanes(len(jobs))
     events = decode_ahead(jobs, open_job, settings.model.batch_size, lanes,
@@ -208,14 +211,34 @@ def local_decoders(settings: Settings, device: str, lanes: int) -> list | None:
     return [LocalDecoder(device) for _ in range(lanes)]
 
 
+# The most rows one model batch may give. A batch's host memory follows its rows, not its
+# frames: its output (4.6 MB of float32 per 720p NaViT frame: 1008 rows of 1152-d), and on
+# CPU the model's activations (~45 KB a row at 1152-d, MLP included), the decoded frames
+# and the queues between the stages holding batches of that size. At 32 frames a batch,
+# a 720p NaViT run's peak was 2.1x that of a 10-second video (3.0 vs 1.45 GiB,
+# bench/bench_long_video.py --navit); at 8192 rows (8 such frames) a long video stays
+# within the peak of its first batch. One row a frame (CLIP) is never bound by it.
+ROWS_PER_BATCH = 8192
+
+
 class ModelStage:
     """Frames wait here, grouped by size (frames of one size stack into one tensor),
-    until a group holds a batch; a batch may hold frames of several videos."""
+    until a group holds a batch; a batch may hold frames of several videos. A batch holds
+    at most `batch_size` frames and, for a patch model, at most ROWS_PER_BATCH rows."""
 
     def __init__(self, extractor, family, batch_size: int):
         self.extractor, self.family, self.batch_size = extractor, family, batch_size
         self.groups: dict[tuple, list[tuple[VideoJob, FrameBatch]]] = {}
         self.checked = False
+
+    def frames_per_batch(self, shape: tuple) -> int:
+        """Frames of this (height, width, ...) in one batch: `batch_size`, fewer where
+        their rows would pass ROWS_PER_BATCH."""
+        rows = 1
+        if self.family.patch_grid:
+            grid_rows, grid_cols = self.extractor.grid(int(shape[0]), int(shape[1]))
+            rows = grid_rows * grid_cols
+        return max(1, min(self.batch_size, ROWS_PER_BATCH // max(1, rows)))
 
     def add(self, job: VideoJob, frames: FrameBatch) -> None:
         job.keep_thumbnails(frames.frame_ids, frames.timestamps_ms, frames.frames)
@@ -236,18 +259,18 @@ class ModelStage:
         """Embed full groups (`full_only`), the largest group (`largest_only`), or all."""
         while self.groups:
             key = max(self.groups, key=lambda k: sum(len(f) for _, f in self.groups[k]))
-            if full_only and sum(len(f) for _, f in self.groups[key]) < self.batch_size:
+            if full_only and sum(len(f) for _, f in self.groups[key]) < self.frames_per_batch(key):
                 return
             self._embed_group(key, deliver)
             if largest_only:
                 return
 
     def _embed_group(self, key, deliver) -> None:
-        parts, taken = [], 0
+        parts, taken, limit = [], 0, self.frames_per_batch(key)
         group = self.groups[key]
-        while group and taken < self.batch_size:
+        while group and taken < limit:
             job, frames = group[0]
-            room = self.batch_size - taken
+            room = limit - taken
             if len(frames) > room:
                 group[0] = (job, _frames_slice(frames, room, len(frames)))
                 frames = _frames_slice(frames, 0, room)
@@ -271,7 +294,7 @@ class ModelStage:
             job.seconds_model += spent * len(frames) / len(batch)
             job.frames_in_flight -= len(frames)
             job.frames_embedded += len(frames)
-            job.batch_size = self.batch_size
+            job.batch_size = min(limit, self.batch_size)  # after a halving, what fits
             owners.append((job, per_frame * len(frames)))
         deliver(rows, owners)
 

@@ -46,6 +46,7 @@ class VideoJob:
     seconds_model: float = 0.0
     seconds_write: float = 0.0
     batch_size: int = 0
+    decode_batch: int = 0  # frames per decoded batch (the model stage's batch for its frame size); 0: the run's
     thumbnails: list[tuple[int, np.ndarray]] = field(default_factory=list)
     _thumb_ids: set = field(default_factory=set)
 

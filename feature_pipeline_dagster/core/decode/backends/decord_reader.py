@@ -3,6 +3,8 @@ the key frame before each wanted frame, and applies the display matrix itself.""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,26 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (RuntimeError, DECORDError)
 
 
+# After get_batch, decord's decoder thread goes on decoding every packet pushed on the way
+# to the last wanted frame, into memory, until the next call (dmlc/decord#157, #208). A
+# consumer slower than decoding (a model on the CPU) gives it the time to fill memory with
+# frames nobody asked for, and decord keeps that memory: 1.1-1.7 GiB more in the decoder
+# process after one 2-second wait on a 90-second 720p video (bench_long_video.py --navit
+# measured the decoder process at 1.7 GiB against 0.15 for a 10-second video). So when
+# IDLE_S pass without a next call, a seek empties decord's queues. It costs decoding again
+# from the key frame before the next wanted frame, only where the decoder waits on its
+# consumer anyway; when decoding binds, the calls come back to back and nothing changes.
+IDLE_S = 0.1
+
+
 class DecordBackend(Backend):
     name = "decord"
 
     def __init__(self, path: Path):
         self.path = path
+        self._lock = threading.Lock()  # decord is called from here and from the idle timer
+        self._calls = 0
+        self._idle: threading.Timer | None = None
         try:
             self._reader = self._open()
         except _errors() as err:
@@ -41,16 +58,35 @@ class DecordBackend(Backend):
         return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=0)
 
     def frames(self, ids: np.ndarray) -> np.ndarray:
-        try:
-            return self._reader.get_batch(ids).asnumpy()
-        except _errors() as err:
-            raise DecodeFailed("decoder error: " + one_line(err).rsplit(": ", 1)[-1]) from None
+        with self._lock:
+            self._calls += 1
+            try:
+                frames = self._reader.get_batch(ids).asnumpy()
+            except _errors() as err:
+                raise DecodeFailed("decoder error: " + one_line(err).rsplit(": ", 1)[-1]) from None
+            self._idle = threading.Timer(IDLE_S, self._stop_decoding_ahead, (self._calls,))
+            self._idle.daemon = True
+            self._idle.start()
+        return frames
+
+    def _stop_decoding_ahead(self, call: int) -> None:
+        """No call since `call` for IDLE_S: empty decord's queues (see IDLE_S)."""
+        with self._lock:
+            if call == self._calls and self._reader is not None:
+                with contextlib.suppress(*_errors()):
+                    self._reader.seek(0)
 
     def restart(self) -> None:
-        self._reader = self._open()
+        with self._lock:
+            self._calls += 1
+            self._reader = self._open()
 
     def close(self) -> None:
-        self._reader = None
+        with self._lock:
+            self._calls += 1
+            if self._idle is not None:
+                self._idle.cancel()
+            self._reader = None
 
 
 def open_video(path: Path, device: str | None = None) -> DecordBackend:
