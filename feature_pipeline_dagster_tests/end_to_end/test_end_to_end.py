@@ -102,7 +102,12 @@ def test_run_on_two_devices_then_db_status_and_stop(project):
         write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=i)
     result = cli(project, "run")
     assert "device(s): cpu:0, cpu:1" in result.stderr and "embedded 4 of 4 video(s), 18 rows" in result.stderr
-    assert runs_count() == 2  # a ranged run per device
+    assert runs_count() == 1  # 18 frames of work: one run, not one per device (core/run_sizing.py)
+    for i in (0, 2):  # changed: two runs (a range covers every partition between its ends), a worker per device
+        write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=10 + i)
+    result = cli(project, "run")
+    assert "4 video(s) under" in result.stderr and "embedded 2 of 2 video(s), 8 rows" in result.stderr
+    assert runs_count() == 3
     assert {p.name.split("-")[1] for p in (project.root / "logs").glob("worker-*.log")} == {"cpu0", "cpu1"}
     status = cli(project, "db", "status").stdout
     assert "address:  http://127.0.0.1:" in status and "collection frames: 18 rows" in status
