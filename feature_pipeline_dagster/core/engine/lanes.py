@@ -5,7 +5,7 @@ Each lane is a thread driving its own decoder child process (so a native crash f
 one video, and decoders run on separate cores); a lane takes the next video as soon as
 it finishes one, so the next video is opened and decoded while the current one is
 embedded. What the lanes produce meets in one bounded queue: memory is bounded by its
-depth in frame batches, not by the videos.
+depth in frame batches and by QUEUE_BYTES of frames, not by the videos.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+import numpy as np
 
 from feature_pipeline_dagster.core.decode.process import DecoderProcess, decoder_pool
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
@@ -46,6 +48,38 @@ def decode_lanes(videos: int) -> int:
 
 
 _DONE = object()
+# Decoded frames waiting in the queue, at most (one batch always fits): the queue's depth
+# in batches alone let four 32-frame batches of 720p (350 MB) wait while a model on the CPU
+# worked, memory a long video reaches and a short one never does.
+QUEUE_BYTES = 32 * 1024 * 1024
+
+
+class _Budget:
+    """Bytes of frames in the queue: a lane waits for room unless the queue is empty."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+        self.room = threading.Condition()
+
+    def take(self, n: int, stop: threading.Event) -> bool:
+        with self.room:
+            while self.used and self.used + n > self.limit:
+                if stop.is_set():
+                    return False
+                self.room.wait(0.1)
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self.room:
+            self.used -= n
+            self.room.notify_all()
+
+
+def _nbytes(event) -> int:
+    """Host bytes of an event's frames (nvdec's CUDA frames take none)."""
+    frames = getattr(getattr(event, "frames", None), "frames", None)
+    return frames.nbytes if isinstance(frames, np.ndarray) else 0
 
 
 class _Raised:
@@ -63,9 +97,16 @@ def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProc
     take = threading.Lock()
     ready: queue.Queue = queue.Queue(maxsize=max(depth, 2 * lanes))
     stop = threading.Event()
+    budget = _Budget(QUEUE_BYTES)
 
     def put(event) -> bool:
-        return put_unless_stopped(ready, event, stop)
+        n = _nbytes(event)
+        if not budget.take(n, stop):
+            return False
+        if put_unless_stopped(ready, event, stop):
+            return True
+        budget.give(n)
+        return False
 
     def lane(decoder: DecoderProcess) -> None:
         while not stop.is_set() and not stop_requested():
@@ -122,6 +163,7 @@ def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProc
             elif isinstance(event, _Raised):
                 raise event.error
             else:
+                budget.give(_nbytes(event))
                 yield event
     finally:
         stop.set()
