@@ -116,7 +116,14 @@ class VideoInput:
     extensions: tuple[str, ...] = VIDEO_EXTENSIONS
     settle_seconds: float = 5.0  # a file must stop changing this long before it is embedded
     decoder: str = "auto"  # auto | decord | torchcodec | pyav | nvdec (core/decode/backends)
-    sampling: str = "fps"  # fps: one frame per 1/sample_fps s; keyframes: key frames, at most sample_fps/s
+    sampling: str = "fps"  # fps: one frame per 1/sample_fps s; keyframes: key frames, at most sample_fps/s;
+    # nearest: one frame per 1/sample_fps s, the cheapest to decode within max_shift_ms of its time
+    max_shift_ms: float | None = None  # nearest only; None: a quarter of the sample interval
+
+    @property
+    def shift_ms(self) -> float:
+        """`max_shift_ms` as `nearest` sampling reads it (its default resolved)."""
+        return self.max_shift_ms if self.max_shift_ms is not None else 250.0 / self.sample_fps
 
 
 @dataclass(frozen=True)
@@ -308,13 +315,17 @@ def _parse_model(node: _Node, check_paths: bool) -> ModelSettings:
 def _parse_video_input(node: _Node, check_paths: bool) -> VideoInput:
     from feature_pipeline_dagster.core.decode.backends import DECODERS, SAMPLINGS
 
-    node.check_keys({"path", "sample_fps", "max_frames", "extensions", "settle_seconds", "decoder", "sampling"})
+    node.check_keys({"path", "sample_fps", "max_frames", "extensions", "settle_seconds", "decoder", "sampling",
+                     "max_shift_ms"})
     decoder = node.get("decoder", str, "auto")
     if decoder not in DECODERS:
         node.fail(f"unknown decoder {decoder!r} (expected one of: {', '.join(DECODERS)})", "decoder")
     sampling = node.get("sampling", str, "fps")
     if sampling not in SAMPLINGS:
-        node.fail(f"unknown sampling {sampling!r} (expected fps or keyframes)", "sampling")
+        node.fail(f"unknown sampling {sampling!r} (expected fps, keyframes or nearest)", "sampling")
+    max_shift_ms = node.get("max_shift_ms", float, None)
+    if max_shift_ms is not None and not 0 <= max_shift_ms < float("inf"):
+        node.fail(f"must be a number of milliseconds >= 0, got {max_shift_ms!r}", "max_shift_ms")
     path = Path(node.get("path", str, required=True))
     if check_paths and not path.is_dir():
         node.fail(f"no such folder: {path}", "path")
@@ -329,6 +340,7 @@ def _parse_video_input(node: _Node, check_paths: bool) -> VideoInput:
         settle_seconds=node.get("settle_seconds", float, 5.0),
         decoder=decoder,
         sampling=sampling,
+        max_shift_ms=max_shift_ms,
     )
 
 

@@ -40,7 +40,13 @@ BAD = [
     ({"video_input.sample_fps": -1}, "video_input.sample_fps: must be positive"),
     ({"video_input.decoder": "ffmpeg"},
      "video_input.decoder: unknown decoder 'ffmpeg' (expected one of: auto, decord, torchcodec, pyav, nvdec)"),
-    ({"video_input.sampling": "scenes"}, "video_input.sampling: unknown sampling 'scenes' (expected fps or keyframes)"),
+    ({"video_input.sampling": "scenes"},
+     "video_input.sampling: unknown sampling 'scenes' (expected fps, keyframes or nearest)"),
+    ({"video_input.sampling": "nearest", "video_input.max_shift_ms": -5},
+     "video_input.max_shift_ms: must be a number of milliseconds >= 0, got -5.0"),
+    ({"video_input.sampling": "nearest", "video_input.max_shift_ms": "100ms"},
+     "video_input.max_shift_ms: expected float, got '100ms'"),
+    ({"video_input.max_shift_ms": float("nan")}, "video_input.max_shift_ms: must be a number of milliseconds >= 0"),
     ({"gpus": ["cuda:0", "tpu:1"]}, "gpus[1]: unknown device 'tpu:1'"),
     ({"db.uri": "mysql://x"}, "db.uri: expected a Milvus server URL"),
     ({"db.token": "secret"}, "credentials never go in the file"),
@@ -135,3 +141,18 @@ def test_sampling_is_part_of_the_code_version_and_the_decoder_is_not(tmp_path, t
     assert version(**{"video_input.sampling": "fps"}) == fps
     assert version(**{"video_input.decoder": "pyav"}) == fps == version(**{"video_input.decoder": "torchcodec"})
     assert version(**{"video_input.sampling": "keyframes"}) != fps
+    nearest = version(**{"video_input.sampling": "nearest"})
+    assert nearest not in (fps, version(**{"video_input.sampling": "keyframes"}))
+    assert version(**{"video_input.sampling": "nearest", "video_input.max_shift_ms": 250}) == nearest  # the default
+    assert version(**{"video_input.sampling": "nearest", "video_input.max_shift_ms": 100}) != nearest
+    assert version(**{"video_input.max_shift_ms": 100}) == fps  # read with nearest only
+
+
+def test_nearest_sampling_keys(tmp_path, tiny_clip):
+    def video_input(**overrides):
+        return load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, tmp_path, **overrides))).video_input
+
+    default = video_input(**{"video_input.sampling": "nearest", "video_input.sample_fps": 2})
+    assert (default.sampling, default.max_shift_ms, default.shift_ms) == ("nearest", None, 125.0)
+    given = video_input(**{"video_input.sampling": "nearest", "video_input.max_shift_ms": 0})
+    assert (given.max_shift_ms, given.shift_ms) == (0.0, 0.0)

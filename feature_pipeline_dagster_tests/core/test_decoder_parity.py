@@ -146,3 +146,139 @@ def test_nvdec_without_cuda_fails_with_one_line(tmp_path, sample_video, tiny_cli
         local_decoders(settings, "cpu", 2)
     assert local_decoders(load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, videos), "auto.yaml"),
                                         check_paths=False), "cpu", 2) is None
+
+
+def pyav_every_frame(path):
+    """Every frame as PyAV decodes it (all of them, nothing skipped), presentation order:
+    pts in ms, key flags, RGB; and the pts that FFmpeg's decoder still gives out when told
+    to skip the frames nothing references (skip_frame NONREF): the reference frames."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sorted(((f.pts, f.key_frame, f.to_ndarray(format="rgb24")) for f in container.decode(stream)),
+                        key=lambda f: f[0])
+        ms = np.round(np.array([f[0] for f in frames]) * float(stream.time_base) * 1000).astype(np.int64)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        references = {f.pts for f in container.decode(stream)}
+    with av.open(str(path)) as container:
+        stream_order = [p.pts for p in container.demux(video=0) if p.size]
+    pts = [f[0] for f in frames]
+    return ms, np.array([f[1] for f in frames], bool), np.stack([f[2] for f in frames]), \
+        np.array([p in references for p in pts], bool), np.array([stream_order.index(p) for p in pts])
+
+
+NEAREST_CASES = [  # (sample_fps, max_shift_ms): the default window, a wide one (holding key frames off the target), a dense plan
+    (1.0, None), (1.0, 600.0), (3.0, None)]
+
+
+@pytest.mark.parametrize("sample_fps,shift_ms", NEAREST_CASES)
+def test_nearest_sampling_takes_the_cheapest_frame_in_the_window(videos, tiny_clip, sample_fps, shift_ms):
+    """On a textured B-frame video (x264's B-pyramid: P, then a referenced B, then the
+    B-frames nothing references) with a key frame every 1.5 s, on every backend: one frame
+    per 1/sample_fps s within max_shift_ms of its time; a key frame wherever one lies in
+    the window; else the frame that costs the fewest reference frames decoded on the way
+    (as computed here from PyAV's packets and a NONREF decode); frame_id and timestamp_ms
+    those of the frame PyAV decodes there, its pixels and vector (open_clip's own
+    preprocessing on PyAV's frame, cos >= 0.9999) equal to it."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from feature_pipeline_dagster.core.decode.backends.base import packet_index
+    from feature_pipeline_dagster.core.models import load_extractor
+    from feature_pipeline_dagster.core.settings import ModelSettings
+
+    path = videos["detailed"]
+    ms, keys, every, references, decode_order = pyav_every_frame(path)
+    assert keys.nonzero()[0].tolist() == [0, 45, 90] and 0 < references.sum() < len(references)  # B-frames nothing references
+    assert packet_index(path).reference.tolist() == references.tolist()  # the NAL headers say what FFmpeg skips
+    assert packet_index(path).decode_order.tolist() == decode_order.tolist()
+    by_decode = np.argsort(decode_order)
+
+    def cost(frame, at):  # reference frames decoded on the way in decode order, seeking if a key frame lies between
+        way = by_decode[at + 1 : decode_order[frame]] if at >= 0 else []
+        if at < 0 or decode_order[frame] <= at or keys[way].any():
+            start = max(d for d in range(decode_order[frame] + 1) if keys[by_decode[d]])
+            way = by_decode[start : decode_order[frame]]
+        return references[way].sum() + 1
+
+    shift = 250.0 / sample_fps if shift_ms is None else shift_ms
+    targets = np.arange(int(ms[-1] / 1000 * sample_fps) + 1) * 1000 / sample_fps
+    expected, last = [], -1
+    for target in targets:  # the rule, from PyAV's frames and packets
+        window = [i for i in range(last + 1, len(ms)) if abs(ms[i] - target) <= shift + 0.5]
+        in_key = [i for i in window if keys[i]]
+        at = decode_order[last] if last >= 0 else -1
+        last = min(in_key or window, key=lambda i: (0 if in_key else cost(i, at), abs(ms[i] - target), i))
+        expected.append(last)
+    off_target = np.abs(ms[expected] - targets) > 0.5
+    assert (keys[expected] & off_target).any() == (shift_ms == 600.0)  # a key frame taken off its target time
+    assert (~keys[expected] & off_target).any()  # a frame other than the one nearest its target
+
+    extractor = load_extractor(ModelSettings(name="CLIP", path=str(tiny_clip), source="folder"), "cpu")
+    reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_clip}")
+    reference.eval()
+    with torch.no_grad():
+        wanted = reference.encode_image(torch.stack([preprocess(Image.fromarray(f)) for f in every[expected]]))
+    wanted = torch.nn.functional.normalize(wanted, dim=-1).numpy()
+    for backend in BACKENDS:
+        reader = VideoReader(path, decoder=backend)
+        plan = reader.plan(sample_fps, None, "nearest", shift_ms)
+        batches = list(reader.batches(plan, 4))
+        reader.close()
+        ids = np.concatenate([b.frame_ids for b in batches])
+        assert ids.tolist() == expected, backend
+        assert np.concatenate([b.timestamps_ms for b in batches]).tolist() == ms[expected].tolist(), backend
+        assert np.all(np.abs(ms[expected] - targets) <= shift + 0.5), backend
+        frames = np.concatenate([b.frames for b in batches])
+        diff = np.abs(frames.astype(np.int16) - every[expected].astype(np.int16))
+        assert diff.mean() <= PIXEL_TOLERANCE["mean"] and np.percentile(diff, 99.9) <= PIXEL_TOLERANCE["p999"], backend
+        vectors = extractor.embed(FrameBatch(frames, ids, np.zeros(len(ids), np.int64))).vectors
+        assert (vectors * wanted).sum(1).min() >= 0.9999, backend
+
+
+def test_nearest_plan_prices_frames_by_decode_order():
+    """Synthetic 30 fps stream, a key frame every 60 frames: P frames at even ids, each
+    odd id a B-frame decoded after the P that follows it and referenced by nothing
+    (decode order 0, 2, 1, 4, 3, ...)."""
+    from feature_pipeline_dagster.core.decode.backends.base import DecodeIndex
+
+    count = 300
+    starts = np.arange(count) / 30
+    sequence = [0] + [f for k in range(1, count // 2) for f in (2 * k, 2 * k - 1)] + [count - 1]
+    order = np.argsort(sequence)  # frame id -> decode position
+    index = DecodeIndex(order, np.arange(count) % 2 == 0, np.arange(count) % 60 == 0)
+    assert index.cost(0, -1) == (1, True)  # a key frame decodes alone
+    assert index.cost(3, -1) == (4, True)  # I0, P2, P4 (B1 skipped), then B3
+    assert index.cost(4, int(order[2])) == (1, False)  # on from P2: P4
+    assert index.cost(61, int(order[10])) == (3, True)  # a key frame between: seek to 60, P62, then B61
+    assert index.seek_target(75) == 60
+    plan = SamplingPlan.for_nearest(starts, index, 1.0, None, 0.25)
+    # even seconds: their key frames; odd ones: the first P frame in the window [t - 7.5, t + 7.5] frames
+    assert plan.frame_ids.tolist() == [0, 24, 60, 84, 120, 144, 180, 204, 240, 264]
+    assert plan.sparse and plan.timestamps_ms.tolist() == [0, 800, 2000, 2800, 4000, 4800, 6000, 6800, 8000, 8800]
+    assert SamplingPlan.for_nearest(starts, index, 1.0, None, 0.5).frame_ids.tolist()[:3] == [0, 16, 60]
+    # max_frames: targets spread as fps sampling spreads frames (0, 4 and 9 s), each then chosen
+    assert SamplingPlan.for_nearest(starts, index, 1.0, 3, 0.25).frame_ids.tolist() == [0, 120, 264]
+    assert SamplingPlan.for_nearest(starts, index, 1.0, None, 0.0).frame_ids.tolist() == \
+        SamplingPlan.for_timestamps(starts, 1.0, None).frame_ids.tolist()  # no window: the frames fps sampling takes
+
+
+def test_nearest_sampling_through_the_decoder_process(tmp_path, videos):
+    """`max_shift_ms` reaches the plan in the decoder child; 0 ms takes fps sampling's frames."""
+    from feature_pipeline_dagster.core.decode.process import DecoderProcess
+
+    process = DecoderProcess()
+    try:
+        for backend in BACKENDS:
+            nearest = process.open(videos["detailed"], 1.0, None, backend, "nearest", None)
+            assert nearest.plan.frame_ids.tolist() == [0, 23, 53, 90], backend
+            assert sum(len(b) for b in nearest.batches(4)) == 4
+            exact = process.open(videos["detailed"], 1.0, None, backend, "nearest", 0)
+            assert exact.plan.frame_ids.tolist() == [0, 30, 60, 90], backend
+            list(exact.batches(4))
+    finally:
+        process.stop()

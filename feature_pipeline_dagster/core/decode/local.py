@@ -14,9 +14,10 @@ from feature_pipeline_dagster.core.engine.batches import FrameBatch
 
 
 class LocalVideo:
-    def __init__(self, reader: VideoReader, sample_fps: float, max_frames: int | None, sampling: str):
+    def __init__(self, reader: VideoReader, sample_fps: float, max_frames: int | None, sampling: str,
+                 max_shift_ms: float | None = None):
         self.reader, self.path, self.info = reader, reader.path, reader.info
-        self.plan = reader.plan(sample_fps, max_frames, sampling)
+        self.plan = reader.plan(sample_fps, max_frames, sampling, max_shift_ms)
 
     @property
     def partial(self) -> str | None:
@@ -36,8 +37,9 @@ class LocalDecoder:
         self.device = device
 
     def open(self, path: Path, sample_fps: float, max_frames: int | None, decoder: str = "nvdec",
-             sampling: str = "fps") -> LocalVideo:
-        return LocalVideo(VideoReader(path, decoder=decoder, device=self.device), sample_fps, max_frames, sampling)
+             sampling: str = "fps", max_shift_ms: float | None = None) -> LocalVideo:
+        return LocalVideo(VideoReader(path, decoder=decoder, device=self.device), sample_fps, max_frames, sampling,
+                          max_shift_ms)
 
     def stop(self) -> None:
         pass

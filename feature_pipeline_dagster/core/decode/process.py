@@ -75,12 +75,12 @@ class DecoderProcess:
         self._lock = threading.Lock()
 
     def open(self, path: Path, sample_fps: float, max_frames: int | None, decoder: str = "auto",
-             sampling: str = "fps") -> OpenVideo:
+             sampling: str = "fps", max_shift_ms: float | None = None) -> OpenVideo:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
             self._send({"op": "open", "path": str(path), "sample_fps": sample_fps, "max_frames": max_frames,
-                        "decoder": decoder, "sampling": sampling})
+                        "decoder": decoder, "sampling": sampling, "max_shift_ms": max_shift_ms})
             answer = self._receive(path)
         if "error" in answer:
             raise VideoError(answer["error"])
@@ -193,7 +193,8 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
                     reader.close()
                 complaints.reset()
                 reader = VideoReader(request["path"], complaints, request.get("decoder", "auto"))
-                plan = reader.plan(request["sample_fps"], request["max_frames"], request.get("sampling", "fps"))
+                plan = reader.plan(request["sample_fps"], request["max_frames"], request.get("sampling", "fps"),
+                                   request.get("max_shift_ms"))
                 info = {k: v for k, v in asdict(reader.info).items() if k != "path"}
                 answer({"info": info, "frame_ids": plan.frame_ids.tolist(),
                         "timestamps_ms": plan.timestamps_ms.tolist(), "key_frames_only": plan.key_frames_only, "partial": reader.partial})

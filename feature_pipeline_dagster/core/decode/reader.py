@@ -28,7 +28,7 @@ import numpy as np
 from feature_pipeline_dagster.core.errors import VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.backends import open_backend, resolve
-from feature_pipeline_dagster.core.decode.backends.base import DecodeFailed, OpenFailed
+from feature_pipeline_dagster.core.decode.backends.base import DecodeFailed, DecodeIndex, OpenFailed
 from feature_pipeline_dagster.core.decode.damage import damage_in, sound_count
 
 MAX_BATCH_BYTES = 128 * 1024 * 1024  # decoded RGB per batch: an 8K frame is 100 MB
@@ -43,6 +43,7 @@ class SamplingPlan:
     frame_ids: np.ndarray
     timestamps_ms: np.ndarray
     key_frames_only: bool = False  # every planned frame is a key frame: decode those only
+    sparse: bool = False  # a `nearest` plan: the decoder may skip the frames nothing references on the way
 
     @classmethod
     def for_timestamps(cls, starts_s: np.ndarray, sample_fps: float, max_frames: int | None) -> SamplingPlan:
@@ -79,6 +80,46 @@ class SamplingPlan:
         if max_frames is not None and len(ids) > max_frames:
             ids = ids[np.round(np.linspace(0, len(ids) - 1, max_frames)).astype(np.int64)]
         return cls(ids, np.round(starts[ids] * 1000).astype(np.int64), key_frames_only=True)
+
+    @classmethod
+    def for_nearest(cls, starts_s: np.ndarray, index: DecodeIndex, sample_fps: float, max_frames: int | None,
+                    max_shift_s: float) -> SamplingPlan:
+        """`video_input.sampling: nearest`: one frame per target time t = k/`sample_fps`
+        (from the first frame's, capped at `max_frames` targets spread evenly, as `fps`),
+        the cheapest to decode within `max_shift_s` of t: the key frame nearest t if one
+        lies in that window (it decodes alone), else the frame that costs the fewest
+        frames decoded (`DecodeIndex.cost`: reference frames on the way, from where the
+        decoder is after the frame before, or from the key frame before it after a seek),
+        the nearest to t among equals. A window that holds no frame takes the frame
+        nearest t. Frames are taken in presentation order, each once."""
+        starts = np.asarray(starts_s, dtype=np.float64)
+        if len(starts) == 0:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), sparse=True)
+        targets = starts[0] + np.arange(int(np.floor((starts[-1] - starts[0]) * sample_fps + 1e-6)) + 1) / sample_fps
+        if max_frames is not None and len(targets) > max_frames:
+            targets = targets[np.round(np.linspace(0, len(targets) - 1, max_frames)).astype(np.int64)]
+        shift = max_shift_s + 1e-6  # frame times are rounded to the time base
+        taken, last, at = [], -1, -1  # frames taken, the last one, the decoder's decode position after it
+        for target in targets.tolist():
+            lo = max(int(np.searchsorted(starts, target - shift, side="left")), last + 1)
+            hi = int(np.searchsorted(starts, target + shift, side="right"))
+            if lo >= hi:  # no frame in the window (or none left): the frame nearest the target
+                after = int(np.searchsorted(starts, target))
+                near = [i for i in (after - 1, after) if last < i < len(starts)]
+                if not near:
+                    continue
+                lo = min(near, key=lambda i: abs(starts[i] - target))
+                hi = lo + 1
+            window = np.arange(lo, hi)
+            keys = window[index.key[window]]
+            if len(keys):
+                frame = int(keys[np.argmin(np.abs(starts[keys] - target))])
+            else:
+                frame = min(window.tolist(), key=lambda i: (index.cost(i, at)[0], abs(starts[i] - target), i))
+            taken.append(frame)
+            last, at = frame, int(index.decode_order[frame])
+        ids = np.asarray(taken, np.int64)
+        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64), sparse=True)
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -165,9 +206,15 @@ class VideoReader:
         reader.logged()
         return reader
 
-    def plan(self, sample_fps: float, max_frames: int | None, sampling: str = "fps") -> SamplingPlan:
+    def plan(self, sample_fps: float, max_frames: int | None, sampling: str = "fps",
+             max_shift_ms: float | None = None) -> SamplingPlan:
+        """`max_shift_ms` (`nearest` only): None for its default, a quarter of the sample interval."""
         if sampling == "keyframes":
             return SamplingPlan.for_keyframes(self._starts, self._reader.keyframes, sample_fps, max_frames)
+        if sampling == "nearest":
+            shift_ms = 250.0 / sample_fps if max_shift_ms is None else max_shift_ms
+            return SamplingPlan.for_nearest(self._starts, self._reader.decode_index(), sample_fps, max_frames,
+                                            shift_ms / 1000)
         return SamplingPlan.for_timestamps(self._starts, sample_fps, max_frames)
 
     def batches(self, plan: SamplingPlan, batch_size: int) -> Iterator[FrameBatch]:
@@ -182,7 +229,7 @@ class VideoReader:
             if start >= end:
                 break
             ids = plan.frame_ids[start : min(start + size, end)]
-            frames, why = self._decode(ids, key_only)
+            frames, why = self._decode(ids, key_only, plan.sparse)
             if why is not None and not judged:
                 judged = True
                 count, damage = sound_count(self._source, plan.frame_ids[start:], key_only)
@@ -192,7 +239,7 @@ class VideoReader:
                     break
                 if frames is None:  # again on a fresh reader: a failed decoder may be left mid-packet
                     self._reader.restart()
-                    frames, why = self._decode(ids, key_only)
+                    frames, why = self._decode(ids, key_only, plan.sparse)
             if frames is None:
                 end, damage = start, why
                 break
@@ -200,10 +247,13 @@ class VideoReader:
         if end < len(plan):
             self._stop_at(plan, end, damage)
 
-    def _decode(self, ids: np.ndarray, key_only: bool) -> tuple[np.ndarray | None, str | None]:
+    def _decode(self, ids: np.ndarray, key_only: bool, sparse: bool = False) -> tuple[np.ndarray | None, str | None]:
         """The frames (None if the backend failed), and the damage FFmpeg logged meanwhile."""
         try:
-            frames = self._reader.key_frames(ids) if key_only else self._reader.frames(ids)
+            if key_only:
+                frames = self._reader.key_frames(ids)
+            else:
+                frames = self._reader.sparse_frames(ids) if sparse else self._reader.frames(ids)
         except DecodeFailed as err:
             return None, self._reason(err)
         return frames, self._reason()

@@ -17,7 +17,7 @@ from pathlib import Path
 from feature_pipeline_dagster.core.errors import ConfigError
 
 DECODERS = ("auto", "decord", "torchcodec", "pyav", "nvdec")
-SAMPLINGS = ("fps", "keyframes")
+SAMPLINGS = ("fps", "keyframes", "nearest")
 _MODULES = {
     "decord": "feature_pipeline_dagster.core.decode.backends.decord_reader",
     "torchcodec": "feature_pipeline_dagster.core.decode.backends.torchcodec_reader",

@@ -45,6 +45,22 @@ class Backend:
         """As `frames`, for ids that are all key frames: decoding those frames only."""
         return self.frames(ids)
 
+    def sparse_frames(self, ids: np.ndarray):
+        """As `frames`, for a `nearest` plan: a backend that can tell its decoder to skip
+        the frames nothing references (PyAV) does so on the way to each wanted frame;
+        the others decode through, as `frames` does."""
+        return self.frames(ids)
+
+    def decode_index(self) -> DecodeIndex:
+        """The decode order and reference flags of this backend's frames (`starts` order),
+        from the shared packet index; every frame a reference, in presentation order,
+        where that index numbers the frames otherwise than this backend does."""
+        index = getattr(self, "_index", None) or packet_index(self.path)
+        if len(index.pts) != len(self.starts):
+            n = len(self.starts)
+            return DecodeIndex(np.arange(n), np.ones(n, bool), _flags(self.keyframes, n))
+        return DecodeIndex(index.decode_order, index.reference, _flags(index.keyframes, len(index.pts)))
+
     def logged(self) -> list[str]:
         """Decoder log lines ("[h264 @ 0x..] error ...") since the last call, for a backend
         whose library logs through Python rather than to file descriptor 2."""
@@ -64,6 +80,44 @@ class PacketIndex:
     keyframes: np.ndarray
     fps: float
     cut_short: bool  # a packet past the end of the data, or one the demuxer flags corrupt
+    decode_order: np.ndarray | None = None  # int64, per frame (presentation order): its packet's place in the stream
+    reference: np.ndarray | None = None  # bool, per frame: other frames may reference it (False: skippable)
+
+
+@dataclass(frozen=True)
+class DecodeIndex:
+    """What `nearest` sampling prices a frame's decode with: per frame (presentation
+    order) its place in decode order, whether other frames may reference it, whether it
+    is a key frame. Decoding frame f costs one frame for each reference frame on the way
+    to it in decode order (frames nothing references are skipped), plus f itself; the way
+    starts where the decoder is, or at the key frame before f after a seek."""
+
+    decode_order: np.ndarray
+    reference: np.ndarray
+    key: np.ndarray
+
+    def __post_init__(self):
+        order = np.argsort(self.decode_order, kind="stable")  # decode position -> frame id
+        refs = np.concatenate([[0], np.cumsum(self.reference[order])]).astype(np.int64)
+        positions = np.arange(len(order))
+        keys = np.maximum.accumulate(np.where(self.key[order], positions, -1)) if len(order) else positions
+        object.__setattr__(self, "_frame_at", order)
+        object.__setattr__(self, "_refs_before", refs)  # reference frames before each decode position
+        object.__setattr__(self, "_key_at_or_before", np.maximum(keys, 0))
+
+    def seek_target(self, frame_id: int) -> int:
+        """The key frame (an id) a seek for `frame_id` lands on: the last one before it in decode order."""
+        return int(self._frame_at[self._key_at_or_before[self.decode_order[frame_id]]])
+
+    def cost(self, frame_id: int, at: int) -> tuple[int, bool]:
+        """(frames decoded, whether by a seek) to get `frame_id` with the decoder past
+        decode position `at` (-1: a fresh decoder, which seeks)."""
+        d = int(self.decode_order[frame_id])
+        key = int(self._key_at_or_before[d])
+        by_seek = int(self._refs_before[d] - self._refs_before[key]) + 1
+        if at < 0 or d <= at or key > at:
+            return by_seek, True
+        return int(self._refs_before[d] - self._refs_before[at + 1]) + 1, False
 
 
 def packet_index(path: Path) -> PacketIndex:
@@ -79,7 +133,8 @@ def packet_index(path: Path) -> PacketIndex:
         if not container.streams.video:
             raise OpenFailed("cannot find video stream", no_stream=True)
         stream = container.streams.video[0]
-        pts, keys, cut = [], [], False
+        pts, keys, refs, cut = [], [], [], False
+        is_reference = _reference_test(stream.codec_context)
         try:
             for packet in container.demux(stream):
                 if packet.pts is None or packet.size == 0:
@@ -89,6 +144,7 @@ def packet_index(path: Path) -> PacketIndex:
                     break
                 pts.append(packet.pts)
                 keys.append(packet.is_keyframe)
+                refs.append(is_reference(packet))
         except (av.FFmpegError, ValueError) as err:
             if not pts:
                 raise OpenFailed(_ffmpeg_line(err)) from None
@@ -99,7 +155,59 @@ def packet_index(path: Path) -> PacketIndex:
         sorted_pts = np.asarray(pts, np.int64)[order]
         keyframes = np.flatnonzero(np.asarray(keys, bool)[order]).astype(np.int64)
         fps = float(stream.average_rate) if stream.average_rate else 0.0
-        return PacketIndex(sorted_pts * float(stream.time_base), sorted_pts, keyframes, fps, cut)
+        return PacketIndex(sorted_pts * float(stream.time_base), sorted_pts, keyframes, fps, cut,
+                           order.astype(np.int64), np.asarray(refs, bool)[order])
+
+
+def _reference_test(codec_context):
+    """packet -> whether other frames may reference its frame. H.264 and HEVC say it in
+    the first slice's NAL header (H.264: nal_ref_idc 0; HEVC: the sub-layer non-reference
+    types), which is what FFmpeg's decoders test for `skip_frame = NONREF`. PyAV's
+    `packet.is_disposable` (AV_PKT_FLAG_DISPOSABLE) would say it for any codec, but the
+    demuxer sets it only from an MP4 `sdtp` box, which FFmpeg 5.1's muxer writes for none
+    of the generated videos here: read where the header is not parsed, else every frame
+    counts as a reference (never skipped)."""
+    name = codec_context.name
+    if name not in ("h264", "hevc"):
+        return lambda packet: not packet.is_disposable
+    extra = bytes(codec_context.extradata or b"")
+    if name == "h264" and len(extra) > 4 and extra[0] == 1:  # avcC: NAL units prefixed by their length
+        length_size = (extra[4] & 3) + 1
+    elif name == "hevc" and len(extra) > 21 and extra[0] == 1:  # hvcC
+        length_size = (extra[21] & 3) + 1
+    else:
+        length_size = 0  # Annex B: start codes
+
+    def nal_headers(packet):
+        if length_size:
+            data, i = memoryview(packet), 0
+            while i + length_size < len(data):
+                size = int.from_bytes(data[i:i + length_size], "big")
+                yield data[i + length_size]
+                i += length_size + size
+        else:
+            data = bytes(packet)
+            i = data.find(b"\0\0\1")
+            while 0 <= i < len(data) - 3:
+                yield data[i + 3]
+                i = data.find(b"\0\0\1", i + 3)
+
+    def reference(packet) -> bool:
+        for header in nal_headers(packet):
+            if name == "h264" and header & 0x1F in (1, 5):  # a slice
+                return bool(header >> 5 & 3)
+            if name == "hevc" and header >> 1 & 0x3F < 32:  # a slice (VCL)
+                kind = header >> 1 & 0x3F
+                return not (kind <= 14 and kind % 2 == 0)
+        return not packet.is_disposable
+    return reference
+
+
+def _flags(ids: np.ndarray, count: int) -> np.ndarray:
+    flags = np.zeros(count, bool)
+    ids = np.asarray(ids, np.int64)
+    flags[ids[(ids >= 0) & (ids < count)]] = True
+    return flags
 
 
 def key_before(keyframes: np.ndarray, frame_id: int) -> int:

@@ -2,9 +2,13 @@
 decode that runs forward from the key frame before each wanted frame, and goes on
 without a seek while no key frame lies between; `key_frames` tells the decoder to skip
 every other frame (`skip_frame = "NONKEY"`), so keyframe sampling decodes key frames
-only. PyAV logs through Python, so damage is read from its log, not from fd 2."""
+only; `sparse_frames` (`nearest` sampling) feeds the packets itself and has the decoder
+skip each frame that nothing references (`skip_frame = "NONREF"`, set per packet) unless
+it is wanted. PyAV logs through Python, so damage is read from its log, not from fd 2."""
 
 from __future__ import annotations
+
+from collections import deque
 
 from pathlib import Path
 
@@ -24,9 +28,10 @@ class PyAVBackend(Backend):
         import av.logging
 
         self.path = path
-        index = packet_index(path)
+        self._index = index = packet_index(path)
         self.starts, self._pts, self.keyframes, self.fps = index.starts, index.pts, index.keyframes, index.fps
         self.cut_short = index.cut_short
+        self._costs = None  # the DecodeIndex, for sparse_frames
         self._container = None
         self._open()
         av.logging.set_level(av.logging.WARNING)  # PyAV logs nothing unless asked
@@ -37,6 +42,7 @@ class PyAVBackend(Backend):
         import av
 
         if self._container is not None:
+            self._end_sparse()
             self._container.close()
         try:
             self._container = av.open(str(self.path))
@@ -46,16 +52,19 @@ class PyAVBackend(Backend):
         self._stream.thread_type = "AUTO"  # frame threads, as decord's num_threads=0
         self._decoded = None  # the running decode: a generator of frames
         self._at = -1  # the last frame id it gave
+        self._packets = None  # sparse_frames' running demux
 
     def _seek(self, frame_id: int) -> None:
         key = key_before(self.keyframes, frame_id)
         self._container.seek(int(self._pts[key]), stream=self._stream, backward=True, any_frame=False)
         self._decoded = self._container.decode(self._stream)
+        self._packets = None
         self._at = -1
 
     def frames(self, ids: np.ndarray) -> np.ndarray:
         import av
 
+        self._packets = None
         self._stream.codec_context.skip_frame = "DEFAULT"
         out = []
         try:
@@ -72,7 +81,7 @@ class PyAVBackend(Backend):
         """Key frames only: the decoder drops every other packet unread."""
         import av
 
-        self._open()
+        self._open()  # (also ends a sparse_frames demux)
         self._stream.codec_context.skip_frame = "NONKEY"
         self._decoded = self._container.decode(self._stream)
         try:
@@ -82,6 +91,85 @@ class PyAVBackend(Backend):
         finally:
             self._decoded = None
         return np.stack(out)
+
+    def sparse_frames(self, ids: np.ndarray) -> np.ndarray:
+        """The wanted frames, each reached the cheaper way `DecodeIndex.cost` prices: on
+        from the packets already fed while no key frame lies between, else by a seek to
+        the key frame before it; on the way, frames nothing references are not decoded."""
+        import av
+
+        if self._costs is None:
+            self._costs = self.decode_index()
+        self._decoded = None
+        wanted = set(self._pts[ids].tolist())
+        out = []
+        try:
+            for frame_id in ids.tolist():
+                want = int(self._pts[frame_id])
+                if self._packets is None or (want not in self._kept and self._costs.cost(frame_id, self._fed)[1]):
+                    self._sparse_seek(frame_id)
+                out.append(self._sparse_take(frame_id, want, wanted))
+        except (av.FFmpegError, ValueError) as err:
+            self._packets = None
+            raise DecodeFailed("decoder error: " + one_line(err)) from None
+        return np.stack(out)
+
+    def _sparse_seek(self, frame_id: int) -> None:
+        key = self._costs.seek_target(frame_id)
+        self._container.seek(int(self._pts[key]), stream=self._stream, backward=True, any_frame=False)
+        self._packets = self._container.demux(self._stream)
+        self._pending = deque()  # frames decoded, not yet looked at
+        self._kept = set()  # pts of the wanted frames fed with skipping off, not yet out
+        self._fed = int(self._costs.decode_order[key]) - 1  # the decode position of the last packet fed
+        self._skipping = None
+        self._ended = False
+
+    def _end_sparse(self) -> None:
+        """Drains a sparse decode left mid-stream before its decoder is freed: freeing it
+        waits for FFmpeg's frame threads while holding the GIL, and a frame thread that
+        logs meanwhile waits for the GIL in PyAV's log callback (seen here as a hang in
+        `close` after sparse decodes with frame threads)."""
+        import av
+
+        if self._packets is not None and not self._ended:
+            try:
+                self._stream.codec_context.decode(None)
+            except (av.FFmpegError, ValueError):
+                pass
+        self._packets = None
+        self._pending = deque()
+
+    def _sparse_take(self, frame_id: int, want: int, wanted: set) -> np.ndarray:
+        context = self._stream.codec_context
+        while True:
+            if self._pending:
+                frame = self._pending.popleft()
+                self._kept.discard(frame.pts)
+                if frame.pts is None or frame.pts < want:
+                    continue  # a reference frame on the way: never converted
+                if frame.pts == want:
+                    return rotate(frame.to_ndarray(format="rgb24")[None], frame.rotation or 0)[0]
+                break  # past it: it was not decoded
+            if self._ended:
+                break
+            packet = next(self._packets, None)
+            if packet is None or packet.size == 0:  # the end: drain the decoder
+                self._ended = True
+                self._pending.extend(context.decode(None))
+                continue
+            skip = packet.pts not in wanted
+            if skip != self._skipping:
+                context.skip_frame = "NONREF" if skip else "DEFAULT"
+                self._skipping = skip
+            if packet.pts is not None:
+                if not skip:
+                    self._kept.add(packet.pts)
+                at = int(np.searchsorted(self._pts, packet.pts))
+                if at < len(self._pts) and self._pts[at] == packet.pts:
+                    self._fed = int(self._costs.decode_order[at])
+            self._pending.extend(context.decode(packet))
+        self._packets = None
+        raise DecodeFailed(f"decoder error: frame {frame_id} (pts {want}) was not decoded")
 
     def _take(self, frame_id: int) -> np.ndarray:
         want = self._pts[frame_id]
@@ -104,6 +192,7 @@ class PyAVBackend(Backend):
         self._open()
 
     def close(self) -> None:
+        self._end_sparse()
         if self._container is not None:
             self._container.close()
             self._container = None

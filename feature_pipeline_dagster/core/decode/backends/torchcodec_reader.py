@@ -23,7 +23,7 @@ class TorchcodecBackend(Backend):
 
     def __init__(self, path: Path, device: str = "cpu"):
         self.path, self.device = path, device
-        index = packet_index(path)
+        self._index = index = packet_index(path)
         self.starts, self.keyframes, self.fps = index.starts, index.keyframes, index.fps
         self.cut_short = index.cut_short
         self._decoder = None
