@@ -9,6 +9,7 @@ normalize): torchvision's antialiased uint8 resize matches PIL where a float
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,10 +103,10 @@ def build_with_weights(name: str, weights: Path | None, device: str, **kwargs):
     open_clip's conversions, goes through open_clip's own `load_checkpoint`."""
     import open_clip
 
+    if weights is None:  # open_clip deals with a folder without weights as it always did
+        return open_clip.create_model(name, device=device, **kwargs)
     with skipped_init():
         clip_model = open_clip.create_model(name, load_weights=False, device="cpu", **kwargs)
-    if weights is None:  # open_clip reports the missing file as it would
-        return open_clip.create_model(name, device=device, **kwargs)
     if weights.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -118,7 +119,7 @@ def build_with_weights(name: str, weights: Path | None, device: str, **kwargs):
     return clip_model.to(torch_device(device))
 
 
-_INIT_LOCK = __import__("threading").Lock()
+_INIT_LOCK = threading.Lock()
 
 
 @contextmanager
