@@ -132,3 +132,37 @@ def test_a_run_decodes_with_the_configured_backend_and_sampling(project, engine)
     report = embed_videos(settings, spec, store, extractor, ["k.mp4"], RunReport(), lanes=1)
     assert not report.failed and report.written["k.mp4"]["decoder"] == "pyav"
     assert stored(store, spec, "k.mp4")[0] == [(0, 0), (40, 1333)]
+
+
+def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
+    """Host memory follows a batch's rows (its output, the model's activations on CPU): a
+    720p NaViT frame gives 1008 rows, so 32 frames a batch held 148 MB of output alone.
+    The model stage takes at most ROWS_PER_BATCH rows of such frames; one row a frame is
+    never bound by it."""
+    from types import SimpleNamespace
+
+    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+    from feature_pipeline_dagster.core.engine.run import ROWS_PER_BATCH, ModelStage
+    from feature_pipeline_dagster.core.engine.video import VideoJob
+
+    class Patches:
+        def grid(self, height, width):
+            return height // 30, width // 30  # 720p: 24 x 42 = 1008 rows a frame
+
+        def embed(self, batch):
+            rows = len(batch) * 1008
+            return EmbeddingBatch(np.zeros((rows, 4), np.float32), {"frame_id": np.repeat(batch.frame_ids, 1008)})
+
+    patch = SimpleNamespace(patch_grid=True, check_columns=lambda rows: None)
+    stage = ModelStage(Patches(), patch, batch_size=32)
+    assert stage.frames_per_batch((720, 1280, 3)) == ROWS_PER_BATCH // 1008 == 8
+    assert stage.frames_per_batch((64, 64, 3)) == 32  # 4 rows a frame: the frame count binds
+    assert ModelStage(Patches(), SimpleNamespace(patch_grid=False), 32).frames_per_batch((720, 1280, 3)) == 32
+
+    job, sizes = VideoJob("a.mp4", None), []
+    ids = np.arange(20)
+    stage.add(job, FrameBatch(np.zeros((20, 720, 1280, 3), np.uint8), ids, ids * 1000))
+    stage.flush(lambda rows, owners: sizes.append(sum(n for _, n in owners) // 1008), full_only=True)
+    assert sizes == [8, 8]  # 4 frames wait for more
+    stage.flush(lambda rows, owners: sizes.append(sum(n for _, n in owners) // 1008))
+    assert sizes == [8, 8, 4] and job.frames_embedded == 20 and job.batch_size == 8
