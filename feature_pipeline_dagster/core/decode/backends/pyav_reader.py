@@ -125,18 +125,18 @@ class PyAVBackend(Backend):
         self._ended = False
 
     def _end_sparse(self) -> None:
-        """Drains a sparse decode left mid-stream before its decoder is freed: freeing it
-        waits for FFmpeg's frame threads while holding the GIL, and a frame thread that
-        logs meanwhile waits for the GIL in PyAV's log callback (seen here as a hang in
-        `close` after sparse decodes with frame threads)."""
+        """Drains a decode left mid-stream before its decoder is freed: freeing it waits
+        for FFmpeg's frame threads while holding the GIL, and a frame thread that logs
+        meanwhile waits for the GIL in PyAV's log callback (seen here as a hang in `close`
+        after a partial decode with frame threads, sparse or not)."""
         import av
 
-        if self._packets is not None and not self._ended:
+        if (self._packets is not None and not self._ended) or self._decoded is not None:
             try:
                 self._stream.codec_context.decode(None)
             except (av.FFmpegError, ValueError):
                 pass
-        self._packets = None
+        self._packets = self._decoded = None
         self._pending = deque()
 
     def _sparse_take(self, frame_id: int, want: int, wanted: set) -> np.ndarray:
