@@ -1,7 +1,8 @@
 """Decoder backends side by side: CPU decode rates, keyframe sampling against fps
-sampling, and (on CUDA) NVDEC against CPU decoding.
+sampling, `nearest` sampling against the full-decode ceiling, and (on CUDA) NVDEC
+against CPU decoding.
 
-    python bench/bench_decoders.py [--repeats N] [--seconds S]
+    python bench/bench_decoders.py [--repeats N] [--seconds S] [--clips C] [--clip-seconds T] [--nearest-only]
 
 Content: ffmpeg `testsrc2` with temporal noise (`noise=alls=4:allf=t+u`, as
 bench_throughput.py: flat frames decode unrealistically fast), 30 fps, libx264
@@ -19,13 +20,28 @@ threads on all cores, min/median/max over repeats (the order of backends rotates
      frames the decoder must decode (fps: from the key frame before each sample to it,
      going on without a seek while no key frame lies between; keyframes: the key frames)
      and CPU seconds of the whole decode (time.process_time; the decoder threads included).
+Sampling against the full-decode ceiling (`--nearest-only` runs this part alone), at 1 fps
+on C clips (default 3) of T s (default 20) of 1280x720 30 fps H.264 with B-frames and a key
+frame every 2 s, detailed content (core/samples.py `detail`: fixed texture and fresh grain
+each frame; libx264 `superfast`, B-pyramid), cached in bench/results/cache/:
+  g. the ceiling: as many `ffmpeg -threads 1 -i CLIP -f null -` full decodes at once as
+     cores, each through every clip, as sampled frames/s (video seconds decoded per wall
+     second × 1 frame a second);
+  h. per backend, as many decoder processes at once as cores (as the run's decode lanes),
+     each opening, planning and decoding every clip through `VideoReader` (FFmpeg's
+     threads as each backend sets them): sampled frames/s with `video_input.sampling:
+     nearest` (default window, 250 ms) and `fps`, ÷ the ceiling; and the frames the
+     decoder must decode per sampled frame, from the packet index (`nearest` on PyAV:
+     reference frames on the way only, `DecodeIndex.cost`; decord and torchcodec decode
+     every frame between, as `fps` does). Median of the repeats, backends rotating.
 GPU figures (only with CUDA and PyNvVideoCodec; otherwise "no CUDA: GPU figures not taken"):
   e. every frame decoded, frames/s, nvdec vs the fastest CPU backend on all the box's
      cores, at 720p and 1080p, H.264 and HEVC;
   f. end to end, random-weight CLIP ViT-B-32 (real architecture) on the GPU, 1 fps
      sampling: frames/s with CPU decode (frames copied to the device) and with nvdec
      (frames stay on the device).
-Results: bench/results/decoders.json and decoders.txt. Nothing here is asserted.
+Results: bench/results/decoders.json and decoders.txt (with --nearest-only:
+decoders_nearest.json and .txt). Nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -199,6 +216,142 @@ def end_to_end(path: Path, repeats: int, cpu_best: str) -> dict:
             "nvdec_decode_fps": stats([run("nvdec", "cuda:0") for _ in range(repeats)])}
 
 
+def nearest_clips(count: int, seconds: int) -> list[Path]:
+    """Detailed 720p clips from core/samples.py (about a minute each to write here)."""
+    from feature_pipeline_dagster.core.samples import write_video
+
+    clips = []
+    for seed in range(count):
+        path = CACHE / "videos" / f"nearest_1280x720_{seconds}s_gop{GOP}_detail_{seed}.mp4"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.mp4")
+            write_video(tmp, seconds=seconds, fps=30, size=(1280, 720), seed=seed, detail=True, gop=GOP)
+            tmp.replace(path)
+        clips.append(path)
+    return clips
+
+
+def ceiling(clips: list[Path]) -> tuple[float, float]:
+    """Wall and CPU seconds for CORES single-threaded `ffmpeg -f null` decodes at once, each of every clip."""
+    import resource
+
+    script = "; ".join(f"ffmpeg -nostdin -v error -threads 1 -i {c} -f null -" for c in clips)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    procs = [subprocess.Popen(["bash", "-c", script]) for _ in range(CORES)]
+    if any(p.wait() for p in procs):
+        raise SystemExit("ffmpeg failed")
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
+
+
+def lane_worker(backend: str, sampling: str, clips: list[str]) -> None:
+    """One decoder process of figure h: warm, say ready, wait for go, decode, report."""
+    from feature_pipeline_dagster.core.decode.reader import VideoReader
+
+    def run(paths):
+        frames = 0
+        for path in paths:
+            reader = VideoReader(path, decoder=backend)
+            plan = reader.plan(1.0, None, sampling)
+            frames += sum(len(batch) for batch in reader.batches(plan, 32))
+            reader.close()
+        return frames
+
+    VideoReader(clips[0], decoder=backend).close()  # imports, page cache
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started, cpu = time.perf_counter(), time.process_time()
+    frames = run(clips)
+    print(json.dumps({"frames": frames, "seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu}),
+          flush=True)
+
+
+def lanes(backend: str, sampling: str, clips: list[Path]) -> tuple[float, int, float]:
+    """(wall seconds, sampled frames, CPU seconds) of CORES decoder processes at once, each through every clip."""
+    procs = []
+    for i in range(CORES):
+        order = clips[i % len(clips):] + clips[:i % len(clips)]
+        procs.append(subprocess.Popen([sys.executable, __file__, "--worker", backend, sampling, *map(str, order)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    for proc in procs:
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"{backend} worker failed to start")
+    started = time.perf_counter()
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = [json.loads(proc.stdout.readline()) for proc in procs]
+    wall = time.perf_counter() - started
+    for proc in procs:
+        proc.wait()
+    return wall, sum(r["frames"] for r in results), sum(r["cpu"] for r in results)
+
+
+def frames_per_sample(clips: list[Path], backend: str, sampling: str) -> float:
+    """Frames the decoder must decode per sampled frame, from the packet index."""
+    from feature_pipeline_dagster.core.decode.reader import VideoReader
+
+    decoded = sampled = 0
+    for path in clips:
+        reader = VideoReader(path, decoder="pyav")
+        plan = reader.plan(1.0, None, sampling)
+        if sampling == "nearest" and backend == "pyav":
+            index, at = reader._reader.decode_index(), -1
+            for frame_id in plan.frame_ids.tolist():
+                decoded += index.cost(frame_id, at)[0]
+                at = int(index.decode_order[frame_id])
+        else:
+            decoded += frames_to_decode(plan, np.asarray(reader._reader.keyframes))
+        sampled += len(plan)
+        reader.close()
+    return decoded / sampled
+
+
+def nearest_figures(clips: list[Path], backends: list[str], repeats: int) -> dict:
+    seconds = sum(float(clip_seconds(c)) for c in clips)
+    runs = {"ceiling": []} | {f"{b} {s}": [] for b in backends for s in ("nearest", "fps")}
+    cpu = {key: [] for key in runs}  # CPU ms per sampled frame: steadier than wall time on a shared machine
+    for rep in range(repeats):
+        wall, used = ceiling(clips)
+        runs["ceiling"].append(CORES * seconds / wall)  # sampled frames/s at 1 fps
+        cpu["ceiling"].append(1000 * used / (CORES * seconds))
+        for backend in backends[rep % len(backends):] + backends[:rep % len(backends)]:
+            for sampling in ("nearest", "fps"):
+                wall, frames, used = lanes(backend, sampling, clips)
+                runs[f"{backend} {sampling}"].append(frames / wall)
+                cpu[f"{backend} {sampling}"].append(1000 * used / frames)
+        print(f"  repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()), flush=True)
+    base, base_cpu = statistics.median(runs["ceiling"]), statistics.median(cpu["ceiling"])
+    out = {}
+    for key, values in runs.items():
+        backend, _, sampling = key.partition(" ")
+        out[key] = {"sampled_fps": stats(values), "over_ceiling": statistics.median(values) / base,
+                    "cpu_ms_per_sample": stats(cpu[key]), "over_ceiling_cpu": base_cpu / statistics.median(cpu[key]),
+                    "frames_per_sample": 30.0 if key == "ceiling" else frames_per_sample(clips, backend, sampling)}
+    return out
+
+
+def clip_seconds(path: Path) -> float:
+    """The clip's length in video seconds (frames ÷ rate), as the ceiling counts it."""
+    from feature_pipeline_dagster.core.decode.backends.base import packet_index
+
+    index = packet_index(path)
+    return len(index.starts) / index.fps
+
+
+def nearest_table(figures: dict) -> list[str]:
+    lines = ["| decoding (1 fps sampling) | sampled frames/s | ÷ ceiling | CPU ms per sampled frame | ceiling ÷ this "
+             "| frames decoded per sampled frame |", "|---|---|---|---|---|---|"]
+    for key, f in figures.items():
+        name = (f"full-decode ceiling: {CORES} × `ffmpeg -threads 1 -f null`" if key == "ceiling"
+                else f"{key.split()[0]}, `sampling: {key.split()[1]}`, {CORES} decoder processes")
+        s, c = f["sampled_fps"], f["cpu_ms_per_sample"]
+        lines.append(f"| {name} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) | {f['over_ceiling']:.1f}× | "
+                     f"{c['median']:.0f} | {f['over_ceiling_cpu']:.1f}× | {f['frames_per_sample']:.1f} |")
+    return lines
+
+
 def table(cpu: dict) -> list[str]:
     lines = ["| backend | every frame decoded, frames/s | 1 fps sampling, sampled frames/s | keyframe sampling, sampled frames/s | keyframe ÷ fps | decode work saved (frames decoded / CPU s) |",
              "|---|---|---|---|---|---|"]
@@ -212,14 +365,34 @@ def table(cpu: dict) -> list[str]:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        return lane_worker(sys.argv[2], sys.argv[3], sys.argv[4:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--clips", type=int, default=3, help="clips for the sampling-vs-ceiling figures")
+    parser.add_argument("--clip-seconds", type=int, default=20)
+    parser.add_argument("--nearest-only", action="store_true", help="only the sampling-vs-ceiling figures")
     args = parser.parse_args()
     ensure_ffmpeg()
     started, load_start = time.time(), load_avg()
-    path = detailed("1280x720", args.seconds)
     backends = installed()
+    clips = nearest_clips(args.clips, args.clip_seconds)
+    print(f"{len(clips)} clips of {args.clip_seconds} s of detailed 1280x720 H.264 (B-frames, key frame every "
+          f"{GOP // 30} s), 1 fps; backends {backends}; {CORES} cores", flush=True)
+    nearest = nearest_figures(clips, backends, args.repeats)
+    if args.nearest_only:
+        lines = [f"Run: `python bench/bench_decoders.py {' '.join(sys.argv[1:])}`, {CORES}-core CPU "
+                 f"({platform.machine()}), load average {{'start': {load_start}, 'end': {load_avg()}}}, "
+                 f"{time.time() - started:.0f} s, {datetime.now().isoformat(timespec='seconds')}.", "",
+                 *nearest_table(nearest)]
+        print("\n".join(lines))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "decoders_nearest.json").write_text(json.dumps(
+            {"nearest": nearest, "args": vars(args), "cores": CORES, "clips": [c.name for c in clips]}, indent=1))
+        (RESULTS / "decoders_nearest.txt").write_text("\n".join(lines) + "\n")
+        return
+    path = detailed("1280x720", args.seconds)
     print(f"{path.name}: {args.seconds} s of detailed 1280x720 H.264, key frame every {GOP // 30} s; backends {backends}; "
           f"{CORES} cores", flush=True)
     cpu = cpu_figures(path, backends, args.repeats)
@@ -227,7 +400,8 @@ def main() -> None:
     gpu = gpu_figures(args.repeats, args.seconds, best)
     lines = [f"Run: `python bench/bench_decoders.py --repeats {args.repeats} --seconds {args.seconds}`, {CORES}-core CPU "
              f"({platform.machine()}), load average {{'start': {load_start}, 'end': {load_avg()}}}, "
-             f"{time.time() - started:.0f} s, {datetime.now().isoformat(timespec='seconds')}.", "", *table(cpu), ""]
+             f"{time.time() - started:.0f} s, {datetime.now().isoformat(timespec='seconds')}.", "", *table(cpu), "",
+             *nearest_table(nearest), ""]
     if isinstance(gpu, str):
         lines.append(gpu)
     else:
@@ -235,7 +409,8 @@ def main() -> None:
         lines += [f"| {k} | {json.dumps(v)} |" for k, v in gpu.items()]
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "decoders.json").write_text(json.dumps({"cpu": cpu, "gpu": gpu, "args": vars(args), "cores": CORES,
+    (RESULTS / "decoders.json").write_text(json.dumps({"cpu": cpu, "nearest": nearest, "gpu": gpu, "args": vars(args),
+                                                        "cores": CORES,
                                                         "file": path.name}, indent=1, default=str))
     (RESULTS / "decoders.txt").write_text("\n".join(lines) + "\n")
 
