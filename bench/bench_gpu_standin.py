@@ -1,7 +1,8 @@
 """The GPU regime on a CPU: a model as cheap per frame as a GPU's, so that what binds is
 everything around it (start-up, runs, per-video cost, decoding). Side by side in one run:
 
-    python bench/bench_gpu_standin.py [--clips 1000] [--short 100] [--sampling fps|nearest] [--skip-sensor]
+    python bench/bench_gpu_standin.py [--clips 1000] [--short 100] [--sampling fps|nearest] [--decoder auto|pyav|...]
+                                      [--skip-sensor]
 
 Model: the stand-in, a CLIP of the real family and output width (open_clip's CLIP class,
 512-d vectors) with two narrow layers (bench_pipeline.TINY_CLIP: vision width 128),
@@ -63,14 +64,14 @@ def clips(count: int) -> list[Path]:
     return sorted(folder.glob("c*.mp4"))
 
 
-def project(root: Path, videos: Path, model: Path, sampling: str) -> dict:
+def project(root: Path, videos: Path, model: Path, sampling: str, decoder: str) -> dict:
     """A config over `videos` with the stand-in, its own Lite file, logs and DAGSTER_HOME."""
     import yaml
 
     root.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config" / "smoke-config.yaml").read_text())
     config["model"].update(path=str(model), batch_size=32)
-    config["video_input"].update(path=str(videos), settle_seconds=1, sampling=sampling)
+    config["video_input"].update(path=str(videos), settle_seconds=1, sampling=sampling, decoder=decoder)
     config["db"]["uri"] = str(root / "db" / "bench.db")
     config["logs"] = {"path": str(root / "logs")}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
@@ -86,13 +87,13 @@ def stop_db(env: dict, cwd: Path) -> None:
     subprocess.run([str(CLI), "db", "stop"], env=env, cwd=cwd, capture_output=True)
 
 
-def cli_run(work: Path, files: list[Path], model: Path, sampling: str) -> dict:
+def cli_run(work: Path, files: list[Path], model: Path, sampling: str, decoder: str) -> dict:
     root = Path(tempfile.mkdtemp(dir=work, prefix="run-"))
     videos = root / "videos"
     videos.mkdir()
     for path in files:
         os.link(path, videos / path.name)
-    env = project(root, videos, model, sampling)
+    env = project(root, videos, model, sampling, decoder)
     try:
         with Timer() as t:
             done = subprocess.run([str(CLI), "run"], env=env, cwd=root, capture_output=True, text=True)
@@ -105,12 +106,12 @@ def cli_run(work: Path, files: list[Path], model: Path, sampling: str) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def sensor_run(work: Path, files: list[Path], model: Path, sampling: str) -> dict:
+def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decoder: str) -> dict:
     """The daemon and the sensor over a folder the clips are dropped into in batches."""
     root = Path(tempfile.mkdtemp(dir=work, prefix="sensor-"))
     watched = root / "videos"
     watched.mkdir()
-    env = project(root, watched, model, sampling)
+    env = project(root, watched, model, sampling, decoder)
     daemon = subprocess.Popen(["dagster-daemon", "run", "-m", "feature_pipeline_dagster"], env=env, cwd=root,
                               stdout=open(root / "daemon.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -176,20 +177,22 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=1000)
     parser.add_argument("--short", type=int, default=100)
     parser.add_argument("--sampling", default="fps", choices=["fps", "nearest"])
+    parser.add_argument("--decoder", default="auto", help="video_input.decoder (nearest skips frames with pyav)")
     parser.add_argument("--skip-sensor", action="store_true")
     args = parser.parse_args()
     ensure_ffmpeg()
     files = clips(args.clips)
     model = model_folder("clip-tiny-random", TINY_CLIP)
     work = Path(tempfile.mkdtemp(prefix="bench-standin-"))
-    out: dict = {"clips": args.clips, "sampling": args.sampling, "cores": CORES}
+    out: dict = {"clips": args.clips, "sampling": args.sampling, "decoder": args.decoder, "cores": CORES,
+                 "load_start": os.getloadavg()}
     out["bare_ms_per_frame"] = bare_ms_per_frame(model)
     frames = args.clips * SECONDS
     wall, _ = ffmpeg_null(files, CORES)
     out["ceiling_fps"] = frames / wall
-    one = cli_run(work, files[:1], model, args.sampling)
-    short = cli_run(work, files[: args.short], model, args.sampling)
-    full = cli_run(work, files, model, args.sampling)
+    one = cli_run(work, files[:1], model, args.sampling, args.decoder)
+    short = cli_run(work, files[: args.short], model, args.sampling, args.decoder)
+    full = cli_run(work, files, model, args.sampling, args.decoder)
     out.update(one_clip_s=one["seconds"], short_s=short["seconds"], run_s=full["seconds"], run_frames=full["frames"])
     out["run_fps"] = full["frames"] / full["seconds"]
     out["run_over_ceiling"] = out["run_fps"] / out["ceiling_fps"]
@@ -197,7 +200,7 @@ def main() -> None:
     out["steady_fps"] = steady
     out["startup_intercept_s"] = short["seconds"] - short["frames"] / steady
     if not args.skip_sensor:
-        sensor = sensor_run(work, files, model, args.sampling)
+        sensor = sensor_run(work, files, model, args.sampling, args.decoder)
         out.update(sensor_s=sensor["seconds"], sensor_runs=sensor["runs"], sensor_ranges=sensor["ranges"])
         out["sensor_over_run"] = sensor["seconds"] / full["seconds"]
     shutil.rmtree(work, ignore_errors=True)
@@ -215,7 +218,9 @@ def main() -> None:
                      f"{out['sensor_runs']} run(s)")
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gpu_standin.json").write_text(json.dumps(out, indent=2))
+    out["load_end"] = os.getloadavg()
+    print(f"sampling {args.sampling}, decoder {args.decoder}, load average {out['load_start']} -> {out['load_end']}")
+    (RESULTS / f"gpu_standin_{args.sampling}_{args.decoder}.json").write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from feature_pipeline_dagster.cli.db import add_arguments as add_db_arguments, db_status, db_stop, start_lite_server
-from feature_pipeline_dagster.cli.instance import dagster_instance, register_videos
+from feature_pipeline_dagster.cli.instance import dagster_instance, instance_home, register_videos
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import CONFIG_ENV, ConfigError, config_path, load_settings
 
@@ -123,6 +123,7 @@ def _run(args) -> int:
     if len(devices) == 1:  # runs in this process: the model loads while Dagster and the database start
         preload(settings.model, devices[0])
     started = time.perf_counter()
+    instance_home(settings)  # another folder's instance is refused before anything starts
     database = _prepare_database(settings)
     instance = dagster_instance(settings)
     videos = register_videos(settings, instance)

@@ -21,12 +21,19 @@ def dagster_instance(settings: Settings):
     relative to the folder: two folders in one instance would take each other's)."""
     from dagster import DagsterInstance
 
+    instance_home(settings)
+    return DagsterInstance.get()
+
+
+def instance_home(settings: Settings) -> Path:
+    """DAGSTER_HOME, made from the template on first use and claimed for the config's
+    folder (or a ConfigError), without opening the instance."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve())))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() and INSTANCE_TEMPLATE.exists():
         (home / "dagster.yaml").write_text(instance_yaml(settings.runs_per_device))
     claim_folder(home, settings)
-    return DagsterInstance.get()
+    return home
 
 
 def claim_folder(home: Path, settings: Settings) -> None:

@@ -98,6 +98,7 @@ def option_owners(key: str) -> list[str]:
 
 _loaded: dict[tuple, Extractor] = {}
 _loading: dict[tuple, threading.Lock] = {}
+_preload_failed: dict[tuple, Exception] = {}
 _registry_lock = threading.Lock()
 
 
@@ -105,33 +106,45 @@ def load_extractor(model: ModelSettings, device: str) -> Extractor:
     """Load once per process and device: every run of the process shares it (a CLI `run`
     and its workers keep it loaded across their runs). A call while `preload` is loading
     the same model waits for that load instead of starting another."""
-    key = (model, device)
-    with _registry_lock:
-        lock = _loading.setdefault(key, threading.Lock())
-    with lock:
-        if key not in _loaded:
-            module = importlib.import_module(FAMILIES[model.name].module)
-            extractor = module.load(model, device)
-            with _registry_lock:
-                for old in [k for k in _loaded if k[1] == device]:  # one model per device, as before
-                    del _loaded[old]
-                _loaded[key] = extractor
-        return _loaded[key]
+    return _load(model, device, keep_failure=False)
 
 
 def preload(model: ModelSettings, device: str) -> None:
     """Start loading the model in a background thread, so the imports and weights (3 s
     for ViT-B-32 on a CPU here) overlap what a process does before its first batch: the
     Dagster instance, the Lite server start, the ledger read, the run's set-up. A failure
-    is left to the engine's own `load_extractor` call, which loads again and says why."""
+    is kept for the next `load_extractor` call to raise (the engine's, which says why), so
+    a model that cannot load is tried once per run, not twice."""
 
     def load() -> None:
         try:
-            load_extractor(model, device)
-        except BaseException:  # reported by the engine's call
+            _load(model, device, keep_failure=True)
+        except Exception:  # kept: raised by the next load_extractor call
             pass
 
     threading.Thread(target=load, name="model-preload", daemon=True).start()
+
+
+def _load(model: ModelSettings, device: str, keep_failure: bool) -> Extractor:
+    key = (model, device)
+    with _registry_lock:
+        lock = _loading.setdefault(key, threading.Lock())
+    with lock:
+        if (failure := _preload_failed.pop(key, None)) is not None:
+            raise failure
+        if key not in _loaded:
+            module = importlib.import_module(FAMILIES[model.name].module)
+            try:
+                extractor = module.load(model, device)
+            except Exception as err:
+                if keep_failure:
+                    _preload_failed[key] = err
+                raise
+            with _registry_lock:
+                for old in [k for k in _loaded if k[1] == device]:  # one model per device, as before
+                    del _loaded[old]
+                _loaded[key] = extractor
+        return _loaded[key]
 
 
 @functools.lru_cache(maxsize=2)
