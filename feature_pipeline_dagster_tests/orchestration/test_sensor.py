@@ -157,7 +157,9 @@ def test_ranged_run_fails_only_the_bad_video(project):
         assert not result.success
         assert instance.get_materialized_partitions(AssetKey("video_embedding")) == {"a.mp4", "c.mp4"}
         failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data.description
-        assert failure.startswith("1 of 3 video(s) failed:") and "b.mp4: cannot open video" in failure
+        # random bytes: FFmpeg may probe them as a container (then an audio-like one without video)
+        assert failure.startswith("1 of 3 video(s) failed:") and (
+            "b.mp4: cannot open video" in failure or "b.mp4: no video stream" in failure), failure
         metadata = {e.materialization.partition: e.materialization.metadata for e in result.get_asset_materialization_events()}
         assert metadata["a.mp4"]["rows"].value == 2 and metadata["c.mp4"]["rows"].value == 3
         assert metadata["a.mp4"]["device"].value == "cpu"
