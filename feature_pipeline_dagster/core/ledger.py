@@ -42,14 +42,20 @@ class VideoRecord:
 
 
 def ledger_collection(rows: CollectionSpec) -> CollectionSpec:
+    return _per_video_collection(rows, "videos", FieldSpec("rows", "INT64"))
+
+
+def _per_video_collection(rows: CollectionSpec, suffix: str, field: FieldSpec) -> CollectionSpec:
+    """A small collection of one record per video beside `rows`: its file and code version,
+    `field`, the generation, and a 2-d mark (Milvus wants a vector field)."""
     path = rows.field("video_path")
-    return CollectionSpec(f"{rows.name}_videos", (
+    return CollectionSpec(f"{rows.name}_{suffix}", (
         FieldSpec("id", "INT64", is_primary=True, auto_id=True),
         FieldSpec("video_path", "VARCHAR", max_length=path.max_length if path else 1024),
         FieldSpec("fingerprint", "VARCHAR", max_length=64),
         FieldSpec("content_digest", "VARCHAR", max_length=64),
         FieldSpec("code_version", "VARCHAR", max_length=128),
-        FieldSpec("rows", "INT64"),
+        field,
         FieldSpec("generation", "INT64"),
         FieldSpec("mark", "FLOAT_VECTOR", dim=2),
     ))
@@ -69,17 +75,8 @@ class FailureRecord:
 
 
 def failures_collection(rows: CollectionSpec) -> CollectionSpec:
-    path = rows.field("video_path")
-    return CollectionSpec(f"{rows.name}_failed", (
-        FieldSpec("id", "INT64", is_primary=True, auto_id=True),
-        FieldSpec("video_path", "VARCHAR", max_length=path.max_length if path else 1024),
-        FieldSpec("fingerprint", "VARCHAR", max_length=64),
-        FieldSpec("content_digest", "VARCHAR", max_length=64),
-        FieldSpec("code_version", "VARCHAR", max_length=128),
-        FieldSpec("error", "VARCHAR", max_length=ERROR_CHARS * 4),  # Milvus counts bytes: 4 per character at most
-        FieldSpec("generation", "INT64"),
-        FieldSpec("mark", "FLOAT_VECTOR", dim=2),
-    ))
+    # Milvus counts bytes: 4 per character at most
+    return _per_video_collection(rows, "failed", FieldSpec("error", "VARCHAR", max_length=ERROR_CHARS * 4))
 
 
 def failed_before(store, settings: Settings, videos: list[VideoFile]) -> dict[str, str]:

@@ -273,18 +273,24 @@ class MilvusStore:
         """Video path -> its ledger record, for those that have one (creates nothing)."""
         from feature_pipeline_dagster.core.ledger import VideoRecord, ledger_collection
 
-        ledger = ledger_collection(spec)
-        if not self._call("has_collection", self.client.has_collection, ledger.name):
+        fields = ["video_path", "fingerprint", "content_digest", "code_version", "rows"]
+        rows = self._newest_rows(ledger_collection(spec), video_paths, fields)
+        return {path: VideoRecord(**{k: row[k] for k in fields}) for path, row in rows.items()}
+
+    def _newest_rows(self, spec: CollectionSpec, video_paths: list[str], fields: list[str]) -> dict:
+        """Video path -> its row of the newest generation (a crash can leave two for a
+        moment), for those of `video_paths` that have one; creates nothing."""
+        if not video_paths or not self._call("has_collection", self.client.has_collection, spec.name):
             return {}
-        self.ensure_collection(ledger)
-        fields = ["video_path", "fingerprint", "content_digest", "code_version", "rows", "generation"]
+        self.ensure_collection(spec)
         found: dict = {}
         for names in _filter_groups(video_paths):
-            for row in self._call("query", self.client.query, ledger.name,
-                                  filter=f"video_path in [{', '.join(map(quote, names))}]", output_fields=fields):
-                if row["generation"] >= found.get(row["video_path"], (None, -1))[1]:  # newest, after a crash
-                    found[row["video_path"]] = (row, row["generation"])
-        return {path: VideoRecord(**{k: row[k] for k in fields[:-1]}) for path, (row, _) in found.items()}
+            for row in self._call("query", self.client.query, spec.name,
+                                  filter=f"video_path in [{', '.join(map(quote, names))}]",
+                                  output_fields=[*fields, "generation"]):
+                if row["generation"] >= found.get(row["video_path"], {"generation": -1})["generation"]:
+                    found[row["video_path"]] = row
+        return found
 
     def record_failures(self, spec: CollectionSpec, records: list, cleared: list[str]) -> None:
         """The videos that failed for their content (core/ledger.py): `records` replace the
@@ -309,18 +315,9 @@ class MilvusStore:
         """Video path -> its newest failure record, for those that have one (creates nothing)."""
         from feature_pipeline_dagster.core.ledger import FailureRecord, failures_collection
 
-        failed = failures_collection(spec)
-        if not video_paths or not self._call("has_collection", self.client.has_collection, failed.name):
-            return {}
-        self.ensure_collection(failed)
-        fields = ["video_path", "fingerprint", "content_digest", "code_version", "error", "generation"]
-        found: dict = {}
-        for names in _filter_groups(video_paths):
-            for row in self._call("query", self.client.query, failed.name,
-                                  filter=f"video_path in [{', '.join(map(quote, names))}]", output_fields=fields):
-                if row["generation"] >= found.get(row["video_path"], (None, -1))[1]:
-                    found[row["video_path"]] = (row, row["generation"])
-        return {path: FailureRecord(**{k: row[k] for k in fields[:-1]}) for path, (row, _) in found.items()}
+        fields = ["video_path", "fingerprint", "content_digest", "code_version", "error"]
+        rows = self._newest_rows(failures_collection(spec), video_paths, fields)
+        return {path: FailureRecord(**{k: row[k] for k in fields}) for path, row in rows.items()}
 
     def delete_video(self, spec: CollectionSpec, video_path: str) -> None:
         self.ensure_collection(spec)
