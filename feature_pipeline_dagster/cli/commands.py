@@ -120,10 +120,10 @@ def _run(args) -> int:
     devices = run_devices(settings.gpus)
     check_devices(devices, settings.source)  # once, before any video, the database or Dagster is touched
     os.environ.setdefault(PLANNED_EVENTS_ENV, "1")
-    if len(devices) == 1:  # runs in this process: the model loads while Dagster and the database start
-        preload(settings.model, devices[0])
     started = time.perf_counter()
     instance_home(settings)  # another folder's instance is refused before anything starts
+    if len(devices) == 1:  # runs in this process: the model loads while Dagster and the database start
+        preload(settings.model, devices[0])
     database = _prepare_database(settings)
     instance = dagster_instance(settings)
     videos = register_videos(settings, instance)
