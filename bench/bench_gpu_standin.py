@@ -65,22 +65,18 @@ def clips(count: int) -> list[Path]:
 
 
 def project(root: Path, videos: Path, model: Path, sampling: str, decoder: str) -> dict:
-    """A config over `videos` with the stand-in, its own Lite file, logs and DAGSTER_HOME."""
+    """bench_runs' project (its own Lite file, logs and DAGSTER_HOME) with the stand-in's
+    batch size and the sampling and decoder asked for."""
     import yaml
 
-    root.mkdir(parents=True, exist_ok=True)
-    config = yaml.safe_load((REPO / "config" / "smoke-config.yaml").read_text())
-    config["model"].update(path=str(model), batch_size=32)
-    config["video_input"].update(path=str(videos), settle_seconds=1, sampling=sampling, decoder=decoder)
-    config["db"]["uri"] = str(root / "db" / "bench.db")
-    config["logs"] = {"path": str(root / "logs")}
+    from bench_runs import project as runs_project
+
+    env = runs_project(root, videos, model)
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["model"]["batch_size"] = 32
+    config["video_input"].update(sampling=sampling, decoder=decoder)
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    home = root / "dagster_home"
-    home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text((REPO / "config" / "dagster-instance.yaml").read_text())
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "FEATURE_PIPELINE_CONFIG": str(root / "config.yaml"), "DAGSTER_HOME": str(home),
-            "PATH": path}
+    return env
 
 
 def stop_db(env: dict, cwd: Path) -> None:
