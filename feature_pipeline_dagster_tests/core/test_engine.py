@@ -166,3 +166,35 @@ def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
     assert sizes == [8, 8]  # 4 frames wait for more
     stage.flush(lambda rows, owners: sizes.append(sum(n for _, n in owners) // 1008))
     assert sizes == [8, 8, 4] and job.frames_embedded == 20 and job.batch_size == 8
+
+
+def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(project, engine):
+    """A model batch may hold two parts of one video (the rest of a split chunk, then its
+    last chunk). The video goes to the writer once: closed once per part, its commit
+    counted it twice and the run's progress counter ran out (a daemon run failed so)."""
+    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.engine.run import ModelStage
+    from feature_pipeline_dagster.core.engine.video import VideoJob
+    from feature_pipeline_dagster.core.engine.writer import RunWriter
+    from feature_pipeline_dagster.core.models import FAMILIES
+
+    settings, spec, store, extractor = engine
+    path = write_video(project.videos / "parts.mp4", seconds=1, seed=1)
+    job = VideoJob("parts.mp4", path, stat=path.stat())
+    stage = ModelStage(extractor, FAMILIES[settings.model.name], batch_size=8)
+    committed = []
+    writer = RunWriter(store, spec, 4, "v", committed.extend)
+    frames = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    stage.add(job, FrameBatch(frames[:2], np.array([0, 1]), np.array([0, 1000])))
+    stage.add(job, FrameBatch(frames[2:], np.array([2]), np.array([2000])))
+    job.decoded = True
+
+    def deliver(rows, owners):
+        assert owners == [(job, 2), (job, 1)]
+        writer.add(rows, owners)
+        stage.close_done(owners, writer)
+
+    stage.flush(deliver)
+    writer.finish()
+    assert committed == [job]
+    assert store.count_rows(spec, "parts.mp4") == 3

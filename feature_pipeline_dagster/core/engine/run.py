@@ -136,8 +136,7 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
             rows = EmbeddingBatch(rows.vectors[mask], {k: v[mask] for k, v in rows.columns.items()})
         if kept_owners:
             writer.add(rows, kept_owners)
-        for job, _ in kept_owners:
-            model.close_if_done(job, writer)
+        model.close_done(kept_owners, writer)
 
     version, failures = code_version(settings), []
     writer = RunWriter(store, spec, settings.db.batch_size, version, committed)
@@ -254,6 +253,13 @@ class ModelStage:
     def close_if_done(self, job: VideoJob, writer: RunWriter) -> None:
         if job.decoded and not job.frames_in_flight:
             writer.close(job)
+
+    def close_done(self, owners: list[tuple[VideoJob, int]], writer: RunWriter) -> None:
+        """After a delivery: each of its videos now whole goes to the writer once. A batch
+        may hold two parts of one video (the rest of a split chunk, then its last chunk);
+        closed twice, a video was committed twice and the run failed (seen in CI)."""
+        for job in dict.fromkeys(job for job, _ in owners):
+            self.close_if_done(job, writer)
 
     def flush(self, deliver, full_only: bool = False, largest_only: bool = False) -> None:
         """Embed full groups (`full_only`), the largest group (`largest_only`), or all."""
