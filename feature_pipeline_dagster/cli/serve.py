@@ -395,17 +395,20 @@ def _thumbnail(path: str, mtime_ns: int, frame: int, grid, cells) -> bytes:
 
 def _segment_frames(page, path: Path, start: float, end: float) -> list[tuple[int, float]]:
     """(frame_id, seconds) of the sampled frames from `start` to `end`: the frames the run
-    embedded (the same sampling plan), at most WATCH_FRAMES evenly spread."""
+    embedded (the configured sampling and decoder plan them; a GPU decoder's plan is its CPU
+    twin's, the page decodes on the CPU), at most WATCH_FRAMES evenly spread."""
     import numpy as np
 
+    from feature_pipeline_dagster.core.decode.backends import in_process
     from feature_pipeline_dagster.core.decode.reader import VideoReader
 
+    vi = page.settings.video_input
     try:
-        reader = VideoReader(path)
+        reader = VideoReader(path, decoder="auto" if in_process(vi.decoder) else vi.decoder)
     except Exception:
         return []
     try:
-        plan = reader.plan(page.settings.video_input.sample_fps, page.settings.video_input.max_frames)
+        plan = reader.plan(vi.sample_fps, vi.max_frames, vi.sampling, vi.max_shift_ms)
     finally:
         reader.close()
     seconds = plan.timestamps_ms / 1000

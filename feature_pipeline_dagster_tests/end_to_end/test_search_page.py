@@ -253,3 +253,29 @@ def test_ctrl_c_stops_the_server_while_a_video_streams(site):
         os.kill(site.server.pid, signal.SIGINT)
         assert site.server.wait(timeout=120) == 0, tail(site.log)
     assert tail(site.log).endswith("search page stopped\n")
+
+
+@pytest.mark.parametrize("sampling", ["keyframes", "nearest"])
+def test_the_watch_page_shows_the_frames_the_run_embedded(project, sampling):
+    """The page plans a moment's frames as the run sampled them: with `keyframes` (or
+    `nearest`) it showed the 1 fps grid, frames that were never embedded."""
+    import yaml
+
+    from feature_pipeline_dagster.cli.serve import Page, _segment_frames
+
+    config = yaml.safe_load(project.config.read_text())
+    config["video_input"].update(sampling=sampling, max_shift_ms=200)
+    project.config.write_text(yaml.safe_dump(config))
+    write_video(project.videos / "gop.mp4", seconds=6.0, seed=3, gop=45)  # a key frame every 1.5 s
+    settings = load_settings(project.config)
+    spec, store = settings.db.collections[0], store_for(settings.db)
+    try:
+        report = embed_videos(settings, spec, store, load_extractor(settings.model, "cpu"), ["gop.mp4"], RunReport())
+        assert not report.failed, report.failed
+        rows = store.fetch_video(spec, "gop.mp4", ("frame_id", "timestamp_ms"))
+    finally:
+        store.close()
+    embedded = sorted((r["frame_id"], r["timestamp_ms"] / 1000) for r in rows)
+    shown = _segment_frames(Page(settings), project.videos / "gop.mp4", 0.0, 6.0)
+    assert [f for f, _ in shown] == [f for f, _ in embedded]
+    assert [round(t, 3) for _, t in shown] == [round(t, 3) for _, t in embedded]
