@@ -9,6 +9,7 @@
     feature-pipeline db status|stop       the shared Milvus Lite server: show it, stop it (--all: every one)
     feature-pipeline search "text"        find moments by text (CLIP) or --image FILE
     feature-pipeline serve                the search page on http://127.0.0.1:8000
+    feature-pipeline clip VIDEO --start S --end S -o FILE   a moment as an MP4 of its own
 
 `--config` (or FEATURE_PIPELINE_CONFIG) picks the YAML file. Runs are recorded in the
 Dagster instance at DAGSTER_HOME (default ./.dagster), so the UI shows them too.
@@ -72,12 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     add_db_arguments(command(db_actions, "status", db_status, "the Milvus Lite server (starts nothing), "
                              "collections and row counts"), "list")
     add_db_arguments(command(db_actions, "stop", db_stop, "stop the Milvus Lite server that serves db.uri"), "stop")
-    from feature_pipeline_dagster.cli import search as search_cli, serve as serve_cli
+    from feature_pipeline_dagster.cli import clip as clip_cli, search as search_cli, serve as serve_cli
 
     search = command(commands, "search", search_cli.run_search, "find moments in the embedded videos by text or image")
     search_cli.add_arguments(search)
     serve = command(commands, "serve", serve_cli.run_serve, "serve the search page (read-only) on this machine")
     serve_cli.add_arguments(serve)
+    clip = command(commands, "clip", clip_cli.run_clip, "a moment of a video as an MP4 of its own "
+                   "(stream copy from a key frame, else re-encoded)")
+    clip_cli.add_arguments(clip)
     models = commands.add_parser("models", help="download or build model weights", parents=[common])
     models = models.add_subparsers(required=True, metavar="ACTION")
     download = command(models, "download", _download, "fetch the configured weights into a local folder")

@@ -6,10 +6,12 @@ Content-Security-Policy allows no other, and no inline script). What a request c
 
 - `/` and `/search` (GET with `q`, POST with an uploaded image): the core's search. The
   request gives a query, `k` and `gap`, never a filter expression.
-- `/thumb`, `/watch`, `/video`: a video named by its path relative to `video_input.path`,
+- `/thumb`, `/watch`, `/video`, `/clip`: a video named by its path relative to `video_input.path`,
   served only if it resolves (symlinks followed) to a file with a video extension under
   that folder; `..`, absolute paths and links that leave it are refused with 404.
   `/video` answers HTTP range requests (Starlette's FileResponse), so the player seeks.
+  `/clip` is the watch page's "Download this moment": the moment as an MP4 of its own
+  (core/clips.py, as `feature-pipeline clip` makes it), at most `MAX_CLIP_S` long.
 - A codec browsers cannot play (anything but H.264, VP8/9, AV1 in MP4/MOV/WebM) gets the
   moment's frames and a note instead of the player; so does a video the player fails on.
 
@@ -38,6 +40,7 @@ SHUTDOWN_S = 2  # uvicorn's graceful shutdown: a streaming video does not hold C
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_K = 100
 THUMB_WIDTH = 320
+MAX_CLIP_S = 600.0  # a download re-encodes at most 10 minutes: one request cannot hold the CPU for an hour
 WATCH_FRAMES = 12  # frames shown under the player (and instead of it)
 PLAYABLE_CODECS = {"h264", "vp8", "vp9", "av1"}
 PLAYABLE_CONTAINERS = {".mp4", ".m4v", ".mov", ".webm"}
@@ -103,7 +106,6 @@ class Page:
 
     def __init__(self, settings):
         self.settings = settings
-        self.root = Path(settings.video_input.path).resolve()
         self.lock = threading.Lock()
         self._store = None
         self.banner: list[str] = []
@@ -141,19 +143,13 @@ class Page:
 
     def video(self, relpath: str) -> Path | None:
         """The file `relpath` names, if it is a video under the folder; else None."""
-        if not relpath or "\x00" in relpath or relpath.startswith(("/", "\\")):
-            return None
-        if any(part in ("..", "") for part in relpath.split("/")):
-            return None
+        from feature_pipeline_dagster.core.errors import VideoError
+        from feature_pipeline_dagster.core.videos import folder_video
+
         try:
-            target = (self.root / relpath).resolve(strict=True)
-        except (OSError, RuntimeError, ValueError):
+            return folder_video(self.settings.video_input, relpath)
+        except VideoError:
             return None
-        if not target.is_relative_to(self.root) or not target.is_file():
-            return None
-        if target.suffix.lower() not in self.settings.video_input.extensions:
-            return None
-        return target
 
 
 def create_app(settings):
@@ -171,7 +167,7 @@ def create_app(settings):
 
     app = Starlette(routes=[
         Route("/", home), Route("/search", search_route, methods=["GET", "POST"]), Route("/thumb", thumb),
-        Route("/watch", watch), Route("/video", video), Route("/page.js", script),
+        Route("/watch", watch), Route("/video", video), Route("/clip", clip), Route("/page.js", script),
     ], lifespan=lifespan)
     app.state.page = page
     return app
@@ -268,8 +264,11 @@ async def watch(request):
                   f"of this moment.</div>")
     else:
         player = f'<div id="fallback" class="note">{note}</div>'
+    # A moment of one hit (end == start) is the one sampled frame's interval.
+    cut = {"v": relpath, "s": f"{start:.3f}", "e": f"{max(end, start + 1 / page.settings.video_input.sample_fps):.3f}"}
+    download = f'<p><a id="download" href="{html.escape("/clip?" + urlencode(cut))}" download>Download this moment</a></p>'
     body = (f'<p><a href="/">New search</a></p><h2 class="name">{name}</h2>'
-            f"<p>moment {start:.1f} s - {end:.1f} s</p>{player}<div class=\"frames\">{figures}</div>")
+            f"<p>moment {start:.1f} s - {end:.1f} s</p>{player}{download}<div class=\"frames\">{figures}</div>")
     return _html(request, body, f" - {relpath}")
 
 
@@ -280,6 +279,45 @@ async def video(request):
     if path is None:
         return Response("not found", status_code=404, media_type="text/plain")
     return FileResponse(path, media_type=_media_type(path))
+
+
+async def clip(request):
+    """The moment `s`-`e` of `v` as an MP4 download (the same file `feature-pipeline clip` writes)."""
+    import tempfile
+
+    from starlette.background import BackgroundTask
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import FileResponse, Response
+
+    from feature_pipeline_dagster.core.clips import export_clip
+    from feature_pipeline_dagster.core.errors import PipelineError
+
+    path = request.app.state.page.video(request.query_params.get("v", ""))
+    if path is None:
+        return Response("not found", status_code=404, media_type="text/plain")
+    try:
+        start, end = (float(request.query_params.get(key, "")) for key in ("s", "e"))
+    except ValueError:
+        return Response("s and e are seconds", status_code=400, media_type="text/plain")
+    if not end - start <= MAX_CLIP_S:  # NaN too
+        return Response(f"a download is at most {MAX_CLIP_S:g} s long", status_code=400, media_type="text/plain")
+    folder = tempfile.TemporaryDirectory(prefix="clip-")
+    try:
+        result = await run_in_threadpool(export_clip, path, start, end, Path(folder.name) / "moment.mp4")
+    except PipelineError as err:
+        folder.cleanup()
+        return Response(str(err).replace(str(path), path.name), status_code=400, media_type="text/plain")
+    except BaseException:
+        folder.cleanup()
+        raise
+    return FileResponse(result.path, media_type="video/mp4", filename=_clip_name(path, result.start_s, result.end_s),
+                        background=BackgroundTask(folder.cleanup))
+
+
+def _clip_name(path: Path, start: float, end: float) -> str:
+    """A download name no browser or header can misread: ASCII letters, digits, `._-`."""
+    stem = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in path.stem)[:80]
+    return f"{stem.strip('._') or 'video'}_{start:.1f}-{end:.1f}s.mp4"
 
 
 async def script(request):

@@ -52,3 +52,8 @@ class DeviceMemoryError(PipelineError):
 class SearchError(PipelineError):
     """A query that cannot be answered as asked: no text tower, a collection written by
     another model or code version, a query image that does not open."""
+
+
+class ClipError(PipelineError):
+    """A moment that cannot be exported as asked: times outside the video, a target that is
+    not a new `.mp4` file (core/clips.py)."""

@@ -12,10 +12,11 @@ import numpy as np
 
 def write_video(path: Path, seconds: float = 4.0, fps: int = 30, size: tuple[int, int] = (320, 240), seed: int = 0,
                 faststart: bool = False, rotation: int = 0, detail: bool = False, gop: int | None = None,
-                codec: str = "h264") -> Path:
+                codec: str = "h264", audio: str | None = None) -> Path:
     """`faststart` puts the index before the data, as streaming files have it;
     `rotation` (degrees, counter-clockwise) is stored as the display matrix phones write;
-    `gop`: a key frame every `gop` frames (default: the encoder's, 250 for libx264)."""
+    `gop`: a key frame every `gop` frames (default: the encoder's, 250 for libx264);
+    `audio`: a 440 Hz tone in this codec ("aac"; "pcm_s16le" in .mov or .mkv) beside the video."""
     import av
 
     width, height = size
@@ -34,6 +35,7 @@ def write_video(path: Path, seconds: float = 4.0, fps: int = 30, size: tuple[int
         if rotation:
             stream.set_display_rotation(rotation)
         ys, xs = np.mgrid[0:height, 0:width]
+        sound = container.add_stream(audio, rate=48000, layout="mono") if audio else None
         for i in range(max(1, int(seconds * fps))):
             frame = np.empty((height, width, 3), np.uint8)
             frame[:] = (base + i * np.array([1, 2, 3])) % 255
@@ -45,8 +47,16 @@ def write_video(path: Path, seconds: float = 4.0, fps: int = 30, size: tuple[int
                 frame = np.clip(frame.astype(np.int16) - 32 + texture + grain, 0, 255).astype(np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            if sound:  # this frame's share of the tone
+                first, last = (48000 * n // fps for n in (i, i + 1))
+                tone = (np.sin(2 * np.pi * 440 * np.arange(first, last) / 48000) * 8000).astype(np.int16)
+                samples = av.AudioFrame.from_ndarray(tone[None], format="s16", layout="mono")
+                samples.sample_rate, samples.pts = 48000, first
+                for packet in sound.encode(samples):
+                    container.mux(packet)
+        for encoder in (stream, sound) if sound else (stream,):
+            for packet in encoder.encode():
+                container.mux(packet)
     return path
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from feature_pipeline_dagster.core.errors import VideoError
 from feature_pipeline_dagster.core.settings import VideoInput
 
 DIGEST_CHUNKS, DIGEST_CHUNK_BYTES = 16, 1 << 16
@@ -82,6 +83,32 @@ def list_videos(video_input: VideoInput) -> list[VideoFile]:
                 continue
             found.append(VideoFile(path.relative_to(root).as_posix(), path, stat.st_size, stat.st_mtime_ns))
     return found
+
+
+def folder_video(video_input: VideoInput, name: str, from_cwd: bool = False) -> Path:
+    """The file `name` names if it is a video under `video_input.path` (symlinks followed),
+    else a `VideoError` saying why: only the folder's videos are ever served or read for
+    users. `name` is relative to the folder, as rows store it and search prints it (`..`,
+    absolute paths and empty parts refused); `from_cwd` also takes a path as a user types
+    one (absolute, or from the working folder) that resolves under the folder."""
+    root = video_input.path.resolve()
+    if not name or "\x00" in name:
+        raise VideoError(f"{name!r}: not a file name")
+    relative = not name.startswith(("/", "\\")) and not any(part in ("..", "") for part in name.split("/"))
+    candidates = [root / name] if relative else []
+    if from_cwd:
+        candidates.append(Path(name))
+    for candidate in candidates:
+        try:
+            target = candidate.resolve(strict=True)
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if not target.is_relative_to(root):
+            raise VideoError(f"{name}: outside the video folder {root}: only its videos are read")
+        if not target.is_file() or target.suffix.lower() not in video_input.extensions:
+            raise VideoError(f"{name}: not a video (a file ending in {', '.join(video_input.extensions)})")
+        return target
+    raise VideoError(f"{name}: no such video under {root} (give the path search prints, relative to it)")
 
 
 def still_being_written(path: Path, before: os.stat_result, settle_seconds: float) -> str | None:

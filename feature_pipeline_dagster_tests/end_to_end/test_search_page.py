@@ -8,6 +8,7 @@ package (its own browser download is never used); skipped without them.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster_tests.conftest import clip_config, write_config
+from feature_pipeline_dagster_tests.core.test_clip_export import frame_at, streams, video_packets
 from feature_pipeline_dagster_tests.end_to_end.test_ui import (CHROMIUM, CHROMIUM_ARGS, free_port, start, stop, tail,
                                                                wait_http)
 
@@ -146,8 +148,8 @@ def test_video_is_served_with_range_requests(site):
 @pytest.mark.parametrize("name", ["../outside/secret.mp4", "sub/../../outside/secret.mp4", "link.mp4",
                                   "/etc/passwd", "sub/../alpha.mp4", "", "config.yaml", "../config.yaml"])
 def test_paths_outside_the_video_folder_are_refused(site, name):
-    for route in ("video", "thumb", "watch"):
-        status, _, body = get(f"{site.base}/{route}?{urlencode({'v': name, 'f': 0})}")
+    for route in ("video", "thumb", "watch", "clip"):
+        status, _, body = get(f"{site.base}/{route}?{urlencode({'v': name, 'f': 0, 's': 0, 'e': 1})}")
         assert status == 404, (route, name)
         assert b"secret" not in body
 
@@ -163,6 +165,49 @@ def test_file_names_are_escaped_and_filters_never_come_from_the_request(site):
     status, _, body = get(f"{site.base}/search?" + urlencode({"q": "a car", "filter": 'video_path != ""',
                                                               "video": '" or 1==1 or "'}))
     assert status == 200
+
+
+def download_link(site, video: str, start: float, end: float) -> str:
+    """The watch page's "Download this moment" link, as the page gives it."""
+    import re
+
+    status, _, body = get(f"{site.base}/watch?" + urlencode({"v": video, "s": start, "e": end}))
+    assert status == 200
+    return html.unescape(re.search(r'<a id="download" href="([^"]+)" download>Download this moment</a>',
+                                   body.decode()).group(1))
+
+
+def test_the_watch_page_downloads_the_moment_as_an_mp4(site, tmp_path):
+    """Through the page's own link: an attachment with a safe name, an MP4 PyAV plays; the
+    video's first key frame (0 s) is a stream copy of the source's packets."""
+    link = download_link(site, "alpha.mp4", 1.0, 2.0)
+    assert link == "/clip?v=alpha.mp4&s=1.000&e=2.000"
+    status, headers, body = get(site.base + link)
+    assert status == 200 and headers["content-type"] == "video/mp4"
+    assert headers["content-disposition"] == 'attachment; filename="alpha_1.0-2.0s.mp4"'
+    (tmp_path / "moment.mp4").write_bytes(body)
+    assert streams(tmp_path / "moment.mp4")["h264"] == pytest.approx(1.0, abs=1 / 30)  # re-encoded: no key frame at 1 s
+    source = site.root / "videos" / "alpha.mp4"
+    assert np.abs(frame_at(tmp_path / "moment.mp4", 0).astype(int) - frame_at(source, 1.0)).mean() < 4
+    status, _, body = get(site.base + download_link(site, "sub/beta.mp4", 0, 1.5))
+    (tmp_path / "start.mp4").write_bytes(body)
+    assert status == 200 and video_packets(tmp_path / "start.mp4") == video_packets(source.parent / "sub/beta.mp4",
+                                                                                     end_s=1.5)
+    # One hit (end == start) is its sampled frame's second; odd names become a safe file name.
+    link = download_link(site, XSS, 2.0, 2.0)
+    assert link == "/clip?" + urlencode({"v": XSS, "s": "2.000", "e": "3.000"})
+    status, headers, body = get(site.base + link)
+    assert status == 200 and headers["content-disposition"] == 'attachment; filename="img_src_x_onerror_alert_1_2.0-3.0s.mp4"'
+
+
+@pytest.mark.parametrize("query, answer", [
+    ({"s": "x", "e": "1"}, "s and e are seconds"), ({"s": "1", "e": "nan"}, "a download is at most 600 s long"),
+    ({"s": "0", "e": "3600"}, "a download is at most 600 s long"),
+    ({"s": "2", "e": "1"}, "the end (1 s) must come after the start (2 s)"),
+])
+def test_a_download_of_a_moment_that_is_not_there_is_refused(site, query, answer):
+    status, _, body = get(f"{site.base}/clip?" + urlencode({"v": "alpha.mp4", **query}))
+    assert (status, body.decode()) == (400, answer)
 
 
 def test_unplayable_codec_falls_back_to_frames_with_a_note(site):
@@ -226,6 +271,11 @@ def test_browser_types_a_query_sees_moments_and_opens_one(site):
                 else:
                     assert state["time"] == pytest.approx(start, abs=0.5)
                 assert page.locator(".frames img").count() >= 1
+                with page.expect_download() as download:
+                    page.get_by_text("Download this moment").click()
+                saved = site.root / download.value.suggested_filename
+                download.value.save_as(saved)
+                assert saved.suffix == ".mp4" and streams(saved)["h264"] > 0
                 if not state["hidden"]:  # a later start: the player seeks there (range requests)
                     page.goto(f"{site.base}/watch?" + urlencode({"v": "alpha.mp4", "s": "1.5", "e": "2"}))
                     page.wait_for_function("() => document.querySelector('video').readyState >= 1")
