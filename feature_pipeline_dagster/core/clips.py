@@ -156,27 +156,24 @@ def _decode_time(packet) -> int:
 
 def _copy(container, video, audio, out, key: int, start_s: float, end_s: float) -> None:
     out_video = out.add_stream_from_template(video)
-    sound = _Audio(audio, out, start_s, end_s) if audio else None
-    end = int(end_s / video.time_base)
+    end, started = int(end_s / video.time_base), False
+
+    def take(packet) -> bool:
+        nonlocal started
+        if packet.pts is None:
+            return False
+        started = started or (packet.is_keyframe and packet.pts == key)
+        if not started or packet.pts < key:  # before it, or a leading frame of an open GOP
+            return False
+        if _decode_time(packet) >= end:
+            return True
+        packet.pts, packet.dts = packet.pts - key, None if packet.dts is None else packet.dts - key
+        packet.stream = out_video
+        out.mux(packet)
+        return False
+
     container.seek(key, stream=video, backward=True)
-    started = finished = False
-    for packet in container.demux(*filter(None, (video, audio))):
-        if packet.stream.index != video.index:
-            sound.add(packet)
-        elif not finished and packet.pts is not None:
-            started = started or (packet.is_keyframe and packet.pts == key)
-            if not started or packet.pts < key:  # before it, or a leading frame of an open GOP
-                continue
-            if _decode_time(packet) >= end:
-                finished = True
-                continue
-            packet.pts, packet.dts = packet.pts - key, None if packet.dts is None else packet.dts - key
-            packet.stream = out_video
-            out.mux(packet)
-        if finished and (sound is None or sound.finished):
-            break
-    if sound:
-        sound.close()
+    _demux(container, video, _Audio(audio, out, start_s, end_s) if audio else None, take)
 
 
 def _reencode(container, video, audio, out, start_s: float, end_s: float, source: Path) -> None:
@@ -190,28 +187,39 @@ def _reencode(container, video, audio, out, start_s: float, end_s: float, source
     out_video.options = dict(X264_OPTIONS)
     if rotation := display_rotation(source):
         out_video.set_display_rotation(rotation)
-    sound = _Audio(audio, out, start_s, end_s) if audio else None
     video.thread_type = "AUTO"
-    frame_s, zero, finished = _frame_s(video), None, False
+    frame_s, zero = _frame_s(video), None
+
+    def take(packet) -> bool:
+        nonlocal zero
+        for frame in packet.decode():  # the empty packet at the end flushes the decoder
+            if frame.time + frame_s <= start_s + 1e-6:  # replaced by a later frame before the start
+                continue
+            if frame.time >= end_s - 1e-6:
+                return True
+            zero = frame.pts if zero is None else zero
+            frame.pts -= zero
+            for encoded in out_video.encode(frame):
+                out.mux(encoded)
+        return False
+
     container.seek(int(start_s / video.time_base), stream=video, backward=True)
-    for packet in container.demux(*filter(None, (video, audio))):
+    _demux(container, video, _Audio(audio, out, start_s, end_s) if audio else None, take)
+    for encoded in out_video.encode():
+        out.mux(encoded)
+
+
+def _demux(container, video, sound: _Audio | None, take) -> None:
+    """Packets from the seek on: the video's to `take` until it says the cut's end is
+    reached, the audio's to `sound` until its own end."""
+    finished = False
+    for packet in container.demux(*filter(None, (video, sound and sound.source))):
         if packet.stream.index != video.index:
             sound.add(packet)
         elif not finished:
-            for frame in packet.decode():
-                if frame.time + frame_s <= start_s + 1e-6:  # replaced by a later frame before the start
-                    continue
-                if frame.time >= end_s - 1e-6:
-                    finished = True
-                    break
-                zero = frame.pts if zero is None else zero
-                frame.pts -= zero
-                for encoded in out_video.encode(frame):
-                    out.mux(encoded)
+            finished = take(packet)
         if finished and (sound is None or sound.finished):
             break
-    for encoded in out_video.encode():
-        out.mux(encoded)
     if sound:
         sound.close()
 

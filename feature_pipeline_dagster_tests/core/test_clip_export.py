@@ -98,6 +98,15 @@ def test_audio_mp4_players_lack_is_encoded_to_aac_and_the_end_moves_to_the_video
     assert set(seconds) == {"h264", "aac"} and seconds["aac"] == pytest.approx(2.0, abs=0.05)
 
 
+@pytest.mark.parametrize("start, copied", [(1.0, True), (1.3, False)])
+def test_a_phone_videos_rotation_stays(tmp_path, start, copied):
+    from feature_pipeline_dagster.core.decode.backends.base import display_rotation
+
+    source = write_video(tmp_path / "phone.mp4", seconds=2.0, fps=FPS, gop=GOP, rotation=90)
+    clip = export_clip(source, start, 2.0, tmp_path / "moment.mp4")
+    assert clip.copied == copied and display_rotation(clip.path) == 90
+
+
 @pytest.mark.parametrize("start, end, target, message", [
     (2.0, 2.0, "a.mp4", "the end (2 s) must come after the start (2 s)"),
     (float("nan"), 2.0, "a.mp4", "the start (nan) and end (2) are seconds into the video"),
