@@ -115,13 +115,14 @@ def _run(args) -> int:
     from feature_pipeline_dagster.core.models import preload
     from feature_pipeline_dagster.core.models.devices import check_devices
     from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
-    from feature_pipeline_dagster.core.search.watch import report_lines
+    from feature_pipeline_dagster.core.search.watch import pictures, report_lines
     from feature_pipeline_dagster.core.videos import relpath_of
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     settings = load_settings()
     devices = run_devices(settings.gpus)
     check_devices(devices, settings.source)  # once, before any video, the database or Dagster is touched
+    pictures(settings)  # the saved searches' pictures, likewise
     os.environ.setdefault(PLANNED_EVENTS_ENV, "1")
     started = time.perf_counter()
     instance_home(settings)  # another folder's instance is refused before anything starts

@@ -50,6 +50,20 @@ def test_a_saved_search_reports_the_new_video_it_matches(project):
     assert "0 new or changed" in again.stderr and "saved search" not in again.stderr, again.stderr[-3000:]
 
 
+def test_a_saved_picture_that_cannot_be_read_is_one_line_before_anything_starts(project):
+    write_video(project.videos / "plain.mp4", seconds=1.5)
+    query = project.root / "logo.png"
+    query.write_bytes(b"<svg>not a png</svg>")
+    config = yaml.safe_load(project.config.read_text())
+    config["search"] = {"watch": [{"name": "logo", "image": str(query), "threshold": 0.9}]}
+    project.config.write_text(yaml.safe_dump(config))
+    result = cli(project, "run", check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"error: {project.config}: search.watch[0].image: {query}: not an image this can read")
+    assert not (project.root / "db").exists()  # no database started, no video read
+
+
 def test_the_quick_start_ends_with_the_commands_that_search_what_it_embedded(project):
     """A newcomer's report: after `--config X quickstart`, the README's `search` read the
     default config and found nothing. The quick start now prints the config's export line."""

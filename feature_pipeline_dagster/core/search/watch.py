@@ -37,20 +37,13 @@ class Watch:
         if not settings.watch:
             return None
         from feature_pipeline_dagster.core.models import load_text_encoder
-        from feature_pipeline_dagster.core.search.query import embed_picture, load_image
+        from feature_pipeline_dagster.core.search.query import embed_picture
 
+        images = pictures(settings)
         texts = [s.text for s in settings.watch if s.text is not None]
         by_text = dict(zip(texts, load_text_encoder(settings.model, extractor.device).encode(texts))) if texts else {}
-        queries = []
-        for i, saved in enumerate(settings.watch):
-            if saved.text is not None:
-                queries.append(by_text[saved.text])
-                continue
-            try:
-                picture = load_image(saved.image)
-            except SearchError as err:
-                raise ConfigError(f"{settings.source}: search.watch[{i}].image: {err}") from None
-            queries.append(embed_picture(extractor, picture)[0])
+        queries = [by_text[s.text] if s.text is not None else embed_picture(extractor, images[i])[0]
+                   for i, s in enumerate(settings.watch)]
         return cls(settings.watch, normalized(np.asarray(queries, np.float32)))
 
     def update(self, best: BestFrames | None, vectors: np.ndarray, timestamps_ms: np.ndarray) -> BestFrames | None:
@@ -72,6 +65,21 @@ class Watch:
             return {}
         return {s.name: {"score": round(float(best.scores[i]), 4), "at_s": round(float(best.at_ms[i]) / 1000, 3)}
                 for i, s in enumerate(self.searches) if best.scores[i] >= s.threshold}
+
+
+def pictures(settings: Settings) -> dict[int, np.ndarray]:
+    """The saved searches' pictures by index, read (PIL, no model): `run` reads them before
+    anything starts, and a picture that cannot be read is one line naming its key."""
+    from feature_pipeline_dagster.core.search.query import load_image
+
+    images = {}
+    for i, saved in enumerate(settings.watch):
+        if saved.image is not None:
+            try:
+                images[i] = load_image(saved.image)
+            except SearchError as err:
+                raise ConfigError(f"{settings.source}: search.watch[{i}].image: {err}") from None
+    return images
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:
