@@ -113,16 +113,20 @@ PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 def _run(args) -> int:
     from tqdm import tqdm
 
+    from feature_pipeline_dagster.cli.search import printable
     from feature_pipeline_dagster.cli.workers import DeviceRuns, videos_to_embed
     from feature_pipeline_dagster.core.devices import run_devices
     from feature_pipeline_dagster.core.models import preload
     from feature_pipeline_dagster.core.models.devices import check_devices
     from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
+    from feature_pipeline_dagster.core.search.watch import pictures, report_lines
+    from feature_pipeline_dagster.core.videos import relpath_of
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     settings = load_settings()
     devices = run_devices(settings.gpus)
     check_devices(devices, settings.source)  # once, before any video, the database or Dagster is touched
+    pictures(settings)  # the saved searches' pictures, likewise
     os.environ.setdefault(PLANNED_EVENTS_ENV, "1")
     started = time.perf_counter()
     instance_home(settings)  # another folder's instance is refused before anything starts
@@ -142,6 +146,7 @@ def _run(args) -> int:
             for key in todo}
     runs = DeviceRuns(pack_runs(todo, order, work, len(devices)), devices, settings.logs_dir)
     done, failures, partial, rows = set(), {}, {}, 0  # failures: message -> videos
+    matches: dict[str, list] = {}  # saved search -> (video, its best frame)
     signals = []
 
     def interrupted_line() -> str:
@@ -171,6 +176,8 @@ def _run(args) -> int:
                     rows += result.rows
                     if result.partial:
                         partial[result.key] = result.partial
+                    for name, best in result.saved_searches.items():
+                        matches.setdefault(name, []).append((printable(relpath_of(result.key)), best))
                 else:  # a fault of the whole run comes once per video: said in full once
                     first = next(iter(failures.setdefault(result.error, [])), None)
                     failures[result.error].append(result.key)
@@ -186,6 +193,9 @@ def _run(args) -> int:
     if skipped:
         print(f"{len(skipped)} video{'' if len(skipped) == 1 else 's'} skipped: failed before, unchanged; "
               "--retry-failed to try again", file=sys.stderr)
+    if done:
+        for line in report_lines(matches, settings.watch):
+            print(line, file=sys.stderr)
     for key, message in partial.items():
         print(f"  partial: {key}: {message}", file=sys.stderr)
     for message, keys in failures.items():
@@ -245,7 +255,15 @@ def _quickstart(args) -> int:
         _make_random(argparse.Namespace(dest=None))
     if not any(settings.video_input.path.glob("*.mp4")):
         _samples(argparse.Namespace(count=3))
-    return _run(args)
+    code = _run(args)
+    if code == 0:  # the next commands over what it embedded: a new shell otherwise reads the default config
+        import shlex
+
+        print(f"search what it embedded (this shell's commands need the config):\n"
+              f"  export {CONFIG_ENV}={shlex.quote(str(config_path()))}\n"
+              f"  feature-pipeline search \"a red circle\"\n"
+              f"  feature-pipeline serve", file=sys.stderr)
+    return code
 
 
 def _samples(args) -> int:

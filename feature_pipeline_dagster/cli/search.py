@@ -46,7 +46,7 @@ def run_search(args) -> int:
     start_lite_server(settings)
     warned_elsewhere(settings.model.path)  # the result's warning below says it, once
     result = search(settings, text=args.text, image=args.image, k=args.k, videos=args.video,
-                    since=args.since, until=args.until, gap=args.gap, feature=args.feature)
+                    since=args.since, until=args.until, gap=args.gap, feature=args.feature, say=say)
     for warning in result.warnings:
         print(("WARNING: " if not warning.startswith("RANDOM") else "") + warning, file=sys.stderr)
     if args.json:
@@ -60,6 +60,11 @@ def run_search(args) -> int:
         cells = f"  cells {' '.join(f'({r},{c})' for r, c in patches.best)}" if patches else ""
         print(f"{rank:2d}. {m.score:.4f}  {printable(m.video_path)}  {where}  best {clock(m.best_s)}{cells}")
     return 0
+
+
+def say(line: str) -> None:
+    """A progress line on stderr, at once (stdout may be --json)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def result_json(result) -> dict:

@@ -85,8 +85,7 @@ def run_serve(args) -> int:
     settings = load_settings()
     start_lite_server(settings)
     app = create_app(settings)
-    print(f"loading {settings.model.name} ({settings.model.path}) for queries ...", file=sys.stderr, flush=True)
-    app.state.page.warm_up()
+    app.state.page.warm_up()  # before the port opens: no visitor waits for the model
     for warning in app.state.page.banner:
         print(warning, file=sys.stderr)
     print(f"search page on http://{args.host}:{args.port}/ (read-only; Ctrl-C stops it)", file=sys.stderr, flush=True)
@@ -124,13 +123,18 @@ class Page:
             self._store = None
 
     def warm_up(self) -> None:
-        """Load the model before the first query (its seconds are paid at start, not by a visitor)."""
+        """Load the model (and its text tower) before the first query, saying how long it
+        takes: its seconds are paid at start, not by a visitor."""
+        from feature_pipeline_dagster.cli.search import say
         from feature_pipeline_dagster.core.models import load_extractor
         from feature_pipeline_dagster.core.models.weights import warned_elsewhere
         from feature_pipeline_dagster.core.search.api import _query_device
+        from feature_pipeline_dagster.core.search.query import load_query_model
 
         warned_elsewhere(self.settings.model.path)  # the banner says it, once
-        extractor = load_extractor(self.settings.model, _query_device(self.settings))
+        model, device = self.settings.model, _query_device(self.settings)
+        load_query_model(model, device, _has_text_tower(self.settings), say)
+        extractor = load_extractor(model, device)
         if "RANDOM WEIGHTS" in extractor.description:
             self.banner = [f"RANDOM WEIGHTS: {self.settings.model.path} gives meaningless vectors; results mean "
                            "nothing beyond identical pictures"]

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -42,6 +42,7 @@ class VideoResult:
     error: str = ""
     partial: str = ""  # embedded, but only the sound part of a damaged or cut-short file
     interrupted: bool = False  # not finished: a stop was asked for; the next run embeds it
+    saved_searches: dict = field(default_factory=dict)  # the saved searches it matches (core/search/watch.py)
 
 
 def videos_to_embed(settings, videos: dict, everything: bool = False) -> list[str]:
@@ -70,7 +71,8 @@ class _EngineOutcomes(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if done := getattr(record, "video_done", None):
-            self.sink(VideoResult(partition_key(done["video"]), True, done["rows"], "", done.get("partial") or ""))
+            self.sink(VideoResult(partition_key(done["video"]), True, done["rows"], "", done.get("partial") or "",
+                                  saved_searches=done.get("saved_searches") or {}))
         elif failed := getattr(record, "video_failed", None):
             self.sink(VideoResult(partition_key(failed), False, 0, record.getMessage()))
 

@@ -153,6 +153,16 @@ class KubernetesSettings:
 
 
 @dataclass(frozen=True)
+class SavedSearch:
+    """`search.watch[]`: a query whose matches among each run's new videos are reported."""
+
+    name: str
+    threshold: float  # cosine a video's best frame must reach
+    text: str | None = None
+    image: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     source: Path
     model: ModelSettings
@@ -163,6 +173,7 @@ class Settings:
     runs_per_device: int = 1
     placement: str = "local"  # local: runs on this host's devices; kubernetes: one pod and one GPU per run
     kubernetes: KubernetesSettings | None = None
+    watch: tuple[SavedSearch, ...] = ()  # search.watch
 
     def collection_for(self, feature: str) -> CollectionSpec:
         return self.db.collections[self.model.features.index(feature)]
@@ -232,7 +243,8 @@ def load_settings(path: str | os.PathLike | None = None, check_paths: bool = Tru
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}".replace("\n", " ")) from None
     root = _Node(data if data is not None else {}, "", source)
-    root.check_keys({"model", "video_input", "gpus", "runs_per_device", "db", "logs", "placement", "kubernetes"})
+    root.check_keys({"model", "video_input", "gpus", "runs_per_device", "db", "logs", "placement", "kubernetes",
+                     "search"})
     model = _parse_model(root.child("model"), check_paths)
     video_input = _parse_video_input(root.child("video_input"), check_paths)
     gpus = _parse_gpus(root)
@@ -248,7 +260,39 @@ def load_settings(path: str | os.PathLike | None = None, check_paths: bool = Tru
         kubernetes = _parse_kubernetes(root.child("kubernetes"), db)
     elif root.get("kubernetes", dict, None) is not None:
         root.fail("only placement: kubernetes reads this block (placement is local)", "kubernetes")
-    return Settings(source, model, video_input, gpus, db, logs_dir, runs_per_device, placement, kubernetes)
+    watch = _parse_watch(_Node(root.get("search", dict, {}), "search", source), model, check_paths)
+    return Settings(source, model, video_input, gpus, db, logs_dir, runs_per_device, placement, kubernetes, watch)
+
+
+def _parse_watch(node: _Node, model: ModelSettings, check_paths: bool) -> tuple[SavedSearch, ...]:
+    """`search.watch`: checked here so that a query no run could embed (text without a
+    text tower, a missing picture) fails at load, not once per video."""
+    from feature_pipeline_dagster.core.models import FAMILIES
+
+    node.check_keys({"watch"})
+    family, searches = FAMILIES[model.name], []
+    for i, raw in enumerate(node.get("watch", list, [])):
+        entry = _Node(raw, f"search.watch[{i}]", node.source)
+        entry.check_keys({"name", "text", "image", "threshold"})
+        name = entry.get("name", str, required=True).strip()
+        if not name or name in {s.name for s in searches}:
+            entry.fail(f"{'a second' if name else 'an empty'} saved search named {name!r}", "name")
+        if family.patch_grid:
+            entry.fail(f"model {model.name} stores patch rows; saved searches score one vector per frame (CLIP)")
+        text, image = entry.get("text", str, None), entry.get("image", str, None)
+        if (text is None) == (image is None):
+            entry.fail("give text or image, not both or neither")
+        if text is not None and not text.strip():
+            entry.fail("the text is empty", "text")
+        if text is not None and not family.text_tower:
+            entry.fail(f"model {model.name} has no text tower: watch with an image", "text")
+        if image is not None and check_paths and not Path(image).is_file():
+            entry.fail(f"no such file: {image}", "image")
+        threshold = entry.get("threshold", float, required=True)
+        if not -1 <= threshold <= 1:
+            entry.fail(f"a cosine, between -1 and 1, got {threshold!r}", "threshold")
+        searches.append(SavedSearch(name, threshold, text, Path(image) if image is not None else None))
+    return tuple(searches)
 
 
 def _parse_kubernetes(node: _Node, db: DbSettings) -> KubernetesSettings:

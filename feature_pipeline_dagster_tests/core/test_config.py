@@ -51,6 +51,18 @@ BAD = [
     ({"db.uri": "mysql://x"}, "db.uri: expected a Milvus server URL"),
     ({"db.token": "secret"}, "credentials never go in the file"),
     ({"db.collections": []}, "db.collections: 0 collection(s) for 1 feature(s)"),
+    ({"search": {"saved": []}}, "search.saved: unknown key (expected one of: watch)"),
+    ({"search": {"watch": "red car"}}, "search.watch: expected list, got 'red car'"),
+    ({"search": {"watch": ["red car"]}}, "search.watch[0]: expected a mapping, got str"),
+    ({"search": {"watch": [{"text": "a car", "threshold": 0.3}]}}, "search.watch[0].name: missing required key"),
+    ({"search": {"watch": [{"name": "car", "threshold": 0.3}]}}, "search.watch[0]: give text or image, not both or neither"),
+    ({"search": {"watch": [{"name": "car", "text": "a car"}]}}, "search.watch[0].threshold: missing required key"),
+    ({"search": {"watch": [{"name": "car", "text": "a car", "threshold": 31}]}},
+     "search.watch[0].threshold: a cosine, between -1 and 1, got 31.0"),
+    ({"search": {"watch": [{"name": "car", "image": "/nonexistent/car.png", "threshold": 0.9}]}},
+     "search.watch[0].image: no such file: /nonexistent/car.png"),
+    ({"search": {"watch": [{"name": "car", "text": "a", "threshold": 0.3}, {"name": "car", "text": "b", "threshold": 0.3}]}},
+     "search.watch[1].name: a second saved search named 'car'"),
 ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import yaml
 
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 from feature_pipeline_dagster.core.models import load_extractor
@@ -120,6 +122,33 @@ def test_search_json_gives_the_query_as_typed_and_the_random_warning_once(embedd
         server.wait(timeout=60)
         end(server)
     assert log.read_text().count("RANDOM WEIGHTS") == 1, log.read_text()[-3000:]
+    assert LOADING in log.read_text() and "model loaded in " in log.read_text(), log.read_text()[-3000:]
+
+
+LOADING = "loading the model (ViT-B-32 on cpu; ~3 s the first time)..."
+
+
+def test_search_says_how_long_the_model_load_takes(embedded):
+    result = cli(embedded, "search", "a red square", "-k", "1", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    loaded = [i for i, line in enumerate(lines) if re.fullmatch(r"model loaded in \d+\.\d s", line)]
+    assert LOADING in lines and len(loaded) == 1 and lines.index(LOADING) < loaded[0], result.stderr
+    assert json.loads(result.stdout)["query"] == "a red square"  # stdout stays JSON
+
+
+def test_nothing_embedded_names_the_config_and_the_database_it_looked_at(embedded):
+    """A newcomer's search after the quick start read another config and advised `run`,
+    which then started that config (real weights, offline)."""
+    config = yaml.safe_load((embedded.root / "config.yaml").read_text())
+    config["db"]["collections"][0]["name"] = "never_written"
+    other = write_config(embedded.root, config, "other.yaml")
+    result = subprocess.run([sys.executable, "-m", "feature_pipeline_dagster.cli", "search", "a red square"],
+                            cwd=embedded.root, env={**embedded.env, "FEATURE_PIPELINE_CONFIG": str(other)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"error: collection never_written does not exist in the Milvus Lite file {config['db']['uri']}, the database "
+        f"of config {other}: embed videos first (feature-pipeline --config {other} run)"], result.stderr
 
 
 @pytest.mark.parametrize("to", ["process", "search thread"])

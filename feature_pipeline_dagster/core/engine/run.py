@@ -27,6 +27,7 @@ from feature_pipeline_dagster.core.engine.video import VideoJob
 from feature_pipeline_dagster.core.engine.writer import RunWriter
 from feature_pipeline_dagster.core.errors import ConfigError, DeviceMemoryError, ModelError, PipelineError, VideoError
 from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots, scheduled
+from feature_pipeline_dagster.core.search.watch import Watch
 from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
 from feature_pipeline_dagster.core.store import VectorStore
 
@@ -92,6 +93,7 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
     fix_mmap_threshold()
     family = FAMILIES[settings.model.name]
     grid = extractor.grid if family.patch_grid else None
+    watch = Watch.for_run(settings, extractor) if spec == settings.collection_for(settings.model.features[0]) else None
     jobs = [VideoJob(v, settings.video_input.path / v) for v in videos]
     model = ModelStage(extractor, family, settings.model.batch_size)
     done = iter(range(1, len(jobs) + 1))
@@ -99,11 +101,14 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
     def committed(batch: list[VideoJob]) -> None:
         for job in batch:
             meta = report.written[job.relpath] = job.metadata(spec, extractor)
+            if watch is not None:
+                meta["saved_searches"] = watch.matches(job.best_frames)
             if job.partial:
                 log.warning("%s: partial: %s", job.relpath, job.partial)
             log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", next(done), len(jobs), job.relpath,
                      job.rows, job.frames_embedded, meta["seconds"],
-                     extra={"video_done": {"video": job.relpath, "rows": job.rows, "partial": job.partial}})
+                     extra={"video_done": {"video": job.relpath, "rows": job.rows, "partial": job.partial,
+                                            "saved_searches": meta.get("saved_searches", {})}})
 
     def failed(job: VideoJob, err: PipelineError) -> None:
         job.failed = True
@@ -129,6 +134,8 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
                 keep.append(np.zeros(n, bool))
                 continue
             job.add_vectors(vectors)
+            if watch is not None:
+                job.best_frames = watch.update(job.best_frames, vectors, rows.columns["timestamp_ms"][start - n:start])
             keep.append(np.ones(n, bool))
             kept_owners.append((job, n))
         if len(kept_owners) < len(owners):

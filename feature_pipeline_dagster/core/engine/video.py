@@ -42,6 +42,7 @@ class VideoJob:
     digest: str = ""  # of the content read (core/ledger.py)
     rows: int = 0
     vector_sum: np.ndarray | None = None
+    best_frames: object | None = None  # per saved search (core/search/watch.py)
     seconds_decode: float = 0.0
     seconds_model: float = 0.0
     seconds_write: float = 0.0

@@ -109,6 +109,11 @@ def load_extractor(model: ModelSettings, device: str) -> Extractor:
     return _load(model, device, keep_failure=False)
 
 
+def is_loaded(model: ModelSettings, device: str) -> bool:
+    """Whether this process holds the model on `device` already (no wait to use it)."""
+    return (model, device) in _loaded
+
+
 def preload(model: ModelSettings, device: str) -> None:
     """Start loading the model in a background thread, so the imports and weights (3 s
     for ViT-B-32 on a CPU here) overlap what a process does before its first batch: the

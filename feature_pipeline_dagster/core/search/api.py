@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,12 +40,14 @@ class SearchResult:
 
 def search(settings: Settings, text: str | None = None, image=None, k: int = 10, videos: str | None = None,
            since: float | None = None, until: float | None = None, gap: float = DEFAULT_GAP_S,
-           feature: str | None = None, store: VectorStore | None = None, device: str | None = None) -> SearchResult:
+           feature: str | None = None, store: VectorStore | None = None, device: str | None = None,
+           say: Callable[[str], None] | None = None) -> SearchResult:
     """The `k` best moments for `text` or `image` (a path, bytes or an RGB uint8 array).
     `videos`: a glob over video paths (relative to video_input.path); `since`/`until`:
-    seconds into the video; `gap`: seconds that still join two hits into one moment."""
+    seconds into the video; `gap`: seconds that still join two hits into one moment;
+    `say`: told when the model loads (the first query of a process) and how long it took."""
     from feature_pipeline_dagster.core.models import FAMILIES, code_version
-    from feature_pipeline_dagster.core.search.query import encode_image, encode_text, load_image
+    from feature_pipeline_dagster.core.search.query import encode_image, encode_text, load_image, load_query_model
 
     if (text is None) == (image is None):
         raise SearchError("give a text or an image query, not both or neither")
@@ -74,8 +77,9 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
         version = code_version(settings)
         result = SearchResult([], text if text is not None else _image_label(image), "", spec.name)
         if not store.exists(spec):
-            raise SearchError(f"collection {spec.name} does not exist in {settings.db.uri}: embed videos first "
-                              "(feature-pipeline run)")
+            raise SearchError(f"collection {spec.name} does not exist in {database(settings)}, the database of "
+                              f"config {config_named(settings)}: embed videos first "
+                              f"(feature-pipeline --config {settings.source} run)")
         if not store.committed(spec, code_version=version, limit=1):
             other = store.committed(spec, limit=1)
             if not other:
@@ -95,6 +99,7 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
                 return result
             where = replace(where, videos=tuple(names))
         device = device or _query_device(settings)
+        load_query_model(model, device, text is not None, say)
         if text is not None:
             vectors, result.model = encode_text(model, device, text)
         else:
@@ -184,6 +189,22 @@ def _patch_hits(store: VectorStore, spec, query: np.ndarray, where: RowFilter, v
                            np.asarray([c["row_idx"] for c in mine]), np.asarray([c["col_idx"] for c in mine]))
             hits.append(Hit(video, times[(video, frame)] / 1000, frame, match.score, match))
     return hits, left_out
+
+
+def database(settings: Settings) -> str:
+    """The database a config names, as a user finds it: the Lite file or the server."""
+    return f"the Milvus Lite file {settings.db.uri}" if settings.db.is_lite else f"the Milvus server {settings.db.uri}"
+
+
+def config_named(settings: Settings) -> str:
+    """The config file, and that it is the default when nothing named it: the quick start's
+    config is lost in a new shell, and a search then read the default."""
+    import os
+
+    from feature_pipeline_dagster.core.settings import CONFIG_ENV, DEFAULT_CONFIG
+
+    unnamed = settings.source == Path(DEFAULT_CONFIG) and not os.environ.get(CONFIG_ENV)
+    return f"{settings.source}" + (f" (the default: neither --config nor {CONFIG_ENV} named one)" if unnamed else "")
 
 
 def _query_device(settings: Settings) -> str:

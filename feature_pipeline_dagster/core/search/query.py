@@ -6,7 +6,9 @@ text goes through the family's text tower (`load_text_encoder`)."""
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -42,12 +44,43 @@ def load_image(image: str | Path | bytes | np.ndarray, name: str = "query image"
 
 def encode_image(model: ModelSettings, device: str, image: np.ndarray) -> tuple[np.ndarray, str]:
     """The query's vectors (one for CLIP, one per patch for NaViT) and the model's description."""
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
     from feature_pipeline_dagster.core.models import load_extractor
 
     extractor = load_extractor(model, device)
+    return embed_picture(extractor, image), extractor.description
+
+
+def embed_picture(extractor, image: np.ndarray) -> np.ndarray:
+    """One picture through the extractor, as a decoded frame goes."""
+    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+
     rows = extractor.embed(FrameBatch(image[None], np.zeros(1, np.int64), np.zeros(1, np.int64)))
-    return np.asarray(rows.vectors, np.float32), extractor.description
+    return np.asarray(rows.vectors, np.float32)
+
+
+# What the first query of a process waits for (2 cores, a fresh process, CLIP ViT-B-32 from
+# a local folder: importing torch and open_clip and loading the weights 2.9-3.0 s, the
+# tokenizer 0.1 s more). Larger architectures and NaViT take longer; the line after says.
+LOAD_ESTIMATE_S = {"CLIP": 3}
+
+
+def load_query_model(model: ModelSettings, device: str, text: bool, say: Callable[[str], None] | None = None) -> None:
+    """Load the query encoder (and the text tower for `text`) unless this process has it;
+    `say` hears a line before (what loads, how long it takes) and the time it took after,
+    so the first query's wait is not a silent one."""
+    from feature_pipeline_dagster.core.models import FAMILIES, is_loaded, load_extractor, load_text_encoder
+
+    fresh = say is not None and not is_loaded(model, device)
+    if fresh:
+        estimate = LOAD_ESTIMATE_S.get(model.name)
+        say(f"loading the model ({FAMILIES[model.name].label(model)} on {device}; "
+            + (f"~{estimate} s the first time)..." if estimate else "the first time takes a while)..."))
+    started = time.perf_counter()
+    load_extractor(model, device)
+    if text:
+        load_text_encoder(model, device)
+    if fresh:
+        say(f"model loaded in {time.perf_counter() - started:.1f} s")
 
 
 def encode_text(model: ModelSettings, device: str, text: str) -> tuple[np.ndarray, str]:
