@@ -13,6 +13,8 @@ import json
 import sys
 from dataclasses import asdict
 
+from feature_pipeline_dagster.cli.search import printable
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="the groups as a JSON list on stdout")
@@ -20,7 +22,6 @@ def add_arguments(parser) -> None:
 
 def run_duplicates(args) -> int:
     from feature_pipeline_dagster.cli.db import start_lite_server
-    from feature_pipeline_dagster.cli.search import printable
     from feature_pipeline_dagster.core.search.duplicates import find_duplicates
     from feature_pipeline_dagster.core.settings import load_settings
 

@@ -81,8 +81,8 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
 
 
 def _duplicates(context: AssetExecutionContext, settings: Settings, videos: list[str], store) -> dict[str, str]:
-    """Each video's near-duplicates in one line; none said when they cannot be looked for
-    (a NaViT config: no frame vectors), which does not fail the summary."""
+    """Each video's near-duplicates in one line. Where they cannot be looked for (a NaViT
+    config has no frame vectors) the run's log says why and the summary goes on."""
     from feature_pipeline_dagster.core.errors import SearchError
     from feature_pipeline_dagster.core.search.duplicates import find_duplicates
 
