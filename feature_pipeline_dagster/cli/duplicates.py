@@ -22,10 +22,11 @@ def add_arguments(parser) -> None:
 
 def run_duplicates(args) -> int:
     from feature_pipeline_dagster.cli.db import start_lite_server
-    from feature_pipeline_dagster.core.search.duplicates import find_duplicates
+    from feature_pipeline_dagster.core.search.duplicates import find_duplicates, frame_collection
     from feature_pipeline_dagster.core.settings import load_settings
 
     settings = load_settings()
+    frame_collection(settings)  # a NaViT config is refused before a database server starts
     start_lite_server(settings)
     result = find_duplicates(settings)
     for warning in result.warnings:

@@ -59,3 +59,14 @@ def summary_duplicates(project, video: str) -> str:
         key = partition_key(video)
         latest = latest_materializations(instance, AssetKey(SUMMARY_ASSET), [key])
         return metadata_values(latest.get(key))["duplicates"]
+
+
+def test_a_patch_model_is_refused_in_one_line_before_any_server(project):
+    from feature_pipeline_dagster_tests.conftest import REPO
+
+    (project.root / "video_samples").mkdir()
+    refused = cli(project, "duplicates", "--config", str(REPO / "config" / "navit-config.yaml"))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == ("error: duplicates need one vector per frame: model VL3-SigLIP-NaViT stores a "
+                                      "row per patch in video_embedding_collection; use a CLIP config")
+    assert not (project.root / "db").exists()

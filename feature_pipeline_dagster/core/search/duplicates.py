@@ -87,14 +87,9 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None,
                     store: VectorStore | None = None) -> DuplicatesResult:
     """Groups of near-duplicate videos among the first feature's current rows. `videos`:
     look for the duplicates of these only (a run's videos), against the whole library."""
-    from feature_pipeline_dagster.core.models import FAMILIES
     from feature_pipeline_dagster.core.search.api import searchable_version
 
-    model = settings.model
-    spec = settings.collection_for(model.features[0])
-    if FAMILIES[model.name].patch_grid:
-        raise SearchError(f"duplicates need one vector per frame: model {model.name} stores a row per patch in "
-                          f"{spec.name}; use a CLIP config")
+    model, spec = settings.model, frame_collection(settings)
     own_store = store is None
     if own_store:
         from feature_pipeline_dagster.core.store import store_for
@@ -122,6 +117,18 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None,
     finally:
         if own_store:
             store.close()
+
+
+def frame_collection(settings: Settings):
+    """The collection duplicates are looked for in: the first feature's, one row per frame."""
+    from feature_pipeline_dagster.core.models import FAMILIES
+
+    model = settings.model
+    spec = settings.collection_for(model.features[0])
+    if FAMILIES[model.name].patch_grid:
+        raise SearchError(f"duplicates need one vector per frame: model {model.name} stores a row per patch in "
+                          f"{spec.name}; use a CLIP config")
+    return spec
 
 
 def _pairs_of(store: VectorStore, spec, video: str, generation: int, version: str,
@@ -214,11 +221,13 @@ def _groups(pairs) -> list[DuplicateGroup]:
     for p in pairs:
         parent[root(p.a.video_path)] = root(p.b.video_path)
     members: dict[str, list[str]] = {}
+    joined: dict[str, list[DuplicatePair]] = {}
     for v in parent:
         members.setdefault(root(v), []).append(v)
-    by_root = {r: [p for p in pairs if root(p.a.video_path) == r] for r in members}
-    groups = [DuplicateGroup(tuple(sorted(vs)), tuple(by_root[r])) for r, vs in members.items()]
-    return sorted(groups, key=lambda g: g.videos)
+    for p in pairs:
+        joined.setdefault(root(p.a.video_path), []).append(p)
+    return sorted((DuplicateGroup(tuple(sorted(vs)), tuple(joined[r])) for r, vs in members.items()),
+                  key=lambda g: g.videos)
 
 
 def _random_weights(settings: Settings) -> bool:
