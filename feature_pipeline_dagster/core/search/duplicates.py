@@ -10,8 +10,9 @@ window of one sample period holding the most distinct frames. The matched frames
 time range in each video; pairs join into groups by union-find.
 
 Cost per video is O(frames x CANDIDATE_VIDEOS x FRAMES_PER_VIDEO) hits, never all pairs;
-memory holds one video's frames and hits, the ledger's names and generations (about 200
-bytes a video) and the confirmed pairs.
+memory holds one video's rows and hits (14 MiB for 3600 512-d frames, bench_duplicates.py
+--long-frames), the ledger's names and generations (330 bytes a video of 30-character names,
+tracemalloc: 330 MB for a million videos, read in one listing) and the confirmed pairs.
 
 Thresholds, measured (bench/bench_duplicates.py --grid, the tests' tiny random-weights
 CLIP, two sets of 6 originals with a copy, a 160x120 re-encode at 100 kb/s and a trim each,
