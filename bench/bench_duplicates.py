@@ -5,6 +5,7 @@ memory one video's pass holds. Not a test.
     python bench/bench_duplicates.py                   # 10 originals x 4 + 10 distinct (50 videos)
     python bench/bench_duplicates.py --grid            # also: pairs per MIN_SCORE (MIN_FRACTION 0)
     python bench/bench_duplicates.py --long-frames 3600  # also: memory of one hour-long 512-d video
+    python bench/bench_duplicates.py --trims-between-samples  # the limit: trims 0.4 s past a sample
 
 The set is feature_pipeline_dagster_tests/duplicate_set.py's (a copy, a 160x120 re-encode at
 100 kb/s and a trim per original, distinct videos of the same generator), embedded by the
@@ -49,11 +50,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--first-seed", type=int, default=100)
     parser.add_argument("--grid", action="store_true")
+    parser.add_argument("--trims-between-samples", action="store_true", help="trims start 0.4 s past a sample")
     parser.add_argument("--long-frames", type=int, default=0)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-duplicates-"))
     model = make_random(ModelSettings(name="CLIP", path="", source="folder"), root / "model", TINY_CLIP)
-    truth = write_duplicate_set(root / "videos", args.originals, args.distinct, args.seconds, args.first_seed)
+    truth = write_duplicate_set(root / "videos", args.originals, args.distinct, args.seconds, args.first_seed,
+                                trims_on_samples=not args.trims_between_samples)
     settings = load_settings(write_config(root, clip_config(root, model, root / "videos")))
     store = store_for(settings.db)
     try:

@@ -36,7 +36,9 @@ class DuplicateSet:
 
 
 def write_duplicate_set(folder: Path, originals: int = 3, distinct: int = 3, seconds: float = 8.0,
-                        first_seed: int = 0, detail: bool = True) -> DuplicateSet:
+                        first_seed: int = 0, detail: bool = True, trims_on_samples: bool = True) -> DuplicateSet:
+    """`trims_on_samples`: trims start on a whole second, so at 1 fps their samples are the
+    original's (False: 0.4 s past one, where the tests' random CLIP cannot match them)."""
     families, trims = [], []
     for i in range(originals):
         seed = first_seed + i
@@ -48,7 +50,8 @@ def write_duplicate_set(folder: Path, originals: int = 3, distinct: int = 3, sec
         small = f"small/orig_{seed:03d}_160x120.mp4"
         transcode(source, folder / small, size=(160, 120), bit_rate=100_000)
         keep = 0.5 + 0.3 * (i % 4) / 3  # 50 %, 60 %, 70 %, 80 %
-        start = float(int(seconds * (1 - keep) * ((i * 7) % 5) / 4 + 0.5))  # on a sample: see the test
+        start = float(int(seconds * (1 - keep) * ((i * 7) % 5) / 4 + 0.5)) + (0 if trims_on_samples else 0.4)
+        start = min(start, round(seconds * (1 - keep), 1))
         end = start + keep * seconds
         trim = f"trims/orig_{seed:03d}_{start:g}-{end:g}s.mp4"
         transcode(source, folder / trim, start_s=start, end_s=end)
