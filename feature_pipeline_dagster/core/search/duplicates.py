@@ -23,7 +23,9 @@ MIN_SCORE 0.995 every true pair matched all of the shorter video's frames (fract
 and no false pair more than 0.5 of them (at 0.99: up to 0.75), so MIN_FRACTION sits
 between, at 0.75. A trim that starts between two samples matches frames half a sample
 apart: with that model they scored 0.96, as low as another video, so it misses such trims
-at 1 fps (the tests trim on a sample; `--trims-between-samples`: recall 0.5, every trim lost). Not measured with real weights (none here): their
+at 1 fps (the tests trim on a sample; `--trims-between-samples`: recall 0.5, every trim lost).
+The offset window is one sample period of `sampling: fps`; videos thinned by `max_frames`,
+or sampled by key frame, have other spacings (not measured). Not measured with real weights (none here): their
 re-encodes may score under 0.995.
 """
 
