@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch  # noqa: E402
 from feature_pipeline_dagster.core.ledger import VideoRecord  # noqa: E402
-from feature_pipeline_dagster.core.search.api import GROUP_SIZE, _current_rows  # noqa: E402
+from feature_pipeline_dagster.core.search.api import GROUP_SIZE, current_rows  # noqa: E402
 from feature_pipeline_dagster.core.search.moments import Hit, merge_hits  # noqa: E402
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec  # noqa: E402
 from feature_pipeline_dagster.core.store import RowFilter, open_store  # noqa: E402
@@ -140,13 +140,13 @@ def measure(store, strong, spec, rows: int, queries: int) -> dict:
     grouped, plain, filtered, strong_plain, flats = [], [], [], [], []
     for i, q in enumerate(query):
         t0 = time.perf_counter()
-        hits, _, _ = _current_rows(store, spec, q[None], RowFilter(), VERSION, K, GROUP_SIZE)
+        hits, _, _ = current_rows(store, spec, q[None], RowFilter(), VERSION, K, GROUP_SIZE)
         merge_hits([Hit(r["video_path"], r["timestamp_ms"] / 1000, r["frame_id"], r["score"]) for r in hits[0]], 2.0, K)
         t1 = time.perf_counter()
         flat = store.search_rows(spec, q[None], K, None, 0, ("video_path", "frame_id"))
         t2 = time.perf_counter()
         video = f"video_{int(targets[i]) // FRAMES_PER_VIDEO:05d}.mp4"
-        _current_rows(store, spec, q[None], RowFilter(videos=(video,), since_ms=0, until_ms=600_000), VERSION, K,
+        current_rows(store, spec, q[None], RowFilter(videos=(video,), since_ms=0, until_ms=600_000), VERSION, K,
                       GROUP_SIZE)
         t3 = time.perf_counter()
         strong.search_rows(spec, q[None], K, None, 0, ("video_path", "frame_id"))

@@ -8,6 +8,7 @@
     feature-pipeline quickstart           offline smoke run: random model + samples + run
     feature-pipeline db status|stop       the shared Milvus Lite server: show it, stop it (--all: every one)
     feature-pipeline search "text"        find moments by text (CLIP) or --image FILE
+    feature-pipeline duplicates [--json]  groups of near-duplicate videos, with matching time ranges
     feature-pipeline serve                the search page on http://127.0.0.1:8000
     feature-pipeline clip VIDEO --start S --end S -o FILE   a moment as an MP4 of its own
 
@@ -73,10 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     add_db_arguments(command(db_actions, "status", db_status, "the Milvus Lite server (starts nothing), "
                              "collections and row counts"), "list")
     add_db_arguments(command(db_actions, "stop", db_stop, "stop the Milvus Lite server that serves db.uri"), "stop")
-    from feature_pipeline_dagster.cli import clip as clip_cli, search as search_cli, serve as serve_cli
+    from feature_pipeline_dagster.cli import clip as clip_cli, duplicates as duplicates_cli, search as search_cli, serve as serve_cli
 
     search = command(commands, "search", search_cli.run_search, "find moments in the embedded videos by text or image")
     search_cli.add_arguments(search)
+    duplicates = command(commands, "duplicates", duplicates_cli.run_duplicates,
+                         "groups of near-duplicate videos (copies, re-encodes, trims) with matching time ranges")
+    duplicates_cli.add_arguments(duplicates)
     serve = command(commands, "serve", serve_cli.run_serve, "serve the search page (read-only) on this machine")
     serve_cli.add_arguments(serve)
     clip = command(commands, "clip", clip_cli.run_clip, "a moment of a video as an MP4 of its own "

@@ -62,3 +62,34 @@ def write_video(path: Path, seconds: float = 4.0, fps: int = 30, size: tuple[int
 
 def write_samples(folder: Path, count: int = 3, seconds: float = 6.0) -> list[Path]:
     return [write_video(folder / f"sample_{i:02d}.mp4", seconds=seconds, seed=i) for i in range(count)]
+
+
+def transcode(source: Path, dest: Path, size: tuple[int, int] | None = None, bit_rate: int | None = None,
+              start_s: float = 0.0, end_s: float | None = None) -> Path:
+    """A re-encode of `source` (H.264): at another `size` and `bit_rate`, and/or trimmed to
+    [start_s, end_s): the near-duplicates `feature-pipeline duplicates` finds."""
+    from fractions import Fraction
+
+    import av
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(source)) as src, av.open(str(dest), "w") as out:
+        video = src.streams.video[0]
+        rate = video.average_rate
+        stream = out.add_stream("h264", rate=rate)
+        stream.width, stream.height = size or (video.width, video.height)
+        stream.pix_fmt = "yuv420p"
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        written = 0
+        for frame in src.decode(video):
+            if frame.time < start_s - 1e-6 or (end_s is not None and frame.time >= end_s - 1e-6):
+                continue
+            picture = frame.reformat(width=stream.width, height=stream.height, format="yuv420p")
+            picture.pts, picture.time_base = written, Fraction(1, rate)  # the trim starts at 0
+            written += 1
+            for packet in stream.encode(picture):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return dest

@@ -3,7 +3,7 @@ its own beside the first feature's frames (`<frames collection>_summary`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -33,6 +33,7 @@ class SummaryRows:
 
     spec: CollectionSpec
     means: dict[str, np.ndarray]  # video -> (dim,) float32
+    duplicates: dict[str, str] = field(default_factory=dict)  # video -> its near-duplicates, one line
 
 
 def normalized_mean(total: np.ndarray, count: int) -> np.ndarray:

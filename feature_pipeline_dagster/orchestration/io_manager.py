@@ -119,6 +119,10 @@ class MilvusIOManager(ConfigurableIOManager):
         except PipelineError as err:
             raise as_failure(err) from None
         context.add_output_metadata({"videos": len(rows.means), "collection": rows.spec.name})
+        keys = {relpath_of(key): key for key in context.asset_partition_keys}
+        for video, line in rows.duplicates.items():
+            context.step_context.add_asset_metadata({"duplicates": MetadataValue.text(line)}, context.asset_key,
+                                                    partition_key=keys[video])
 
     def _insert_summary(self, rows: SummaryRows) -> None:
         """Every video's row in one insert, then one commit (not a flush-delete-flush per video)."""

@@ -46,7 +46,7 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
     `videos`: a glob over video paths (relative to video_input.path); `since`/`until`:
     seconds into the video; `gap`: seconds that still join two hits into one moment;
     `say`: told when the model loads (the first query of a process) and how long it took."""
-    from feature_pipeline_dagster.core.models import FAMILIES, code_version
+    from feature_pipeline_dagster.core.models import FAMILIES
     from feature_pipeline_dagster.core.search.query import encode_image, encode_text, load_image, load_query_model
 
     if (text is None) == (image is None):
@@ -74,22 +74,11 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
 
         store = store_for(settings.db, reads_may_lag=True)  # a search writes nothing: no wait for the newest writes
     try:
-        version = code_version(settings)
         result = SearchResult([], text if text is not None else _image_label(image), "", spec.name)
-        if not store.exists(spec):
-            raise SearchError(f"collection {spec.name} does not exist in {database(settings)}, the database of "
-                              f"config {config_named(settings)}: embed videos first "
-                              f"(feature-pipeline --config {settings.source} run)")
-        if not store.committed(spec, code_version=version, limit=1):
-            other = store.committed(spec, limit=1)
-            if not other:
-                result.warnings.append(f"collection {spec.name} holds no committed video yet")
-                return result
-            found = next(iter(other.values())).code_version
-            raise SearchError(
-                f"collection {spec.name} in {settings.db.uri} was written by code version {found}, but this config's "
-                f"query encoder ({model.name} {family.label(model)}) is {version}: their vectors do not compare; "
-                "search with the config that wrote it, or embed again (feature-pipeline run --all)")
+        version = searchable_version(settings, spec, store)
+        if version is None:
+            result.warnings.append(f"collection {spec.name} holds no committed video yet")
+            return result
         where = RowFilter(since_ms=None if since is None else round(since * 1000),
                           until_ms=None if until is None else round(until * 1000))
         if videos is not None:
@@ -111,7 +100,7 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
         if family.patch_grid:
             hits, left_out = _patch_hits(store, spec, vectors, where, version, k)
         else:
-            rows, _, left_out = _current_rows(store, spec, vectors[:1], where, version, k, GROUP_SIZE)
+            rows, _, left_out = current_rows(store, spec, vectors[:1], where, version, k, GROUP_SIZE)
             hits = [Hit(r["video_path"], r["timestamp_ms"] / 1000, int(r["frame_id"]), float(r["score"]))
                     for r in rows[0]]
         if left_out:
@@ -124,7 +113,30 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
             store.close()
 
 
-def _current_rows(store: VectorStore, spec, vectors: np.ndarray, where: RowFilter, version: str, limit: int,
+def searchable_version(settings: Settings, spec, store: VectorStore) -> str | None:
+    """This config's code version if the collection holds videos of it; None if it holds
+    no committed video yet. A missing collection, or one written only by another code
+    version (vectors that do not compare with this config's), is a `SearchError`."""
+    from feature_pipeline_dagster.core.models import FAMILIES, code_version
+
+    model, version = settings.model, code_version(settings)
+    if not store.exists(spec):
+        raise SearchError(f"collection {spec.name} does not exist in {database(settings)}, the database of "
+                          f"config {config_named(settings)}: embed videos first "
+                          f"(feature-pipeline --config {settings.source} run)")
+    if store.committed(spec, code_version=version, limit=1):
+        return version
+    other = store.committed(spec, limit=1)
+    if not other:
+        return None
+    found = next(iter(other.values())).code_version
+    raise SearchError(
+        f"collection {spec.name} in {settings.db.uri} was written by code version {found}, but this config's "
+        f"query encoder ({model.name} {FAMILIES[model.name].label(model)}) is {version}: their vectors do not "
+        "compare; search with the config that wrote it, or embed again (feature-pipeline run --all)")
+
+
+def current_rows(store: VectorStore, spec, vectors: np.ndarray, where: RowFilter, version: str, limit: int,
                   group_size: int) -> tuple[list[list[dict]], dict[str, int], set[str]]:
     """Search until every hit is a current row: each round excludes the videos without a
     record or of another code version, and the stale generations it met. Returns the
@@ -162,7 +174,7 @@ def _patch_hits(store: VectorStore, spec, query: np.ndarray, where: RowFilter, v
     from feature_pipeline_dagster.core.search.patches import maxsim
 
     pick = np.unique(np.linspace(0, len(query) - 1, min(len(query), NAVIT_QUERY_PATCHES)).round().astype(int))
-    rows, current, left_out = _current_rows(store, spec, query[pick], where, version, NAVIT_ROWS_PER_PATCH, 0)
+    rows, current, left_out = current_rows(store, spec, query[pick], where, version, NAVIT_ROWS_PER_PATCH, 0)
     approx: dict[tuple[str, int], np.ndarray] = {}
     times: dict[tuple[str, int], int] = {}
     for q, per in enumerate(rows):

@@ -4,7 +4,11 @@ checks have passed: in the folder sensor's runs, or automatically after other ru
 
 The mean comes from where the embedding run put it (its materialization metadata,
 summed in-stream as rows were written): no vector is read back. A partition embedded
-before that existed is averaged from the store a page at a time."""
+before that existed is averaged from the store a page at a time.
+
+Each partition's metadata also names the run's videos' near-duplicates in the library
+(`duplicates`, core/search/duplicates.py), looked for from the run's videos only: a
+video embedded later shows up in its own partition's line, not in the older one's."""
 
 from dagster import (
     AssetDep,
@@ -49,7 +53,7 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
     def _summary(context: AssetExecutionContext, vector_store: VectorStoreResource) -> SummaryRows:
         keys = list(context.partition_keys)
         latest = latest_materializations(context.instance, AssetKey(feature), keys)
-        means, empty, store = {}, [], None
+        means, empty, store, duplicates = {}, [], None, {}
         try:
             for key in keys:
                 video, meta = relpath_of(key), metadata_values(latest.get(key))
@@ -62,6 +66,8 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
                     empty.append(video)
                 else:
                     means[video] = mean
+            store = store or vector_store.open()
+            duplicates = _duplicates(context, settings, list(means), store)
         except PipelineError as err:
             raise as_failure(err) from None
         finally:
@@ -69,6 +75,20 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
                 store.close()
         if empty:
             raise Failure(f"no {feature} rows in Milvus for: {', '.join(empty)}", allow_retries=False)
-        return SummaryRows(spec, means)
+        return SummaryRows(spec, means, duplicates)
 
     return _summary
+
+
+def _duplicates(context: AssetExecutionContext, settings: Settings, videos: list[str], store) -> dict[str, str]:
+    """Each video's near-duplicates in one line. Where they cannot be looked for (a NaViT
+    config has no frame vectors) the run's log says why and the summary goes on."""
+    from feature_pipeline_dagster.core.errors import SearchError
+    from feature_pipeline_dagster.core.search.duplicates import find_duplicates
+
+    try:
+        found = find_duplicates(settings, videos, store)
+    except SearchError as err:
+        context.log.warning(f"duplicates not looked for: {err}")
+        return {}
+    return {video: found.line_of(video) for video in videos}

@@ -1,0 +1,241 @@
+"""Near-duplicate videos: the same footage under other names, re-encoded at other bitrates
+and sizes, or trimmed, found from the stored frame vectors with no all-pairs matrix.
+
+Each video's current frame vectors are searched (a page of frames per request) against
+the collection, grouped by video: per frame, its `FRAMES_PER_VIDEO` nearest frames in each
+of the `CANDIDATE_VIDEOS` nearest other videos. Hits of at least `MIN_SCORE` count; a pair
+is the same footage when `MIN_FRACTION` of the shorter video's frames match at one time
+offset (a copy or a re-encode keeps time, a trim shifts it by a constant): the offset
+window of one sample period holding the most distinct frames. The matched frames give the
+time range in each video; pairs join into groups by union-find.
+
+Cost per video is O(frames x CANDIDATE_VIDEOS x FRAMES_PER_VIDEO) hits, never all pairs;
+memory holds one video's rows and hits (14 MiB for 3600 512-d frames, bench_duplicates.py
+--long-frames), the ledger's names and generations (330 bytes a video of 30-character names,
+tracemalloc: 330 MB for a million videos, read in one listing) and the confirmed pairs.
+
+Thresholds, measured (bench/bench_duplicates.py --grid, the tests' tiny random-weights
+CLIP, two sets of 6 originals with a copy, a 160x120 re-encode at 100 kb/s and a trim each,
+plus 6 distinct videos of the same generator): distinct videos of one generator evolve
+alike, so their frames match time-aligned at cos up to 0.992, and temporal consistency
+alone cannot tell them from copies; frames of true duplicates scored >= 0.998. At
+MIN_SCORE 0.995 every true pair matched all of the shorter video's frames (fraction 1.0)
+and no false pair more than 0.5 of them (at 0.99: up to 0.75), so MIN_FRACTION sits
+between, at 0.75. A trim that starts between two samples matches frames half a sample
+apart: with that model they scored 0.96, as low as another video, so it misses such trims
+at 1 fps (the tests trim on a sample; `--trims-between-samples`: recall 0.5, every trim lost).
+The offset window is one sample period of `sampling: fps`; videos thinned by `max_frames`,
+or sampled by key frame, have other spacings (not measured). Not measured with real weights (none here): their
+re-encodes may score under 0.995.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from feature_pipeline_dagster.core.errors import SearchError
+from feature_pipeline_dagster.core.settings import Settings
+from feature_pipeline_dagster.core.store import RowFilter, VectorStore
+
+MIN_SCORE = 0.995  # cosine a frame hit needs to count (measured: see above)
+MIN_FRACTION = 0.75  # of the shorter video's frames matched at one offset
+MIN_FRAMES = 2  # matched frames at least (a one-frame video: its one frame)
+CANDIDATE_VIDEOS = 10  # other videos per frame
+FRAMES_PER_VIDEO = 2  # nearest frames per candidate video: a trim falls between two samples
+QUERY_PAGE = 256  # frames per search request (256 x 512-d: 0.5 MB)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a video matches the other: its first and last matched frame, in seconds."""
+
+    video_path: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    a: Span  # a.video_path < b.video_path
+    b: Span
+    frames: int  # frames matched at one offset
+    fraction: float  # of the shorter video's frames
+    score: float  # mean cosine of the matched frames
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    videos: tuple[str, ...]  # sorted
+    pairs: tuple[DuplicatePair, ...]  # the confirmed pairs that join them
+
+
+@dataclass
+class DuplicatesResult:
+    groups: list[DuplicateGroup]
+    collection: str
+    warnings: list[str] = field(default_factory=list)
+
+    def line_of(self, video: str) -> str:
+        """`video`'s near-duplicates in one line, e.g. `b.mp4 (0-10 s ↔ 2-12 s)`, or `none`."""
+        spans = [(p.a, p.b) if p.a.video_path == video else (p.b, p.a)
+                 for g in self.groups for p in g.pairs if video in (p.a.video_path, p.b.video_path)]
+        return "; ".join(f"{theirs.video_path} ({mine.start_s:g}-{mine.end_s:g} s ↔ {theirs.start_s:g}-"
+                         f"{theirs.end_s:g} s)" for mine, theirs in spans) or "none"
+
+
+def find_duplicates(settings: Settings, videos: list[str] | None = None,
+                    store: VectorStore | None = None) -> DuplicatesResult:
+    """Groups of near-duplicate videos among the first feature's current rows. `videos`:
+    look for the duplicates of these only (a run's videos), against the whole library."""
+    from feature_pipeline_dagster.core.search.api import searchable_version
+
+    model, spec = settings.model, frame_collection(settings)
+    own_store = store is None
+    if own_store:
+        from feature_pipeline_dagster.core.store import store_for
+
+        store = store_for(settings.db, reads_may_lag=True)
+    try:
+        result = DuplicatesResult([], spec.name)
+        version = searchable_version(settings, spec, store)
+        if version is None:
+            result.warnings.append(f"collection {spec.name} holds no committed video yet")
+            return result
+        if _random_weights(settings):
+            result.warnings.append(f"RANDOM WEIGHTS: {model.path} gives meaningless vectors; duplicates found with "
+                                   "them mean little beyond identical pictures (for smoke runs and tests only)")
+        committed = store.committed(spec, videos, code_version=version)
+        period_s = 1 / settings.video_input.sample_fps
+        pairs: dict[tuple[str, str], DuplicatePair] = {}
+        for video in sorted(committed):
+            for pair in _pairs_of(store, spec, video, committed[video].generation, version, period_s):
+                key = (pair.a.video_path, pair.b.video_path)
+                if key not in pairs or (pair.frames, pair.score) > (pairs[key].frames, pairs[key].score):
+                    pairs[key] = pair
+        result.groups = _groups(pairs.values())
+        return result
+    finally:
+        if own_store:
+            store.close()
+
+
+def frame_collection(settings: Settings):
+    """The collection duplicates are looked for in: the first feature's, one row per frame."""
+    from feature_pipeline_dagster.core.models import FAMILIES
+
+    model = settings.model
+    spec = settings.collection_for(model.features[0])
+    if FAMILIES[model.name].patch_grid:
+        raise SearchError(f"duplicates need one vector per frame: model {model.name} stores a row per patch in "
+                          f"{spec.name}; use a CLIP config")
+    return spec
+
+
+def _pairs_of(store: VectorStore, spec, video: str, generation: int, version: str,
+              period_s: float) -> list[DuplicatePair]:
+    """The confirmed pairs of one video: its frames searched a page at a time."""
+    from feature_pipeline_dagster.core.search.api import current_rows
+
+    name = spec.vector_field.name
+    rows = store.query_rows(spec, RowFilter(videos=(video,), current=((video, generation),)),
+                            ("timestamp_ms", name))
+    if not rows:
+        return []
+    rows.sort(key=lambda r: r["timestamp_ms"])
+    hits: dict[str, list[tuple[int, int, float]]] = {}  # other video -> (own ms, its ms, score)
+    for start in range(0, len(rows), QUERY_PAGE):
+        page = rows[start:start + QUERY_PAGE]
+        vectors = np.asarray([r[name] for r in page], np.float32)
+        found, _, _ = current_rows(store, spec, vectors, RowFilter(exclude=(video,)), version, CANDIDATE_VIDEOS,
+                                   FRAMES_PER_VIDEO)
+        for own, per in zip(page, found):
+            for hit in per:
+                if hit["score"] >= MIN_SCORE and hit["video_path"] != video:
+                    hits.setdefault(hit["video_path"], []).append((own["timestamp_ms"], hit["timestamp_ms"],
+                                                                   hit["score"]))
+    if not hits:
+        return []
+    lengths = {path: record.rows for path, record in store.recorded_videos(spec, sorted(hits)).items()}
+    pairs = []
+    for other, matches in hits.items():
+        pair = aligned_pair(video, other, matches, len(rows), lengths.get(other, 0), period_s)
+        if pair is not None:
+            pairs.append(pair)
+    return pairs
+
+
+def aligned_pair(video: str, other: str, matches: list[tuple[int, int, float]], frames: int, other_frames: int,
+                 period_s: float) -> DuplicatePair | None:
+    """The pair if enough of the shorter video's frames match at one time offset.
+    `matches`: (ms in `video`, ms in `other`, cosine). The offsets are swept by a window of
+    one sample period (a trim that starts between two samples matches both neighbours);
+    the window holding the most distinct frames of `video` wins, ties by total score."""
+    shorter = min(frames, other_frames) if other_frames else frames
+    if shorter < 1:
+        return None
+    width = round(period_s * 1000) + 1
+    ordered = sorted(matches, key=lambda m: m[1] - m[0])
+    offsets = [m[1] - m[0] for m in ordered]
+    inside: Counter[int] = Counter()
+    best, best_key, lo, total = (0, 0), (0, 0.0), 0, 0.0
+    for hi, (own, _, score) in enumerate(ordered):
+        inside[own] += 1
+        total += score
+        while offsets[hi] - offsets[lo] > width:
+            inside[ordered[lo][0]] -= 1
+            if not inside[ordered[lo][0]]:
+                del inside[ordered[lo][0]]
+            total -= ordered[lo][2]
+            lo += 1
+        key = (len(inside), total)
+        if key > best_key:
+            best, best_key = (lo, hi + 1), key
+    matched = best_key[0]
+    if matched < min(MIN_FRAMES, shorter) or matched / shorter < MIN_FRACTION:
+        return None
+    kept: dict[int, tuple[int, int, float]] = {}
+    for m in ordered[best[0]:best[1]]:  # per frame of `video`, its best hit in the window
+        if m[0] not in kept or m[2] > kept[m[0]][2]:
+            kept[m[0]] = m
+    own_ms = [m[0] for m in kept.values()]
+    other_ms = [m[1] for m in kept.values()]
+    mine = Span(video, min(own_ms) / 1000, max(own_ms) / 1000)
+    theirs = Span(other, min(other_ms) / 1000, max(other_ms) / 1000)
+    a, b = (mine, theirs) if video < other else (theirs, mine)
+    return DuplicatePair(a, b, matched, round(min(1.0, matched / shorter), 4),
+                         round(float(np.mean([m[2] for m in kept.values()])), 4))
+
+
+def _groups(pairs) -> list[DuplicateGroup]:
+    """Confirmed pairs into groups (union-find), sorted by their first video."""
+    parent: dict[str, str] = {}
+
+    def root(v: str) -> str:
+        parent.setdefault(v, v)
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    pairs = sorted(pairs, key=lambda p: (p.a.video_path, p.b.video_path))
+    for p in pairs:
+        parent[root(p.a.video_path)] = root(p.b.video_path)
+    members: dict[str, list[str]] = {}
+    joined: dict[str, list[DuplicatePair]] = {}
+    for v in parent:
+        members.setdefault(root(v), []).append(v)
+    for p in pairs:
+        joined.setdefault(root(p.a.video_path), []).append(p)
+    return sorted((DuplicateGroup(tuple(sorted(vs)), tuple(joined[r])) for r, vs in members.items()),
+                  key=lambda g: g.videos)
+
+
+def _random_weights(settings: Settings) -> bool:
+    from pathlib import Path
+
+    from feature_pipeline_dagster.core.models.weights import RANDOM_MARKER
+
+    return settings.model.source == "folder" and (Path(settings.model.path) / RANDOM_MARKER).exists()
