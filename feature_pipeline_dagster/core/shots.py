@@ -40,13 +40,8 @@ def signatures(frames) -> np.ndarray:
     ys = (np.arange(GRID * POINTS) + 0.5) * height / (GRID * POINTS)
     xs = (np.arange(GRID * POINTS) + 0.5) * width / (GRID * POINTS)
     ys, xs = ys.astype(np.int64)[:, None], xs.astype(np.int64)[None, :]
-    if isinstance(frames, np.ndarray):
-        points = frames[:, ys, xs].astype(np.float32)
-    else:
-        import torch
-
-        device = frames.device
-        points = frames[:, torch.from_numpy(ys).to(device), torch.from_numpy(xs).to(device)].float().cpu().numpy()
+    points = frames[:, ys, xs]  # a CUDA tensor takes numpy indices too
+    points = (points if isinstance(points, np.ndarray) else points.cpu().numpy()).astype(np.float32)
     blocks = points.reshape(n, GRID, POINTS, GRID, POINTS, 3).mean(axis=(2, 4)) / 255.0
     levels = [blocks]
     while levels[-1].shape[1] > 1:  # 4x4, 2x2, 1x1: layouts coarse enough that motion barely moves them
@@ -66,7 +61,7 @@ class Shot:
     last: int  # ... and its last
 
 
-def boundaries(signals: np.ndarray, timestamps_ms: np.ndarray) -> list[tuple[int, int]]:
+def boundaries(signals: np.ndarray, timestamps_ms: np.ndarray, min_change: float = MIN_CHANGE) -> list[tuple[int, int]]:
     """(time_ms, first sample after it) of each boundary found in per-sample `signals`."""
     n = len(signals)
     if n < 2:
@@ -79,7 +74,7 @@ def boundaries(signals: np.ndarray, timestamps_ms: np.ndarray) -> list[tuple[int
         change = _change(signals, span)
         typical = _typical(change, span)
         for i, value in enumerate(change):
-            if value < MIN_CHANGE or value < RATIO * typical[i]:
+            if value < min_change or value < RATIO * typical[i]:
                 continue
             if span > 1:
                 inner = steps[i:i + span]
@@ -116,10 +111,13 @@ def _typical(change: np.ndarray, span: int) -> np.ndarray:
 
 def split_shots(signals: np.ndarray, timestamps_ms: np.ndarray, end_ms: int) -> list[Shot]:
     """The video's shots from 0 to `end_ms`, tiling it: each ends where the next starts."""
-    cuts = boundaries(signals, timestamps_ms)
+    return _tile(boundaries(signals, timestamps_ms), len(signals), max(int(end_ms), int(timestamps_ms[-1]) + 1))
+
+
+def _tile(cuts: list[tuple[int, int]], samples: int, end_ms: int) -> list[Shot]:
     starts = [0, *(t for t, _ in cuts)]
-    ends = [*(t for t, _ in cuts), max(int(end_ms), int(timestamps_ms[-1]) + 1)]
-    splits = [0, *(s for _, s in cuts), len(signals)]
+    ends = [*(t for t, _ in cuts), end_ms]
+    splits = [0, *(s for _, s in cuts), samples]
     return [Shot(starts[k], ends[k], splits[k], splits[k + 1] - 1) for k in range(len(starts))]
 
 
@@ -152,6 +150,16 @@ def shot_rows(shots: list[Shot], vectors: np.ndarray, frame_ids: np.ndarray, tim
     })
 
 
+@dataclass
+class SegmentRows:
+    """The `video_segments` asset's output: shots per video (already written by the run that
+    embedded it), and the rows still to write, each with its frames' generation."""
+
+    spec: CollectionSpec
+    shots: dict[str, int]
+    to_write: dict[str, tuple[int, ShotRows]]
+
+
 def segments_collection(settings: Settings) -> CollectionSpec:
     """`<frames collection>_segments`, beside the summary, for the first feature's frames."""
     return segments_of(settings.collection_for(settings.model.features[0]))
@@ -167,3 +175,27 @@ def segments_of(frames: CollectionSpec) -> CollectionSpec:
         frame, time, frames.field("generation"), frames.vector_field,
     )
     return CollectionSpec(f"{frames.name}_segments", tuple(f for f in fields if f is not None))
+
+
+# The signal when only the stored vectors are left (a video embedded before shots were
+# kept): unit vectors scaled by sqrt(dim), whose mean absolute change is ~0.8 x the distance
+# of two unit vectors; 0.4 asks for a cosine under ~0.87 between neighbouring samples.
+VECTOR_MIN_CHANGE = 0.4
+
+
+def shots_from_rows(rows: list[dict], vector_field: str) -> ShotRows | None:
+    """A video's shots from its stored frame rows (vector, frame_id, timestamp_ms; a patch
+    model's rows averaged per frame), the vectors their only signal; None without rows."""
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda r: (r["timestamp_ms"], r["frame_id"]))
+    frame_ids = np.array([r["frame_id"] for r in rows], np.int64)
+    firsts = np.flatnonzero(np.r_[True, frame_ids[1:] != frame_ids[:-1]])
+    vectors = np.add.reduceat(np.array([r[vector_field] for r in rows], np.float32), firsts, axis=0)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    times = np.array([rows[i]["timestamp_ms"] for i in firsts], np.int64)
+    step = int(np.median(np.diff(times))) if len(times) > 1 else 1000
+    signals = vectors * np.sqrt(vectors.shape[1])
+    cuts = boundaries(signals, times, VECTOR_MIN_CHANGE)
+    shots = _tile(cuts, len(times), int(times[-1]) + step)
+    return shot_rows(shots, vectors, frame_ids[firsts], times)
