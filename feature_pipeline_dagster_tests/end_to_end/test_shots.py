@@ -1,6 +1,7 @@
 """Shots as users meet them: `feature-pipeline run` writes `<collection>_segments` and
 materializes `video_segments` per partition (downstream of the embedding in the asset
-graph); `search --by shot` answers with a shot's range; a partition whose shots are gone
+graph); `search --by shot` answers with a shot's range, the page one card per shot whose
+player starts at the shot; a partition whose shots are gone
 gets them back from its stored vectors when `video_segments` alone is materialized."""
 
 import json
@@ -46,6 +47,8 @@ def sampled_frame(path, at_ms: int) -> np.ndarray:
 def test_run_writes_shots_materializes_video_segments_and_search_answers_by_shot(project):
     from PIL import Image
 
+    from feature_pipeline_dagster.cli.serve import _results
+    from feature_pipeline_dagster.core.search import search
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
 
     write_edited_video(project.videos / NAMES[0], [4.3, 5.2, 4.6], [0.0, 0.0], seed=11)
@@ -69,6 +72,9 @@ def test_run_writes_shots_materializes_video_segments_and_search_answers_by_shot
     assert (by_shot["start_s"], by_shot["end_s"]) == (middle["start_ms"] / 1000, middle["end_ms"] / 1000)
     assert by_shot["shot"]["frame_id"] == middle["frame_id"]
     assert by_shot["start_s"] <= by_shot["best_s"] <= by_shot["end_s"]
+    page = _results(search(settings, image=project.root / "q.png", k=5))  # the page's cards, one per shot
+    assert page.count('<li class="moment">') == page.count("<img ") == page.count(">shot ") >= 1
+    assert f"s={middle['start_ms'] / 1000:.3f}&amp;e={middle['end_ms'] / 1000:.3f}" in page  # the player's start
     by_gap = json.loads(cli(project, "search", "--image", "q.png", "--json", "--by", "gap").stdout)["moments"]
     assert all(m["shot"] is None for m in by_gap)  # today's moments, merged by time
 
