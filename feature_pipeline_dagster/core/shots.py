@@ -24,7 +24,7 @@ import numpy as np
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, Settings
 
 GRID = 8  # blocks per side of a signature
-POINTS = 16  # pixels read per block side: 128x128 of a frame, whatever its size
+POINTS = 8  # pixels read per block side: 64x64 of a frame, whatever its size
 MIN_CHANGE = 0.06  # mean absolute change of block colours (0-1) below which nothing is a boundary
 RATIO = 2.5  # a boundary changes this many times more than the video's typical step nearby
 WINDOW = 5  # steps each side that make "nearby"
@@ -100,12 +100,18 @@ def _typical(change: np.ndarray, span: int) -> np.ndarray:
     """Per position, the median change within WINDOW positions, itself and the `span`
     positions each side that overlap it left out (a boundary's own change must not raise
     its bar); where that leaves too few (a short video), the median of every other position."""
-    typical = np.zeros(len(change))
-    for i in range(len(change)):
-        near = np.r_[change[max(0, i - span - WINDOW):max(0, i - span)], change[i + span + 1:i + span + 1 + WINDOW]]
-        if len(near) < 2:
-            near = np.delete(change, i)
-        typical[i] = np.median(near) if len(near) else 0.0
+    n = len(change)
+    offsets = np.r_[np.arange(-span - WINDOW, -span), np.arange(span + 1, span + 1 + WINDOW)]
+    at = np.arange(n)[:, None] + offsets
+    inside = (at >= 0) & (at < n)
+    enough = inside.sum(axis=1) >= 2
+    typical = np.zeros(n)
+    if enough.any():
+        near = np.where(inside, change[np.clip(at, 0, n - 1)], np.nan)[enough]
+        typical[enough] = np.nanmedian(near, axis=1)
+    for i in np.flatnonzero(~enough):
+        others = np.delete(change, i)
+        typical[i] = np.median(others) if len(others) else 0.0
     return typical
 
 
