@@ -8,7 +8,9 @@ neighbouring samples; a dissolve spreads the same change over the samples inside
 a large change across a span of 2-3 samples whose inner steps each carry a share. Either
 counts only well above the video's own step-to-step change nearby (motion, pans), and the
 boundary goes mid-way through the change. Each shot's vector is the normalized mean of its
-frames' vectors; its representative frame the one closest to that mean.
+frames' vectors; its representative frame the one closest to that mean. Measured with
+bench/bench_shots.py: ~0.6 ms a sampled frame, 0.6 % of decoding at 720p (4.1 % at 320x240,
+whose flat frames decode fast); F1 within 1 s 1.0 (3 videos, 720p) and 0.99 (16, 320x240).
 
     <frames collection>_segments: video_path, start_ms, end_ms, first_frame_id, last_frame_id,
                                   frame_id + timestamp_ms (the representative), vector
