@@ -1,4 +1,4 @@
-"""The Milvus IO manager: writes the embedding assets and the summary into Milvus.
+"""The Milvus IO manager: writes the embedding assets, the summary and the shots into Milvus.
 
 It hands an embedding asset's `VideoRun` to the core engine with the store resource and
 reports what happened per partition; the summary's mean rows go straight to the store.
@@ -13,8 +13,8 @@ from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputC
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, VideoRun, embed_run
 from feature_pipeline_dagster.core.errors import PipelineError
-from feature_pipeline_dagster.core.store import new_generation
 from feature_pipeline_dagster.core.shots import SegmentRows
+from feature_pipeline_dagster.core.store import new_generation
 from feature_pipeline_dagster.core.summary import SummaryRows
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.embeddings import asset_version
@@ -84,9 +84,9 @@ class MilvusIOManager(ConfigurableIOManager):
         from dagster import AssetCheckEvaluation, AssetKey, DagsterEvent
 
         from feature_pipeline_dagster.core.engine.video import decode_vector
+        from feature_pipeline_dagster.core.shots import segments_collection
         from feature_pipeline_dagster.core.summary import summary_collection
         from feature_pipeline_dagster.orchestration.checks import evaluate
-        from feature_pipeline_dagster.core.shots import segments_collection
         from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 
         yield from _flush_materializations(context, written, asset_version(run.settings, run.spec))
