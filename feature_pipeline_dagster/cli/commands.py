@@ -231,6 +231,7 @@ def _prepare_database(settings):
 
     from feature_pipeline_dagster.core.ledger import ledger_collection
     from feature_pipeline_dagster.core.store import store_for
+    from feature_pipeline_dagster.core.shots import segments_collection
     from feature_pipeline_dagster.core.summary import summary_collection
     from feature_pipeline_dagster.core.videos import list_videos
 
@@ -241,7 +242,8 @@ def _prepare_database(settings):
         features = [settings.collection_for(f) for f in settings.model.features]
         store = store_for(settings.db)
         try:  # the failed videos' collection is made by the first failure
-            for spec in [*features, *map(ledger_collection, features), summary_collection(settings)]:
+            for spec in [*features, *map(ledger_collection, features), summary_collection(settings),
+                         segments_collection(settings)]:
                 store.ensure_collection(spec)
         finally:
             store.close()

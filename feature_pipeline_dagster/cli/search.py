@@ -2,6 +2,7 @@
 
     feature-pipeline search "a red car at night" -k 5
     feature-pipeline search --image query.jpg --video 'trips/*' --since 60 --until 120 --json
+    feature-pipeline search "a goal" --by gap --gap 3   # hits merged by time, not by shot
 
 Moments print one a line, best first; warnings (random weights, videos left out) go to
 stderr, so `--json` on stdout stays parseable.
@@ -27,6 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--until", type=float, metavar="SECONDS", help="only frames at most this far into the video")
     parser.add_argument("--gap", type=float, default=DEFAULT_GAP_S, metavar="SECONDS",
                         help=f"hits of one video this close join into one moment (default {DEFAULT_GAP_S:g})")
+    parser.add_argument("--by", choices=("shot", "gap"), default="shot",
+                        help="a moment is a shot holding hits (default; videos without shots: by gap), or hits "
+                        "within --gap seconds of each other")
     parser.add_argument("--feature", help="which of model.features to search (default: the first)")
     parser.add_argument("--json", action="store_true", help="the result as JSON on stdout")
 
@@ -46,7 +50,8 @@ def run_search(args) -> int:
     start_lite_server(settings)
     warned_elsewhere(settings.model.path)  # the result's warning below says it, once
     result = search(settings, text=args.text, image=args.image, k=args.k, videos=args.video,
-                    since=args.since, until=args.until, gap=args.gap, feature=args.feature, say=say)
+                    since=args.since, until=args.until, gap=args.gap, feature=args.feature, say=say,
+                    by=args.by)
     for warning in result.warnings:
         print(("WARNING: " if not warning.startswith("RANDOM") else "") + warning, file=sys.stderr)
     if args.json:
@@ -58,7 +63,8 @@ def run_search(args) -> int:
         where = f"{clock(m.start_s)}-{clock(m.end_s)}" if m.end_s > m.start_s else clock(m.start_s)
         patches = m.best.patches
         cells = f"  cells {' '.join(f'({r},{c})' for r, c in patches.best)}" if patches else ""
-        print(f"{rank:2d}. {m.score:.4f}  {printable(m.video_path)}  {where}  best {clock(m.best_s)}{cells}")
+        kind = "shot " if m.shot is not None else ""
+        print(f"{rank:2d}. {m.score:.4f}  {printable(m.video_path)}  {kind}{where}  best {clock(m.best_s)}{cells}")
     return 0
 
 

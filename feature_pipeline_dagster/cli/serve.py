@@ -5,7 +5,8 @@ built here with every file name escaped, one small script served from this modul
 Content-Security-Policy allows no other, and no inline script). What a request can reach:
 
 - `/` and `/search` (GET with `q`, POST with an uploaded image): the core's search. The
-  request gives a query, `k` and `gap`, never a filter expression.
+  request gives a query, `k`, `by` (shot or gap) and `gap`, never a filter expression. A
+  moment by shot is one card (its best frame) and its player starts at the shot's start.
 - `/thumb`, `/watch`, `/video`, `/clip`: a video named by its path relative to `video_input.path`,
   served only if it resolves (symlinks followed) to a file with a video extension under
   that folder; `..`, absolute paths and links that leave it are refused with 404.
@@ -212,7 +213,8 @@ async def search_route(request):
     if image is not None:
         text = None
     try:
-        result = await run_in_threadpool(page.search, text=text, image=image, k=k, gap=gap)
+        result = await run_in_threadpool(page.search, text=text, image=image, k=k, gap=gap,
+                                         by=fields.get("by") or "shot")
     except PipelineError as err:
         return _html(request, _form(page, fields) + _warning(str(err)), "", status=400)
     return _html(request, _form(page, fields) + _results(result, quoted=text is not None), f" - {result.query}")
@@ -352,12 +354,15 @@ def _warning(text: str) -> str:
 def _form(page, fields: dict) -> str:
     value = html.escape(fields.get("q", "") or "")
     k = html.escape(str(fields.get("k", 10)))
+    chosen = fields.get("by") or "shot"
+    by = "".join(f'<option value="{v}"{" selected" if v == chosen else ""}>{v}</option>' for v in ("shot", "gap"))
     family_has_text = _has_text_tower(page.settings)
     hint = "" if family_has_text else " (this model has no text tower: upload an image)"
     return (f'<form method="post" action="/search" enctype="multipart/form-data">'
             f'<input type="text" name="q" value="{value}" placeholder="a red car at night{html.escape(hint)}" '
             f'aria-label="query"> or image <input type="file" name="image" accept="image/*" aria-label="image"> '
             f'k <input type="number" name="k" value="{k}" min="1" max="{MAX_K}" style="width:4em"> '
+            f'moments by <select name="by" aria-label="moments by">{by}</select> '
             f'<button type="submit">Search</button></form>')
 
 
@@ -383,7 +388,8 @@ def _results(result, quoted: bool = False) -> str:
             f'<li class="moment"><a class="open" href="{html.escape(watch_url)}">'
             f'<img src="{html.escape("/thumb?" + urlencode(thumb))}" alt="frame at {m.best_s:.1f} s"></a>'
             f'<div class="name">{html.escape(m.video_path)}</div>'
-            f"<div>{m.start_s:.1f} s - {m.end_s:.1f} s, best at {m.best_s:.1f} s, score {m.score:.4f}</div></li>")
+            f"<div>{'shot ' if m.shot is not None else ''}{m.start_s:.1f} s - {m.end_s:.1f} s, best at "
+            f"{m.best_s:.1f} s, score {m.score:.4f}</div></li>")
     query = f"\u201c{result.query}\u201d" if quoted else result.query
     return (f'{notes}<p>{len(result.moments)} moment(s) for {html.escape(query)} in '
             f'{html.escape(result.collection)}</p><ul id="results" class="moments">{"".join(items)}</ul>')

@@ -93,3 +93,64 @@ def transcode(source: Path, dest: Path, size: tuple[int, int] | None = None, bit
         for packet in stream.encode():
             out.mux(packet)
     return dest
+
+
+def write_edited_video(path: Path, shots: list[float], dissolves: list[float], fps: int = 30,
+                       size: tuple[int, int] = (320, 240), seed: int = 0) -> list[float]:
+    """A video of `shots` (seconds each) of different generated scenes, each a panning
+    texture with a moving disc and grain; between shot k and k+1 a hard cut
+    (`dissolves[k]` 0) or a cross-fade of that many seconds centred on the boundary.
+    Returns the boundaries' true times in seconds (the centre of each transition)."""
+    import av
+
+    width, height = size
+    rng = np.random.default_rng(seed)
+    scenes = [_scene(rng, width, height) for _ in shots]
+    ends = np.cumsum(shots)
+    truth = [float(t) for t in ends[:-1]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(int(round(ends[-1] * fps))):
+            t = (i + 0.5) / fps
+            k = min(int(np.searchsorted(ends, t, side="right")), len(shots) - 1)
+            frame = scenes[k](i, rng).astype(np.float32)
+            for b, boundary in enumerate(truth):  # inside a cross-fade: blend with the other side
+                half = dissolves[b] / 2
+                if half and abs(t - boundary) < half:
+                    alpha = (t - boundary + half) / (2 * half)  # 0: all shot b, 1: all shot b+1
+                    other = scenes[b + 1 if k == b else b](i, rng).astype(np.float32)
+                    mine, theirs = (1 - alpha, alpha) if k == b else (alpha, 1 - alpha)
+                    frame = mine * frame + theirs * other
+            image = np.clip(frame, 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return truth
+
+
+def _scene(rng: np.random.Generator, width: int, height: int):
+    """One shot's content as a function of the frame number: a colour field around the shot's
+    own colour with a
+    fixed fine texture, panned by the camera, a disc crossing it, fresh grain each frame."""
+    cells = np.clip(rng.integers(40, 216, 3) + rng.integers(-50, 50, (4, 5, 3)), 0, 255).astype(np.float32)
+    ys, xs = np.mgrid[0:height, 0:width]
+    field = cells[ys * 4 // height, xs * 5 // width]
+    field = (field + np.roll(field, width // 10, axis=1) + np.roll(field, height // 8, axis=0)) / 3  # softer edges
+    field += rng.integers(-24, 24, (height, width, 1))
+    pan = rng.uniform(-1.5, 1.5, 2)  # pixels per frame: up to 45 px (14 % of the width) a second
+    disc_colour = rng.integers(0, 256, 3)
+    start, velocity = rng.uniform(0, 1, 2) * (width, height), rng.uniform(-3, 3, 2)
+    radius = min(width, height) // 7
+
+    def frame(i: int, noise: np.random.Generator) -> np.ndarray:
+        dy, dx = (pan * i).astype(int)
+        image = np.roll(field, (dy, dx), axis=(0, 1)).copy()
+        cx, cy = (start + velocity * i) % (width, height)
+        image[((xs - cx) ** 2 + (ys - cy) ** 2) < radius ** 2] = disc_colour
+        return image + noise.integers(-8, 8, (height, width, 1))
+
+    return frame

@@ -19,12 +19,13 @@ def summary_collection(settings: Settings) -> CollectionSpec:
 
 def owned_collections(settings: Settings) -> list[CollectionSpec]:
     """Every collection the config writes: one per feature with its ledger and its failed
-    videos, and the summary."""
+    videos, the summary and the shots."""
     from feature_pipeline_dagster.core.ledger import failures_collection, ledger_collection
+    from feature_pipeline_dagster.core.shots import segments_collection
 
     features = [settings.collection_for(f) for f in settings.model.features]
     return (features + [ledger_collection(spec) for spec in features] + [failures_collection(spec) for spec in features]
-            + [summary_collection(settings)])
+            + [summary_collection(settings), segments_collection(settings)])
 
 
 @dataclass

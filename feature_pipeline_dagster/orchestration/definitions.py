@@ -1,5 +1,5 @@
 """The code location: settings from FEATURE_PIPELINE_CONFIG, one embedding asset (with
-its checks) per configured feature, the per-video summary, the file-arrival sensor, the
+its checks) per configured feature, the per-video summary, the shots, the file-arrival sensor, the
 vector store resource and the Milvus IO manager over it. Importing this never imports
 torch."""
 
@@ -16,6 +16,7 @@ from dagster import (
 
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.orchestration.assets.embeddings import build_embedding_asset, video_file
+from feature_pipeline_dagster.orchestration.assets.segments import build_segments_asset
 from feature_pipeline_dagster.orchestration.assets.summary import build_summary_asset
 from feature_pipeline_dagster.orchestration.checks import build_embedding_checks
 from feature_pipeline_dagster.orchestration.io_manager import MilvusIOManager
@@ -33,7 +34,8 @@ def build_definitions(config_path: str | None = None) -> Definitions:
     features = settings.model.features
     store = vector_store_resource(settings.db)
     return Definitions(
-        assets=[video_file, *(build_embedding_asset(settings, f) for f in features), build_summary_asset(settings)],
+        assets=[video_file, *(build_embedding_asset(settings, f) for f in features), build_summary_asset(settings),
+                build_segments_asset(settings)],
         asset_checks=[check for f in features for check in build_embedding_checks(settings, f)],
         sensors=[
             build_video_sensor(settings),

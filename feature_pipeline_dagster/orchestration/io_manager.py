@@ -1,4 +1,4 @@
-"""The Milvus IO manager: writes the embedding assets and the summary into Milvus.
+"""The Milvus IO manager: writes the embedding assets, the summary and the shots into Milvus.
 
 It hands an embedding asset's `VideoRun` to the core engine with the store resource and
 reports what happened per partition; the summary's mean rows go straight to the store.
@@ -13,6 +13,7 @@ from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputC
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, VideoRun, embed_run
 from feature_pipeline_dagster.core.errors import PipelineError
+from feature_pipeline_dagster.core.shots import SegmentRows
 from feature_pipeline_dagster.core.store import new_generation
 from feature_pipeline_dagster.core.summary import SummaryRows
 from feature_pipeline_dagster.core.videos import relpath_of
@@ -28,9 +29,11 @@ class MilvusIOManager(ConfigurableIOManager):
 
     vector_store: VectorStoreResource
 
-    def handle_output(self, context: OutputContext, obj: VideoRun | SummaryRows):
+    def handle_output(self, context: OutputContext, obj: VideoRun | SummaryRows | SegmentRows):
         if isinstance(obj, VideoRun):
             yield from self._write_videos(context, obj)
+        elif isinstance(obj, SegmentRows):
+            self._write_segments(context, obj)
         else:
             self._write_summary(context, obj)
 
@@ -81,9 +84,10 @@ class MilvusIOManager(ConfigurableIOManager):
         from dagster import AssetCheckEvaluation, AssetKey, DagsterEvent
 
         from feature_pipeline_dagster.core.engine.video import decode_vector
+        from feature_pipeline_dagster.core.shots import segments_collection
         from feature_pipeline_dagster.core.summary import summary_collection
         from feature_pipeline_dagster.orchestration.checks import evaluate
-        from feature_pipeline_dagster.orchestration.names import SUMMARY_ASSET
+        from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 
         yield from _flush_materializations(context, written, asset_version(run.settings, run.spec))
         settings = run.settings
@@ -102,6 +106,14 @@ class MilvusIOManager(ConfigurableIOManager):
                         metadata={"collection": rows.spec.name, "written_by": f"{context.asset_key.to_user_string()}'s "
                                   "step (the summary's own was skipped: some videos of the run failed)"}))
                 yield {}
+        if _in_this_run(context, AssetKey(SEGMENTS_ASSET)) and any("shots" in m for m in report.written.values()):
+            for video, meta in report.written.items():  # the engine wrote their shots with their frames
+                context.log_event(AssetMaterialization(
+                    AssetKey(SEGMENTS_ASSET), partition=keys[video],
+                    metadata={"shots": meta.get("shots", 0), "collection": segments_collection(settings).name,
+                              "written_by": "the embedding run (the segments' own step was skipped: some videos "
+                              "of the run failed)"}))
+            yield {}
         videos = {keys[video]: meta for video, meta in report.written.items()}
         videos.update({keys[video]: {"failed": reason} for video, reason in report.failed.items()})
         try:
@@ -140,6 +152,27 @@ class MilvusIOManager(ConfigurableIOManager):
             store.commit(rows.spec, videos, generation)
         finally:
             store.close()
+
+    def _write_segments(self, context: OutputContext, rows: SegmentRows) -> None:
+        """The shots the embedding run did not write (core/shots.py), each video's as its
+        frames' generation; then each partition's shot count."""
+        if rows.to_write:
+            store = self.vector_store.open()
+            try:
+                for video, (generation, shots) in rows.to_write.items():
+                    store.insert(rows.spec, EmbeddingBatch(shots.vectors, shots.columns), [video] * len(shots.vectors),
+                                 generation)
+                    store.commit(rows.spec, [video], generation)
+            except PipelineError as err:
+                raise as_failure(err) from None
+            finally:
+                store.close()
+        keys = {relpath_of(key): key for key in context.asset_partition_keys}
+        for video, count in rows.shots.items():
+            context.step_context.add_asset_metadata(
+                {"shots": count, "collection": rows.spec.name,
+                 "written_by": "this step" if video in rows.to_write else "the embedding run"},
+                context.asset_key, partition_key=keys[video])
 
     def load_input(self, context: InputContext):
         raise NotImplementedError(

@@ -4,6 +4,7 @@ and the run queue's device tag, which dagster.yaml's tag limits name too)."""
 DEVICE_TAG = "feature_pipeline/device"
 VIDEO_FILE = "video_file"
 SUMMARY_ASSET = "video_summary_embedding"
+SEGMENTS_ASSET = "video_segments"
 CHECK_NAMES = ("rows_match_run", "vectors_valid", "videos_complete")
 
 # Dagster's documented system tags: a run names its partition, a ranged run its first and last,

@@ -45,6 +45,7 @@ from feature_pipeline_dagster.orchestration.names import (
     PARTITION_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
+    SEGMENTS_ASSET,
     SUMMARY_ASSET,
     VIDEO_FILE,
 )
@@ -95,7 +96,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
     # The summary rides in the same run, after the blocking checks (which gate it per run):
     # left to the automation sensor, it waited for every queued run's checks (the checks
     # are not partitioned), so summaries stalled while files kept arriving (bench_load.py).
-    targets = [*features, AssetKey(SUMMARY_ASSET)]
+    targets = [*features, AssetKey(SUMMARY_ASSET), AssetKey(SEGMENTS_ASSET)]
     devices = device_tags(settings)
 
     def request(videos: list[tuple[str, object]], device: str, again: str = "") -> RunRequest:

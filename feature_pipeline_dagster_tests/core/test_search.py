@@ -16,7 +16,7 @@ from feature_pipeline_dagster.core.errors import SearchError
 from feature_pipeline_dagster.core.ledger import VideoRecord
 from feature_pipeline_dagster.core.models import code_version, load_extractor, load_text_encoder
 from feature_pipeline_dagster.core.samples import write_video
-from feature_pipeline_dagster.core.search import Hit, merge_hits, search
+from feature_pipeline_dagster.core.search import Hit, Shot, group_by_shot, merge_hits, search
 from feature_pipeline_dagster.core.search.patches import maxsim
 from feature_pipeline_dagster.core.search.query import encode_image, load_image
 from feature_pipeline_dagster.core.settings import load_settings
@@ -117,9 +117,12 @@ def test_text_search_answers_moments_with_filters(indexed):
     assert {m.video_path for m in quoted.moments} == {'it\'s "quoted" [x].mp4'}
     window = search(indexed.settings, text="a car", k=10, since=1, until=2, gap=0, store=indexed.store)
     assert window.moments and all(1 <= h.timestamp_s <= 2 for m in window.moments for h in m.hits)
-    merged = search(indexed.settings, text="a car", k=1, gap=10, videos="sub/*", store=indexed.store)
+    merged = search(indexed.settings, text="a car", k=1, gap=10, videos="sub/*", store=indexed.store, by="gap")
     (one,) = merged.moments
     assert (one.video_path, one.start_s, one.end_s) == ("sub/third.mp4", 0.0, 3.0) and len(one.hits) == 4
+    (shot,) = search(indexed.settings, text="a car", k=1, videos="sub/*", store=indexed.store).moments
+    assert shot.shot is not None and (shot.start_s, shot.end_s) == (shot.shot.start_s, shot.shot.end_s)
+    assert shot.start_s == 0.0 and shot.end_s >= 3.0 and len(shot.hits) == 4  # one steady shot: the whole video
     nothing = search(indexed.settings, text="a car", videos="*.mkv", store=indexed.store)
     assert nothing.moments == [] and "no embedded video matches '*.mkv'" in nothing.warnings
 
@@ -188,6 +191,18 @@ def test_hits_merge_into_moments_ranked_by_best_score():
     assert [m.score for m in merge_hits(hits, gap_s=100, k=2)] == [0.9, 0.7]
     assert len(merge_hits(hits, gap_s=0)) == 8  # nothing joins but the frame hit twice
     assert merge_hits([], 2.0) == []
+
+
+def test_hits_group_by_the_shot_they_lie_in():
+    hits = [Hit("a.mp4", t, int(t), s) for t, s in [(0, 0.2), (1, 0.5), (2, 0.3), (6, 0.9), (7, 0.1), (20, 0.4)]]
+    hits += [Hit("b.mp4", 3, 3, 0.7), Hit("b.mp4", 4.5, 4, 0.6)]
+    shots = {"a.mp4": [Shot(5.5, 21.0, 9, 9.0), Shot(0.0, 1.5, 0, 0.0), Shot(1.5, 5.5, 3, 3.0)]}  # in no order
+    got = [(m.video_path, m.start_s, m.end_s, m.best_s, m.score, len(m.hits), m.shot is not None)
+           for m in group_by_shot(hits, shots, gap_s=2.0)]
+    assert got == [("a.mp4", 5.5, 21.0, 6, 0.9, 3, True),  # 6, 7 and 20 s: one shot, however far apart
+                   ("b.mp4", 3, 4.5, 3, 0.7, 2, False),  # no shots: merged by the gap
+                   ("a.mp4", 0.0, 1.5, 1, 0.5, 2, True), ("a.mp4", 1.5, 5.5, 2, 0.3, 1, True)]
+    assert len(group_by_shot(hits, shots, k=1)) == 1 and group_by_shot([], shots) == []
 
 
 # 2. NaViT: patch-level answers ----------------------------------------------------------

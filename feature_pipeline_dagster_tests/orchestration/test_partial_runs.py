@@ -1,4 +1,4 @@
-"""A run some of whose videos fail: the good ones are whole (frames, summary, checks),
+"""A run some of whose videos fail: the good ones are whole (frames, summary, shots, checks),
 and a video that failed for its content waits for a change before it is tried again."""
 
 import os
@@ -7,9 +7,10 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
+from feature_pipeline_dagster.core.shots import segments_collection
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.summary import summary_collection
-from feature_pipeline_dagster.orchestration.names import RANGE_END_TAG, RANGE_START_TAG, SUMMARY_ASSET
+from feature_pipeline_dagster.orchestration.names import RANGE_END_TAG, RANGE_START_TAG, SEGMENTS_ASSET, SUMMARY_ASSET
 from feature_pipeline_dagster_tests.orchestration.test_sensor import check_in_ui
 
 NAMES = ["a.mp4", "b.mp4", "c.mp4"]
@@ -37,6 +38,7 @@ def test_a_failed_video_costs_the_good_ones_nothing_of_their_summary(project):
         assert not result.success  # b.mp4 failed, and the run says so
         assert instance.get_materialized_partitions(AssetKey("video_embedding")) == {"a.mp4", "c.mp4"}
         assert instance.get_materialized_partitions(AssetKey(SUMMARY_ASSET)) == {"a.mp4", "c.mp4"}
+        assert instance.get_materialized_partitions(AssetKey(SEGMENTS_ASSET)) == {"a.mp4", "c.mp4"}
         # What the UI shows for this run's checks: the good videos' rows and vectors checked,
         # the failed video named (a warning: the others are whole).
         assert check_in_ui(instance, "rows_match_run") == "SUCCEEDED"
@@ -51,6 +53,7 @@ def test_a_failed_video_costs_the_good_ones_nothing_of_their_summary(project):
     store = store_for(settings.db)
     try:
         assert [store.count_rows(summary_collection(settings), n) for n in NAMES] == [1, 0, 1]
+        assert [store.count_rows(segments_collection(settings), n) > 0 for n in NAMES] == [True, False, True]
         assert [store.count_rows(settings.db.collections[0], n) for n in NAMES] == [2, 0, 3]
     finally:
         store.close()

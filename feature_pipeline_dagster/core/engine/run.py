@@ -23,12 +23,13 @@ from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
-from feature_pipeline_dagster.core.engine.video import VideoJob
+from feature_pipeline_dagster.core.engine.video import ShotTrack, VideoJob
 from feature_pipeline_dagster.core.engine.writer import RunWriter
 from feature_pipeline_dagster.core.errors import ConfigError, DeviceMemoryError, ModelError, PipelineError, VideoError
 from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots, scheduled
 from feature_pipeline_dagster.core.search.watch import Watch
 from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
+from feature_pipeline_dagster.core.shots import segments_of
 from feature_pipeline_dagster.core.store import VectorStore
 
 log = logging.getLogger("feature_pipeline.engine")
@@ -133,7 +134,7 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
                 failed(job, VideoError(f"{job.path}: the model gave {what}; none of its rows are kept"))
                 keep.append(np.zeros(n, bool))
                 continue
-            job.add_vectors(vectors)
+            job.add_vectors(vectors, {k: v[start - n:start] for k, v in rows.columns.items()})
             if watch is not None:
                 job.best_frames = watch.update(job.best_frames, vectors, rows.columns["timestamp_ms"][start - n:start])
             keep.append(np.ones(n, bool))
@@ -146,10 +147,14 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
         model.close_done(kept_owners, writer)
 
     version, failures = code_version(settings), []
-    writer = RunWriter(store, spec, settings.db.batch_size, version, committed)
+    # The first feature's videos are split into shots as they stream (as its summary is summed).
+    segments = segments_of(spec) if spec == settings.collection_for(settings.model.features[0]) else None
+    writer = RunWriter(store, spec, settings.db.batch_size, version, committed, segments=segments)
 
     def open_job(job: VideoJob, decoder) -> None:
         job.open(settings, spec, decoder, grid)
+        if segments is not None:
+            job.shots = ShotTrack()
         job.decode_batch = model.frames_per_batch((job.video.info.height, job.video.info.width))
 
     lanes = lanes or decode_lanes(len(jobs))
@@ -248,6 +253,8 @@ class ModelStage:
 
     def add(self, job: VideoJob, frames: FrameBatch) -> None:
         job.keep_thumbnails(frames.frame_ids, frames.timestamps_ms, frames.frames)
+        if job.shots is not None:
+            job.shots.add_frames(frames.frame_ids, frames.frames)
         job.frames_in_flight += len(frames)
         self.groups.setdefault(frames.frames.shape[1:], []).append((job, frames))
 
@@ -259,6 +266,8 @@ class ModelStage:
 
     def close_if_done(self, job: VideoJob, writer: RunWriter) -> None:
         if job.decoded and not job.frames_in_flight:
+            if job.shots is not None:
+                job.shots.finish(job.duration_ms())
             writer.close(job)
 
     def close_done(self, owners: list[tuple[VideoJob, int]], writer: RunWriter) -> None:

@@ -50,6 +50,7 @@ class VideoJob:
     decode_batch: int = 0  # frames per decoded batch (the model stage's batch for its frame size); 0: the run's
     thumbnails: list[tuple[int, np.ndarray]] = field(default_factory=list)
     _thumb_ids: set = field(default_factory=set)
+    shots: ShotTrack | None = None  # the first feature's run: its shots found as it goes (core/shots.py)
 
     def open(self, settings: Settings, spec: CollectionSpec, decoder, grid=None) -> None:
         """Open in `decoder` and check; raises VideoError naming what is wrong."""
@@ -75,6 +76,10 @@ class VideoJob:
         picks = np.linspace(0, self.frames - 1, min(THUMBNAILS, self.frames)).astype(int)
         self._thumb_ids = set(plan.frame_ids[picks].tolist())
 
+    def duration_ms(self) -> int:
+        info = self.video.info
+        return round(info.frame_count / info.fps * 1000) if info.fps else 0
+
     def check_complete(self) -> None:
         """After the last batch, before the store commits rows of a half-copied file."""
         if why := still_being_written(self.path, self.stat, 0):
@@ -93,10 +98,12 @@ class VideoJob:
                 small = small.cpu().numpy() if hasattr(small, "cpu") else small  # a CUDA frame from nvdec
                 self.thumbnails.append((int(timestamps_ms[i]), np.ascontiguousarray(small)))
 
-    def add_vectors(self, vectors: np.ndarray) -> None:
+    def add_vectors(self, vectors: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         total = vectors.sum(axis=0, dtype=np.float64)
         self.vector_sum = total if self.vector_sum is None else self.vector_sum + total
         self.rows += len(vectors)
+        if self.shots is not None:
+            self.shots.add_vectors(vectors, columns["frame_id"], columns["timestamp_ms"])
 
     def mean_vector(self) -> np.ndarray:
         """The L2-normalized mean of the video's vectors, as the summary stores it."""
@@ -130,9 +137,56 @@ class VideoJob:
         }
         if self.partial:
             meta["partial"] = self.partial
+        if self.shots is not None and self.shots.rows is not None:
+            meta.update(shots=len(self.shots.rows.vectors), seconds_shots=round(self.shots.seconds, 4))
         if self.thumbnails:
             meta["contact_sheet"] = contact_sheet(self.thumbnails)
         return meta
+
+
+class ShotTrack:
+    """What a video keeps for its shots while it streams: each sampled frame's signature
+    (taken in the model stage) and vector (a patch model's: the mean of the frame's patch
+    rows); at its close, its shots as rows (core/shots.py)."""
+
+    def __init__(self):
+        self.signature_parts: list[tuple[np.ndarray, np.ndarray]] = []  # (frame ids, signatures)
+        self.vector_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (frame ids, times, vectors)
+        self.seconds = 0.0  # signatures and segmentation, against the video's seconds_decode
+        self.rows = None  # ShotRows, once the video is whole
+
+    def add_frames(self, frame_ids: np.ndarray, frames) -> None:
+        from feature_pipeline_dagster.core.shots import signatures
+
+        started = time.perf_counter()
+        self.signature_parts.append((np.asarray(frame_ids), signatures(frames)))
+        self.seconds += time.perf_counter() - started
+
+    def add_vectors(self, vectors: np.ndarray, frame_ids: np.ndarray, timestamps_ms: np.ndarray) -> None:
+        started = time.perf_counter()
+        firsts = np.flatnonzero(np.r_[True, frame_ids[1:] != frame_ids[:-1]])  # a patch model: rows per frame
+        if len(firsts) < len(vectors):
+            counts = np.diff(np.r_[firsts, len(vectors)])[:, None]
+            vectors = (np.add.reduceat(vectors, firsts, axis=0, dtype=np.float64) / counts).astype(np.float32)
+        self.vector_parts.append((frame_ids[firsts], timestamps_ms[firsts], np.asarray(vectors, np.float32)))
+        self.seconds += time.perf_counter() - started
+
+    def finish(self, end_ms: int) -> None:
+        """The video's shots, from the frames it embedded (in time order)."""
+        from feature_pipeline_dagster.core.shots import shot_rows, split_shots
+
+        if not self.vector_parts:
+            return
+        started = time.perf_counter()
+        ids, times, vectors = (np.concatenate(part) for part in zip(*self.vector_parts))
+        order = np.argsort(times, kind="stable")
+        ids, times, vectors = ids[order], times[order], vectors[order]
+        signed_ids, signed = (np.concatenate(part) for part in zip(*self.signature_parts))
+        by_id = np.argsort(signed_ids, kind="stable")
+        signals = signed[by_id[np.searchsorted(signed_ids[by_id], ids)]]
+        self.rows = shot_rows(split_shots(signals, times, end_ms), vectors, ids, times)
+        self.signature_parts, self.vector_parts = [], []
+        self.seconds += time.perf_counter() - started
 
 
 def encode_vector(vector: np.ndarray) -> str:

@@ -35,8 +35,10 @@ log = logging.getLogger("feature_pipeline.writer")
 
 class RunWriter:
     def __init__(self, store: VectorStore, spec: CollectionSpec, insert_rows: int, code_version: str,
-                 on_commit: Callable[[list[VideoJob]], None], commit_videos: int = 64, commit_seconds: float = 5.0):
+                 on_commit: Callable[[list[VideoJob]], None], commit_videos: int = 64, commit_seconds: float = 5.0,
+                 segments: CollectionSpec | None = None):
         self.store, self.spec, self.on_commit, self.code_version = store, spec, on_commit, code_version
+        self.segments = segments  # where the videos' shots go (core/shots.py), with each commit
         self.insert_rows = max(1, min(insert_rows, rows_per_request(spec)))
         self.commit_videos, self.commit_seconds = commit_videos, commit_seconds
         self.generation = new_generation()
@@ -150,6 +152,8 @@ class RunWriter:
         jobs, self._closed = self._closed, []
         started = time.perf_counter()
         self.store.commit(self.spec, [job.relpath for job in jobs], self.generation)
+        if self.segments is not None:
+            self._write_segments(jobs)
         self.store.record_videos(self.spec, [job.record(self.code_version) for job in jobs], self.generation)
         spent = time.perf_counter() - started
         for job in jobs:
@@ -157,6 +161,18 @@ class RunWriter:
             self._inserted.discard(job)
         self._last_commit = time.perf_counter()
         self.on_commit(jobs)
+
+    def _write_segments(self, jobs: list[VideoJob]) -> None:
+        """The videos' shots, as their frames' generation (search matches the two by it),
+        in one insert and one commit: before the ledger, so a video recorded done has them."""
+        shots = [job for job in jobs if job.shots is not None and job.shots.rows is not None]
+        if shots:
+            rows = [job.shots.rows for job in shots]
+            batch = EmbeddingBatch(np.concatenate([r.vectors for r in rows]),
+                                   {k: np.concatenate([r.columns[k] for r in rows]) for k in rows[0].columns})
+            self.store.insert(self.segments, batch, [job.relpath for job, r in zip(shots, rows) for _ in r.vectors],
+                              self.generation)
+        self.store.commit(self.segments, [job.relpath for job in jobs], self.generation)
 
     def _fail(self, job: VideoJob) -> None:
         kept = []

@@ -7,11 +7,13 @@ videos (the API a notebook, the CLI and the page share).
         print(m.video_path, m.start_s, m.end_s, m.best_s, m.score)
 
 `api.py` runs a query against the store; `query.py` turns text and images into vectors
-through the model's own path; `moments.py` merges hits into moments; `patches.py` scores
+through the model's own path; `moments.py` groups hits into moments (by shot or by gap); `patches.py` scores
 NaViT frames patch by patch (MaxSim).
 """
 
 from feature_pipeline_dagster.core.search.api import SearchResult, search
-from feature_pipeline_dagster.core.search.moments import DEFAULT_GAP_S, Hit, Moment, PatchMatch, merge_hits
+from feature_pipeline_dagster.core.search.moments import (
+    DEFAULT_GAP_S, Hit, Moment, PatchMatch, Shot, group_by_shot, merge_hits)
 
-__all__ = ["DEFAULT_GAP_S", "Hit", "Moment", "PatchMatch", "SearchResult", "merge_hits", "search"]
+__all__ = ["DEFAULT_GAP_S", "Hit", "Moment", "PatchMatch", "SearchResult", "Shot", "group_by_shot", "merge_hits",
+           "search"]

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from feature_pipeline_dagster.core.errors import SearchError
-from feature_pipeline_dagster.core.search.moments import DEFAULT_GAP_S, Hit, Moment, merge_hits
+from feature_pipeline_dagster.core.search.moments import DEFAULT_GAP_S, Hit, Moment, Shot, group_by_shot, merge_hits
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.store import RowFilter, VectorStore
 
@@ -26,6 +26,7 @@ GROUP_SIZE = 8  # hits per video a grouped search returns: a video's moments com
 REFINE_ROUNDS = 4  # searches at most, each excluding what the previous one found stale
 NAVIT_QUERY_PATCHES = 64  # query patches that look for candidate frames (all of them score the candidates)
 NAVIT_ROWS_PER_PATCH = 256
+BY = ("shot", "gap")  # what makes a moment: a shot holding hits, or hits within the gap
 
 
 @dataclass
@@ -41,10 +42,11 @@ class SearchResult:
 def search(settings: Settings, text: str | None = None, image=None, k: int = 10, videos: str | None = None,
            since: float | None = None, until: float | None = None, gap: float = DEFAULT_GAP_S,
            feature: str | None = None, store: VectorStore | None = None, device: str | None = None,
-           say: Callable[[str], None] | None = None) -> SearchResult:
+           say: Callable[[str], None] | None = None, by: str = "shot") -> SearchResult:
     """The `k` best moments for `text` or `image` (a path, bytes or an RGB uint8 array).
     `videos`: a glob over video paths (relative to video_input.path); `since`/`until`:
-    seconds into the video; `gap`: seconds that still join two hits into one moment;
+    seconds into the video; `by`: "shot", each shot holding hits is a moment (videos
+    without shots: as "gap"), or "gap", hits within `gap` seconds join into one moment;
     `say`: told when the model loads (the first query of a process) and how long it took."""
     from feature_pipeline_dagster.core.models import FAMILIES
     from feature_pipeline_dagster.core.search.query import encode_image, encode_text, load_image, load_query_model
@@ -57,6 +59,8 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
         raise SearchError(f"-k must be at least 1, got {k}")
     if gap < 0:
         raise SearchError(f"--gap must be >= 0 seconds, got {gap}")
+    if by not in BY:
+        raise SearchError(f"--by must be {' or '.join(BY)}, got {by!r}")
     if since is not None and until is not None and until < since:
         raise SearchError(f"--until {until} is before --since {since}")
     model = settings.model
@@ -98,15 +102,18 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
             result.warnings.append(f"RANDOM WEIGHTS: {model.path} gives meaningless vectors; these results mean "
                                    "nothing beyond identical pictures (for smoke runs and tests only)")
         if family.patch_grid:
-            hits, left_out = _patch_hits(store, spec, vectors, where, version, k)
+            hits, current, left_out = _patch_hits(store, spec, vectors, where, version, k)
         else:
-            rows, _, left_out = current_rows(store, spec, vectors[:1], where, version, k, GROUP_SIZE)
+            rows, current, left_out = current_rows(store, spec, vectors[:1], where, version, k, GROUP_SIZE)
             hits = [Hit(r["video_path"], r["timestamp_ms"] / 1000, int(r["frame_id"]), float(r["score"]))
                     for r in rows[0]]
         if left_out:
             result.warnings.append(f"{len(left_out)} video(s) written by another code version were left out "
                                    f"(e.g. {sorted(left_out)[0]!r}); embed them again: feature-pipeline run")
-        result.moments = merge_hits(hits, gap, k)
+        if by == "shot":
+            result.moments = group_by_shot(hits, _shots(store, spec, hits, current), gap, k)
+        else:
+            result.moments = merge_hits(hits, gap, k)
         return result
     finally:
         if own_store:
@@ -166,8 +173,26 @@ def current_rows(store: VectorStore, spec, vectors: np.ndarray, where: RowFilter
     return kept, current, left_out
 
 
+def _shots(store: VectorStore, spec, hits: list[Hit], current: dict[str, int]) -> dict[str, list[Shot]]:
+    """The shots of the hit videos, of their current generation only (the engine writes a
+    video's shots with its frames, as one generation): one query."""
+    from feature_pipeline_dagster.core.shots import segments_of
+
+    segments = segments_of(spec)
+    videos = tuple(sorted({h.video_path for h in hits} & set(current)))
+    if not videos or not store.exists(segments):
+        return {}
+    rows = store.query_rows(segments, RowFilter(videos=videos, current=tuple((v, current[v]) for v in videos)),
+                            ("video_path", "start_ms", "end_ms", "frame_id", "timestamp_ms"))
+    shots: dict[str, list[Shot]] = {}
+    for r in rows:
+        shots.setdefault(r["video_path"], []).append(
+            Shot(r["start_ms"] / 1000, r["end_ms"] / 1000, int(r["frame_id"]), r["timestamp_ms"] / 1000))
+    return shots
+
+
 def _patch_hits(store: VectorStore, spec, query: np.ndarray, where: RowFilter, version: str,
-                k: int) -> tuple[list[Hit], set[str]]:
+                k: int) -> tuple[list[Hit], dict[str, int], set[str]]:
     """NaViT: candidate frames from the nearest patch rows of (up to 64 evenly spread)
     query patches; each candidate scored by MaxSim of every query patch against all of
     the frame's stored patch rows, with its score map."""
@@ -200,7 +225,7 @@ def _patch_hits(store: VectorStore, spec, query: np.ndarray, where: RowFilter, v
             match = maxsim(query, np.asarray([c[vector] for c in mine], np.float32),
                            np.asarray([c["row_idx"] for c in mine]), np.asarray([c["col_idx"] for c in mine]))
             hits.append(Hit(video, times[(video, frame)] / 1000, frame, match.score, match))
-    return hits, left_out
+    return hits, current, left_out
 
 
 def database(settings: Settings) -> str:

@@ -1,6 +1,7 @@
-"""Hits into moments: a video's hits that lie within `gap` seconds of each other are one
-segment (start, end, best timestamp, best score); segments rank by their best score.
-Pure Python, no store or model: what a notebook, the CLI and the page all return."""
+"""Hits into moments, ranked by their best score: by shot (`group_by_shot`: a video's hits
+inside one of its shots are one moment spanning that shot), or by gap (`merge_hits`: a
+video's hits that lie within `gap` seconds of each other are one segment). Pure Python, no
+store or model: what a notebook, the CLI and the page all return."""
 
 from __future__ import annotations
 
@@ -34,8 +35,19 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class Shot:
+    """One shot of a video as `<collection>_segments` stores it (core/shots.py)."""
+
+    start_s: float
+    end_s: float
+    frame_id: int  # its representative frame (the closest to the shot's mean vector)
+    timestamp_s: float
+
+
+@dataclass(frozen=True)
 class Moment:
-    """Consecutive hits of one video, none more than the gap from the next."""
+    """Hits of one video: those inside one shot (`shot` set; start and end are the
+    shot's), or consecutive hits none more than the gap from the next."""
 
     video_path: str
     start_s: float
@@ -43,6 +55,7 @@ class Moment:
     best_s: float
     score: float  # the best hit's
     hits: tuple[Hit, ...] = field(default=())  # in time order
+    shot: Shot | None = None
 
     @property
     def best(self) -> Hit:
@@ -54,15 +67,8 @@ def merge_hits(hits: list[Hit], gap_s: float = DEFAULT_GAP_S, k: int | None = No
     A frame hit twice keeps its best score."""
     if gap_s < 0:
         raise ValueError("gap must be >= 0 seconds")
-    by_video: dict[str, dict[int, Hit]] = {}
-    for hit in hits:
-        frames = by_video.setdefault(hit.video_path, {})
-        key = round(hit.timestamp_s * 1000)
-        if key not in frames or hit.score > frames[key].score:
-            frames[key] = hit
     moments = []
-    for video, frames in by_video.items():
-        ordered = [frames[t] for t in sorted(frames)]
+    for video, ordered in _by_video(hits).items():
         segment = [ordered[0]]
         for hit in ordered[1:]:
             if hit.timestamp_s - segment[-1].timestamp_s <= gap_s + 1e-9:
@@ -75,6 +81,41 @@ def merge_hits(hits: list[Hit], gap_s: float = DEFAULT_GAP_S, k: int | None = No
     return moments[:k] if k is not None else moments
 
 
-def _moment(video: str, hits: list[Hit]) -> Moment:
+def group_by_shot(hits: list[Hit], shots: dict[str, list[Shot]], gap_s: float = DEFAULT_GAP_S,
+                  k: int | None = None) -> list[Moment]:
+    """One moment per shot holding hits (start and end the shot's, best the best hit in
+    it); the hits of a video without shots merged by `gap_s` (`merge_hits`). Ranked as
+    `merge_hits` ranks."""
+    moments, unshot = [], []
+    for video, ordered in _by_video(hits).items():
+        if not shots.get(video):
+            unshot += ordered
+            continue
+        spans = sorted(shots[video], key=lambda s: s.start_s)
+        inside: dict[int, list[Hit]] = {}
+        for hit in ordered:  # the shot it lies in (the last shot's end included; past it, the last shot)
+            index = next((i for i, s in enumerate(spans) if hit.timestamp_s < s.end_s), len(spans) - 1)
+            inside.setdefault(index, []).append(hit)
+        for index, own in inside.items():
+            moments.append(_moment(video, own, spans[index]))
+    moments += merge_hits(unshot, gap_s)
+    moments.sort(key=lambda m: (-m.score, m.video_path, m.start_s))
+    return moments[:k] if k is not None else moments
+
+
+def _by_video(hits: list[Hit]) -> dict[str, list[Hit]]:
+    """Each video's hits in time order; a frame hit twice keeps its best score."""
+    by_video: dict[str, dict[int, Hit]] = {}
+    for hit in hits:
+        frames = by_video.setdefault(hit.video_path, {})
+        key = round(hit.timestamp_s * 1000)
+        if key not in frames or hit.score > frames[key].score:
+            frames[key] = hit
+    return {video: [frames[t] for t in sorted(frames)] for video, frames in by_video.items()}
+
+
+def _moment(video: str, hits: list[Hit], shot: Shot | None = None) -> Moment:
     best = max(hits, key=lambda h: (h.score, -h.timestamp_s))
+    if shot is not None:
+        return Moment(video, shot.start_s, shot.end_s, best.timestamp_s, best.score, tuple(hits), shot)
     return Moment(video, hits[0].timestamp_s, hits[-1].timestamp_s, best.timestamp_s, best.score, tuple(hits))
