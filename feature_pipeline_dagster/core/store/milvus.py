@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, VECTOR_DTYPE, CollectionSpec, ConfigError
+from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, MAX_EF, VECTOR_DTYPE, CollectionSpec, ConfigError
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.stream import prefetch
@@ -25,11 +25,11 @@ from feature_pipeline_dagster.core.store import Committed, RowFilter, new_genera
 
 
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
-MAX_TOPK = 16384  # Milvus' limit on rows per query vector
+MAX_TOPK = MAX_EF  # Milvus' limit on rows per query vector
 MAX_QUERY_ROWS = 16384  # Milvus' limit on a plain query's offset + limit
-# HNSW (Lite's AUTOINDEX) candidate list: at least the rows asked for (HNSW returns no
-# more than ef), never under Lite's default 64. bench_search.py measures the recall it gives.
+# HNSW (Lite's AUTOINDEX) candidate list, by query kind: see `search_ef`.
 MIN_EF = 64
+MIN_EF_TEXT = 1024
 log = logging.getLogger("feature_pipeline.store")
 
 
@@ -368,7 +368,7 @@ class MilvusStore:
         return bool(self._call("has_collection", self.client.has_collection, spec.name))
 
     def search_rows(self, spec: CollectionSpec, vectors: np.ndarray, limit: int, where: RowFilter | None = None,
-                    group_size: int = 0, fields: tuple[str, ...] = ()) -> list[list[dict]]:
+                    group_size: int = 0, fields: tuple[str, ...] = (), text: bool = False) -> list[list[dict]]:
         """Nearest rows per query vector. `group_size`: Milvus' `group_by_field` on
         `video_path` (Lite 3.2 and servers from 2.4 have it), so one long video cannot
         fill the answer with its own frames; a backend without it (Milvus 2.3) answers the
@@ -381,7 +381,7 @@ class MilvusStore:
             limit = min(limit, MAX_TOPK // group_size)
             try:
                 hits = self.client.search(spec.name, limit=limit, group_by_field="video_path", group_size=group_size,
-                                          search_params=self._search_params(spec, limit * group_size), **kwargs)
+                                          search_params=self._search_params(spec, limit * group_size, text), **kwargs)
                 return [[dict(h["entity"], score=h["distance"]) for h in per] for per in hits]
             except Exception as err:
                 if "group" not in str(err).lower():
@@ -389,18 +389,19 @@ class MilvusStore:
                 self._grouping = False  # this server cannot group: ungrouped from now on
         limit = min(MAX_TOPK, limit * max(1, group_size))
         hits = self._call("search", self.client.search, spec.name, limit=limit,
-                          search_params=self._search_params(spec, limit), **kwargs)
+                          search_params=self._search_params(spec, limit, text), **kwargs)
         return [[dict(h["entity"], score=h["distance"]) for h in per] for per in hits]
 
     _grouping = True
 
-    def _search_params(self, spec: CollectionSpec, rows: int) -> dict:
+    def _search_params(self, spec: CollectionSpec, rows: int, text: bool = False) -> dict:
         """The collection's configured search parameters (`db.collections[].index.search`),
-        with HNSW's `ef` at least the rows asked for (HNSW returns no more than ef; Lite's
-        AUTOINDEX is FAISS HNSW). A server's AUTOINDEX chooses its own."""
+        with HNSW's `ef` from `search_ef` (Lite's AUTOINDEX is FAISS HNSW). A server's
+        AUTOINDEX chooses its own."""
         params = dict(spec.index.search)
-        if spec.index.type == "HNSW" or (spec.index.type == "AUTOINDEX" and self.uri.endswith(".db")):
-            params["ef"] = min(MAX_TOPK, max(MIN_EF, rows, int(params.get("ef", 0))))
+        params.pop("ef_text", None)  # ours, not Milvus'
+        if spec.index.type == "HNSW" or (spec.index.type == "AUTOINDEX" and self.is_lite):
+            params["ef"] = search_ef(spec, rows, text)
         return {"metric_type": spec.index.metric, "params": params}
 
     def query_rows(self, spec: CollectionSpec, where: RowFilter, fields: tuple[str, ...]) -> list[dict]:
@@ -514,6 +515,17 @@ def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingB
             pending, held = ([rest] if len(rest) else []), len(rest)
     if held:
         yield EmbeddingBatch.concat(pending)
+
+
+def search_ef(spec: CollectionSpec, rows: int, text: bool) -> int:
+    """HNSW's `ef` for a search asking `rows` rows: the configured `ef` (image queries) or
+    `ef_text` (text queries), by default MIN_EF and MIN_EF_TEXT, and never under the rows
+    asked (HNSW returns no more than ef). Text queries need the wider walk: across CLIP's
+    modality gap (cos ~0.3 to every frame) the graph's greedy descent starts far from all
+    of them; bench_search.py measured recall@10 ... """
+    search = dict(spec.index.search)
+    ef = int(search.get("ef_text", MIN_EF_TEXT)) if text else int(search.get("ef", MIN_EF))
+    return min(MAX_TOPK, max(rows, ef))
 
 
 def _filter_groups(names: list[str], max_chars: int = 60_000) -> Iterator[list[str]]:
