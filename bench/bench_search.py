@@ -53,7 +53,6 @@ from feature_pipeline_dagster.core.search.api import GROUP_SIZE, _current_rows  
 from feature_pipeline_dagster.core.search.moments import Hit, merge_hits  # noqa: E402
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, IndexSpec  # noqa: E402
 from feature_pipeline_dagster.core.store import RowFilter, open_store  # noqa: E402
-from feature_pipeline_dagster.core.store.milvus import search_ef  # noqa: E402
 
 DIM, FRAMES_PER_VIDEO, CHUNK = 512, 200, 20_000  # CHUNK: a whole number of videos
 TOPICS = 100
@@ -175,7 +174,8 @@ def exact_tops(queries: np.ndarray, rows: int, k: int = K) -> list[set[int]]:
     for start in range(0, rows, CHUNK):
         scores = queries @ clip_like(start, min(CHUNK, rows - start)).T
         best = np.concatenate([best, scores], 1)
-        best_ids = np.concatenate([best_ids, np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)], 1)
+        ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
+        best_ids = np.concatenate([best_ids, ids], 1)
         keep = np.argpartition(-best, k, axis=1)[:, :k]
         best, best_ids = np.take_along_axis(best, keep, 1), np.take_along_axis(best_ids, keep, 1)
     return [set(r.tolist()) for r in best_ids]
@@ -215,7 +215,9 @@ def measure(store, strong, spec, rows: int, queries: int, efs: list[int]) -> dic
             Hit(r["video_path"], r["timestamp_ms"] / 1000, r["frame_id"], r["score"])
             for r in _current_rows(store, spec, q, RowFilter(), VERSION, K, GROUP_SIZE, text)[0][0]], 2.0, K), query)
         plain, answers = timed(lambda q: store.search_rows(spec, q, K, None, 0, fields, text), query)
-        row = {"ef_rule": {"plain_top10": search_ef(spec, K, text), "grouped": search_ef(spec, K * GROUP_SIZE, text)},
+        sent = {name: store._search_params(spec, rows, text)["params"].get("ef")
+                for name, rows in (("plain_top10", K), ("grouped", K * GROUP_SIZE))}
+        row = {"ef_sent": sent,  # None: a server's AUTOINDEX, which picks its own
                "grouped_search": pct(grouped), "plain_top10": pct(plain), "recall_at_10_plain": recall(answers, exact)}
         if not text:
             def filtered(q, target=iter(range(10**9))):
@@ -223,12 +225,13 @@ def measure(store, strong, spec, rows: int, queries: int, efs: list[int]) -> dic
                 return _current_rows(store, spec, q, RowFilter(videos=(video,), since_ms=0, until_ms=600_000), VERSION,
                                      K, GROUP_SIZE)
             row["filtered_one_video"] = pct(timed(filtered, query)[0])
-            row["plain_top10_strong_reads"] = pct(timed(lambda q: strong.search_rows(spec, q, K, None, 0, fields), query)[0])
+            strong_times, _ = timed(lambda q: strong.search_rows(spec, q, K, None, 0, fields), query)
+            row["plain_top10_strong_reads"] = pct(strong_times)
         for ef in efs:
             params = {"metric_type": spec.index.metric, "params": {"ef": ef}}
-            times, got = timed(lambda q: store.client.search(spec.name, data=list(q), limit=K, search_params=params,
-                                                             anns_field=spec.vector_field.name, output_fields=list(fields),
-                                                             **store._reads), query)
+            times, got = timed(lambda q: store.client.search(
+                spec.name, data=list(q), limit=K, search_params=params, anns_field=spec.vector_field.name,
+                output_fields=list(fields), **store._reads), query)
             got = [[[h["entity"] for h in per] for per in g] for g in got]
             row[f"ef_{ef}"] = {**pct(times), "recall_at_10": recall(got, exact)}
         out[kind] = row
@@ -305,8 +308,9 @@ def main() -> None:
         uri = server.uri
     else:
         uri = args.uri or str(Path(tmp.name) / "search.db")
-    store = open_store(uri, "root:Milvus" if server else None, reads_may_lag=True)  # as the search API opens it
-    strong = open_store(uri, "root:Milvus" if server else None)  # the pipeline's reads, which wait for a server's newest writes
+    token = "root:Milvus" if server else None
+    store = open_store(uri, token, reads_may_lag=True)  # as the search API opens it
+    strong = open_store(uri, token)  # the pipeline's reads, which wait for a server's newest writes
     index = IndexSpec(args.index.upper(), "COSINE", tuple(sorted(args.index_params.items())),
                       tuple(sorted(args.search_params.items())))
     spec = spec_for(f"bench_search_{args.index.lower()}", index)
@@ -316,7 +320,8 @@ def main() -> None:
         if store.exists(stale):
             store.client.drop_collection(stale.name)
     store.ensure_collection(spec)  # the product's create, with this index
-    results = {"backend": "Milvus Lite" if uri.endswith(".db") else ("Milvus 2.3.5 standalone (--server)" if server else uri),
+    backend = "Milvus 2.3.5 standalone (--server)" if server else uri
+    results = {"backend": "Milvus Lite" if uri.endswith(".db") else backend,
                "index": args.index, "index_params": args.index_params, "search_params": args.search_params,
                "dim": DIM, "k": K, "group_size": GROUP_SIZE, "frames_per_video": FRAMES_PER_VIDEO, "topics": TOPICS,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_start": os.getloadavg(), "sizes": []}

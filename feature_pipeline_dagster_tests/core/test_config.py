@@ -71,7 +71,8 @@ def test_index_keys(tmp_path, tiny_clip):
 
 
 @pytest.mark.parametrize("search,message", [
-    ({"ef_text": "wide"}, "index.search_params.ef_text: must be a whole number from 1 to 16384 (HNSW's candidate list), got 'wide'"),
+    ({"ef_text": "wide"},
+     "index.search_params.ef_text: must be a whole number from 1 to 16384 (HNSW's candidate list), got 'wide'"),
     ({"ef": 64, "ef_text": 0}, "index.search_params.ef_text: must be a whole number from 1 to 16384"),
     ({"ef": 20000}, "index.search_params.ef: must be a whole number from 1 to 16384"),
     ({"ef": 64.5}, "index.search_params.ef: must be a whole number"),

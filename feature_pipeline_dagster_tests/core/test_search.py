@@ -133,7 +133,8 @@ def test_text_queries_search_with_their_own_wider_ef(indexed, monkeypatch, tiny_
 
     sent = []
     real = indexed.store.client.search
-    monkeypatch.setattr(indexed.store.client, "search", lambda *a, **kw: sent.append(kw["search_params"]) or real(*a, **kw))
+    monkeypatch.setattr(indexed.store.client, "search",
+                        lambda *args, **kw: sent.append(kw["search_params"]) or real(*args, **kw))
     frame, _, _ = decoded_frame(indexed.root / "videos" / "red car.mp4")
     config = clip_config(indexed.root, tiny_clip, indexed.root / "videos")
     config["db"]["collections"][0]["index"] = {"search_params": {"ef": 100, "ef_text": 700, "nprobe": 3}}

@@ -27,7 +27,7 @@ from feature_pipeline_dagster.core.store import Committed, RowFilter, new_genera
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
 MAX_TOPK = MAX_EF  # Milvus' limit on rows per query vector
 MAX_QUERY_ROWS = 16384  # Milvus' limit on a plain query's offset + limit
-# HNSW (Lite's AUTOINDEX) candidate list, by query kind: see `search_ef`.
+# HNSW's candidate list (Lite's AUTOINDEX is FAISS HNSW) by query kind: see `search_ef`.
 MIN_EF = 64
 MIN_EF_TEXT = 1024
 log = logging.getLogger("feature_pipeline.store")
@@ -519,10 +519,14 @@ def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingB
 
 def search_ef(spec: CollectionSpec, rows: int, text: bool) -> int:
     """HNSW's `ef` for a search asking `rows` rows: the configured `ef` (image queries) or
-    `ef_text` (text queries), by default MIN_EF and MIN_EF_TEXT, and never under the rows
-    asked (HNSW returns no more than ef). Text queries need the wider walk: across CLIP's
-    modality gap (cos ~0.3 to every frame) the graph's greedy descent starts far from all
-    of them; bench_search.py measured recall@10 ... """
+    `ef_text` (text queries), by default MIN_EF and MIN_EF_TEXT, never under the rows asked
+    (HNSW returns no more than ef). A text vector sits across CLIP's modality gap, cos ~0.3
+    to every frame, so the graph's greedy walk has no near neighbour to home in on: on one
+    FAISS HNSW graph as Lite builds it (M 16, efConstruction 200; bench_search.py's vectors)
+    text recall@10 at ef 64 fell from 0.98 at 25k rows to 0.79 at 50k and 0.61 at 100k, and
+    100k needed ef 512 (0.97) to 1024 (1.00), about 2 ms of FAISS time a graph; image
+    queries got 0.99-1.00 at ef 64. The graph's size sets it, not the collection's: Lite caps
+    a segment at 100k rows, so 1024 holds at 1M rows (README "Recall")."""
     search = dict(spec.index.search)
     ef = int(search.get("ef_text", MIN_EF_TEXT)) if text else int(search.get("ef", MIN_EF))
     return min(MAX_TOPK, max(rows, ef))
