@@ -56,7 +56,7 @@ class IndexSpec:
     type: str = "AUTOINDEX"
     metric: str = "COSINE"
     params: tuple[tuple[str, Any], ...] = ()  # build parameters, e.g. (("M", 16), ("efConstruction", 200))
-    search: tuple[tuple[str, Any], ...] = ()  # search parameters, e.g. (("ef", 64), ("ef_text", 256))
+    search: tuple[tuple[str, Any], ...] = ()  # search parameters, e.g. (("ef", 64), ("ef_text", 1024))
 
 
 @dataclass(frozen=True)

@@ -400,7 +400,8 @@ class MilvusStore:
         AUTOINDEX chooses its own."""
         params = dict(spec.index.search)
         params.pop("ef_text", None)  # ours, not Milvus'
-        if spec.index.type == "HNSW" or (spec.index.type == "AUTOINDEX" and self.is_lite):
+        built = self.index_type(spec)  # a DISKANN config is AUTOINDEX (FAISS HNSW) on Lite
+        if built == "HNSW" or (built == "AUTOINDEX" and self.is_lite):
             params["ef"] = search_ef(spec, rows, text)
         return {"metric_type": spec.index.metric, "params": params}
 
