@@ -526,8 +526,9 @@ def search_ef(spec: CollectionSpec, rows: int, text: bool) -> int:
     FAISS HNSW graph as Lite builds it (M 16, efConstruction 200; bench_search.py's vectors)
     text recall@10 at ef 64 fell from 0.98 at 25k rows to 0.79 at 50k and 0.61 at 100k, and
     100k needed ef 512 (0.97) to 1024 (1.00), about 2 ms of FAISS time a graph; image
-    queries got 0.99-1.00 at ef 64. The graph's size sets it, not the collection's: Lite caps
-    a segment at 100k rows, so 1024 holds at 1M rows (README "Recall")."""
+    queries got 0.99-1.00 at ef 64. The graph's size sets it, not the collection's: Lite
+    builds one graph per segment of each of 16 partitions (the partition key), at most 100k
+    rows, so no Lite collection outgrows 1024; a server's segments can (README "Recall")."""
     search = dict(spec.index.search)
     ef = int(search.get("ef_text", MIN_EF_TEXT)) if text else int(search.get("ef", MIN_EF))
     return min(MAX_TOPK, max(rows, ef))
