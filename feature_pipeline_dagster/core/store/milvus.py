@@ -29,7 +29,8 @@ MAX_TOPK = MAX_EF  # Milvus' limit on rows per query vector
 MAX_QUERY_ROWS = 16384  # Milvus' limit on a plain query's offset + limit
 # HNSW's candidate list (Lite's AUTOINDEX is FAISS HNSW) by query kind: see `search_ef`.
 MIN_EF = 64
-MIN_EF_TEXT = 1024
+EF_TEXT = ((1_000_000, 256), (None, 1024))  # (up to this many rows in the collection, ef): see `search_ef`
+ROW_COUNT_TTL_S = 60.0  # how long a search trusts the collection's row count it read
 log = logging.getLogger("feature_pipeline.store")
 
 
@@ -68,6 +69,7 @@ class MilvusStore:
         self._reads = {"consistency_level": "Bounded"} if reads_may_lag else {}
         self.lite_idle_minutes = lite_idle_minutes  # for a Lite server this store starts (None: its default)
         self._ready: set[CollectionSpec] = set()  # checked and loaded on this connection
+        self._row_counts: dict[str, tuple[int, float]] = {}  # collection -> (rows, when read)
 
     @property
     def client(self):
@@ -402,8 +404,19 @@ class MilvusStore:
         params = dict(spec.index.search)
         params.pop("ef_text", None)  # ours, not Milvus'
         if self.index_type(spec) in ("HNSW", "AUTOINDEX"):  # a DISKANN config is AUTOINDEX on Lite
-            params["ef"] = search_ef(spec, rows, text)
+            size = self.row_count(spec) if text and "ef_text" not in dict(spec.index.search) else 0
+            params["ef"] = search_ef(spec, rows, text, size)
         return {"metric_type": spec.index.metric, "params": params}
+
+    def row_count(self, spec: CollectionSpec) -> int:
+        """The collection's rows, read at most once a ROW_COUNT_TTL_S (a text search's ef
+        depends on it; the count is one more request)."""
+        rows, when = self._row_counts.get(spec.name, (0, -ROW_COUNT_TTL_S))
+        if time.monotonic() - when >= ROW_COUNT_TTL_S:
+            stats = self._call("get_collection_stats", self.client.get_collection_stats, spec.name)
+            rows = int(stats.get("row_count", 0))
+            self._row_counts[spec.name] = (rows, time.monotonic())
+        return rows
 
     def query_rows(self, spec: CollectionSpec, where: RowFilter, fields: tuple[str, ...]) -> list[dict]:
         self.ensure_collection(spec)
@@ -518,19 +531,25 @@ def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingB
         yield EmbeddingBatch.concat(pending)
 
 
-def search_ef(spec: CollectionSpec, rows: int, text: bool) -> int:
+def search_ef(spec: CollectionSpec, rows: int, text: bool, collection_rows: int = 0) -> int:
     """HNSW's `ef` for a search asking `rows` rows: the configured `ef` (image queries) or
-    `ef_text` (text queries), by default MIN_EF and MIN_EF_TEXT, never under the rows asked
-    (HNSW returns no more than ef). A text vector sits across CLIP's modality gap, cos ~0.3
-    to every frame, so the graph's greedy walk has no near neighbour to home in on: on one
-    FAISS HNSW graph as Lite builds it (M 16, efConstruction 200; bench_search.py's vectors)
-    text recall@10 at ef 64 fell from 0.98 at 25k rows to 0.79 at 50k and 0.61 at 100k, and
-    100k needed ef 512 (0.97) to 1024 (1.00), about 2 ms of FAISS time a graph; image
-    queries got 0.99-1.00 at ef 64. The graph's size sets it, not the collection's: Lite
-    builds one graph per segment of each of 16 partitions (the partition key), at most 100k
-    rows, so no Lite collection outgrows 1024; a server's segments can (README "Recall")."""
+    `ef_text` (text queries), by default MIN_EF and, for text, EF_TEXT by the collection's
+    rows; never under the rows asked (HNSW returns no more than ef). A text vector sits
+    across CLIP's modality gap, cos ~0.3 to every frame, so the graph's greedy walk has no
+    near neighbour to home in on: on one FAISS HNSW graph as Lite builds it (M 16,
+    efConstruction 200; bench_search.py's vectors) text recall@10 at ef 64 fell from 0.98
+    at 25k rows to 0.79 at 50k and 0.61 at 100k, where ef 1024 gave 1.00; image queries got
+    0.99-1.00 at ef 64. A collection's graphs are its segments in each of 16 partitions (the
+    partition key): up to 1M rows ef 256 gave text 1.00 on Lite and on Milvus 2.3.5 (at 1M:
+    26 ms on the server against 89-112 ms at ef 1024); past it graphs near Lite's 100k-row
+    segments, so 1024 (README "Recall")."""
     search = dict(spec.index.search)
-    ef = int(search.get("ef_text", MIN_EF_TEXT)) if text else int(search.get("ef", MIN_EF))
+    if not text:
+        ef = int(search.get("ef", MIN_EF))
+    elif "ef_text" in search:
+        ef = int(search["ef_text"])
+    else:
+        ef = next(value for most, value in EF_TEXT if most is None or collection_rows <= most)
     return min(MAX_TOPK, max(rows, ef))
 
 
