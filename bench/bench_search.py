@@ -4,7 +4,7 @@ on Milvus Lite by default, on a Milvus server (`--uri`), or on a Milvus 2.3 stan
 server this bench starts in a network namespace of its own (`--server`). Not a test.
 
     python bench/bench_search.py --sizes 100000           # Milvus Lite (~6 min here)
-    python bench/bench_search.py --sizes 100000,1000000   # ~35 min
+    python bench/bench_search.py --sizes 100000,1000000   # ~45 min (1M: 14 min insert, 17 min index)
     python bench/bench_search.py --server --sizes 100000  # needs unshare (root or CAP_SYS_ADMIN)
     python bench/bench_search.py --ef 64,128,256,512      # recall and latency of each ef as well
 
