@@ -32,6 +32,7 @@ MODEL_KEYS = {"name", "path", "source", "features", "batch_size", "dtype"}
 # and AUTOINDEX (tested: core/test_store.py); DISKANN is server-only (Lite accepts the
 # index and then fails to build it at search time), so on Lite the store uses AUTOINDEX.
 INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW", "DISKANN", "SCANN")
+MAX_EF = 16384  # Milvus' limit on HNSW's ef (and on rows per query vector)
 LITE_INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
 PLACEMENTS = ("local", "kubernetes")
 
@@ -55,7 +56,7 @@ class IndexSpec:
     type: str = "AUTOINDEX"
     metric: str = "COSINE"
     params: tuple[tuple[str, Any], ...] = ()  # build parameters, e.g. (("M", 16), ("efConstruction", 200))
-    search: tuple[tuple[str, Any], ...] = ()  # search parameters, e.g. (("ef", 64),)
+    search: tuple[tuple[str, Any], ...] = ()  # search parameters, e.g. (("ef", 64), ("ef_text", 1024))
 
 
 @dataclass(frozen=True)
@@ -493,6 +494,11 @@ def _parse_index(node: _Node) -> IndexSpec:
     for key, given in (("params", params), ("search_params", search)):
         if not all(isinstance(k, str) and isinstance(v, (int, float, str)) for k, v in given.items()):
             node.fail("expected a mapping of parameter name to number, e.g. {M: 16, efConstruction: 200}", key)
+    for key in ("ef", "ef_text"):  # HNSW's candidate list per query kind (core/store/milvus.py search_ef)
+        value = search.get(key)
+        if value is not None and not (type(value) is int and 1 <= value <= MAX_EF):
+            node.fail(f"must be a whole number from 1 to {MAX_EF} (HNSW's candidate list), got {value!r}",
+                      f"search_params.{key}")
     return IndexSpec(kind, metric, tuple(sorted(params.items())), tuple(sorted(search.items())))
 
 

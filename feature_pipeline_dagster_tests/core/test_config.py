@@ -82,6 +82,25 @@ def test_index_keys(tmp_path, tiny_clip):
         load_settings(write_config(tmp_path, config))
 
 
+@pytest.mark.parametrize("search,message", [
+    ({"ef_text": "wide"},
+     "index.search_params.ef_text: must be a whole number from 1 to 16384 (HNSW's candidate list), got 'wide'"),
+    ({"ef": 64, "ef_text": 0}, "index.search_params.ef_text: must be a whole number from 1 to 16384"),
+    ({"ef": 20000}, "index.search_params.ef: must be a whole number from 1 to 16384"),
+    ({"ef": 64.5}, "index.search_params.ef: must be a whole number"),
+])
+def test_search_ef_keys_are_checked(tmp_path, tiny_clip, search, message):
+    config = clip_config(tmp_path, tiny_clip, tmp_path)
+    config["db"]["collections"][0]["index"] = {"search_params": search}
+    path = write_config(tmp_path, config)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value).startswith(f"{path}: db.collections[0].{message}") and "\n" not in str(err.value)
+    config["db"]["collections"][0]["index"] = {"search_params": {"ef": 128, "ef_text": 512}}
+    spec = load_settings(write_config(tmp_path, config)).db.collections[0]
+    assert spec.index.search == (("ef", 128), ("ef_text", 512))
+
+
 @pytest.mark.parametrize("overrides,message", BAD)
 def test_bad_config_names_file_and_key(tmp_path, tiny_clip, overrides, message):
     config = clip_config(tmp_path, tiny_clip, tmp_path)

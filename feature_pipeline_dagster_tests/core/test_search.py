@@ -127,6 +127,36 @@ def test_text_search_answers_moments_with_filters(indexed):
     assert nothing.moments == [] and "no embedded video matches '*.mkv'" in nothing.warnings
 
 
+def test_text_queries_search_with_their_own_wider_ef(indexed, monkeypatch, tiny_clip):
+    """The search API tells the store a query's kind: a text query (across CLIP's modality
+    gap) walks HNSW with `ef_text`, by default by the collection's rows (EF_TEXT), an image
+    query with `ef`, each never under the rows a grouped search asks (10 videos x 8); the
+    defaults, a larger collection's and a config's own values reach the real Milvus Lite."""
+    from feature_pipeline_dagster.core.store import milvus
+
+    sent = []
+    real = indexed.store.client.search
+    monkeypatch.setattr(indexed.store.client, "search",
+                        lambda *args, **kw: sent.append(kw["search_params"]) or real(*args, **kw))
+    frame, _, _ = decoded_frame(indexed.root / "videos" / "red car.mp4")
+    config = clip_config(indexed.root, tiny_clip, indexed.root / "videos")
+    config["db"]["collections"][0]["index"] = {"search_params": {"ef": 100, "ef_text": 700, "nprobe": 3}}
+    configured = load_settings(write_config(indexed.root, config, "wide.yaml"))
+    rows = indexed.store.row_count(indexed.spec)
+    assert rows == sum(indexed.store.count_rows(indexed.spec, v) for v in VIDEOS) > 0
+    for settings, size_rule, image_ef, text_ef in (
+            (indexed.settings, milvus.EF_TEXT, 80, 256),  # the defaults, a small collection
+            (indexed.settings, ((rows - 1, 256), (None, 1024)), 80, 1024),  # a collection past the first step
+            (configured, ((rows - 1, 256), (None, 1024)), 100, 700)):  # the config's own values win
+        monkeypatch.setattr(milvus, "EF_TEXT", size_rule)
+        sent.clear()
+        assert search(settings, image=frame, k=10, store=indexed.store).moments
+        assert search(settings, text="a red car", k=10, store=indexed.store).moments
+        assert [p["params"]["ef"] for p in sent] == [image_ef, text_ef], sent
+        assert all("ef_text" not in p["params"] for p in sent)  # ours, never sent to Milvus
+    assert sent[0]["params"]["nprobe"] == 3  # other search parameters pass through
+
+
 def test_only_current_rows_answer(indexed):
     """Rows a crash left (an older generation), rows of a write never committed and rows of
     a video recorded with another code version never come back, even as exact matches."""

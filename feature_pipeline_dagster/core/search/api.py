@@ -104,7 +104,8 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
         if family.patch_grid:
             hits, current, left_out = _patch_hits(store, spec, vectors, where, version, k)
         else:
-            rows, current, left_out = current_rows(store, spec, vectors[:1], where, version, k, GROUP_SIZE)
+            rows, current, left_out = current_rows(store, spec, vectors[:1], where, version, k, GROUP_SIZE,
+                                                   text=text is not None)
             hits = [Hit(r["video_path"], r["timestamp_ms"] / 1000, int(r["frame_id"]), float(r["score"]))
                     for r in rows[0]]
         if left_out:
@@ -144,14 +145,14 @@ def searchable_version(settings: Settings, spec, store: VectorStore) -> str | No
 
 
 def current_rows(store: VectorStore, spec, vectors: np.ndarray, where: RowFilter, version: str, limit: int,
-                  group_size: int) -> tuple[list[list[dict]], dict[str, int], set[str]]:
+                  group_size: int, text: bool = False) -> tuple[list[list[dict]], dict[str, int], set[str]]:
     """Search until every hit is a current row: each round excludes the videos without a
     record or of another code version, and the stale generations it met. Returns the
     rows, each hit video's current generation, and the videos left out for their code version."""
     fields = ("video_path", "generation", "timestamp_ms", "frame_id")
     left_out: set[str] = set()
     for _ in range(REFINE_ROUNDS):
-        rows = store.search_rows(spec, vectors, limit, where, group_size, fields)
+        rows = store.search_rows(spec, vectors, limit, where, group_size, fields, text)
         seen = sorted({r["video_path"] for per in rows for r in per})
         records = store.committed(spec, seen)
         exclude, current = set(where.exclude), dict(where.current)

@@ -86,10 +86,12 @@ class VectorStore(Protocol):
         """Whether the collection exists (creates nothing)."""
 
     def search_rows(self, spec: CollectionSpec, vectors: np.ndarray, limit: int, where: RowFilter | None = None,
-                    group_size: int = 0, fields: tuple[str, ...] = ()) -> list[list[dict]]:
+                    group_size: int = 0, fields: tuple[str, ...] = (), text: bool = False) -> list[list[dict]]:
         """Per query vector, its nearest rows (scalar fields and `score`, cosine); with
         `group_size`, at most that many rows per video for `limit` videos, where the
-        backend supports per-video grouping (else `limit * group_size` rows)."""
+        backend supports per-video grouping (else `limit * group_size` rows). `text`: the
+        vectors are text embeddings, far from every stored image vector, which an
+        approximate index needs a wider search for."""
 
     def query_rows(self, spec: CollectionSpec, where: RowFilter, fields: tuple[str, ...]) -> list[dict]:
         """Every row `where` admits, with `fields` (the vector field among them if named)."""

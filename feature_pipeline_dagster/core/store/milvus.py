@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, VECTOR_DTYPE, CollectionSpec, ConfigError
+from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, MAX_EF, VECTOR_DTYPE, CollectionSpec, ConfigError
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.stream import prefetch
@@ -25,11 +25,12 @@ from feature_pipeline_dagster.core.store import Committed, RowFilter, new_genera
 
 
 MAX_REQUEST_BYTES = 48 * 1024 * 1024  # Milvus refuses requests over 64 MB; leave room for framing
-MAX_TOPK = 16384  # Milvus' limit on rows per query vector
+MAX_TOPK = MAX_EF  # Milvus' limit on rows per query vector
 MAX_QUERY_ROWS = 16384  # Milvus' limit on a plain query's offset + limit
-# HNSW (Lite's AUTOINDEX) candidate list: at least the rows asked for (HNSW returns no
-# more than ef), never under Lite's default 64. bench_search.py measures the recall it gives.
+# HNSW's candidate list (Lite's AUTOINDEX is FAISS HNSW) by query kind: see `search_ef`.
 MIN_EF = 64
+EF_TEXT = ((1_000_000, 256), (None, 1024))  # (up to this many rows in the collection, ef): see `search_ef`
+ROW_COUNT_TTL_S = 60.0  # how long a search trusts the collection's row count it read
 log = logging.getLogger("feature_pipeline.store")
 
 
@@ -68,6 +69,7 @@ class MilvusStore:
         self._reads = {"consistency_level": "Bounded"} if reads_may_lag else {}
         self.lite_idle_minutes = lite_idle_minutes  # for a Lite server this store starts (None: its default)
         self._ready: set[CollectionSpec] = set()  # checked and loaded on this connection
+        self._row_counts: dict[str, tuple[int, float]] = {}  # collection -> (rows, when read)
 
     @property
     def client(self):
@@ -368,7 +370,7 @@ class MilvusStore:
         return bool(self._call("has_collection", self.client.has_collection, spec.name))
 
     def search_rows(self, spec: CollectionSpec, vectors: np.ndarray, limit: int, where: RowFilter | None = None,
-                    group_size: int = 0, fields: tuple[str, ...] = ()) -> list[list[dict]]:
+                    group_size: int = 0, fields: tuple[str, ...] = (), text: bool = False) -> list[list[dict]]:
         """Nearest rows per query vector. `group_size`: Milvus' `group_by_field` on
         `video_path` (Lite 3.2 and servers from 2.4 have it), so one long video cannot
         fill the answer with its own frames; a backend without it (Milvus 2.3) answers the
@@ -381,7 +383,7 @@ class MilvusStore:
             limit = min(limit, MAX_TOPK // group_size)
             try:
                 hits = self.client.search(spec.name, limit=limit, group_by_field="video_path", group_size=group_size,
-                                          search_params=self._search_params(spec, limit * group_size), **kwargs)
+                                          search_params=self._search_params(spec, limit * group_size, text), **kwargs)
                 return [[dict(h["entity"], score=h["distance"]) for h in per] for per in hits]
             except Exception as err:
                 if "group" not in str(err).lower():
@@ -389,19 +391,32 @@ class MilvusStore:
                 self._grouping = False  # this server cannot group: ungrouped from now on
         limit = min(MAX_TOPK, limit * max(1, group_size))
         hits = self._call("search", self.client.search, spec.name, limit=limit,
-                          search_params=self._search_params(spec, limit), **kwargs)
+                          search_params=self._search_params(spec, limit, text), **kwargs)
         return [[dict(h["entity"], score=h["distance"]) for h in per] for per in hits]
 
     _grouping = True
 
-    def _search_params(self, spec: CollectionSpec, rows: int) -> dict:
+    def _search_params(self, spec: CollectionSpec, rows: int, text: bool = False) -> dict:
         """The collection's configured search parameters (`db.collections[].index.search`),
-        with HNSW's `ef` at least the rows asked for (HNSW returns no more than ef; Lite's
-        AUTOINDEX is FAISS HNSW). A server's AUTOINDEX chooses its own."""
+        with HNSW's `ef` from `search_ef`. AUTOINDEX is HNSW too: FAISS HNSW on Lite, HNSW
+        on an open-source server, whose own default `ef` gave text queries recall@10 0.85 at
+        100k rows on Milvus 2.3.5, against 1.00 with ef 1024 (bench_search.py --server)."""
         params = dict(spec.index.search)
-        if spec.index.type == "HNSW" or (spec.index.type == "AUTOINDEX" and self.uri.endswith(".db")):
-            params["ef"] = min(MAX_TOPK, max(MIN_EF, rows, int(params.get("ef", 0))))
+        params.pop("ef_text", None)  # ours, not Milvus'
+        if self.index_type(spec) in ("HNSW", "AUTOINDEX"):  # a DISKANN config is AUTOINDEX on Lite
+            size = self.row_count(spec) if text and "ef_text" not in dict(spec.index.search) else 0
+            params["ef"] = search_ef(spec, rows, text, size)
         return {"metric_type": spec.index.metric, "params": params}
+
+    def row_count(self, spec: CollectionSpec) -> int:
+        """The collection's rows, read at most once a ROW_COUNT_TTL_S (a text search's ef
+        depends on it; the count is one more request)."""
+        rows, when = self._row_counts.get(spec.name, (0, -ROW_COUNT_TTL_S))
+        if time.monotonic() - when >= ROW_COUNT_TTL_S:
+            stats = self._call("get_collection_stats", self.client.get_collection_stats, spec.name)
+            rows = int(stats.get("row_count", 0))
+            self._row_counts[spec.name] = (rows, time.monotonic())
+        return rows
 
     def query_rows(self, spec: CollectionSpec, where: RowFilter, fields: tuple[str, ...]) -> list[dict]:
         self.ensure_collection(spec)
@@ -514,6 +529,28 @@ def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingB
             pending, held = ([rest] if len(rest) else []), len(rest)
     if held:
         yield EmbeddingBatch.concat(pending)
+
+
+def search_ef(spec: CollectionSpec, rows: int, text: bool, collection_rows: int = 0) -> int:
+    """HNSW's `ef` for a search asking `rows` rows: the configured `ef` (image queries) or
+    `ef_text` (text queries), by default MIN_EF and, for text, EF_TEXT by the collection's
+    rows; never under the rows asked (HNSW returns no more than ef). A text vector sits
+    across CLIP's modality gap, cos ~0.3 to every frame, so the graph's greedy walk has no
+    near neighbour to home in on: on one FAISS HNSW graph as Lite builds it (M 16,
+    efConstruction 200; bench_search.py's vectors) text recall@10 at ef 64 fell from 0.98
+    at 25k rows to 0.79 at 50k and 0.61 at 100k, where ef 1024 gave 1.00; image queries got
+    0.99-1.00 at ef 64. A collection's graphs are its segments in each of 16 partitions (the
+    partition key): up to 1M rows ef 256 gave text 1.00 on Lite and on Milvus 2.3.5 (at 1M:
+    26 ms on the server against 89-112 ms at ef 1024); past it graphs near Lite's 100k-row
+    segments, so 1024 (README "Recall")."""
+    search = dict(spec.index.search)
+    if not text:
+        ef = int(search.get("ef", MIN_EF))
+    elif "ef_text" in search:
+        ef = int(search["ef_text"])
+    else:
+        ef = next(value for most, value in EF_TEXT if most is None or collection_rows <= most)
+    return min(MAX_TOPK, max(rows, ef))
 
 
 def _filter_groups(names: list[str], max_chars: int = 60_000) -> Iterator[list[str]]:
