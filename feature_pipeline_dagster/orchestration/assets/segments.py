@@ -7,25 +7,16 @@ as their generation, before the ledger: this step only confirms them (one query 
 run's videos). A video without them (embedded before shots were kept, or its rows deleted
 by hand) is split here from its stored frame vectors, as its frames' generation."""
 
-from dagster import (
-    AssetDep,
-    AssetExecutionContext,
-    AssetsDefinition,
-    AutomationCondition,
-    BackfillPolicy,
-    Failure,
-    asset,
-)
+from dagster import AssetExecutionContext, AssetsDefinition, Failure
 
 from feature_pipeline_dagster.core.errors import PipelineError
-from feature_pipeline_dagster.core.run_sizing import MAX_RUN_VIDEOS
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.shots import SegmentRows, segments_collection, shots_from_rows
 from feature_pipeline_dagster.core.store import RowFilter
 from feature_pipeline_dagster.core.videos import relpath_of
-from feature_pipeline_dagster.orchestration.failures import RETRY_POLICY, as_failure
+from feature_pipeline_dagster.orchestration.assets.derived import derived_asset
+from feature_pipeline_dagster.orchestration.failures import as_failure
 from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET
-from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 
 
@@ -33,18 +24,9 @@ def build_segments_asset(settings: Settings) -> AssetsDefinition:
     feature = settings.model.features[0]
     frames, spec = settings.collection_for(feature), segments_collection(settings)
 
-    @asset(
-        name=SEGMENTS_ASSET,
-        partitions_def=videos_partitions,
-        deps=[AssetDep(feature)],
-        io_manager_key="milvus_io_manager",
-        automation_condition=AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed(),
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_RUN_VIDEOS),
-        retry_policy=RETRY_POLICY,
-        kinds={"milvus"},
-        description=f"Each video's shots (hard cuts and dissolves): start and end, first, last and representative "
-        f"frame, and the normalized mean of its {feature} vectors, one row per shot in collection {spec.name}.",
-    )
+    @derived_asset(SEGMENTS_ASSET, feature,
+                   f"Each video's shots (hard cuts and dissolves): start and end, first, last and representative "
+                   f"frame, and the normalized mean of its {feature} vectors, one row per shot in collection {spec.name}.")
     def _segments(context: AssetExecutionContext, vector_store: VectorStoreResource) -> SegmentRows:
         videos = [relpath_of(key) for key in context.partition_keys]
         store = vector_store.open()

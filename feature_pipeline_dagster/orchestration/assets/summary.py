@@ -10,27 +10,17 @@ Each partition's metadata also names the run's videos' near-duplicates in the li
 (`duplicates`, core/search/duplicates.py), looked for from the run's videos only: a
 video embedded later shows up in its own partition's line, not in the older one's."""
 
-from dagster import (
-    AssetDep,
-    AssetExecutionContext,
-    AssetKey,
-    AssetsDefinition,
-    AutomationCondition,
-    BackfillPolicy,
-    Failure,
-    asset,
-)
+from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Failure
 
 from feature_pipeline_dagster.core.engine.video import decode_vector
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import SummaryRows, mean_of_pages, summary_collection
 from feature_pipeline_dagster.core.videos import relpath_of
-from feature_pipeline_dagster.core.run_sizing import MAX_RUN_VIDEOS
-from feature_pipeline_dagster.orchestration.failures import RETRY_POLICY, as_failure
+from feature_pipeline_dagster.orchestration.assets.derived import derived_asset
+from feature_pipeline_dagster.orchestration.failures import as_failure
 from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
 from feature_pipeline_dagster.orchestration.names import SUMMARY_ASSET
-from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 
 
@@ -38,18 +28,9 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
     feature = settings.model.features[0]
     frames, spec = settings.collection_for(feature), summary_collection(settings)
 
-    @asset(
-        name=SUMMARY_ASSET,
-        partitions_def=videos_partitions,
-        deps=[AssetDep(feature)],
-        io_manager_key="milvus_io_manager",
-        automation_condition=AutomationCondition.eager() & AutomationCondition.all_deps_blocking_checks_passed(),
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=MAX_RUN_VIDEOS),
-        retry_policy=RETRY_POLICY,
-        kinds={"milvus"},
-        description=f"The mean of each video's {feature} vectors, L2-normalized: one row per video "
-        f"in collection {spec.name}.",
-    )
+    @derived_asset(SUMMARY_ASSET, feature,
+                   f"The mean of each video's {feature} vectors, L2-normalized: one row per video "
+                   f"in collection {spec.name}.")
     def _summary(context: AssetExecutionContext, vector_store: VectorStoreResource) -> SummaryRows:
         keys = list(context.partition_keys)
         latest = latest_materializations(context.instance, AssetKey(feature), keys)
