@@ -61,7 +61,7 @@ K = 10
 KINDS = ("image", "text")
 
 
-def spec_for(name: str, index: IndexSpec) -> CollectionSpec:
+def spec_for(name: str, index: IndexSpec, partition_key: bool = True) -> CollectionSpec:
     return CollectionSpec(name, (
         FieldSpec("id", "INT64", is_primary=True, auto_id=True),
         FieldSpec("video_path", "VARCHAR", max_length=1024),
@@ -69,7 +69,7 @@ def spec_for(name: str, index: IndexSpec) -> CollectionSpec:
         FieldSpec("timestamp_ms", "INT64"),
         FieldSpec("generation", "INT64"),
         FieldSpec("embeddings", "FLOAT_VECTOR", dim=DIM),
-    ), index)
+    ), index, partition_key)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -289,6 +289,8 @@ def main() -> None:
     parser.add_argument("--search-params", type=json.loads, default={},
                         help='the collection\'s search_params, e.g. \'{"ef": 64, "ef_text": 256}\'')
     parser.add_argument("--ef", default="", help="also measure plain top-10 searches at each of these ef, e.g. 64,256")
+    parser.add_argument("--no-partition-key", action="store_true",
+                        help="the collection without video_path as partition key (`partition_key: false`)")
     parser.add_argument("--data", type=Path, help="data folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "search.json")
     args = parser.parse_args()
@@ -313,7 +315,7 @@ def main() -> None:
     strong = open_store(uri, token)  # the pipeline's reads, which wait for a server's newest writes
     index = IndexSpec(args.index.upper(), "COSINE", tuple(sorted(args.index_params.items())),
                       tuple(sorted(args.search_params.items())))
-    spec = spec_for(f"bench_search_{args.index.lower()}", index)
+    spec = spec_for(f"bench_search_{args.index.lower()}", index, not args.no_partition_key)
     from feature_pipeline_dagster.core.ledger import ledger_collection
 
     for stale in (spec, ledger_collection(spec)):
@@ -322,7 +324,7 @@ def main() -> None:
     store.ensure_collection(spec)  # the product's create, with this index
     backend = "Milvus 2.3.5 standalone (--server)" if server else uri
     results = {"backend": "Milvus Lite" if uri.endswith(".db") else backend,
-               "index": args.index, "index_params": args.index_params, "search_params": args.search_params,
+               "index": args.index, "partition_key": not args.no_partition_key, "index_params": args.index_params, "search_params": args.search_params,
                "dim": DIM, "k": K, "group_size": GROUP_SIZE, "frames_per_video": FRAMES_PER_VIDEO, "topics": TOPICS,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_start": os.getloadavg(), "sizes": []}
     have = 0
