@@ -324,7 +324,8 @@ def main() -> None:
     store.ensure_collection(spec)  # the product's create, with this index
     backend = "Milvus 2.3.5 standalone (--server)" if server else uri
     results = {"backend": "Milvus Lite" if uri.endswith(".db") else backend,
-               "index": args.index, "partition_key": not args.no_partition_key, "index_params": args.index_params, "search_params": args.search_params,
+               "index": args.index, "partition_key": not args.no_partition_key, "index_params": args.index_params,
+               "search_params": args.search_params,
                "dim": DIM, "k": K, "group_size": GROUP_SIZE, "frames_per_video": FRAMES_PER_VIDEO, "topics": TOPICS,
                "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_start": os.getloadavg(), "sizes": []}
     have = 0
