@@ -264,11 +264,14 @@ def _quickstart(args) -> int:
     code = _run(args)
     if code == 0:  # the next commands over what it embedded: a new shell otherwise reads the default config
         import shlex
+        import shutil
 
+        # As the user can type it: `.venv/bin/feature-pipeline` until the venv is on PATH.
+        me = "feature-pipeline" if shutil.which("feature-pipeline") else shlex.quote(os.path.relpath(sys.argv[0]))
         print(f"search what it embedded (this shell's commands need the config):\n"
               f"  export {CONFIG_ENV}={shlex.quote(str(config_path()))}\n"
-              f"  feature-pipeline search \"a red circle\"\n"
-              f"  feature-pipeline serve", file=sys.stderr)
+              f"  {me} search \"a red circle\"\n"
+              f"  {me} serve", file=sys.stderr)
     return code
 
 
