@@ -17,7 +17,12 @@ from feature_pipeline_dagster.cli.search import printable
 
 
 def add_arguments(parser) -> None:
+    from feature_pipeline_dagster.core.search.duplicates import MIN_SCORE
+
     parser.add_argument("--json", action="store_true", help="the groups as a JSON list on stdout")
+    parser.add_argument("--min-score", type=float, default=MIN_SCORE, metavar="COS",
+                        help=f"the cosine two frames need to match (default {MIN_SCORE}, measured on the tests' "
+                        "random-weights CLIP; real weights may need lower: bench/bench_duplicates.py --grid)")
 
 
 def run_duplicates(args) -> int:
@@ -25,10 +30,13 @@ def run_duplicates(args) -> int:
     from feature_pipeline_dagster.core.search.duplicates import find_duplicates, frame_collection
     from feature_pipeline_dagster.core.settings import load_settings
 
+    if not 0 < args.min_score <= 1:
+        print(f"error: --min-score is a cosine in (0, 1], got {args.min_score}", file=sys.stderr)
+        return 2
     settings = load_settings()
     frame_collection(settings)  # a NaViT config is refused before a database server starts
     start_lite_server(settings)
-    result = find_duplicates(settings)
+    result = find_duplicates(settings, min_score=args.min_score)
     for warning in result.warnings:
         print(("WARNING: " if not warning.startswith("RANDOM") else "") + warning, file=sys.stderr)
     if args.json:

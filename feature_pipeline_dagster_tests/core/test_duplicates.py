@@ -43,6 +43,14 @@ def test_precision_and_recall_over_pairs(library):
     assert any("RANDOM WEIGHTS" in w for w in result.warnings)
 
 
+def test_a_lower_min_score_takes_look_alikes_for_copies(library):
+    """`--min-score` reaches the rule: at 0.95 the tiny random model's look-alike videos
+    (same generator) pass as copies."""
+    result = find_duplicates(library.settings, store=library.store, min_score=0.95)
+    precision, recall = precision_recall(pairs_of_groups(result.groups), library.truth.true_pairs())
+    assert recall >= 0.95 and precision < 0.5, (precision, recall)
+
+
 def test_a_trims_time_ranges_are_within_a_second(library):
     result = find_duplicates(library.settings, store=library.store)
     pairs = {(p.a.video_path, p.b.video_path): p for g in result.groups for p in g.pairs}

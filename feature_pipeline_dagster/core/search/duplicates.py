@@ -86,10 +86,12 @@ class DuplicatesResult:
                          f"{theirs.end_s:g} s)" for mine, theirs in spans) or "none"
 
 
-def find_duplicates(settings: Settings, videos: list[str] | None = None,
-                    store: VectorStore | None = None) -> DuplicatesResult:
+def find_duplicates(settings: Settings, videos: list[str] | None = None, store: VectorStore | None = None,
+                    min_score: float = MIN_SCORE) -> DuplicatesResult:
     """Groups of near-duplicate videos among the first feature's current rows. `videos`:
-    look for the duplicates of these only (a run's videos), against the whole library."""
+    look for the duplicates of these only (a run's videos), against the whole library;
+    `min_score`: the cosine a frame hit needs (`--min-score`: for other weights than the
+    ones MIN_SCORE was measured on)."""
     from feature_pipeline_dagster.core.search.api import searchable_version
 
     model, spec = settings.model, frame_collection(settings)
@@ -111,7 +113,7 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None,
         period_s = 1 / settings.video_input.sample_fps
         pairs: dict[tuple[str, str], DuplicatePair] = {}
         for video in sorted(committed):
-            for pair in _pairs_of(store, spec, video, committed[video].generation, version, period_s):
+            for pair in _pairs_of(store, spec, video, committed[video].generation, version, period_s, min_score):
                 key = (pair.a.video_path, pair.b.video_path)
                 if key not in pairs or (pair.frames, pair.score) > (pairs[key].frames, pairs[key].score):
                     pairs[key] = pair
@@ -135,7 +137,7 @@ def frame_collection(settings: Settings):
 
 
 def _pairs_of(store: VectorStore, spec, video: str, generation: int, version: str,
-              period_s: float) -> list[DuplicatePair]:
+              period_s: float, min_score: float) -> list[DuplicatePair]:
     """The confirmed pairs of one video: its frames searched a page at a time."""
     from feature_pipeline_dagster.core.search.api import current_rows
 
@@ -153,7 +155,7 @@ def _pairs_of(store: VectorStore, spec, video: str, generation: int, version: st
                                    FRAMES_PER_VIDEO)
         for own, per in zip(page, found):
             for hit in per:
-                if hit["score"] >= MIN_SCORE and hit["video_path"] != video:
+                if hit["score"] >= min_score and hit["video_path"] != video:
                     hits.setdefault(hit["video_path"], []).append((own["timestamp_ms"], hit["timestamp_ms"],
                                                                    hit["score"]))
     if not hits:
