@@ -94,7 +94,10 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
     fix_mmap_threshold()
     family = FAMILIES[settings.model.name]
     grid = extractor.grid if family.patch_grid else None
-    watch = Watch.for_run(settings, extractor) if spec == settings.collection_for(settings.model.features[0]) else None
+    # The first feature's videos are split into shots as they stream (as its summary is
+    # summed) and scored against the saved searches.
+    first_feature = spec == settings.collection_for(settings.model.features[0])
+    watch = Watch.for_run(settings, extractor) if first_feature else None
     jobs = [VideoJob(v, settings.video_input.path / v) for v in videos]
     model = ModelStage(extractor, family, settings.model.batch_size)
     done = iter(range(1, len(jobs) + 1))
@@ -134,9 +137,10 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
                 failed(job, VideoError(f"{job.path}: the model gave {what}; none of its rows are kept"))
                 keep.append(np.zeros(n, bool))
                 continue
-            job.add_vectors(vectors, {k: v[start - n:start] for k, v in rows.columns.items()})
+            columns = {k: v[start - n:start] for k, v in rows.columns.items()}
+            job.add_vectors(vectors, columns)
             if watch is not None:
-                job.best_frames = watch.update(job.best_frames, vectors, rows.columns["timestamp_ms"][start - n:start])
+                job.best_frames = watch.update(job.best_frames, vectors, columns["timestamp_ms"])
             keep.append(np.ones(n, bool))
             kept_owners.append((job, n))
         if len(kept_owners) < len(owners):
@@ -147,8 +151,7 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
         model.close_done(kept_owners, writer)
 
     version, failures = code_version(settings), []
-    # The first feature's videos are split into shots as they stream (as its summary is summed).
-    segments = segments_of(spec) if spec == settings.collection_for(settings.model.features[0]) else None
+    segments = segments_of(spec) if first_feature else None
     writer = RunWriter(store, spec, settings.db.batch_size, version, committed, segments=segments)
 
     def open_job(job: VideoJob, decoder) -> None:
