@@ -61,6 +61,17 @@ def signatures(frames) -> np.ndarray:
     return np.concatenate(weighted, axis=1).astype(np.float32)
 
 
+def frame_means(vectors: np.ndarray, frame_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped by frame (consecutive rows of one `frame_id`: a patch model's rows of a
+    frame) into one mean vector each; returns each frame's first row index and the means.
+    One row a frame (CLIP) comes back as it is."""
+    firsts = np.flatnonzero(np.r_[True, frame_ids[1:] != frame_ids[:-1]])
+    if len(firsts) == len(vectors):
+        return firsts, np.asarray(vectors, np.float32)
+    counts = np.diff(np.r_[firsts, len(vectors)])[:, None]
+    return firsts, (np.add.reduceat(vectors, firsts, axis=0, dtype=np.float64) / counts).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Shot:
     start_ms: int
@@ -204,8 +215,7 @@ def shots_from_rows(rows: list[dict], vector_field: str) -> ShotRows | None:
         return None
     rows = sorted(rows, key=lambda r: (r["timestamp_ms"], r["frame_id"]))
     frame_ids = np.array([r["frame_id"] for r in rows], np.int64)
-    firsts = np.flatnonzero(np.r_[True, frame_ids[1:] != frame_ids[:-1]])
-    vectors = np.add.reduceat(np.array([r[vector_field] for r in rows], np.float32), firsts, axis=0)
+    firsts, vectors = frame_means(np.array([r[vector_field] for r in rows], np.float32), frame_ids)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     times = np.array([rows[i]["timestamp_ms"] for i in firsts], np.int64)
     step = int(np.median(np.diff(times))) if len(times) > 1 else 1000

@@ -163,12 +163,11 @@ class ShotTrack:
         self.seconds += time.perf_counter() - started
 
     def add_vectors(self, vectors: np.ndarray, frame_ids: np.ndarray, timestamps_ms: np.ndarray) -> None:
+        from feature_pipeline_dagster.core.shots import frame_means
+
         started = time.perf_counter()
-        firsts = np.flatnonzero(np.r_[True, frame_ids[1:] != frame_ids[:-1]])  # a patch model: rows per frame
-        if len(firsts) < len(vectors):
-            counts = np.diff(np.r_[firsts, len(vectors)])[:, None]
-            vectors = (np.add.reduceat(vectors, firsts, axis=0, dtype=np.float64) / counts).astype(np.float32)
-        self.vector_parts.append((frame_ids[firsts], timestamps_ms[firsts], np.asarray(vectors, np.float32)))
+        firsts, means = frame_means(vectors, frame_ids)  # a patch model: its rows of a frame as one
+        self.vector_parts.append((frame_ids[firsts], timestamps_ms[firsts], means))
         self.seconds += time.perf_counter() - started
 
     def finish(self, end_ms: int) -> None:
