@@ -30,6 +30,11 @@ def mark_random(folder: Path) -> None:
     (folder / RANDOM_MARKER).write_text(RANDOM_NOTICE + "\n")
 
 
+def is_random(folder: Path) -> bool:
+    """Whether the weights in `folder` were made random (`mark_random`)."""
+    return (folder / RANDOM_MARKER).exists()
+
+
 _warned: set[str] = set()  # model paths whose random weights this process has warned about
 
 
@@ -37,7 +42,7 @@ def labelled(description: str, folder: Path, model_path: str) -> str:
     """The model's description, loudly labelled if its weights are random, and a warning
     logged the first time this process loads it (a second load, a second device, a text
     tower beside the image tower: one warning)."""
-    if not (folder / RANDOM_MARKER).exists():
+    if not is_random(folder):
         return description
     if model_path not in _warned:
         _warned.add(model_path)

@@ -238,6 +238,6 @@ def _groups(pairs) -> list[DuplicateGroup]:
 def _random_weights(settings: Settings) -> bool:
     from pathlib import Path
 
-    from feature_pipeline_dagster.core.models.weights import RANDOM_MARKER
+    from feature_pipeline_dagster.core.models.weights import is_random
 
-    return settings.model.source == "folder" and (Path(settings.model.path) / RANDOM_MARKER).exists()
+    return settings.model.source == "folder" and is_random(Path(settings.model.path))
