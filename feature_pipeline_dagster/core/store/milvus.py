@@ -402,9 +402,9 @@ class MilvusStore:
         on an open-source server, whose own default `ef` gave text queries recall@10 0.85 at
         100k rows on Milvus 2.3.5, against 1.00 with ef 1024 (bench_search.py --server)."""
         params = dict(spec.index.search)
-        params.pop("ef_text", None)  # ours, not Milvus'
+        ef_text = params.pop("ef_text", None)  # ours, not Milvus'
         if self.index_type(spec) in ("HNSW", "AUTOINDEX"):  # a DISKANN config is AUTOINDEX on Lite
-            size = self.row_count(spec) if text and "ef_text" not in dict(spec.index.search) else 0
+            size = self.row_count(spec) if text and ef_text is None else 0
             params["ef"] = search_ef(spec, rows, text, size)
         return {"metric_type": spec.index.metric, "params": params}
 
