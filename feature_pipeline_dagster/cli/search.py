@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from feature_pipeline_dagster.core.search.moments import DEFAULT_GAP_S
+from feature_pipeline_dagster.core.search.moments import BY, DEFAULT_GAP_S
 
 
 def add_arguments(parser) -> None:
@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--until", type=float, metavar="SECONDS", help="only frames at most this far into the video")
     parser.add_argument("--gap", type=float, default=DEFAULT_GAP_S, metavar="SECONDS",
                         help=f"hits of one video this close join into one moment (default {DEFAULT_GAP_S:g})")
-    parser.add_argument("--by", choices=("shot", "gap"), default="shot",
+    parser.add_argument("--by", choices=BY, default=BY[0],
                         help="a moment is a shot holding hits (default; videos without shots: by gap), or hits "
                         "within --gap seconds of each other")
     parser.add_argument("--feature", help="which of model.features to search (default: the first)")

@@ -35,7 +35,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlencode
 
-from feature_pipeline_dagster.core.search.moments import DEFAULT_GAP_S
+from feature_pipeline_dagster.core.search.moments import BY, DEFAULT_GAP_S
 
 SHUTDOWN_S = 2  # uvicorn's graceful shutdown: a streaming video does not hold Ctrl-C longer
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -214,7 +214,7 @@ async def search_route(request):
         text = None
     try:
         result = await run_in_threadpool(page.search, text=text, image=image, k=k, gap=gap,
-                                         by=fields.get("by") or "shot")
+                                         by=fields.get("by") or BY[0])
     except PipelineError as err:
         return _html(request, _form(page, fields) + _warning(str(err)), "", status=400)
     return _html(request, _form(page, fields) + _results(result, quoted=text is not None), f" - {result.query}")
@@ -354,8 +354,8 @@ def _warning(text: str) -> str:
 def _form(page, fields: dict) -> str:
     value = html.escape(fields.get("q", "") or "")
     k = html.escape(str(fields.get("k", 10)))
-    chosen = fields.get("by") or "shot"
-    by = "".join(f'<option value="{v}"{" selected" if v == chosen else ""}>{v}</option>' for v in ("shot", "gap"))
+    chosen = fields.get("by") or BY[0]
+    by = "".join(f'<option value="{v}"{" selected" if v == chosen else ""}>{v}</option>' for v in BY)
     family_has_text = _has_text_tower(page.settings)
     hint = "" if family_has_text else " (this model has no text tower: upload an image)"
     return (f'<form method="post" action="/search" enctype="multipart/form-data">'

@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 
 from feature_pipeline_dagster.core.errors import SearchError
-from feature_pipeline_dagster.core.search.moments import DEFAULT_GAP_S, Hit, Moment, Shot, group_by_shot, merge_hits
+from feature_pipeline_dagster.core.search.moments import (BY, DEFAULT_GAP_S, Hit, Moment, Shot, group_by_shot,
+                                                          merge_hits)
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.store import RowFilter, VectorStore
 
@@ -26,7 +27,6 @@ GROUP_SIZE = 8  # hits per video a grouped search returns: a video's moments com
 REFINE_ROUNDS = 4  # searches at most, each excluding what the previous one found stale
 NAVIT_QUERY_PATCHES = 64  # query patches that look for candidate frames (all of them score the candidates)
 NAVIT_ROWS_PER_PATCH = 256
-BY = ("shot", "gap")  # what makes a moment: a shot holding hits, or hits within the gap
 
 
 @dataclass

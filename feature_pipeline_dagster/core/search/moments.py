@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 DEFAULT_GAP_S = 2.0  # at the default 1 fps sampling: neighbours, or one miss between them
+BY = ("shot", "gap")  # what makes a moment: a shot holding hits (the default), or hits within the gap
 
 
 @dataclass(frozen=True)
