@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from feature_pipeline_dagster.cli.db import add_arguments as add_db_arguments, db_status, db_stop, start_lite_server
+from feature_pipeline_dagster.cli.db import add_arguments as add_db_arguments, db_status, db_stop
 from feature_pipeline_dagster.cli.instance import dagster_instance, instance_home, register_videos
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import CONFIG_ENV, ConfigError, config_path, load_settings
@@ -232,13 +232,14 @@ def _prepare_database(settings):
     from feature_pipeline_dagster.core.ledger import ledger_collection
     from feature_pipeline_dagster.core.store import store_for
     from feature_pipeline_dagster.core.shots import segments_collection
+    from feature_pipeline_dagster.core.store.lite_server import start_lite_server
     from feature_pipeline_dagster.core.summary import summary_collection
     from feature_pipeline_dagster.core.videos import list_videos
 
     def prepare() -> None:
         if not list_videos(settings.video_input):
             return
-        start_lite_server(settings)
+        start_lite_server(settings.db)
         features = [settings.collection_for(f) for f in settings.model.features]
         store = store_for(settings.db)
         try:  # the failed videos' collection is made by the first failure

@@ -1,5 +1,4 @@
-"""`feature-pipeline db status|stop`, and the one line a command prints when it starts the
-shared Milvus Lite server.
+"""`feature-pipeline db status|stop`.
 
 `db status` starts nothing: with no Lite server running it says so; with one (or a Milvus
 server URI) it counts the rows of every collection the config owns, the summary among
@@ -14,20 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from feature_pipeline_dagster.core.settings import Settings, load_settings
-
-
-def start_lite_server(settings: Settings) -> None:
-    """Before a command's work: the config's Lite server running, started if need be; a
-    start is said on stderr, once (the server then serves the command's workers too)."""
-    if not settings.db.is_lite:
-        return
-    from feature_pipeline_dagster.core.store.lite_server import LiteServer
-
-    server = LiteServer(settings.db.uri, settings.db.lite_idle_minutes)
-    state = server.ensure_running()
-    if state.started_now:
-        print(server.started_message(state), file=sys.stderr)
+from feature_pipeline_dagster.core.settings import load_settings
 
 
 def add_arguments(parser, what: str) -> None:

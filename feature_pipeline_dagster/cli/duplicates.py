@@ -26,16 +26,16 @@ def add_arguments(parser) -> None:
 
 
 def run_duplicates(args) -> int:
-    from feature_pipeline_dagster.cli.db import start_lite_server
     from feature_pipeline_dagster.core.search.duplicates import find_duplicates, frame_collection
     from feature_pipeline_dagster.core.settings import load_settings
+    from feature_pipeline_dagster.core.store.lite_server import start_lite_server
 
     if not 0 < args.min_score <= 1:
         print(f"error: --min-score is a cosine in (0, 1], got {args.min_score}", file=sys.stderr)
         return 2
     settings = load_settings()
     frame_collection(settings)  # a NaViT config is refused before a database server starts
-    start_lite_server(settings)
+    start_lite_server(settings.db)
     result = find_duplicates(settings, min_score=args.min_score)
     for warning in result.warnings:
         print(("WARNING: " if not warning.startswith("RANDOM") else "") + warning, file=sys.stderr)

@@ -42,12 +42,11 @@ def run_search(args) -> int:
 
     if (args.text is None) == (args.image is None):
         raise SearchError('give a text query ("a red car") or --image FILE, not both or neither')
-    from feature_pipeline_dagster.cli.db import start_lite_server
-
     from feature_pipeline_dagster.core.models.weights import warned_elsewhere
+    from feature_pipeline_dagster.core.store.lite_server import start_lite_server
 
     settings = load_settings()
-    start_lite_server(settings)
+    start_lite_server(settings.db)
     warned_elsewhere(settings.model.path)  # the result's warning below says it, once
     result = search(settings, text=args.text, image=args.image, k=args.k, videos=args.video,
                     since=args.since, until=args.until, gap=args.gap, feature=args.feature, say=say,

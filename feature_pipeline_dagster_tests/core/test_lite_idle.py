@@ -152,12 +152,12 @@ def test_a_newcomer_while_it_stops_itself_gets_a_fresh_server(config):
 def test_a_start_is_said_once_by_the_process_that_started_it(config):
     program = textwrap.dedent("""
         import logging, sys
-        from feature_pipeline_dagster.cli.db import start_lite_server
         from feature_pipeline_dagster.core.settings import load_settings
+        from feature_pipeline_dagster.core.store.lite_server import start_lite_server
 
         settings = load_settings(sys.argv[1])
-        start_lite_server(settings)
-        start_lite_server(settings)
+        start_lite_server(settings.db)
+        start_lite_server(settings.db)
     """)
     first = subprocess.run([sys.executable, "-c", program, str(config)], capture_output=True, text=True, timeout=120)
     state = LiteServer(load_settings(config).db.uri).running()

@@ -31,8 +31,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from feature_pipeline_dagster.core.errors import StoreError
+
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.settings import DbSettings
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
@@ -188,6 +192,24 @@ class LiteServer:
             return False
         _retiring_lock = handle
         return True
+
+
+def start_lite_server(db: DbSettings, say: Callable[[str], None] | None = None) -> ServerState | None:
+    """Before a command's work: the config's Lite server running, started if need be (None
+    for a Milvus server). A start is said once, by `say` (default: a line on stderr), so
+    the user learns a process now outlives the command and how to stop it; the server then
+    serves the command's workers too."""
+    if not db.is_lite:
+        return None
+    server = LiteServer(db.uri, db.lite_idle_minutes)
+    state = server.ensure_running()
+    if state.started_now:
+        (say or _stderr)(server.started_message(state))
+    return state
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def registered(folder: str | os.PathLike | None = None) -> list[tuple[LiteServer, ServerState]]:
