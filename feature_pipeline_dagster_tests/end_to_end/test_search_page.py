@@ -311,7 +311,8 @@ def test_the_watch_page_shows_the_frames_the_run_embedded(project, sampling):
     `nearest`) it showed the 1 fps grid, frames that were never embedded."""
     import yaml
 
-    from feature_pipeline_dagster.cli.serve import Page, _segment_frames
+    from feature_pipeline_dagster.page.app import Page
+    from feature_pipeline_dagster.page.media import _segment_frames
 
     config = yaml.safe_load(project.config.read_text())
     config["video_input"].update(sampling=sampling, max_shift_ms=200)

@@ -48,7 +48,7 @@ def sampled_frame(path, at_ms: int) -> np.ndarray:
 def test_run_writes_shots_materializes_video_segments_and_search_answers_by_shot(project):
     from PIL import Image
 
-    from feature_pipeline_dagster.cli.serve import _results
+    from feature_pipeline_dagster.page.render import results
     from feature_pipeline_dagster.core.search import search
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
 
@@ -73,7 +73,7 @@ def test_run_writes_shots_materializes_video_segments_and_search_answers_by_shot
     assert (by_shot["start_s"], by_shot["end_s"]) == (middle["start_ms"] / 1000, middle["end_ms"] / 1000)
     assert by_shot["shot"]["frame_id"] == middle["frame_id"]
     assert by_shot["start_s"] <= by_shot["best_s"] <= by_shot["end_s"]
-    page = _results(search(settings, image=project.root / "q.png", k=5))  # the page's cards, one per shot
+    page = results(search(settings, image=project.root / "q.png", k=5))  # the page's cards, one per shot
     assert page.count('<li class="moment">') == page.count("<img ") == page.count(">shot ") >= 1
     assert f"s={middle['start_ms'] / 1000:.3f}&amp;e={middle['end_ms'] / 1000:.3f}" in page  # the player's start
     by_gap = json.loads(cli(project, "search", "--image", "q.png", "--json", "--by", "gap").stdout)["moments"]
