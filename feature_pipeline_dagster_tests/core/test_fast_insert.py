@@ -1,9 +1,8 @@
 """insert_columns against a real Milvus Lite server (no mock): the request it builds
-equals pymilvus' own, the rows come back exactly, the public fallback stores the same,
-and (pytest -s) the client CPU per 1000 rows of both paths."""
+equals pymilvus' own, the rows come back exactly, the public fallback stores the same.
+The client CPU per 1000 rows of both paths: bench/bench_fast_insert.py."""
 
 import logging
-import time
 import uuid
 
 import numpy as np
@@ -160,22 +159,3 @@ def test_errors_like_pymilvus(client, collection, caplog):
     with pytest.raises(MilvusException) as fast_error:
         insert_columns(client, "no_such_collection", "embeddings", vectors, columns)
     assert (fast_error.value.code, fast_error.value.message) == (public_error.value.code, public_error.value.message)
-
-
-def test_client_cpu_per_1000_rows(client, collection):
-    vectors, columns = make_rows(1000, seed=3)
-
-    def fast():
-        insert_columns(client, collection, "embeddings", vectors, columns)
-
-    def public():
-        client.insert(collection, public_rows(vectors, columns))
-
-    for name, insert in (("insert_columns", fast), ("client.insert", public)):
-        insert()  # warm
-        spent = []
-        for _ in range(3):
-            start = time.process_time()
-            insert()
-            spent.append(time.process_time() - start)
-        print(f"\n{name}: {min(spent) * 1000:.1f} ms client CPU per 1000 rows of {DIM}-d (best of 3)")
