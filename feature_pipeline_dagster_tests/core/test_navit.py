@@ -360,7 +360,7 @@ def test_declared_row_fields_are_the_columns_embed_emits(tiny_navit, video_frame
 
 
 def test_what_a_navit_collection_costs_per_hour_of_video():
-    """The README's per-hour figures (section "Milvus server: indexes at scale"), from the
+    """The per-hour figures of docs/operations.md (section "Milvus server: indexes at scale"), from the
     family's own defaults and grid: 1008 rows per 720p or 1080p frame at 1 fps."""
     from feature_pipeline_dagster.core.models import FAMILIES
     from feature_pipeline_dagster.core.models.navit.model import Preprocessing
