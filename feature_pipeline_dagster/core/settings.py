@@ -137,7 +137,12 @@ class DbSettings:
 
     @property
     def is_lite(self) -> bool:
-        return self.uri.endswith(".db")
+        return is_lite_file(self.uri)
+
+
+def is_lite_file(uri: str) -> bool:
+    """A Milvus Lite file (the store starts its server), not a server's URL: the one test of it."""
+    return uri.endswith(".db")
 
 
 @dataclass(frozen=True)
@@ -412,10 +417,10 @@ def _parse_db(node: _Node, model: ModelSettings) -> DbSettings:
     name = node.get("name", str, "feature_pipeline.db")
     uri = node.get("uri", str, None)
     if uri is None:
-        if not name.endswith(".db"):
+        if not is_lite_file(name):
             node.fail(f"a Milvus Lite file name ends in .db, got {name!r}", "name")
         uri = str(Path("db") / name)
-    if not (uri.endswith(".db") or re.match(r"^(https?|tcp|unix)://", uri)):
+    if not (is_lite_file(uri) or re.match(r"^(https?|tcp|unix)://", uri)):
         node.fail(f"expected a Milvus server URL (http://host:19530) or a path ending in .db, got {uri!r}", "uri")
     token_env = node.get("token_env", str, None)
     collections = node.get("collections", list, required=True)
