@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.errors import ConfigError
 
 CONFIG_ENV = "FEATURE_PIPELINE_CONFIG"
@@ -122,9 +123,14 @@ class VideoInput:
     max_shift_ms: float | None = None  # nearest only; None: a quarter of the sample interval
 
     @property
+    def decode(self) -> DecodeSpec:
+        """The decoding keys as one value, passed whole to the decoder and the page."""
+        return DecodeSpec(self.decoder, self.sample_fps, self.max_frames, self.sampling, self.max_shift_ms)
+
+    @property
     def shift_ms(self) -> float:
         """`max_shift_ms` as `nearest` sampling reads it (its default resolved)."""
-        return self.max_shift_ms if self.max_shift_ms is not None else 250.0 / self.sample_fps
+        return self.decode.shift_ms
 
 
 @dataclass(frozen=True)
