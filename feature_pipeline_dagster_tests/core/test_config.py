@@ -187,3 +187,17 @@ def test_nearest_sampling_keys(tmp_path, tiny_clip):
     assert (default.sampling, default.max_shift_ms, default.shift_ms) == ("nearest", None, 125.0)
     given = video_input(**{"video_input.sampling": "nearest", "video_input.max_shift_ms": 0})
     assert (given.max_shift_ms, given.shift_ms) == (0.0, 0.0)
+
+
+def test_the_reference_in_docs_is_the_declared_keys():
+    """docs/configuration.md's reference is generated from the keys' declarations
+    (core/settings.py and each model family's): a key added, renamed or re-defaulted there
+    and not regenerated fails here."""
+    from feature_pipeline_dagster.core.settings import with_reference
+
+    document = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert with_reference(document) == document, (
+        "docs/configuration.md's reference differs from the declared keys: regenerate it with "
+        "`python -m feature_pipeline_dagster.core.settings --reference docs/configuration.md`")
+    for key in ("`sampling`", "`max_shift_ms`", "`merge_size`", "`quick_gelu`", "`search_params`", "`tolerations`"):
+        assert key in document
