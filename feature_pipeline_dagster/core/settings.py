@@ -446,7 +446,8 @@ def _parse_field(node: Node) -> FieldSpec:
 # docs/configuration.md's reference, generated from the declarations above.
 
 REFERENCE_START = ("<!-- The reference below is generated from core/settings.py: edit the declarations there, "
-                   "then run\n     python -m feature_pipeline_dagster.core.settings --reference docs/configuration.md -->")
+                   "then run\n"
+                   "     python -m feature_pipeline_dagster.core.settings --reference docs/configuration.md -->")
 REFERENCE_END = "<!-- end of the generated reference -->"
 
 

@@ -60,7 +60,8 @@ class ModelFamily:
     # raises LookupError(key, message) for a value of that key that names no model.
     dimension: Callable[[ModelSettings], int | None]
     label: Callable[[ModelSettings], str]  # what names the model in messages (arch, path)
-    options: dict[str, Key] = field(default_factory=dict)  # its own `model.*` keys (`kind` given); part of the code version
+    # Its own `model.*` keys (each with its `kind`), in the reference and the code version.
+    options: dict[str, Key] = field(default_factory=dict)
     patch_grid: bool = False  # capability: the extractor is a PatchExtractor
     text_tower: bool = False  # capability: the model module's load_text(settings, device) embeds text queries
 
