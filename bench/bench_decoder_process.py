@@ -23,17 +23,20 @@ BATCH = 16
 
 def in_process(paths: list[Path]) -> int:
     from feature_pipeline_dagster.core.decode.reader import VideoReader
+    from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
     frames = 0
     for path in paths:
         reader = VideoReader(path)
-        frames += sum(len(b) for b in reader.batches(reader.plan(1.0, None), BATCH))
+        frames += sum(len(b) for b in reader.batches(reader.plan(DecodeSpec()), BATCH))
         reader.close()
     return frames
 
 
 def in_child(paths: list[Path], decoder) -> int:
-    return sum(sum(len(b) for b in decoder.open(path, 1.0, None).batches(BATCH)) for path in paths)
+    from feature_pipeline_dagster.core.decode.spec import DecodeSpec
+
+    return sum(sum(len(b) for b in decoder.open(path, DecodeSpec()).batches(BATCH)) for path in paths)
 
 
 def main() -> None:

@@ -93,10 +93,11 @@ def installed() -> list[str]:
 def decode(path: Path, backend: str, sample_fps: float, sampling: str = "fps", device: str | None = None):
     """Wall and CPU seconds of open + plan + every batch, the plan, the reader."""
     from feature_pipeline_dagster.core.decode.reader import VideoReader
+    from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
     wall, cpu = time.perf_counter(), time.process_time()
     reader = VideoReader(path, decoder=backend, device=device)
-    plan = reader.plan(sample_fps, None, sampling)
+    plan = reader.plan(DecodeSpec(sample_fps=sample_fps, sampling=sampling))
     frames = 0
     for batch in reader.batches(plan, 32):
         frames += len(batch)
@@ -190,6 +191,7 @@ def end_to_end(path: Path, repeats: int, cpu_best: str) -> dict:
     import torch
 
     from feature_pipeline_dagster.core.decode.reader import VideoReader
+    from feature_pipeline_dagster.core.decode.spec import DecodeSpec
     from feature_pipeline_dagster.core.models import load_extractor
     from feature_pipeline_dagster.core.models.clip.weights import make_random
     from feature_pipeline_dagster.core.settings import ModelSettings
@@ -203,7 +205,7 @@ def end_to_end(path: Path, repeats: int, cpu_best: str) -> dict:
     def run(backend: str, device: str | None) -> float:
         started = time.perf_counter()
         reader = VideoReader(path, decoder=backend, device=device)
-        plan = reader.plan(1.0, None)
+        plan = reader.plan(DecodeSpec())
         n = 0
         for batch in reader.batches(plan, 32):
             extractor.embed(batch)
@@ -248,12 +250,13 @@ def ceiling(clips: list[Path]) -> tuple[float, float]:
 def lane_worker(backend: str, sampling: str, clips: list[str]) -> None:
     """One decoder process of figure h: warm, say ready, wait for go, decode, report."""
     from feature_pipeline_dagster.core.decode.reader import VideoReader
+    from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
     def run(paths):
         frames = 0
         for path in paths:
             reader = VideoReader(path, decoder=backend)
-            plan = reader.plan(1.0, None, sampling)
+            plan = reader.plan(DecodeSpec(sampling=sampling))
             frames += sum(len(batch) for batch in reader.batches(plan, 32))
             reader.close()
         return frames
@@ -291,11 +294,12 @@ def lanes(backend: str, sampling: str, clips: list[Path]) -> tuple[float, int, f
 def frames_per_sample(clips: list[Path], backend: str, sampling: str) -> float:
     """Frames the decoder must decode per sampled frame, from the packet index."""
     from feature_pipeline_dagster.core.decode.reader import VideoReader
+    from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
     decoded = sampled = 0
     for path in clips:
         reader = VideoReader(path, decoder="pyav")
-        plan = reader.plan(1.0, None, sampling)
+        plan = reader.plan(DecodeSpec(sampling=sampling))
         if sampling == "nearest" and backend == "pyav":
             index, at = reader._reader.decode_index(), -1
             for frame_id in plan.frame_ids.tolist():

@@ -94,7 +94,7 @@ def main() -> None:
 
     settings = load_settings(base / "config.yaml")
     vi = settings.video_input
-    expected = {p.name: len(VideoReader(p).plan(vi.sample_fps, vi.max_frames)) for p in sorted(source.iterdir())}
+    expected = {p.name: len(VideoReader(p).plan(vi.decode)) for p in sorted(source.iterdir())}
     limits = yaml.safe_load((base / "dagster_home" / "dagster.yaml").read_text())["concurrency"]["runs"]
     per_device_limit, total_limit = limits["tag_concurrency_limits"][0]["limit"], limits["max_concurrent_runs"]
 

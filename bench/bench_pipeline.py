@@ -196,9 +196,10 @@ def load_avg() -> list[float]:
 
 def decoded_batches(path: Path, plan=None):
     from feature_pipeline_dagster.core.decode.reader import VideoReader
+    from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
     reader = VideoReader(path)
-    return list(reader.batches(plan or reader.plan(1.0, None), BATCH_SIZE))
+    return list(reader.batches(plan or reader.plan(DecodeSpec()), BATCH_SIZE))
 
 
 def bare_model(extractor, batches) -> tuple[float, float]:
@@ -285,6 +286,7 @@ def bench_end_to_end(settings, store, extractor, model_dir: Path, path: Path, re
 
 def bench_decode(path: Path, repeats: int) -> dict:
     from feature_pipeline_dagster.core.decode.reader import VideoReader
+    from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
     out = {"video": path.name, "ours_s": [], "ffmpeg_s": [], "ours_cpu_s": [], "ffmpeg_cpu_s": []}
     for rep in range(repeats):
@@ -292,7 +294,7 @@ def bench_decode(path: Path, repeats: int) -> dict:
             if side == "ours":
                 with Timer() as t:
                     reader = VideoReader(path)
-                    plan = reader.plan(1.0, None)
+                    plan = reader.plan(DecodeSpec())
                     frames = sum(len(b) for b in reader.batches(plan, BATCH_SIZE))
                 out["frames"] = frames
                 out["ours_s"].append(t.wall)

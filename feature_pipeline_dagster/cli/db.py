@@ -46,7 +46,7 @@ def db_status(args) -> int:
         store = open_store(state.uri)  # this server's address: a server that went meanwhile is not restarted
     else:
         print(f"server:   {db.uri}")
-        store = open_store(db.uri, store_token(db))
+        store = open_store(db.uri, store_token(db.token_env))
     try:
         for spec in owned_collections(settings):
             if not _exists(store, spec.name):

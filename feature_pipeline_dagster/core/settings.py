@@ -1,5 +1,11 @@
 """The pipeline's YAML file (the seed format) parsed into typed, validated settings.
 
+Every key is declared once, on the dataclass attribute it fills (`key(...)`: type, default,
+choices, one line of help; core/config_keys.py); the file is checked from those
+declarations and docs/configuration.md's reference is generated from them
+(`python -m feature_pipeline_dagster.core.settings --reference`). What no declaration can
+say (one key against another, a path that must exist) is checked by the section's parser.
+
 Every mistake is one `ConfigError` naming the file and the key, raised when the file is
 read: before a model loads, a video opens or Milvus is touched. Relative paths resolve
 against the working directory, as the seed's `python main.py --config_path ...` did.
@@ -7,15 +13,23 @@ against the working directory, as the seed's `python main.py --config_path ...` 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import math
 import os
 import re
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from feature_pipeline_dagster.core.config_keys import Node, declared, key, reference
+from feature_pipeline_dagster.core.decode.backends import DECODERS, SAMPLINGS
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.errors import ConfigError
+from feature_pipeline_dagster.core.models import FAMILIES, option_owners
 
 CONFIG_ENV = "FEATURE_PIPELINE_CONFIG"
 DEFAULT_CONFIG = "config/clip-config.yaml"
@@ -27,7 +41,6 @@ VECTOR_DTYPE = "FLOAT_VECTOR"
 # Fields every row carries whatever the model; added to a collection that omits them.
 IMPLICIT_FIELDS = {"timestamp_ms": "INT64", "generation": "INT64"}
 DEVICE_PATTERN = re.compile(r"^(cpu(:\d+)?|cuda(:\d+)?|mps|auto)$")
-MODEL_KEYS = {"name", "path", "source", "features", "batch_size", "dtype"}
 # Vector index types a config may name. Milvus Lite 3.2 builds FLAT, IVF_FLAT, IVF_SQ8, HNSW
 # and AUTOINDEX (tested: core/test_store.py); DISKANN is server-only (Lite accepts the
 # index and then fails to build it at search time), so on Lite the store uses AUTOINDEX.
@@ -37,14 +50,57 @@ LITE_INDEX_TYPES = ("AUTOINDEX", "FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
 PLACEMENTS = ("local", "kubernetes")
 
 
+def is_lite_file(uri: str) -> bool:
+    """A Milvus Lite file (the store starts its server), not a server's URL: the one test of it."""
+    return uri.endswith(".db")
+
+
+def _numbers(params: dict):
+    if not all(isinstance(k, str) and isinstance(v, (int, float, str)) for k, v in params.items()):
+        return "expected a mapping of parameter name to number, e.g. {M: 16, efConstruction: 200}"
+    return None
+
+
+def _search_ef(search: dict):
+    for name in ("ef", "ef_text"):  # HNSW's candidate list per query kind (core/store/milvus.py search_ef)
+        value = search.get(name)
+        if value is not None and not (type(value) is int and 1 <= value <= MAX_EF):
+            return f".{name}", f"must be a whole number from 1 to {MAX_EF} (HNSW's candidate list), got {value!r}"
+    return None
+
+
+def _check_gpus(gpus: list[str] | str):
+    gpus = [gpus] if isinstance(gpus, str) else gpus
+    if not gpus:
+        return "expected at least one device"
+    for i, device in enumerate(gpus):
+        if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
+            return f"[{i}]", f"unknown device {device!r} (expected cuda:N, mps, cpu, cpu:N or auto)"
+    if "auto" in gpus and len(gpus) > 1:
+        return "'auto' stands alone: it means every visible device"
+    return None
+
+
+def _check_tolerations(tolerations: list):
+    for i, toleration in enumerate(tolerations):
+        if not isinstance(toleration, dict) or not toleration:
+            return f"[{i}]", ("expected a Kubernetes toleration, e.g. {key: nvidia.com/gpu, operator: Exists, "
+                              "effect: NoSchedule}")
+    return None
+
+
 @dataclass(frozen=True)
 class FieldSpec:
-    name: str
-    dtype: str
-    is_primary: bool = False
-    auto_id: bool = False
-    max_length: int | None = None
-    dim: int | None = None
+    name: str = key("video_path, a row field of the model (frame_id, timestamp_ms, row_idx, col_idx), "
+                    "the primary key or the vector")
+    dtype: str = key("the Milvus type", choices=tuple(sorted(SCALAR_DTYPES | {VECTOR_DTYPE})), noun="dtype",
+                     upper=True)
+    is_primary: bool = key("the primary key: exactly one, {name: id, dtype: INT64, is_primary: true, "
+                           "auto_id: true}", False)
+    auto_id: bool = key("Milvus numbers the rows (the primary key)", False)
+    max_length: int | None = key("VARCHAR: the most bytes (required there)", None, positive=True)
+    dim: int | None = key("FLOAT_VECTOR: the vector's dimension, the model's (required there)", None, positive=True)
+    description: str | None = key("a note for readers of the file; not sent to Milvus", None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,18 +109,25 @@ class IndexSpec:
     AUTOINDEX with no parameters, works on Milvus Lite and on every server; see the
     README's "Milvus server: indexes at scale" for the choice at 10^8-10^9 rows."""
 
-    type: str = "AUTOINDEX"
-    metric: str = "COSINE"
-    params: tuple[tuple[str, Any], ...] = ()  # build parameters, e.g. (("M", 16), ("efConstruction", 200))
-    search: tuple[tuple[str, Any], ...] = ()  # search parameters, e.g. (("ef", 64), ("ef_text", 1024))
+    type: str = key("the vector index (on Milvus Lite, one it cannot build is AUTOINDEX)", "AUTOINDEX",
+                    choices=INDEX_TYPES, noun="index type", upper=True)
+    metric: str = key("the similarity searches rank by", "COSINE", choices=("COSINE", "IP", "L2"), noun="metric",
+                      upper=True)
+    params: tuple[tuple[str, Any], ...] = key("build parameters, e.g. {M: 16, efConstruction: 200}", (),
+                                              check=_numbers)
+    search: tuple[tuple[str, Any], ...] = key(
+        f"search parameters, e.g. {{ef: 64}}; ef and ef_text (HNSW's candidate list for image and text "
+        f"queries) 1 to {MAX_EF}", (), check=lambda search: _numbers(search) or _search_ef(search),
+        name="search_params")
 
 
 @dataclass(frozen=True)
 class CollectionSpec:
-    name: str
-    fields: tuple[FieldSpec, ...]
-    index: IndexSpec = IndexSpec()
-    partition_key: bool = True  # video_path as the partition key (a server hashes videos to partitions)
+    name: str = key("the Milvus collection", check=lambda name: None if re.fullmatch(r"[A-Za-z_]\w{0,254}", name)
+                    else f"{name!r} is not a valid Milvus collection name (letters, digits, underscores)")
+    fields: tuple[FieldSpec, ...] = key("the row's fields, one FLOAT_VECTOR among them")
+    index: IndexSpec = key("the vector index and its search parameters", IndexSpec())
+    partition_key: bool = key("video_path as the partition key (a server hashes videos to partitions)", True)
 
     @property
     def vector_field(self) -> FieldSpec:
@@ -80,27 +143,33 @@ class ModelSettings:
     (declared by its folder under core/models) with its defaults filled in, read as
     attributes: `model.arch`, `model.merge_size`."""
 
-    name: str
-    path: str
-    source: str = "huggingface"
-    features: tuple[str, ...] = ("video_embedding",)
-    batch_size: int = 32
-    dtype: str = "auto"
+    name: str = key("the model family", choices=tuple(FAMILIES), noun="model", registry=True)
+    path: str = key("huggingface: an open_clip pretrained tag, hf-hub:org/repo or a hub repo (fetched on "
+                    "first use); folder: a local weights file or folder")
+    source: str = key("where path points", "huggingface", choices=("huggingface", "folder"), noun="source")
+    features: tuple[str, ...] = key(
+        "asset names: one embedding asset and one collection per feature, in the same order", ("video_embedding",),
+        check=lambda given: None if given and all(isinstance(f, str) and re.fullmatch(r"[A-Za-z_]\w*", f)
+                                                  for f in given)
+        else "expected a list of asset names (letters, digits, underscores)")
+    batch_size: int = key("frames per forward pass", 32, positive=True)
+    dtype: str = key("auto: float32 on a CPU or MPS, bfloat16 on CUDA", "auto",
+                     choices=("auto", "float32", "bfloat16", "float16"), noun="dtype")
     options: tuple[tuple[str, Any], ...] = ()
 
-    def __init__(self, name: str, path: str, source: str = "huggingface", features: tuple[str, ...] = ("video_embedding",),
-                 batch_size: int = 32, dtype: str = "auto", **options):
-        from feature_pipeline_dagster.core.models import FAMILIES
-
-        options = {**dict(options.pop("options", ())), **options}  # dataclasses.replace passes them back
-        declared = FAMILIES[name].options
-        unknown = set(options) - set(declared)
+    def __init__(self, name: str, path: str, **given):
+        given = {**dict(given.pop("options", ())), **given}  # dataclasses.replace passes them back
+        own = FAMILIES[name].options
+        unknown = set(given) - set(own) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise TypeError(f"model {name} takes no option {', '.join(sorted(unknown))}")
-        values = {key: options.get(key, option.default) for key, option in declared.items()}
-        for key, value in (("name", name), ("path", path), ("source", source), ("features", tuple(features)),
-                           ("batch_size", batch_size), ("dtype", dtype), ("options", tuple(sorted(values.items())))):
-            object.__setattr__(self, key, value)
+        for f in dataclasses.fields(self):
+            if f.name not in ("name", "path", "options"):
+                object.__setattr__(self, f.name, given.get(f.name, f.default))
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "options", tuple(sorted((k, given.get(k, o.default)) for k, o in own.items())))
 
     def __getattr__(self, key: str):
         for option, value in self.__dict__.get("options", ()):
@@ -111,119 +180,103 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class VideoInput:
-    path: Path
-    sample_fps: float = 1.0
-    max_frames: int | None = None
-    extensions: tuple[str, ...] = VIDEO_EXTENSIONS
-    settle_seconds: float = 5.0  # a file must stop changing this long before it is embedded
-    decoder: str = "auto"  # auto | decord | torchcodec | pyav | nvdec (core/decode/backends)
-    sampling: str = "fps"  # fps: one frame per 1/sample_fps s; keyframes: key frames, at most sample_fps/s;
-    # nearest: one frame per 1/sample_fps s, the cheapest to decode within max_shift_ms of its time
-    max_shift_ms: float | None = None  # nearest only; None: a quarter of the sample interval
+    path: Path = key("the folder of videos, watched by the sensor")
+    sample_fps: float = key("frames per second of video to embed", 1.0, positive=True)
+    max_frames: int | None = key("a cap per video, spread evenly over it; none: no cap", None, positive=True)
+    extensions: tuple[str, ...] = key(
+        "the file extensions that are videos", VIDEO_EXTENSIONS,
+        check=lambda given: None if given and all(isinstance(e, str) and e for e in given)
+        else "expected a list of file extensions such as .mp4")
+    settle_seconds: float = key("a file must stop changing this long before it is embedded", 5.0)
+    decoder: str = key("the decoder backend; auto: decord, else torchcodec, else PyAV (never nvdec)", "auto",
+                       choices=DECODERS, noun="decoder")
+    sampling: str = key("fps: one frame per 1/sample_fps s; keyframes: key frames, at most sample_fps a second; "
+                        "nearest: one per 1/sample_fps s, the cheapest to decode within max_shift_ms of its time",
+                        "fps", choices=SAMPLINGS, noun="sampling")
+    max_shift_ms: float | None = key(
+        "nearest only: how far a frame may lie from its time; none: a quarter of 1/sample_fps", None,
+        check=lambda ms: None if 0 <= ms < math.inf else f"must be a number of milliseconds >= 0, got {ms!r}")
+
+    @property
+    def decode(self) -> DecodeSpec:
+        """The decoding keys as one value, passed whole to the decoder and the page."""
+        return DecodeSpec(self.decoder, self.sample_fps, self.max_frames, self.sampling, self.max_shift_ms)
 
     @property
     def shift_ms(self) -> float:
         """`max_shift_ms` as `nearest` sampling reads it (its default resolved)."""
-        return self.max_shift_ms if self.max_shift_ms is not None else 250.0 / self.sample_fps
+        return self.decode.shift_ms
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DbSettings:
-    uri: str  # a Milvus server URL, or a Milvus Lite file (db/<db.name> by default)
-    collections: tuple[CollectionSpec, ...]
-    token_env: str | None = None
-    batch_size: int = 1000
-    lite_idle_minutes: float | None = None  # the Lite server stops after this long without a client; None: 10
+    type: str = key("the vector database", "milvus",
+                    check=lambda kind: None if kind == "milvus" else "only 'milvus' is supported")
+    name: str = key("the Milvus Lite file db/NAME, used when there is no uri", "feature_pipeline.db")
+    uri: str = key("a Milvus server URL (http://host:19530) or a Milvus Lite file (a path ending in .db); "
+                   "none: db/NAME (db.name)", None,
+                   check=lambda uri: None if is_lite_file(uri) or re.match(r"^(https?|tcp|unix)://", uri)
+                   else f"expected a Milvus server URL (http://host:19530) or a path ending in .db, got {uri!r}")
+    token_env: str | None = key("the environment variable holding the server's token (credentials never go "
+                                "in the file)", None)
+    batch_size: int = key("rows per insert", 1000, positive=True)
+    lite_idle_minutes: float | None = key(
+        "a Milvus Lite server stops itself after this long without a client; none or 0: 10", None,
+        check=lambda idle: None if idle >= 0 else
+        f"expected a positive number of minutes (0: the default, 10), got {idle!r}")
+    collections: tuple[CollectionSpec, ...] = key("one per model.features entry, in the same order")
 
     @property
     def is_lite(self) -> bool:
-        return self.uri.endswith(".db")
+        return is_lite_file(self.uri)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class KubernetesSettings:
     """`kubernetes.*`, read with `placement: kubernetes`: each run is its own pod with one
     GPU (Dagster's K8sRunLauncher; orchestration/placement.py builds the run's tag)."""
 
-    gpus: int  # GPUs the cluster lends these runs: the run queue's limit
-    image: str  # the user-code image (deploy/Dockerfile)
-    node_selector: tuple[tuple[str, str], ...] = ()
-    tolerations: tuple[tuple[tuple[str, Any], ...], ...] = ()
-    token_secret: str | None = None  # a Secret holding the Milvus token, as env db.token_env
-    token_secret_key: str = "token"
+    gpus: int = key("GPUs the cluster lends these runs: the run queue's limit", positive=True)
+    image: str = key("the user-code image (deploy/Dockerfile)")
+    node_selector: tuple[tuple[str, str], ...] = key(
+        "the run pods' node selector", (),
+        check=lambda selector: None if all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items())
+        else "expected a mapping of label to string value, e.g. {nvidia.com/gpu.present: \"true\"}")
+    tolerations: tuple[tuple[tuple[str, Any], ...], ...] = key(
+        "the run pods' tolerations", (), check=_check_tolerations)
+    token_secret: str | None = key("a Secret holding the Milvus token, given to the pods as db.token_env", None)
+    token_secret_key: str = key("the key of the token in token_secret", "token")
 
 
 @dataclass(frozen=True)
 class SavedSearch:
     """`search.watch[]`: a query whose matches among each run's new videos are reported."""
 
-    name: str
-    threshold: float  # cosine a video's best frame must reach
-    text: str | None = None
-    image: Path | None = None
+    name: str = key("names the search in reports")
+    threshold: float = key("the cosine a video's best frame must reach",
+                           check=lambda t: None if -1 <= t <= 1 else f"a cosine, between -1 and 1, got {t!r}")
+    text: str | None = key("a text query (CLIP only); give text or image", None)
+    image: Path | None = key("a query picture; give text or image", None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
-    source: Path
-    model: ModelSettings
-    video_input: VideoInput
-    gpus: tuple[str, ...]
-    db: DbSettings
-    logs_dir: Path = field(default=Path("logs"))
-    runs_per_device: int = 1
-    placement: str = "local"  # local: runs on this host's devices; kubernetes: one pod and one GPU per run
-    kubernetes: KubernetesSettings | None = None
-    watch: tuple[SavedSearch, ...] = ()  # search.watch
+    source: Path  # the file read
+    model: ModelSettings = key("the model")
+    video_input: VideoInput = key("the videos and how they are decoded")
+    gpus: tuple[str, ...] = key("devices runs use: cuda:N, mps, cpu, cpu:N, or auto (every visible device, alone)",
+                                ("auto",), kind=(list, str), check=_check_gpus)
+    db: DbSettings = key("the vector store")
+    logs_dir: Path = key("where per-run log files go", Path("logs"), name="logs.path")
+    runs_per_device: int = key("runs that may use one device at once", 1, positive=True)
+    placement: str = key("local: runs on this host's devices; kubernetes: one pod and one GPU per run", "local",
+                         choices=PLACEMENTS, noun="placement")
+    kubernetes: KubernetesSettings | None = key("read with placement: kubernetes only", None)
+    watch: tuple[SavedSearch, ...] = key("saved searches: each run reports its new videos that match", (),
+                                         name="search.watch")
 
     def collection_for(self, feature: str) -> CollectionSpec:
         return self.db.collections[self.model.features.index(feature)]
-
-
-class _Node:
-    """A mapping in the YAML file that knows its own key path, so errors can name it."""
-
-    def __init__(self, data: Any, key: str, source: Path):
-        self.key, self.source = key, source
-        if not isinstance(data, dict):
-            self.fail(f"expected a mapping, got {type(data).__name__}")
-        self.data = data
-
-    def fail(self, message: str, key: str | None = None):
-        where = f"{self.key}.{key}" if key and self.key else (key or self.key)
-        raise ConfigError(f"{self.source}: {where}: {message}")
-
-    def check_keys(self, allowed: set[str]) -> None:
-        for key in self.data:
-            if key not in allowed:
-                self.fail(f"unknown key (expected one of: {', '.join(sorted(allowed))})", key)
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., required=False):
-        if key not in self.data or self.data[key] is None:
-            if required or default is ...:
-                self.fail("missing required key", key)
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            self.fail(f"expected {names}, got {value!r}", key)
-        return value
-
-    def positive(self, key: str, kind: type, default: Any = ...):
-        value = self.get(key, kind, default)
-        if value is not None and value <= 0:
-            self.fail(f"must be positive, got {value!r}", key)
-        return value
-
-    def child(self, key: str) -> _Node:
-        return _Node(self.get(key, dict, required=True), _join(self.key, key), self.source)
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
 
 
 def config_path() -> Path:
@@ -243,207 +296,106 @@ def load_settings(path: str | os.PathLike | None = None, check_paths: bool = Tru
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: not valid YAML: {err}".replace("\n", " ")) from None
-    root = _Node(data if data is not None else {}, "", source)
-    root.check_keys({"model", "video_input", "gpus", "runs_per_device", "db", "logs", "placement", "kubernetes",
-                     "search"})
+    root = Node(data if data is not None else {}, "", source)
+    values = root.read_keys(Settings)
     model = _parse_model(root.child("model"), check_paths)
     video_input = _parse_video_input(root.child("video_input"), check_paths)
-    gpus = _parse_gpus(root)
     db = _parse_db(root.child("db"), model)
-    logs = root.get("logs", dict, {}) or {}
-    logs_dir = Path(_Node(logs, "logs", source).get("path", str, "logs"))
-    runs_per_device = root.positive("runs_per_device", int, 1)
-    placement = root.get("placement", str, "local")
-    if placement not in PLACEMENTS:
-        root.fail(f"unknown placement {placement!r} (expected local or kubernetes)", "placement")
+    logs = root.child("logs", required=False)
     kubernetes = None
-    if placement == "kubernetes":
+    if values["placement"] == "kubernetes":
         kubernetes = _parse_kubernetes(root.child("kubernetes"), db)
     elif root.get("kubernetes", dict, None) is not None:
         root.fail("only placement: kubernetes reads this block (placement is local)", "kubernetes")
-    watch = _parse_watch(_Node(root.get("search", dict, {}), "search", source), model, check_paths)
-    return Settings(source, model, video_input, gpus, db, logs_dir, runs_per_device, placement, kubernetes, watch)
+    watch = _parse_watch(root.child("search", required=False), model, check_paths)
+    return Settings(source=source, model=model, video_input=video_input, db=db, kubernetes=kubernetes, watch=watch,
+                    logs_dir=logs.read("path", *declared(Settings)["logs_dir"]), **values)
 
 
-def _parse_watch(node: _Node, model: ModelSettings, check_paths: bool) -> tuple[SavedSearch, ...]:
+def _parse_watch(node: Node, model: ModelSettings, check_paths: bool) -> tuple[SavedSearch, ...]:
     """`search.watch`: checked here so that a query no run could embed (text without a
     text tower, a missing picture) fails at load, not once per video."""
-    from feature_pipeline_dagster.core.models import FAMILIES
-
     node.check_keys({"watch"})
     family, searches = FAMILIES[model.name], []
-    for i, raw in enumerate(node.get("watch", list, [])):
-        entry = _Node(raw, f"search.watch[{i}]", node.source)
-        entry.check_keys({"name", "text", "image", "threshold"})
-        name = entry.get("name", str, required=True).strip()
+    for entry in node.items("watch", required=False):
+        search = SavedSearch(**entry.read_keys(SavedSearch))
+        name = search.name.strip()
         if not name or name in {s.name for s in searches}:
             entry.fail(f"{'a second' if name else 'an empty'} saved search named {name!r}", "name")
         if family.patch_grid:
             entry.fail(f"model {model.name} stores patch rows; saved searches score one vector per frame (CLIP)")
-        text, image = entry.get("text", str, None), entry.get("image", str, None)
-        if (text is None) == (image is None):
+        if (search.text is None) == (search.image is None):
             entry.fail("give text or image, not both or neither")
-        if text is not None and not text.strip():
+        if search.text is not None and not search.text.strip():
             entry.fail("the text is empty", "text")
-        if text is not None and not family.text_tower:
+        if search.text is not None and not family.text_tower:
             entry.fail(f"model {model.name} has no text tower: watch with an image", "text")
-        if image is not None and check_paths and not Path(image).is_file():
-            entry.fail(f"no such file: {image}", "image")
-        threshold = entry.get("threshold", float, required=True)
-        if not -1 <= threshold <= 1:
-            entry.fail(f"a cosine, between -1 and 1, got {threshold!r}", "threshold")
-        searches.append(SavedSearch(name, threshold, text, Path(image) if image is not None else None))
+        if search.image is not None and check_paths and not search.image.is_file():
+            entry.fail(f"no such file: {search.image}", "image")
+        searches.append(dataclasses.replace(search, name=name))
     return tuple(searches)
 
 
-def _parse_kubernetes(node: _Node, db: DbSettings) -> KubernetesSettings:
-    node.check_keys({"gpus", "image", "node_selector", "tolerations", "token_secret", "token_secret_key"})
-    selector = node.get("node_selector", dict, {})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in selector.items()):
-        node.fail("expected a mapping of label to string value, e.g. {nvidia.com/gpu.present: \"true\"}", "node_selector")
-    tolerations = node.get("tolerations", list, [])
-    for i, toleration in enumerate(tolerations):
-        if not isinstance(toleration, dict) or not toleration:
-            node.fail("expected a Kubernetes toleration, e.g. {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}",
-                      f"tolerations[{i}]")
-    token_secret = node.get("token_secret", str, None)
-    if token_secret and not db.token_env:
+def _parse_kubernetes(node: Node, db: DbSettings) -> KubernetesSettings:
+    kubernetes = KubernetesSettings(**node.read_keys(KubernetesSettings))
+    if kubernetes.token_secret and not db.token_env:
         node.fail("names the Secret for db.token_env's variable, but db.token_env is not set", "token_secret")
-    return KubernetesSettings(
-        gpus=node.positive("gpus", int),
-        image=node.get("image", str, required=True),
-        node_selector=tuple(sorted(selector.items())),
-        tolerations=tuple(tuple(sorted(t.items())) for t in tolerations),
-        token_secret=token_secret,
-        token_secret_key=node.get("token_secret_key", str, "token"),
-    )
+    return kubernetes
 
 
-def _parse_model(node: _Node, check_paths: bool) -> ModelSettings:
-    from feature_pipeline_dagster.core.models import FAMILIES, option_owners
-
-    node.check_keys(MODEL_KEYS | {key for family in FAMILIES.values() for key in family.options})
-    name = node.get("name", str, required=True)
-    if name not in FAMILIES:
-        node.fail(f"unknown model {name!r} (expected one of: {', '.join(FAMILIES)})", "name")
+def _parse_model(node: Node, check_paths: bool) -> ModelSettings:
+    common = declared(ModelSettings)
+    node.check_keys(set(common) | {key for family in FAMILIES.values() for key in family.options})
+    name = node.read("name", *common["name"])
     family = FAMILIES[name]
     for key, value in node.data.items():
-        if key not in MODEL_KEYS and key not in family.options and value is not None:
+        if key not in common and key not in family.options and value is not None:
             node.fail(f"only {' or '.join(option_owners(key))} takes {key} (model.name is {name})", key)
-    options = {}
-    for key, option in family.options.items():
-        value = node.positive(key, option.kind, option.default) if option.positive else node.get(key, option.kind, option.default)
-        if option.choices and value not in option.choices:
-            node.fail(f"expected {' or '.join(map(str, option.choices))}, got {value!r}", key)
-        options[key] = value
-    source = node.get("source", str, "huggingface")
-    if source not in ("huggingface", "folder"):
-        node.fail(f"unknown source {source!r} (expected huggingface or folder)", "source")
-    path = node.get("path", str, required=True)
+    options = {key: node.read(key, option, option.kind) for key, option in family.options.items()}
+    source, path = node.read("source", *common["source"]), node.read("path", *common["path"])
     if check_paths and source == "folder" and not Path(path).exists():
         node.fail(f"no such file or folder: {path} (see `feature-pipeline models --help`)", "path")
-    features = node.get("features", list, ["video_embedding"])
-    if not features or not all(isinstance(f, str) and re.fullmatch(r"[A-Za-z_]\w*", f) for f in features):
-        node.fail("expected a list of asset names (letters, digits, underscores)", "features")
+    values = {key: node.read(key, *common[key]) for key in ("features", "dtype", "batch_size")}
+    model = ModelSettings(name=name, path=path, source=source, **values, **options)
     try:
-        family.dimension(ModelSettings(name=name, path=path, source=source, **options))
+        family.dimension(model)
     except LookupError as err:
         key, message = err.args
         node.fail(message, key)
-    dtype = node.get("dtype", str, "auto")
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        node.fail(f"unknown dtype {dtype!r} (expected auto, float32, bfloat16 or float16)", "dtype")
-    return ModelSettings(name=name, path=path, source=source, features=tuple(features),
-                         batch_size=node.positive("batch_size", int, 32), dtype=dtype, **options)
+    return model
 
 
-def _parse_video_input(node: _Node, check_paths: bool) -> VideoInput:
-    from feature_pipeline_dagster.core.decode.backends import DECODERS, SAMPLINGS
-
-    node.check_keys({"path", "sample_fps", "max_frames", "extensions", "settle_seconds", "decoder", "sampling",
-                     "max_shift_ms"})
-    decoder = node.get("decoder", str, "auto")
-    if decoder not in DECODERS:
-        node.fail(f"unknown decoder {decoder!r} (expected one of: {', '.join(DECODERS)})", "decoder")
-    sampling = node.get("sampling", str, "fps")
-    if sampling not in SAMPLINGS:
-        node.fail(f"unknown sampling {sampling!r} (expected fps, keyframes or nearest)", "sampling")
-    max_shift_ms = node.get("max_shift_ms", float, None)
-    if max_shift_ms is not None and not 0 <= max_shift_ms < float("inf"):
-        node.fail(f"must be a number of milliseconds >= 0, got {max_shift_ms!r}", "max_shift_ms")
-    path = Path(node.get("path", str, required=True))
-    if check_paths and not path.is_dir():
-        node.fail(f"no such folder: {path}", "path")
-    extensions = node.get("extensions", list, list(VIDEO_EXTENSIONS))
-    if not extensions or not all(isinstance(e, str) and e for e in extensions):
-        node.fail("expected a list of file extensions such as .mp4", "extensions")
-    return VideoInput(
-        path=path,
-        sample_fps=node.positive("sample_fps", float, 1.0),
-        max_frames=node.positive("max_frames", int, None),
-        extensions=tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions),
-        settle_seconds=node.get("settle_seconds", float, 5.0),
-        decoder=decoder,
-        sampling=sampling,
-        max_shift_ms=max_shift_ms,
-    )
+def _parse_video_input(node: Node, check_paths: bool) -> VideoInput:
+    values = node.read_keys(VideoInput)
+    if check_paths and not values["path"].is_dir():
+        node.fail(f"no such folder: {values['path']}", "path")
+    values["extensions"] = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in values["extensions"])
+    return VideoInput(**values)
 
 
-def _parse_gpus(root: _Node) -> tuple[str, ...]:
-    gpus = root.get("gpus", (list, str), ["auto"])
-    gpus = [gpus] if isinstance(gpus, str) else gpus
-    if not gpus:
-        root.fail("expected at least one device", "gpus")
-    for i, device in enumerate(gpus):
-        if not isinstance(device, str) or not DEVICE_PATTERN.match(device):
-            root.fail(f"unknown device {device!r} (expected cuda:N, mps, cpu, cpu:N or auto)", f"gpus[{i}]")
-    if "auto" in gpus and len(gpus) > 1:
-        root.fail("'auto' stands alone: it means every visible device", "gpus")
-    return tuple(gpus)
-
-
-def _parse_db(node: _Node, model: ModelSettings) -> DbSettings:
+def _parse_db(node: Node, model: ModelSettings) -> DbSettings:
     for secret in ("token", "password", "user"):
         if secret in node.data:
             node.fail("credentials never go in the file: name an environment variable in db.token_env", secret)
-    node.check_keys({"type", "name", "uri", "token_env", "batch_size", "lite_idle_minutes", "collections"})
-    if node.get("type", str, "milvus") != "milvus":
-        node.fail("only 'milvus' is supported", "type")
-    name = node.get("name", str, "feature_pipeline.db")
-    uri = node.get("uri", str, None)
-    if uri is None:
-        if not name.endswith(".db"):
-            node.fail(f"a Milvus Lite file name ends in .db, got {name!r}", "name")
-        uri = str(Path("db") / name)
-    if not (uri.endswith(".db") or re.match(r"^(https?|tcp|unix)://", uri)):
-        node.fail(f"expected a Milvus server URL (http://host:19530) or a path ending in .db, got {uri!r}", "uri")
-    token_env = node.get("token_env", str, None)
-    collections = node.get("collections", list, required=True)
+    values = node.read_keys(DbSettings)
+    if values["uri"] is None:
+        if not is_lite_file(values["name"]):
+            node.fail(f"a Milvus Lite file name ends in .db, got {values['name']!r}", "name")
+        values["uri"] = str(Path("db") / values["name"])
+    values["lite_idle_minutes"] = values["lite_idle_minutes"] or None
+    collections = node.items("collections")
     if len(collections) != len(model.features):
         node.fail(
             f"{len(collections)} collection(s) for {len(model.features)} feature(s) in model.features: "
             "give one collection per feature, in the same order",
             "collections",
         )
-    specs = tuple(
-        _parse_collection(_Node(c, f"{node.key}.collections[{i}]", node.source), model)
-        for i, c in enumerate(collections)
-    )
-    idle = node.get("lite_idle_minutes", float, 0.0)
-    if not idle >= 0:
-        node.fail(f"expected a positive number of minutes (0: the default, 10), got {idle!r}", "lite_idle_minutes")
-    return DbSettings(uri, specs, token_env, node.positive("batch_size", int, 1000), idle or None)
+    return DbSettings(**values, collections=tuple(_parse_collection(c, model) for c in collections))
 
 
-def _parse_collection(node: _Node, model: ModelSettings) -> CollectionSpec:
-    from feature_pipeline_dagster.core.models import FAMILIES
-
-    node.check_keys({"name", "fields", "index", "partition_key"})
-    name = node.get("name", str, required=True)
-    if not re.fullmatch(r"[A-Za-z_]\w{0,254}", name):
-        node.fail(f"{name!r} is not a valid Milvus collection name (letters, digits, underscores)", "name")
-    raw_fields = node.get("fields", list, required=True)
-    fields = [_parse_field(_Node(f, f"{node.key}.fields[{i}]", node.source)) for i, f in enumerate(raw_fields)]
+def _parse_collection(node: Node, model: ModelSettings) -> CollectionSpec:
+    values = node.read_keys(CollectionSpec)
+    fields = [_parse_field(f) for f in node.items("fields")]
     names = [f.name for f in fields]
     for dup in {n for n in names if names.count(n) > 1}:
         node.fail(f"field {dup!r} is declared twice", "fields")
@@ -478,46 +430,42 @@ def _parse_collection(node: _Node, model: ModelSettings) -> CollectionSpec:
         if required not in names:
             node.fail(f"missing field {required!r}, which model {model.name} writes into every row", "fields")
     fields += [FieldSpec(n, t) for n, t in IMPLICIT_FIELDS.items() if n not in names]
-    index = _parse_index(_Node(node.get("index", dict, {}), f"{node.key}.index", node.source))
-    return CollectionSpec(name, tuple(fields), index, node.get("partition_key", bool, True))
+    index = IndexSpec(**node.child("index", required=False).read_keys(IndexSpec))
+    return CollectionSpec(values["name"], tuple(fields), index, values["partition_key"])
 
 
-def _parse_index(node: _Node) -> IndexSpec:
-    node.check_keys({"type", "metric", "params", "search_params"})
-    kind = node.get("type", str, "AUTOINDEX").upper()
-    if kind not in INDEX_TYPES:
-        node.fail(f"unknown index type {kind!r} (expected one of: {', '.join(INDEX_TYPES)})", "type")
-    metric = node.get("metric", str, "COSINE").upper()
-    if metric not in ("COSINE", "IP", "L2"):
-        node.fail(f"unknown metric {metric!r} (expected COSINE, IP or L2)", "metric")
-    params, search = node.get("params", dict, {}), node.get("search_params", dict, {})
-    for key, given in (("params", params), ("search_params", search)):
-        if not all(isinstance(k, str) and isinstance(v, (int, float, str)) for k, v in given.items()):
-            node.fail("expected a mapping of parameter name to number, e.g. {M: 16, efConstruction: 200}", key)
-    for key in ("ef", "ef_text"):  # HNSW's candidate list per query kind (core/store/milvus.py search_ef)
-        value = search.get(key)
-        if value is not None and not (type(value) is int and 1 <= value <= MAX_EF):
-            node.fail(f"must be a whole number from 1 to {MAX_EF} (HNSW's candidate list), got {value!r}",
-                      f"search_params.{key}")
-    return IndexSpec(kind, metric, tuple(sorted(params.items())), tuple(sorted(search.items())))
-
-
-def _parse_field(node: _Node) -> FieldSpec:
-    node.check_keys({"name", "dtype", "is_primary", "auto_id", "max_length", "dim", "description"})
-    name = node.get("name", str, required=True)
-    dtype = node.get("dtype", str, required=True).upper()
-    if dtype not in SCALAR_DTYPES | {VECTOR_DTYPE}:
-        node.fail(f"unknown dtype {dtype!r} (expected one of: {', '.join(sorted(SCALAR_DTYPES | {VECTOR_DTYPE}))})", "dtype")
-    spec = FieldSpec(
-        name=name,
-        dtype=dtype,
-        is_primary=node.get("is_primary", bool, False),
-        auto_id=node.get("auto_id", bool, False),
-        max_length=node.positive("max_length", int, None),
-        dim=node.positive("dim", int, None),
-    )
-    if dtype == "VARCHAR" and spec.max_length is None:
+def _parse_field(node: Node) -> FieldSpec:
+    spec = FieldSpec(**node.read_keys(FieldSpec))
+    if spec.dtype == "VARCHAR" and spec.max_length is None:
         node.fail("VARCHAR fields need max_length", "max_length")
-    if dtype == VECTOR_DTYPE and spec.dim is None:
+    if spec.dtype == VECTOR_DTYPE and spec.dim is None:
         node.fail(f"{VECTOR_DTYPE} fields need dim", "dim")
     return spec
+
+
+# docs/configuration.md's reference, generated from the declarations above.
+
+REFERENCE_START = ("<!-- The reference below is generated from core/settings.py: edit the declarations there, "
+                   "then run\n"
+                   "     python -m feature_pipeline_dagster.core.settings --reference docs/configuration.md -->")
+REFERENCE_END = "<!-- end of the generated reference -->"
+
+
+def with_reference(document: str) -> str:
+    """`document` with the part between the reference's markers generated anew."""
+    start, end = document.index(REFERENCE_START) + len(REFERENCE_START), document.index(REFERENCE_END)
+    families = {f"model (name: {name})": list(family.options.items()) for name, family in FAMILIES.items()}
+    return f"{document[:start]}\n\n{reference(Settings, families)}\n{document[end:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m feature_pipeline_dagster.core.settings")
+    parser.add_argument("--reference", metavar="FILE", type=Path, required=True,
+                        help="rewrite FILE's generated reference (docs/configuration.md) from the declared keys")
+    path = parser.parse_args(argv).reference
+    path.write_text(with_reference(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

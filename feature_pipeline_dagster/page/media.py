@@ -139,16 +139,15 @@ def _segment_frames(page, path: Path, start: float, end: float) -> list[tuple[in
     twin's, the page decodes on the CPU), at most WATCH_FRAMES evenly spread."""
     import numpy as np
 
-    from feature_pipeline_dagster.core.decode.backends import in_process
     from feature_pipeline_dagster.core.decode.reader import VideoReader
 
-    vi = page.settings.video_input
+    spec = page.settings.video_input.decode.on_cpu()
     try:
-        reader = VideoReader(path, decoder="auto" if in_process(vi.decoder) else vi.decoder)
+        reader = VideoReader(path, decoder=spec.decoder)
     except Exception:
         return []
     try:
-        plan = reader.plan(vi.sample_fps, vi.max_frames, vi.sampling, vi.max_shift_ms)
+        plan = reader.plan(spec)
     finally:
         reader.close()
     seconds = plan.timestamps_ms / 1000

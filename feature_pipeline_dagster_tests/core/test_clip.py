@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError
 from feature_pipeline_dagster.core.decode.reader import VideoReader
@@ -19,7 +20,7 @@ def frames(tmp_path_factory):
     out = []
     for size in [(320, 240), (640, 360), (200, 300), (224, 224)]:
         reader = VideoReader(write_video(folder / f"{size[0]}x{size[1]}.mp4", seconds=4, size=size, seed=size[0]))
-        out += [b.frames for b in reader.batches(reader.plan(1.0, None), 8)]
+        out += [b.frames for b in reader.batches(reader.plan(DecodeSpec()), 8)]
     return out
 
 

@@ -33,7 +33,20 @@ def test_lite_file_defaults_to_db_folder(tmp_path, tiny_clip):
 
 BAD = [
     ({"model.name": None}, "model.name: missing required key"),
-    ({"model.name": "ResNet"}, "model.name: unknown model 'ResNet'"),
+    ({"model.name": "ResNet"}, "model.name: unknown model 'ResNet' (expected one of: CLIP, VL3-SigLIP-NaViT)"),
+    ({"model.merge_size": 2}, "model.merge_size: only VL3-SigLIP-NaViT takes merge_size (model.name is CLIP)"),
+    ({"model.batch_size": 0}, "model.batch_size: must be positive, got 0"),
+    ({"model.batch_size": True}, "model.batch_size: expected int, got True"),
+    ({"model.dtype": "fp8"}, "model.dtype: unknown dtype 'fp8' (expected auto, float32, bfloat16 or float16)"),
+    ({"model.features": ["ok", "not ok"]}, "model.features: expected a list of asset names"),
+    ({"model.extra": 1}, "model.extra: unknown key (expected one of: arch, batch_size, dtype, features, "
+                         "max_tokens_per_frame, merge_size, name, path, quick_gelu, source)"),
+    ({"video_input.extensions": []}, "video_input.extensions: expected a list of file extensions such as .mp4"),
+    ({"gpus": 3}, "gpus: expected list or str, got 3"),
+    ({"gpus": ["auto", "cpu"]}, "gpus: 'auto' stands alone"),
+    ({"placement": "cloud"}, "placement: unknown placement 'cloud' (expected local or kubernetes)"),
+    ({"db.type": "pg"}, "db.type: only 'milvus' is supported"),
+    ({"db.lite_idle_minutes": -1}, "db.lite_idle_minutes: expected a positive number of minutes (0: the default, 10)"),
     ({"model.source": "huggingface", "model.path": "openai", "model.arch": "ViT-Q-99"}, "model.arch: unknown open_clip architecture 'ViT-Q-99'"),
     ({"model.path": "/nonexistent/weights"}, "model.path: no such file or folder"),
     ({"video_input.path": "/nonexistent/videos"}, "video_input.path: no such folder"),
@@ -187,3 +200,17 @@ def test_nearest_sampling_keys(tmp_path, tiny_clip):
     assert (default.sampling, default.max_shift_ms, default.shift_ms) == ("nearest", None, 125.0)
     given = video_input(**{"video_input.sampling": "nearest", "video_input.max_shift_ms": 0})
     assert (given.max_shift_ms, given.shift_ms) == (0.0, 0.0)
+
+
+def test_the_reference_in_docs_is_the_declared_keys():
+    """docs/configuration.md's reference is generated from the keys' declarations
+    (core/settings.py and each model family's): a key added, renamed or re-defaulted there
+    and not regenerated fails here."""
+    from feature_pipeline_dagster.core.settings import with_reference
+
+    document = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert with_reference(document) == document, (
+        "docs/configuration.md's reference differs from the declared keys: regenerate it with "
+        "`python -m feature_pipeline_dagster.core.settings --reference docs/configuration.md`")
+    for key in ("`sampling`", "`max_shift_ms`", "`merge_size`", "`quick_gelu`", "`search_params`", "`tolerations`"):
+        assert key in document

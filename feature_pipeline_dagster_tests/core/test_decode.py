@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from feature_pipeline_dagster.core.decode.backends import torchcodec_loads
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.errors import VideoError
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
 from feature_pipeline_dagster.core.samples import write_video
@@ -51,7 +52,7 @@ def test_batches_carry_frame_ids_and_timestamps(sample_video, backend):
     reader = VideoReader(sample_video, decoder=backend)
     assert reader.info.decoder == backend
     assert (reader.info.width, reader.info.height, reader.info.frame_count) == (320, 240, 90)
-    plan = reader.plan(sample_fps=2.0, max_frames=None)
+    plan = reader.plan(DecodeSpec(sample_fps=2.0))
     batches = list(reader.batches(plan, batch_size=4))
     assert [len(b) for b in batches] == [4, 2]
     ids = np.concatenate([b.frame_ids for b in batches])
@@ -154,7 +155,7 @@ def decoder():
 
 
 def decode_all(decoder, path, batch_size=4, sample_fps=1.0, backend="auto", sampling="fps"):
-    video = decoder.open(path, sample_fps, None, backend, sampling)
+    video = decoder.open(path, DecodeSpec(backend, sample_fps, sampling=sampling))
     batches = list(video.batches(batch_size))
     return video, batches
 
@@ -214,7 +215,7 @@ def test_damage_logged_ahead_of_the_frame_asked_for_is_judged_by_packet(tmp_path
         return capfd.readouterr().err.splitlines()
 
     reader = VideoReader(damaged, late_log, decoder=backend)
-    batches = list(reader.batches(reader.plan(1.0, None), batch_size=1))
+    batches = list(reader.batches(reader.plan(DecodeSpec()), batch_size=1))
     reader.close()
     assert np.concatenate([b.frame_ids for b in batches]).tolist() == [0, 30, 60, 90]
     assert reader.partial.startswith("damaged video stream near 4.0 s")
@@ -298,7 +299,7 @@ def test_a_decoder_crash_fails_its_video_and_the_next_one_decodes(decoder, tmp_p
     import signal
 
     path = write_video(tmp_path / "a.mp4", seconds=4)
-    video = decoder.open(path, 30.0, None, backend)
+    video = decoder.open(path, DecodeSpec(backend, 30.0))
     batches = video.batches(2)
     next(batches)
     os.kill(decoder._proc.pid, signal.SIGSEGV)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from feature_pipeline_dagster.core.decode.backends import resolve
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 from feature_pipeline_dagster.core.engine.video import decode_vector
 from feature_pipeline_dagster.core.models import load_extractor
@@ -118,7 +119,7 @@ def _frames_of(path):
     from feature_pipeline_dagster.core.decode.reader import VideoReader
 
     reader = VideoReader(path)
-    return reader.batches(reader.plan(1.0, None), 8)
+    return reader.batches(reader.plan(DecodeSpec()), 8)
 
 
 def test_a_run_decodes_with_the_configured_backend_and_sampling(project, engine):

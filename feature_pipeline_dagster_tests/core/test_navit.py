@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.settings import ModelSettings, load_settings
 from feature_pipeline_dagster.core.errors import ConfigError, ModelError
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
@@ -156,7 +157,7 @@ def video_frames(tmp_path_factory) -> list[np.ndarray]:
     out = []
     for size in [(320, 240), (640, 360), (200, 300), (1280, 720)]:
         reader = VideoReader(write_video(folder / f"{size[0]}x{size[1]}.mp4", seconds=2, size=size, seed=size[0]))
-        out += [b.frames for b in reader.batches(reader.plan(1.0, None), 2)]
+        out += [b.frames for b in reader.batches(reader.plan(DecodeSpec()), 2)]
     return out + [noise(30, 40, 2), noise(98, 140, 2)]  # upscaled to min_tokens; kept as it is
 
 
@@ -333,7 +334,7 @@ def test_run_writes_every_patch_row_into_milvus(tmp_path, tiny_navit):
         result = subprocess.run([sys.executable, "-m", "feature_pipeline_dagster.cli", "run"], cwd=tmp_path,
                                 env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        frames = len(VideoReader(video).plan(1.0, None))
+        frames = len(VideoReader(video).plan(DecodeSpec()))
         rows, cols = navit.load(settings(tiny_navit, max_tokens_per_frame=64), "cpu").grid(240, 320)
         assert (frames, rows, cols) == (4, 6, 9)
         settings_ = load_settings(config)

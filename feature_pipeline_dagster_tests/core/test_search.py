@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 from feature_pipeline_dagster.core.errors import SearchError
@@ -48,7 +49,7 @@ def indexed(tmp_path_factory, tiny_clip):
 def decoded_frame(path: Path, index: int = 2) -> tuple[np.ndarray, int, int]:
     """A sampled frame of the video as the engine decodes it: (frame, frame_id, timestamp_ms)."""
     reader = VideoReader(path)
-    plan = reader.plan(1.0, None)
+    plan = reader.plan(DecodeSpec())
     one = SamplingPlan(plan.frame_ids[index:index + 1], plan.timestamps_ms[index:index + 1])
     batch = next(reader.batches(one, 1))
     reader.close()

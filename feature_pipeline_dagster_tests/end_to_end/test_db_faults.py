@@ -83,7 +83,7 @@ def expected(project, server):
     frame_ids = {}
     for i, name in enumerate(VIDEOS):
         write_video(project.videos / name, seconds=10, fps=10, seed=i)
-        plan = VideoReader(project.videos / name).plan(sampling.sample_fps, sampling.max_frames)
+        plan = VideoReader(project.videos / name).plan(sampling.decode)
         frame_ids[name] = sorted(plan.frame_ids.tolist())
     return frame_ids
 

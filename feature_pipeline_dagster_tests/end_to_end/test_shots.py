@@ -10,6 +10,7 @@ import subprocess
 import numpy as np
 from dagster import AssetKey, DagsterInstance
 
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.samples import write_edited_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.shots import segments_collection
@@ -36,7 +37,7 @@ def sampled_frame(path, at_ms: int) -> np.ndarray:
 
     reader = VideoReader(path)
     try:
-        plan = reader.plan(1.0, None)
+        plan = reader.plan(DecodeSpec())
         index = int(np.flatnonzero(plan.timestamps_ms == at_ms)[0])
         one = type(plan)(plan.frame_ids[index:index + 1], plan.timestamps_ms[index:index + 1])
         batch = next(reader.batches(one, 1))

@@ -47,7 +47,7 @@ def kubernetes_project(project, monkeypatch, **kubernetes):
     config["db"]["token_env"] = "MILVUS_TOKEN"
     config["video_input"]["settle_seconds"] = 0
     project.config.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("MILVUS_TOKEN", "root:Milvus")  # the resource reads it through EnvVar
+    monkeypatch.setenv("MILVUS_TOKEN", "root:Milvus")  # the store reads it (core/store.store_token)
     return load_settings(project.config)
 
 

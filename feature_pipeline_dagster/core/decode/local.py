@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Iterator
 
 from feature_pipeline_dagster.core.decode.reader import VideoReader
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
 
 
 class LocalVideo:
-    def __init__(self, reader: VideoReader, sample_fps: float, max_frames: int | None, sampling: str,
-                 max_shift_ms: float | None = None):
+    def __init__(self, reader: VideoReader, spec: DecodeSpec):
         self.reader, self.path, self.info = reader, reader.path, reader.info
-        self.plan = reader.plan(sample_fps, max_frames, sampling, max_shift_ms)
+        self.plan = reader.plan(spec)
 
     @property
     def partial(self) -> str | None:
@@ -36,10 +36,8 @@ class LocalDecoder:
     def __init__(self, device: str):
         self.device = device
 
-    def open(self, path: Path, sample_fps: float, max_frames: int | None, decoder: str = "nvdec",
-             sampling: str = "fps", max_shift_ms: float | None = None) -> LocalVideo:
-        return LocalVideo(VideoReader(path, decoder=decoder, device=self.device), sample_fps, max_frames, sampling,
-                          max_shift_ms)
+    def open(self, path: Path, spec: DecodeSpec) -> LocalVideo:
+        return LocalVideo(VideoReader(path, decoder=spec.decoder, device=self.device), spec)
 
     def stop(self) -> None:
         pass

@@ -29,6 +29,7 @@ from feature_pipeline_dagster.core.errors import VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoInfo
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
 
 class OpenVideo:
@@ -74,13 +75,11 @@ class DecoderProcess:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
-    def open(self, path: Path, sample_fps: float, max_frames: int | None, decoder: str = "auto",
-             sampling: str = "fps", max_shift_ms: float | None = None) -> OpenVideo:
+    def open(self, path: Path, spec: DecodeSpec) -> OpenVideo:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
-            self._send({"op": "open", "path": str(path), "sample_fps": sample_fps, "max_frames": max_frames,
-                        "decoder": decoder, "sampling": sampling, "max_shift_ms": max_shift_ms})
+            self._send({"op": "open", "path": str(path), "spec": asdict(spec)})
             answer = self._receive(path)
         if "error" in answer:
             raise VideoError(answer["error"])
@@ -192,9 +191,9 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
                 if reader is not None:  # opened, never decoded (the parent refused it)
                     reader.close()
                 complaints.reset()
-                reader = VideoReader(request["path"], complaints, request.get("decoder", "auto"))
-                plan = reader.plan(request["sample_fps"], request["max_frames"], request.get("sampling", "fps"),
-                                   request.get("max_shift_ms"))
+                spec = DecodeSpec(**request["spec"])
+                reader = VideoReader(request["path"], complaints, spec.decoder)
+                plan = reader.plan(spec)
                 info = {k: v for k, v in asdict(reader.info).items() if k != "path"}
                 answer({"info": info, "frame_ids": plan.frame_ids.tolist(),
                         "timestamps_ms": plan.timestamps_ms.tolist(), "key_frames_only": plan.key_frames_only, "partial": reader.partial})

@@ -30,6 +30,7 @@ from feature_pipeline_dagster.core.engine.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.backends import open_backend, resolve
 from feature_pipeline_dagster.core.decode.backends.base import DecodeFailed, DecodeIndex, OpenFailed
 from feature_pipeline_dagster.core.decode.damage import damage_in, sound_count
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
 MAX_BATCH_BYTES = 128 * 1024 * 1024  # decoded RGB per batch: an 8K frame is 100 MB
 
@@ -206,16 +207,14 @@ class VideoReader:
         reader.logged()
         return reader
 
-    def plan(self, sample_fps: float, max_frames: int | None, sampling: str = "fps",
-             max_shift_ms: float | None = None) -> SamplingPlan:
-        """`max_shift_ms` (`nearest` only): None for its default, a quarter of the sample interval."""
-        if sampling == "keyframes":
-            return SamplingPlan.for_keyframes(self._starts, self._reader.keyframes, sample_fps, max_frames)
-        if sampling == "nearest":
-            shift_ms = 250.0 / sample_fps if max_shift_ms is None else max_shift_ms
-            return SamplingPlan.for_nearest(self._starts, self._reader.decode_index(), sample_fps, max_frames,
-                                            shift_ms / 1000)
-        return SamplingPlan.for_timestamps(self._starts, sample_fps, max_frames)
+    def plan(self, spec: DecodeSpec) -> SamplingPlan:
+        """The frames `spec` samples from this video."""
+        if spec.sampling == "keyframes":
+            return SamplingPlan.for_keyframes(self._starts, self._reader.keyframes, spec.sample_fps, spec.max_frames)
+        if spec.sampling == "nearest":
+            return SamplingPlan.for_nearest(self._starts, self._reader.decode_index(), spec.sample_fps,
+                                            spec.max_frames, spec.shift_ms / 1000)
+        return SamplingPlan.for_timestamps(self._starts, spec.sample_fps, spec.max_frames)
 
     def batches(self, plan: SamplingPlan, batch_size: int) -> Iterator[FrameBatch]:
         """At the first sign of damage (the backend fails, or FFmpeg logs it), which frame

@@ -213,9 +213,7 @@ def local_decoders(settings: Settings, device: str, lanes: int) -> list | None:
     """For nvdec, decoders in this process on the run's device (its frames stay there);
     None for the CPU backends, which decode in child processes. A run that cannot use
     nvdec fails at once with one line, before any video."""
-    from feature_pipeline_dagster.core.decode.backends import in_process
-
-    if not in_process(settings.video_input.decoder):
+    if not settings.video_input.decode.in_process:
         return None
     from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
     from feature_pipeline_dagster.core.decode.local import LocalDecoder

@@ -59,8 +59,7 @@ class VideoJob:
         except OSError as err:
             raise VideoError(f"{self.path}: not a readable file ({err.strerror})") from None
         try:
-            vi = settings.video_input
-            self.video = decoder.open(self.path, vi.sample_fps, vi.max_frames, vi.decoder, vi.sampling, vi.max_shift_ms)
+            self.video = decoder.open(self.path, settings.video_input.decode)
         except VideoError as err:
             # A file still being written fails to open; say that, not what its half-written bytes look like.
             why = still_being_written(self.path, self.stat, settings.video_input.settle_seconds)

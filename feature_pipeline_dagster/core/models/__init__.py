@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from feature_pipeline_dagster.core.config_keys import Key
+
 if TYPE_CHECKING:
     from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.settings import ModelSettings, Settings
@@ -49,16 +51,6 @@ class TextEncoder(Protocol):
 
 
 @dataclass(frozen=True)
-class Option:
-    """A family-only `model.*` key: its type, default and allowed values."""
-
-    kind: type | tuple[type, ...]
-    default: Any
-    positive: bool = False
-    choices: tuple = ()
-
-
-@dataclass(frozen=True)
 class ModelFamily:
     name: str
     module: str  # imported lazily; provides load(settings, device) -> Extractor
@@ -68,7 +60,8 @@ class ModelFamily:
     # raises LookupError(key, message) for a value of that key that names no model.
     dimension: Callable[[ModelSettings], int | None]
     label: Callable[[ModelSettings], str]  # what names the model in messages (arch, path)
-    options: dict[str, Option] = field(default_factory=dict)  # part of the code version
+    # Its own `model.*` keys (each with its `kind`), in the reference and the code version.
+    options: dict[str, Key] = field(default_factory=dict)
     patch_grid: bool = False  # capability: the extractor is a PatchExtractor
     text_tower: bool = False  # capability: the model module's load_text(settings, device) embeds text queries
 

@@ -118,16 +118,18 @@ def open_store(uri: str, token: str | None = None, lite_idle_minutes: float | No
     return MilvusStore(uri, token, lite_idle_minutes, reads_may_lag)
 
 
-def store_token(db: DbSettings) -> str | None:
-    """The server token from the environment variable `db.token_env` names, if any."""
-    if not db.token_env:
+def store_token(token_env: str | None) -> str | None:
+    """The server token from the environment variable `db.token_env` names, if any: the one
+    place it is read (the CLI's store and Dagster's resource alike), so a missing variable
+    is the same one line everywhere and the secret never enters Dagster's run config."""
+    if not token_env:
         return None
-    token = os.environ.get(db.token_env)
+    token = os.environ.get(token_env)
     if token is None:
-        raise ConfigError(f"db.token_env: environment variable {db.token_env} is not set")
+        raise ConfigError(f"db.token_env: environment variable {token_env} is not set")
     return token
 
 
 def store_for(db: DbSettings, reads_may_lag: bool = False) -> VectorStore:
     """The store the config's `db` names (the CLI's way in; Dagster's is its resource)."""
-    return open_store(db.uri, store_token(db), db.lite_idle_minutes, reads_may_lag)
+    return open_store(db.uri, store_token(db.token_env), db.lite_idle_minutes, reads_may_lag)

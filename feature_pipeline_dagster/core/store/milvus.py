@@ -17,7 +17,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, MAX_EF, VECTOR_DTYPE, CollectionSpec, ConfigError
+from feature_pipeline_dagster.core.settings import (LITE_INDEX_TYPES, MAX_EF, VECTOR_DTYPE, CollectionSpec, ConfigError,
+                                                    is_lite_file)
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.stream import prefetch
@@ -83,7 +84,7 @@ class MilvusStore:
             # kept failing (8 s and more) after the server was back (test_db_faults).
             # A Lite file is served by the shared loopback server; one that died a moment
             # ago may still look alive, so a failed connect checks (and restarts) it again.
-            attempts = 3 if self.uri.endswith(".db") else 1
+            attempts = 3 if self.is_lite else 1
             for attempt in range(attempts):
                 try:
                     self._client = MilvusClient(uri=self._server_uri(), token=self._token or "", timeout=30,
@@ -98,7 +99,7 @@ class MilvusStore:
         return self._client
 
     def _server_uri(self) -> str:
-        if self.uri.endswith(".db"):
+        if self.is_lite:
             from feature_pipeline_dagster.core.store.lite_server import LiteServer
 
             return LiteServer(self.uri, self.lite_idle_minutes).ensure_running().uri  # a start is logged there
@@ -120,7 +121,7 @@ class MilvusStore:
 
     @property
     def is_lite(self) -> bool:
-        return self.uri.endswith(".db")
+        return is_lite_file(self.uri)
 
     def ensure_collection(self, spec: CollectionSpec) -> None:
         """Create the collection with its configured index, or check that the existing

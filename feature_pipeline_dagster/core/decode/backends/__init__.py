@@ -14,8 +14,6 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from feature_pipeline_dagster.core.errors import ConfigError
-
 DECODERS = ("auto", "decord", "torchcodec", "pyav", "nvdec")
 SAMPLINGS = ("fps", "keyframes", "nearest")
 _MODULES = {
@@ -41,9 +39,8 @@ def torchcodec_loads() -> str | None:
 
 
 def resolve(name: str) -> str:
-    """The backend `name` stands for in this process (`auto` resolved once)."""
-    if name not in DECODERS:
-        raise ConfigError(f"video_input.decoder: unknown decoder {name!r} (expected one of: {', '.join(DECODERS)})")
+    """The backend `name` (one of DECODERS, checked where the config is read) stands for
+    in this process (`auto` resolved once)."""
     if name != "auto":
         return name
     if "auto" not in _resolved:
@@ -61,9 +58,3 @@ def open_backend(name: str, path: Path, device: str | None = None):
     for a file it cannot open, `VideoError` when the backend itself is unusable here."""
     module = importlib.import_module(_MODULES[resolve(name)])
     return module.open_video(path, device=device)
-
-
-def in_process(name: str) -> bool:
-    """nvdec decodes in the run's own process: its frames stay on the GPU for the model
-    (a child process could hand them over only through host memory)."""
-    return name == "nvdec"

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from feature_pipeline_dagster.core.models import ModelFamily, Option
+from feature_pipeline_dagster.core.config_keys import Key
+from feature_pipeline_dagster.core.models import ModelFamily
 
 if TYPE_CHECKING:
     from feature_pipeline_dagster.core.settings import ModelSettings
@@ -38,8 +39,10 @@ FAMILY = ModelFamily(
     dimension=_dimension,
     label=lambda model: model.arch,
     options={
-        "arch": Option(str, "ViT-B-32"),  # an open_clip architecture
-        "quick_gelu": Option(bool, None),  # None: decided from the weights' own metadata
+        "arch": Key("an open_clip architecture (open_clip.list_models())", "ViT-B-32", kind=str),
+        # OpenAI's weights were trained with QuickGELU; loaded into the plain architecture
+        # they silently give wrong vectors.
+        "quick_gelu": Key("force QuickGELU on or off; none: the weights' own metadata decides", None, kind=bool),
     },
     text_tower=True,
 )

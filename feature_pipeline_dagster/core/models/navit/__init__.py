@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from feature_pipeline_dagster.core.models import ModelFamily, Option
+from feature_pipeline_dagster.core.config_keys import Key
+from feature_pipeline_dagster.core.models import ModelFamily
 
 if TYPE_CHECKING:
     from feature_pipeline_dagster.core.settings import ModelSettings
@@ -37,10 +38,11 @@ FAMILY = ModelFamily(
     dimension=_dimension,
     label=lambda model: model.path,
     options={
-        # The most rows (merged tokens) one frame may give; a larger frame is scaled down
-        # to fit, so rows per frame stay bounded whatever the video.
-        "max_tokens_per_frame": Option(int, MAX_TOKENS_PER_FRAME, positive=True),
-        "merge_size": Option(int, 1, choices=(1, 2)),  # 1 = one row per 14x14 patch, 2 = 2x2 average
+        # A larger frame is scaled down to fit, so rows per frame stay bounded whatever the video.
+        "max_tokens_per_frame": Key("the most rows (merged patches) one frame gives", MAX_TOKENS_PER_FRAME,
+                                    kind=int, positive=True),
+        "merge_size": Key("1: one row per 14x14 patch; 2: each 2x2 block of patches averaged into one row", 1,
+                          kind=int, choices=(1, 2)),
     },
     patch_grid=True,
 )
