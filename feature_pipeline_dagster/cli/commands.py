@@ -118,7 +118,7 @@ def _run(args) -> int:
     from tqdm import tqdm
 
     from feature_pipeline_dagster.cli.search import printable
-    from feature_pipeline_dagster.cli.workers import DeviceRuns, videos_to_embed
+    from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, videos_to_embed
     from feature_pipeline_dagster.core.devices import run_devices
     from feature_pipeline_dagster.core.models import preload
     from feature_pipeline_dagster.core.models.devices import check_devices

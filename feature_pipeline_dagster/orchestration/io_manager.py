@@ -83,7 +83,7 @@ class MilvusIOManager(ConfigurableIOManager):
         them, the failed videos named by `videos_complete`."""
         from dagster import AssetCheckEvaluation, AssetKey, DagsterEvent
 
-        from feature_pipeline_dagster.core.engine.video import decode_vector
+        from feature_pipeline_dagster.core.engine.job import decode_vector
         from feature_pipeline_dagster.core.shots import segments_collection
         from feature_pipeline_dagster.core.summary import summary_collection
         from feature_pipeline_dagster.orchestration.checks import evaluate

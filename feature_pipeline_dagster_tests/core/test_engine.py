@@ -10,7 +10,7 @@ import yaml
 
 from feature_pipeline_dagster.core.decode.backends import resolve
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
-from feature_pipeline_dagster.core.engine.video import decode_vector
+from feature_pipeline_dagster.core.engine.job import decode_vector
 from feature_pipeline_dagster.core.models import load_extractor
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
@@ -143,7 +143,7 @@ def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
 
     from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.engine.run import ROWS_PER_BATCH, ModelStage
-    from feature_pipeline_dagster.core.engine.video import VideoJob
+    from feature_pipeline_dagster.core.engine.job import VideoJob
 
     class Patches:
         def grid(self, height, width):
@@ -174,7 +174,7 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     counted it twice and the run's progress counter ran out (a daemon run failed so)."""
     from feature_pipeline_dagster.core.engine.batches import FrameBatch
     from feature_pipeline_dagster.core.engine.run import ModelStage
-    from feature_pipeline_dagster.core.engine.video import VideoJob
+    from feature_pipeline_dagster.core.engine.job import VideoJob
     from feature_pipeline_dagster.core.engine.writer import RunWriter
     from feature_pipeline_dagster.core.models import FAMILIES
 

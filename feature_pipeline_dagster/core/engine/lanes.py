@@ -23,7 +23,7 @@ from feature_pipeline_dagster.core.decode.process import DecoderProcess, decoder
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.stream import put_unless_stopped
-from feature_pipeline_dagster.core.engine.video import VideoJob
+from feature_pipeline_dagster.core.engine.job import VideoJob
 from feature_pipeline_dagster.core.errors import VideoError
 
 

@@ -23,7 +23,7 @@ from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
-from feature_pipeline_dagster.core.engine.video import ShotTrack, VideoJob
+from feature_pipeline_dagster.core.engine.job import ShotTrack, VideoJob
 from feature_pipeline_dagster.core.engine.writer import RunWriter
 from feature_pipeline_dagster.core.errors import ConfigError, DeviceMemoryError, ModelError, PipelineError, VideoError
 from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots, scheduled

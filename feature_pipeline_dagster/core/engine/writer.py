@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
-from feature_pipeline_dagster.core.engine.video import VideoJob
+from feature_pipeline_dagster.core.engine.job import VideoJob
 from feature_pipeline_dagster.core.settings import CollectionSpec
 from feature_pipeline_dagster.core.store import VectorStore, new_generation
 from feature_pipeline_dagster.core.store.milvus import rows_per_request

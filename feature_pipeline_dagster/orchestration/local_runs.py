@@ -209,7 +209,7 @@ class DeviceRuns:
 
 
 class _Worker:
-    """A `python -m feature_pipeline_dagster.cli.workers DEVICE` process: a chunk of keys
+    """A `python -m feature_pipeline_dagster.orchestration.local_runs DEVICE` process: a chunk of keys
     in on stdin per line, one JSON result per video out and an end line per chunk; its
     own log goes to logs/worker-<device>-<time>.log."""
 
@@ -218,7 +218,7 @@ class _Worker:
         log = logs_dir / f"worker-{device.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         with open(log, "ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "feature_pipeline_dagster.cli.workers", device],
+                [sys.executable, "-m", "feature_pipeline_dagster.orchestration.local_runs", device],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1,
             )
 
