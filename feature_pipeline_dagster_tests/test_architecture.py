@@ -1,5 +1,7 @@
-"""The layers the folder tree shows hold: import-linter's contracts (setup.cfg) pass."""
+"""The layers the folder tree shows hold: import-linter's contracts (setup.cfg) pass, and
+no module imports Dagster's private API."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -16,3 +18,32 @@ def test_import_contracts_hold():
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 kept, 0 broken" in result.stdout
+
+
+def private_dagster_imports(package: Path) -> list[str]:
+    """`file:line module` for each import of a `dagster._*` module under `package`,
+    lazy imports in functions included."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [f"dagster.{a.name}" for a in node.names] if node.module == "dagster" else [node.module or ""]
+            else:
+                continue
+            found += [f"{path.relative_to(package.parent)}:{node.lineno} {m}" for m in modules
+                      if m.startswith("dagster._")]
+    return found
+
+
+def test_no_private_dagster_import(tmp_path):
+    """Dagster's private modules (`dagster._*`) change without notice between releases:
+    the package imports only what `dagster` exports. import-linter cannot say it (an
+    external package is one module to it), hence this walk; it sees such an import."""
+    assert private_dagster_imports(REPO / "feature_pipeline_dagster") == []
+    planted = tmp_path / "pkg"
+    planted.mkdir()
+    (planted / "m.py").write_text("def f():\n    from dagster._core.events import DagsterEvent\n")
+    (planted / "n.py").write_text("import dagster\nfrom dagster import _check\nfrom dagster import asset\n")
+    assert private_dagster_imports(planted) == ["pkg/m.py:2 dagster._core.events", "pkg/n.py:2 dagster._check"]
