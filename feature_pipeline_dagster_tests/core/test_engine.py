@@ -143,7 +143,7 @@ def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
 
     from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.engine.run import ROWS_PER_BATCH, ModelStage
-    from feature_pipeline_dagster.core.engine.job import VideoJob
+    from feature_pipeline_dagster.core.engine.job import EmbeddingJob
 
     class Patches:
         def grid(self, height, width):
@@ -159,7 +159,7 @@ def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
     assert stage.frames_per_batch((64, 64, 3)) == 32  # 4 rows a frame: the frame count binds
     assert ModelStage(Patches(), SimpleNamespace(patch_grid=False), 32).frames_per_batch((720, 1280, 3)) == 32
 
-    job, sizes = VideoJob("a.mp4", None), []
+    job, sizes = EmbeddingJob("a.mp4", None), []
     ids = np.arange(20)
     stage.add(job, FrameBatch(np.zeros((20, 720, 1280, 3), np.uint8), ids, ids * 1000))
     stage.flush(lambda rows, owners: sizes.append(sum(n for _, n in owners) // 1008), full_only=True)
@@ -174,13 +174,13 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     counted it twice and the run's progress counter ran out (a daemon run failed so)."""
     from feature_pipeline_dagster.core.engine.batches import FrameBatch
     from feature_pipeline_dagster.core.engine.run import ModelStage
-    from feature_pipeline_dagster.core.engine.job import VideoJob
+    from feature_pipeline_dagster.core.engine.job import EmbeddingJob
     from feature_pipeline_dagster.core.engine.writer import RunWriter
     from feature_pipeline_dagster.core.models import FAMILIES
 
     settings, spec, store, extractor = engine
     path = write_video(project.videos / "parts.mp4", seconds=1, seed=1)
-    job = VideoJob("parts.mp4", path, stat=path.stat())
+    job = EmbeddingJob("parts.mp4", path, stat=path.stat())
     stage = ModelStage(extractor, FAMILIES[settings.model.name], batch_size=8)
     committed = []
     writer = RunWriter(store, spec, 4, "v", committed.extend)
@@ -192,7 +192,7 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     def deliver(rows, owners):
         assert owners == [(job, 2), (job, 1)]
         writer.add(rows, owners)
-        stage.close_done(owners, writer)
+        stage.close_done(owners, writer.close)
 
     stage.flush(deliver)
     writer.finish()
