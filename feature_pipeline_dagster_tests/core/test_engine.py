@@ -198,3 +198,33 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     writer.finish()
     assert committed == [job]
     assert store.count_rows(spec, "parts.mp4") == 3
+
+
+def test_a_run_is_a_lazy_stream_and_each_video_ends_in_one_outcome_event(project, engine, tmp_path):
+    """The embedding asset returns an `EmbeddingRun`: nothing happens (no device lease, no
+    model, no decoding) until the writer consumes it. Each video then ends in one typed
+    event to whoever listens (the local scheduler; logs stay logs): committed with its
+    rows, or failed alone with its one line; both survive a worker's JSON pipe."""
+    from feature_pipeline_dagster.core.engine.outcomes import Committed, Failed, from_json, listening, to_json
+    from feature_pipeline_dagster.core.engine.run import EmbeddingRun
+    from feature_pipeline_dagster.core.engine.writer import write_run
+
+    settings, spec, store, _ = engine
+    write_video(project.videos / "good.mp4", seconds=2, seed=4)
+    (project.videos / "bad.mp4").write_bytes(b"\x00" * 4096)
+    leases = tmp_path / "leases"
+    run = EmbeddingRun(settings, spec, ["bad.mp4", "good.mp4"], ["cpu"], leases)
+    iter(run)
+    assert not leases.exists() and run.lease == {}
+    heard = []
+    with listening(heard.append):
+        report = write_run(run, store)
+    failed, committed = sorted(heard, key=lambda o: o.video)  # bad.mp4, good.mp4: one event each
+    assert len(heard) == 2 and isinstance(failed, Failed) and isinstance(committed, Committed), heard
+    assert failed.video == "bad.mp4" and "bad.mp4" in failed.error and "\n" not in failed.error
+    assert committed.video == "good.mp4" and committed.rows == store.count_rows(spec, "good.mp4") == 2
+    assert committed.metadata["rows"] == 2 and report.written == {"good.mp4": committed.metadata}
+    assert report.failed == {"bad.mp4": failed.error} and store.count_rows(spec, "bad.mp4") == 0
+    assert report.lease["device_lease"] == "cpu" and report.lease["lease_released_at"] >= report.lease["lease_acquired_at"]
+    assert [from_json(to_json(o)) for o in heard] == heard and "metadata" not in to_json(committed)
+    assert committed.key == "good.mp4"
