@@ -79,9 +79,10 @@ class MilvusIOManager(ConfigurableIOManager):
         """What a run some of whose videos failed still owes its committed videos before
         its step fails: their materializations, their summary rows, and the run's checks.
 
-        Dagster skips every step after a failed one, the summary's and the checks' among
-        them, so the good videos of the run lacked their summary row for good (the next run
-        finds them done) and the UI showed no check naming the failed video. Written here
+        Dagster 1.13 cannot fail one partition of a ranged step (dagster-io/dagster#17836,
+        open): the step fails, and every step after it is skipped, the summary's and the
+        checks' among them, so the good videos of the run lacked their summary row for good
+        (the next run finds them done) and the UI showed no check naming the failed video. Written here
         instead: the summary from the means summed in-stream, recorded as the summary
         asset's materializations; the checks' evaluations as their own steps would make
         them, the failed videos named by `videos_complete`."""
@@ -207,10 +208,11 @@ def _in_this_run(context: OutputContext, key) -> bool:
 def _flush_materializations(context: OutputContext, written: dict[str, dict], version: str):
     """Keep the good videos of a partly failed run materialized.
 
-    Dagster 1.13 limit: a step that fails records none of the materializations its
-    `handle_output` added, and emits the events `handle_output` logged only when it
-    yields. So they are logged here, with the code version a normal materialization
-    records, and flushed with one yield, before the failure of the bad videos ends the step."""
+    Dagster 1.13 limit (execute_step.py `_store_output`): the materializations a
+    `handle_output` adds or yields are recorded only once it returns, so a step that fails
+    records none; the events it logs go out at each of its yields. So they are logged
+    here, with the code version a normal materialization records, and flushed with one
+    yield, before the failure of the bad videos ends the step."""
     for key, meta in written.items():
         context.log_event(AssetMaterialization(context.asset_key, partition=key, metadata=meta,
                                                tags={"dagster/code_version": version}))

@@ -59,8 +59,8 @@ _lock = threading.Lock()
 
 @contextmanager
 def listening(sink: Callable[[Outcome], None]) -> Iterator[None]:
-    """Every outcome emitted in this process while inside, to `sink` (from the writer's
-    thread: `sink` must be thread-safe)."""
+    """Every outcome emitted in this process while inside, to `sink` (called from the
+    writer's thread too, never two at once; `sink` must not emit)."""
     with _lock:
         _listeners.append(sink)
     try:
@@ -71,10 +71,11 @@ def listening(sink: Callable[[Outcome], None]) -> Iterator[None]:
 
 
 def emit(outcome: Outcome) -> None:
+    """To every listener, one outcome at a time: the writer's thread (commits) and the
+    stream's (failures) both emit, and a sink may write lines to a pipe."""
     with _lock:
-        sinks = list(_listeners)
-    for sink in sinks:
-        sink(outcome)
+        for sink in _listeners:
+            sink(outcome)
 
 
 def to_json(outcome: Outcome) -> dict:
