@@ -94,10 +94,13 @@ def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = 
                             job.rows, job.frames_embedded, meta["seconds"], extra={"progress": True})
             settle(Committed(job.relpath, job.rows, job.partial or "", job.saved_searches or {}, meta))
 
-    writer = RunWriter(store, spec, settings.db.batch_size, version, committed, segments=run.segments)
-    stream = iter(run)
+    writer, stream = None, iter(run)
     try:
         for item in stream:
+            # Made at the first item, after the lease and the model load: its commit clock
+            # (commit_seconds) starts then, so the first commit still gathers many videos.
+            writer = writer or RunWriter(store, spec, settings.db.batch_size, version, committed,
+                                         segments=run.segments)
             if isinstance(item, Rows):
                 writer.add(item.rows, item.owners)
             elif isinstance(item, JobDone):
@@ -120,7 +123,8 @@ def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = 
                     engine_log.warning("stopped on request: %d of %d video(s) done", len(report.written), len(videos))
                 store.record_failures(spec, failures, cleared=list(report.written))  # one request for the run
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     finally:
         stream.close()
