@@ -118,7 +118,7 @@ def _run(args) -> int:
     from tqdm import tqdm
 
     from feature_pipeline_dagster.cli.search import printable
-    from feature_pipeline_dagster.core.engine.outcomes import Committed, Interrupted
+    from feature_pipeline_dagster.core.engine.outcomes import Embedded, Interrupted
     from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, videos_to_embed
     from feature_pipeline_dagster.core.devices import run_devices
     from feature_pipeline_dagster.core.models import preload
@@ -176,7 +176,7 @@ def _run(args) -> int:
                 if isinstance(result, Interrupted):
                     continue
                 bar.update()
-                if isinstance(result, Committed):
+                if isinstance(result, Embedded):
                     done.add(result.key)
                     rows += result.rows
                     if result.partial:

@@ -205,7 +205,7 @@ def test_a_run_is_a_lazy_stream_and_each_video_ends_in_one_outcome_event(project
     model, no decoding) until the writer consumes it. Each video then ends in one typed
     event to whoever listens (the local scheduler; logs stay logs): committed with its
     rows, or failed alone with its one line; both survive a worker's JSON pipe."""
-    from feature_pipeline_dagster.core.engine.outcomes import Committed, Failed, from_json, listening, to_json
+    from feature_pipeline_dagster.core.engine.outcomes import Embedded, Failed, from_json, listening, to_json
     from feature_pipeline_dagster.core.engine.run import EmbeddingRun
     from feature_pipeline_dagster.core.engine.writer import write_run
 
@@ -220,7 +220,7 @@ def test_a_run_is_a_lazy_stream_and_each_video_ends_in_one_outcome_event(project
     with listening(heard.append):
         report = write_run(run, store)
     failed, committed = sorted(heard, key=lambda o: o.video)  # bad.mp4, good.mp4: one event each
-    assert len(heard) == 2 and isinstance(failed, Failed) and isinstance(committed, Committed), heard
+    assert len(heard) == 2 and isinstance(failed, Failed) and isinstance(committed, Embedded), heard
     assert failed.video == "bad.mp4" and "bad.mp4" in failed.error and "\n" not in failed.error
     assert committed.video == "good.mp4" and committed.rows == store.count_rows(spec, "good.mp4") == 2
     assert committed.metadata["rows"] == 2 and report.written == {"good.mp4": committed.metadata}

@@ -17,41 +17,37 @@ from feature_pipeline_dagster.core.videos import partition_key
 
 
 @dataclass(frozen=True)
-class Committed:
+class _Outcome:
     video: str  # its path relative to video_input.path
+
+    @property
+    def key(self) -> str:
+        """Its partition key."""
+        return partition_key(self.video)
+
+
+@dataclass(frozen=True)
+class Embedded(_Outcome):
+    """Committed: its rows, shots and ledger entry are in the store."""
+
     rows: int
     partial: str = ""  # embedded, but only the sound part of a damaged or cut-short file
     saved_searches: dict = field(default_factory=dict)  # the saved searches it matches (core/search/watch.py)
     metadata: dict = field(default_factory=dict, compare=False)  # what its partition shows (stays in the run)
 
-    @property
-    def key(self) -> str:
-        return partition_key(self.video)
+
+@dataclass(frozen=True)
+class Failed(_Outcome):
+    error: str  # one line; none of its rows are kept
 
 
 @dataclass(frozen=True)
-class Failed:
-    video: str
-    error: str  # one line
-
-    @property
-    def key(self) -> str:
-        return partition_key(self.video)
-
-
-@dataclass(frozen=True)
-class Interrupted:
+class Interrupted(_Outcome):
     """Not finished: a stop was asked for; the next run embeds it."""
 
-    video: str
 
-    @property
-    def key(self) -> str:
-        return partition_key(self.video)
-
-
-Outcome = Union[Committed, Failed, Interrupted]
-KINDS = {"committed": Committed, "failed": Failed, "interrupted": Interrupted}
+Outcome = Union[Embedded, Failed, Interrupted]
+KINDS = {"embedded": Embedded, "failed": Failed, "interrupted": Interrupted}
 
 _listeners: list[Callable[[Outcome], None]] = []
 _lock = threading.Lock()
@@ -100,7 +96,7 @@ class RunReport:
     lease: dict = field(default_factory=dict)  # device, slot, acquired_at, released_at
 
     def add(self, outcome: Outcome) -> None:
-        if isinstance(outcome, Committed):
+        if isinstance(outcome, Embedded):
             self.written[outcome.video] = outcome.metadata
         elif isinstance(outcome, Failed):
             self.failed[outcome.video] = outcome.error

@@ -29,7 +29,7 @@ import numpy as np
 
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.job import EmbeddingJob
-from feature_pipeline_dagster.core.engine.outcomes import Committed, Failed, Interrupted, Outcome, RunReport, emit
+from feature_pipeline_dagster.core.engine.outcomes import Embedded, Failed, Interrupted, Outcome, RunReport, emit
 from feature_pipeline_dagster.core.errors import PipelineError, VideoError
 from feature_pipeline_dagster.core.settings import CollectionSpec
 from feature_pipeline_dagster.core.store import VectorStore, new_generation
@@ -92,7 +92,7 @@ def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = 
                 engine_log.warning("%s: partial: %s", job.relpath, job.partial)
             engine_log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", next(count), len(videos), job.relpath,
                             job.rows, job.frames_embedded, meta["seconds"], extra={"progress": True})
-            settle(Committed(job.relpath, job.rows, job.partial or "", job.saved_searches or {}, meta))
+            settle(Embedded(job.relpath, job.rows, job.partial or "", job.saved_searches or {}, meta))
 
     writer, stream = None, iter(run)
     try:
