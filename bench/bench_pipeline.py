@@ -262,7 +262,8 @@ def bench_end_to_end(settings, store, extractor, model_dir: Path, path: Path, re
                 side = "bare"
             elif step == "ours":
                 with Timer() as t:
-                    meta = embed_videos(settings, ours_spec, store, extractor, [relpath], RunReport(), lanes=1).written[relpath]
+                    report = embed_videos(settings, ours_spec, store, extractor, [relpath], RunReport(), lanes=1)
+                    meta = report.written[relpath]
                 assert meta["rows"] == frames, meta
                 out["ours"].append(frames / t.wall)
                 out["ours_cpu_s"].append(t.cpu)

@@ -65,7 +65,8 @@ def main() -> None:
         "from feature_pipeline_dagster.core.videos import list_videos\n"
         "s=load_settings(); spec=s.db.collections[0]; store=store_for(s.db)\n"
         "x=load_extractor(s.model, 'cpu')\n"
-        "rows=sum(embed_videos(s, spec, store, x, [v.relpath], RunReport(), lanes=1).written[v.relpath]['rows'] for v in list_videos(s.video_input))\n"
+        "rows=sum(embed_videos(s, spec, store, x, [v.relpath], RunReport(), lanes=1).written[v.relpath]['rows']\n"
+        "         for v in list_videos(s.video_input))\n"
         "print(rows, time.perf_counter()-t)\n"
     )
     started = time.perf_counter()

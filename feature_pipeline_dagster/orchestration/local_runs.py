@@ -77,7 +77,8 @@ def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[
                                  partition_key=keys[0] if len(keys) == 1 else None, run_config=QUIET,
                                  raise_on_error=False, tags=tags)
         for key in keys:  # stopped on request; or a run-level failure (the model, the database)
-            record(Interrupted(relpath_of(key)) if stop_requested() else Failed(relpath_of(key), failure_message(result)))
+            video = relpath_of(key)
+            record(Interrupted(video) if stop_requested() else Failed(video, failure_message(result)))
 
 
 def failure_message(result) -> str:

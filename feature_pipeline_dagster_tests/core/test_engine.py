@@ -225,6 +225,7 @@ def test_a_run_is_a_lazy_stream_and_each_video_ends_in_one_outcome_event(project
     assert committed.video == "good.mp4" and committed.rows == store.count_rows(spec, "good.mp4") == 2
     assert committed.metadata["rows"] == 2 and report.written == {"good.mp4": committed.metadata}
     assert report.failed == {"bad.mp4": failed.error} and store.count_rows(spec, "bad.mp4") == 0
-    assert report.lease["device_lease"] == "cpu" and report.lease["lease_released_at"] >= report.lease["lease_acquired_at"]
+    lease = report.lease
+    assert lease["device_lease"] == "cpu" and lease["lease_released_at"] >= lease["lease_acquired_at"]
     assert [from_json(to_json(o)) for o in heard] == heard and "metadata" not in to_json(committed)
     assert committed.key == "good.mp4"

@@ -119,7 +119,8 @@ class EmbeddingRun:
                 start += n
                 dim, bad = vectors.shape[1:], int((~np.isfinite(vectors).all(axis=1)).sum()) if n else 0
                 if bad or dim != (spec.vector_field.dim,):
-                    what = f"{bad} non-finite vector(s) of {n}" if bad else f"vectors of shape {dim}, not ({spec.vector_field.dim},)"
+                    what = (f"{bad} non-finite vector(s) of {n}" if bad
+                            else f"vectors of shape {dim}, not ({spec.vector_field.dim},)")
                     failed(job, VideoError(f"{job.path}: the model gave {what}; none of its rows are kept"))
                     keep.append(np.zeros(n, bool))
                     continue
