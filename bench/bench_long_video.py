@@ -15,7 +15,7 @@ Requirement: the peak memory of a 60-minute video (small frame size) stays withi
 that of a 1-minute one.
 
 What runs: per video, a fresh process (`--child`) loads the config, the model and the
-store, then calls `write_one_video(settings, spec, store, extractor, relpath)` once: the
+store, then calls `embed_videos(settings, spec, store, extractor, [relpath], ...)` once: the
 real path (decoding, in the decode worker process where the code has one; preprocess;
 model; the store's rechunk and inserts; flush and delete of older generations). Model:
 the tests' tiny CLIP (`feature_pipeline_dagster_tests.conftest.TINY_CLIP`: the real
@@ -29,7 +29,7 @@ What is measured: every ~50 ms, the sum of VmRSS over the embedding process and 
 descendants (so a decode worker counts too), and each process's largest VmHWM. The
 Milvus Lite server (a fresh database per run) is started by this process beforehand, so
 it is outside the tree; its RSS is reported on the side. The peak covers the process's
-life up to the end of write_one_video, loading included; its shutdown after that is
+life up to the end of embed_videos, loading included; its shutdown after that is
 reported apart (tree_peak_after_done_kb).
 
 Figure: peak tree RSS of the long video / that of the short one, per repeat, the order
@@ -165,7 +165,7 @@ def child(config: str, relpath: str) -> None:
     from feature_pipeline_dagster.core.settings import load_settings
     from feature_pipeline_dagster.core.models import load_extractor
     from feature_pipeline_dagster.core.store import store_for
-    from feature_pipeline_dagster.core.engine.run import write_one_video
+    from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 
     settings = load_settings(config)
     spec = settings.db.collections[0]
@@ -174,7 +174,7 @@ def child(config: str, relpath: str) -> None:
     store.ensure_collection(spec)
     print("READY", flush=True)
     started = time.perf_counter()
-    meta = write_one_video(settings, spec, store, extractor, relpath)
+    meta = embed_videos(settings, spec, store, extractor, [relpath], RunReport(), lanes=1).written[relpath]
     seconds = time.perf_counter() - started
     out = {"rows": meta["rows"], "frames": meta["frames"], "seconds": round(seconds, 2),
            "seconds_decode": meta["seconds_decode"], "seconds_model": meta["seconds_model"],
@@ -349,7 +349,7 @@ def run_one(model: Path, video: Path) -> dict:
     result = json.loads(next(l for l in lines if l.startswith("DONE"))[5:])
     trace = sampler.trace
     ready, done = marks["ready"], marks["done"]
-    # The figure covers the process's life up to the end of write_one_video (loading
+    # The figure covers the process's life up to the end of embed_videos (loading
     # included); its interpreter shutdown after that is reported apart.
     alive = [s for s in trace if s[0] <= done]
     during = [s for s in alive if s[0] >= ready]

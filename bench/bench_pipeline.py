@@ -12,7 +12,7 @@ Prints, each as a ratio of two things measured in the same run (the two sides
 interleaved, their order alternating), with min/median/max over repeats; a goal counts
 as met when its median meets it:
 
-  1. end to end: write_one_video (VideoEmbeddings + MilvusStore.write_video) frames/s
+  1. end to end: embed_videos (VideoEmbeddings + MilvusStore.write_video) frames/s
      / the bare model (extractor.embed) on the same frames already decoded in memory
      (half of them just before our run, half just after);
   2. decode: VideoReader.batches over the 1 fps plan / `ffmpeg -f null` decoding the whole
@@ -230,7 +230,7 @@ def seed_loop(path: Path, relpath: str, model, preprocess, client, collection: s
 def bench_end_to_end(settings, store, extractor, model_dir: Path, path: Path, repeats: int) -> dict:
     import open_clip
 
-    from feature_pipeline_dagster.core.engine.run import write_one_video
+    from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 
     spec = settings.db.collections[0]
     relpath = path.name
@@ -263,7 +263,8 @@ def bench_end_to_end(settings, store, extractor, model_dir: Path, path: Path, re
                 side = "bare"
             elif step == "ours":
                 with Timer() as t:
-                    meta = write_one_video(settings, ours_spec, store, extractor, relpath)
+                    report = embed_videos(settings, ours_spec, store, extractor, [relpath], RunReport(), lanes=1)
+                    meta = report.written[relpath]
                 assert meta["rows"] == frames, meta
                 out["ours"].append(frames / t.wall)
                 out["ours_cpu_s"].append(t.cpu)
@@ -382,7 +383,7 @@ def memory_child(config: str, relpath: str, collection: str) -> None:
     from feature_pipeline_dagster.core.settings import load_settings
     from feature_pipeline_dagster.core.models import load_extractor
     from feature_pipeline_dagster.core.store import store_for
-    from feature_pipeline_dagster.core.engine.run import write_one_video
+    from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 
     settings = load_settings(config)
     spec = replace(settings.db.collections[0], name=collection)
@@ -400,7 +401,7 @@ def memory_child(config: str, relpath: str, collection: str) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    meta = write_one_video(settings, spec, store, extractor, relpath)
+    meta = embed_videos(settings, spec, store, extractor, [relpath], RunReport(), lanes=1).written[relpath]
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()

@@ -4,7 +4,7 @@
 
 Both sides embed the same short videos with the same model (random-weight CLIP
 ViT-B-32, real architecture) into fresh Milvus Lite databases on this machine:
-  loop:   one process, one model load, `write_one_video` for each video in turn;
+  loop:   one process, one model load, `embed_videos` for each video in turn;
   sensor: dagster-daemon + the file-arrival sensor + the run queue, files dropped at
           once, timed from the drop until every partition is materialized.
 Prints both wall times, the runs the sensor launched, and (sensor - loop) / videos.
@@ -61,11 +61,12 @@ def main() -> None:
         "from feature_pipeline_dagster.core.settings import load_settings\n"
         "from feature_pipeline_dagster.core.models import load_extractor\n"
         "from feature_pipeline_dagster.core.store import store_for\n"
-        "from feature_pipeline_dagster.core.engine.run import write_one_video\n"
+        "from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos\n"
         "from feature_pipeline_dagster.core.videos import list_videos\n"
         "s=load_settings(); spec=s.db.collections[0]; store=store_for(s.db)\n"
         "x=load_extractor(s.model, 'cpu')\n"
-        "rows=sum(write_one_video(s, spec, store, x, v.relpath)['rows'] for v in list_videos(s.video_input))\n"
+        "rows=sum(embed_videos(s, spec, store, x, [v.relpath], RunReport(), lanes=1).written[v.relpath]['rows']\n"
+        "         for v in list_videos(s.video_input))\n"
         "print(rows, time.perf_counter()-t)\n"
     )
     started = time.perf_counter()

@@ -1,5 +1,5 @@
 """`feature-pipeline`, the command line: `commands` (argparse), `instance` (the Dagster
-instance and partitions it works in), `workers` (one process per device for `run`)."""
+instance and partitions it works in); `run`'s scheduler is orchestration/local_runs.py."""
 
 from feature_pipeline_dagster.cli.commands import main
 

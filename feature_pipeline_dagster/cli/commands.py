@@ -118,7 +118,8 @@ def _run(args) -> int:
     from tqdm import tqdm
 
     from feature_pipeline_dagster.cli.search import printable
-    from feature_pipeline_dagster.cli.workers import DeviceRuns, videos_to_embed
+    from feature_pipeline_dagster.core.engine.outcomes import Embedded, Interrupted
+    from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, videos_to_embed
     from feature_pipeline_dagster.core.devices import run_devices
     from feature_pipeline_dagster.core.models import preload
     from feature_pipeline_dagster.core.models.devices import check_devices
@@ -172,10 +173,10 @@ def _run(args) -> int:
     try:
         with tqdm(total=len(todo), unit="video", file=sys.stderr, disable=not todo) as bar:
             for result in runs:
-                if result.interrupted:
+                if isinstance(result, Interrupted):
                     continue
                 bar.update()
-                if result.ok:
+                if isinstance(result, Embedded):
                     done.add(result.key)
                     rows += result.rows
                     if result.partial:

@@ -1,7 +1,9 @@
 """The Milvus IO manager: writes the embedding assets, the summary and the shots into Milvus.
 
-It hands an embedding asset's `VideoRun` to the core engine with the store resource and
-reports what happened per partition; the summary's mean rows go straight to the store.
+An embedding asset's output is its run's stream of batches (core/engine/run.py, lazy:
+it decodes and embeds as it is consumed); this writes it with the core's `write_run`
+into the store resource and reports per partition. The summary's mean rows and the
+shots the run did not write go straight to the store.
 Embedding assets are never loaded into memory (a NaViT video can hold millions of
 rows): downstream assets read what they need through the store resource.
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
-from feature_pipeline_dagster.core.engine.run import RunReport, VideoRun, embed_run
+from feature_pipeline_dagster.core.engine.outcomes import RunReport
+from feature_pipeline_dagster.core.engine.run import EmbeddingRun
+from feature_pipeline_dagster.core.engine.writer import write_run
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.shots import SegmentRows
 from feature_pipeline_dagster.core.store import new_generation
@@ -29,20 +33,20 @@ class MilvusIOManager(ConfigurableIOManager):
 
     vector_store: VectorStoreResource
 
-    def handle_output(self, context: OutputContext, obj: VideoRun | SummaryRows | SegmentRows):
-        if isinstance(obj, VideoRun):
+    def handle_output(self, context: OutputContext, obj: EmbeddingRun | SummaryRows | SegmentRows):
+        if isinstance(obj, EmbeddingRun):
             yield from self._write_videos(context, obj)
         elif isinstance(obj, SegmentRows):
             self._write_segments(context, obj)
         else:
             self._write_summary(context, obj)
 
-    def _write_videos(self, context: OutputContext, run: VideoRun):
+    def _write_videos(self, context: OutputContext, run: EmbeddingRun):
         attach_run_log(context.run_id, context.log, run.settings.logs_dir)
         report = RunReport()
         store = self.vector_store.open()
         try:
-            embed_run(run, store, report)
+            write_run(run, store, report)
         except PipelineError as err:  # the model, the device or the database: the whole run
             fault = err
         else:
@@ -70,20 +74,21 @@ class MilvusIOManager(ConfigurableIOManager):
                 metadata={"failed": list(report.failed), "interrupted": report.interrupted, "written": len(written)},
             )
 
-    def _settle_partial_run(self, context: OutputContext, run: VideoRun, report: RunReport, keys: dict[str, str],
+    def _settle_partial_run(self, context: OutputContext, run: EmbeddingRun, report: RunReport, keys: dict[str, str],
                             written: dict[str, dict]):
         """What a run some of whose videos failed still owes its committed videos before
         its step fails: their materializations, their summary rows, and the run's checks.
 
-        Dagster skips every step after a failed one, the summary's and the checks' among
-        them, so the good videos of the run lacked their summary row for good (the next run
-        finds them done) and the UI showed no check naming the failed video. Written here
+        Dagster 1.13 cannot fail one partition of a ranged step (dagster-io/dagster#17836,
+        open): the step fails, and every step after it is skipped, the summary's and the
+        checks' among them, so the good videos of the run lacked their summary row for good
+        (the next run finds them done) and the UI showed no check naming the failed video. Written here
         instead: the summary from the means summed in-stream, recorded as the summary
         asset's materializations; the checks' evaluations as their own steps would make
         them, the failed videos named by `videos_complete`."""
         from dagster import AssetCheckEvaluation, AssetKey, DagsterEvent
 
-        from feature_pipeline_dagster.core.engine.video import decode_vector
+        from feature_pipeline_dagster.core.engine.job import decode_vector
         from feature_pipeline_dagster.core.shots import segments_collection
         from feature_pipeline_dagster.core.summary import summary_collection
         from feature_pipeline_dagster.orchestration.checks import evaluate
@@ -92,7 +97,7 @@ class MilvusIOManager(ConfigurableIOManager):
         yield from _flush_materializations(context, written, asset_version(run.settings, run.spec))
         settings = run.settings
         if _in_this_run(context, AssetKey(SUMMARY_ASSET)) and (
-                run.spec.name == settings.collection_for(settings.model.features[0]).name):  # the summary's frames
+                run.first_feature):  # the summary's frames
             rows = SummaryRows(summary_collection(settings),
                                {video: decode_vector(meta["mean_vector"]) for video, meta in report.written.items()})
             try:
@@ -203,10 +208,11 @@ def _in_this_run(context: OutputContext, key) -> bool:
 def _flush_materializations(context: OutputContext, written: dict[str, dict], version: str):
     """Keep the good videos of a partly failed run materialized.
 
-    Dagster 1.13 limit: a step that fails records none of the materializations its
-    `handle_output` added, and emits the events `handle_output` logged only when it
-    yields. So they are logged here, with the code version a normal materialization
-    records, and flushed with one yield, before the failure of the bad videos ends the step."""
+    Dagster 1.13 limit (execute_step.py `_store_output`): the materializations a
+    `handle_output` adds or yields are recorded only once it returns, so a step that fails
+    records none; the events it logs go out at each of its yields. So they are logged
+    here, with the code version a normal materialization records, and flushed with one
+    yield, before the failure of the bad videos ends the step."""
     for key, meta in written.items():
         context.log_event(AssetMaterialization(context.asset_key, partition=key, metadata=meta,
                                                tags={"dagster/code_version": version}))

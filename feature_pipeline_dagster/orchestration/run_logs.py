@@ -32,7 +32,7 @@ class _DagsterBridge(logging.Handler):
         self.said = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(record, "video_done", None):
+        if getattr(record, "progress", False):
             if time.monotonic() - self.said < PROGRESS_EVERY_S:
                 return
             self.said = time.monotonic()

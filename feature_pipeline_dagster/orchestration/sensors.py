@@ -209,10 +209,7 @@ def _rows_lost(instance, features: list[AssetKey], keys: list[str]) -> list[Asse
     against the asset's latest materialization. Named explicitly: without it the UI
     compares creation times, which SQLite keeps to the second, and showed no result
     for a check reported in the second of the last materialization (seen in CI)."""
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (  # the documented argument's type; not exported
-        AssetCheckEvaluationTargetMaterializationData as Target,
-    )
-
+    Target = _target_type()
     problems = {relpath_of(k): "its rows are not in Milvus (deleted by hand, or another database or collection); "
                 "embedding it again" for k in keys}
     evaluations = []
@@ -225,6 +222,16 @@ def _rows_lost(instance, features: list[AssetKey], keys: list[str]) -> list[Asse
             metadata={"videos": len(keys), "problems": problems},
             description=f"{len(keys)} video(s) lack their rows in Milvus"))
     return evaluations
+
+
+def _target_type() -> type:
+    """The type of `AssetCheckEvaluation`'s documented `target_materialization_data`:
+    Dagster 1.13 exports the argument but not its type, so it is read from the public
+    constructor's signature rather than imported from `dagster._core`."""
+    import typing
+
+    hint = typing.get_type_hints(AssetCheckEvaluation.__new__)["target_materialization_data"]
+    return next(t for t in typing.get_args(hint) if t is not type(None))
 
 
 def _observe(key: str, video) -> AssetObservation | None:

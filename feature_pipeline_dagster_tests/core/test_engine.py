@@ -11,7 +11,7 @@ import yaml
 from feature_pipeline_dagster.core.decode.backends import resolve
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
-from feature_pipeline_dagster.core.engine.video import decode_vector
+from feature_pipeline_dagster.core.engine.job import decode_vector
 from feature_pipeline_dagster.core.models import load_extractor
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
@@ -144,7 +144,7 @@ def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
 
     from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.engine.run import ROWS_PER_BATCH, ModelStage
-    from feature_pipeline_dagster.core.engine.video import VideoJob
+    from feature_pipeline_dagster.core.engine.job import EmbeddingJob
 
     class Patches:
         def grid(self, height, width):
@@ -160,7 +160,7 @@ def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
     assert stage.frames_per_batch((64, 64, 3)) == 32  # 4 rows a frame: the frame count binds
     assert ModelStage(Patches(), SimpleNamespace(patch_grid=False), 32).frames_per_batch((720, 1280, 3)) == 32
 
-    job, sizes = VideoJob("a.mp4", None), []
+    job, sizes = EmbeddingJob("a.mp4", None), []
     ids = np.arange(20)
     stage.add(job, FrameBatch(np.zeros((20, 720, 1280, 3), np.uint8), ids, ids * 1000))
     stage.flush(lambda rows, owners: sizes.append(sum(n for _, n in owners) // 1008), full_only=True)
@@ -175,13 +175,13 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     counted it twice and the run's progress counter ran out (a daemon run failed so)."""
     from feature_pipeline_dagster.core.engine.batches import FrameBatch
     from feature_pipeline_dagster.core.engine.run import ModelStage
-    from feature_pipeline_dagster.core.engine.video import VideoJob
+    from feature_pipeline_dagster.core.engine.job import EmbeddingJob
     from feature_pipeline_dagster.core.engine.writer import RunWriter
     from feature_pipeline_dagster.core.models import FAMILIES
 
     settings, spec, store, extractor = engine
     path = write_video(project.videos / "parts.mp4", seconds=1, seed=1)
-    job = VideoJob("parts.mp4", path, stat=path.stat())
+    job = EmbeddingJob("parts.mp4", path, stat=path.stat())
     stage = ModelStage(extractor, FAMILIES[settings.model.name], batch_size=8)
     committed = []
     writer = RunWriter(store, spec, 4, "v", committed.extend)
@@ -193,9 +193,40 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     def deliver(rows, owners):
         assert owners == [(job, 2), (job, 1)]
         writer.add(rows, owners)
-        stage.close_done(owners, writer)
+        stage.close_done(owners, writer.close)
 
     stage.flush(deliver)
     writer.finish()
     assert committed == [job]
     assert store.count_rows(spec, "parts.mp4") == 3
+
+
+def test_a_run_is_a_lazy_stream_and_each_video_ends_in_one_outcome_event(project, engine, tmp_path):
+    """The embedding asset returns an `EmbeddingRun`: nothing happens (no device lease, no
+    model, no decoding) until the writer consumes it. Each video then ends in one typed
+    event to whoever listens (the local scheduler; logs stay logs): committed with its
+    rows, or failed alone with its one line; both survive a worker's JSON pipe."""
+    from feature_pipeline_dagster.core.engine.outcomes import Embedded, Failed, from_json, listening, to_json
+    from feature_pipeline_dagster.core.engine.run import EmbeddingRun
+    from feature_pipeline_dagster.core.engine.writer import write_run
+
+    settings, spec, store, _ = engine
+    write_video(project.videos / "good.mp4", seconds=2, seed=4)
+    (project.videos / "bad.mp4").write_bytes(b"\x00" * 4096)
+    leases = tmp_path / "leases"
+    run = EmbeddingRun(settings, spec, ["bad.mp4", "good.mp4"], ["cpu"], leases)
+    iter(run)
+    assert not leases.exists() and run.lease == {}
+    heard = []
+    with listening(heard.append):
+        report = write_run(run, store)
+    failed, committed = sorted(heard, key=lambda o: o.video)  # bad.mp4, good.mp4: one event each
+    assert len(heard) == 2 and isinstance(failed, Failed) and isinstance(committed, Embedded), heard
+    assert failed.video == "bad.mp4" and "bad.mp4" in failed.error and "\n" not in failed.error
+    assert committed.video == "good.mp4" and committed.rows == store.count_rows(spec, "good.mp4") == 2
+    assert committed.metadata["rows"] == 2 and report.written == {"good.mp4": committed.metadata}
+    assert report.failed == {"bad.mp4": failed.error} and store.count_rows(spec, "bad.mp4") == 0
+    lease = report.lease
+    assert lease["device_lease"] == "cpu" and lease["lease_released_at"] >= lease["lease_acquired_at"]
+    assert [from_json(to_json(o)) for o in heard] == heard and "metadata" not in to_json(committed)
+    assert committed.key == "good.mp4"

@@ -8,7 +8,7 @@ from feature_pipeline_dagster.core.errors import DeviceMemoryError
 from feature_pipeline_dagster.core.models import load_extractor
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.store import store_for
-from feature_pipeline_dagster.core.engine.run import write_one_video
+from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 
 
 class TightDevice:
@@ -40,7 +40,7 @@ def setup(project):
 def test_out_of_memory_halves_the_batch_until_it_fits(setup):
     settings, spec, store, extractor = setup
     tight = TightDevice(extractor, fits=1)
-    meta = write_one_video(settings, spec, store, tight, "a.mp4")
+    meta = embed_videos(settings, spec, store, tight, ["a.mp4"], RunReport(), lanes=1).written["a.mp4"]
     assert settings.model.batch_size == 4 and meta["batch_size"] == 1
     assert meta["rows"] == 9 and store.count_rows(spec, "a.mp4") == 9
     assert tight.seen[0] == 4 and 2 in tight.seen
@@ -49,5 +49,5 @@ def test_out_of_memory_halves_the_batch_until_it_fits(setup):
 def test_out_of_memory_at_one_frame_is_a_retryable_error(setup):
     settings, spec, store, extractor = setup
     with pytest.raises(DeviceMemoryError, match="out of memory on cpu even one frame at a time") as err:
-        write_one_video(settings, spec, store, TightDevice(extractor, fits=0), "a.mp4")
+        embed_videos(settings, spec, store, TightDevice(extractor, fits=0), ["a.mp4"], RunReport(), lanes=1)
     assert err.value.retryable and store.count_rows(spec, "a.mp4") == 0

@@ -23,7 +23,7 @@ from feature_pipeline_dagster.core.decode.process import DecoderProcess, decoder
 from feature_pipeline_dagster.core.engine.batches import FrameBatch
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.stream import put_unless_stopped
-from feature_pipeline_dagster.core.engine.video import VideoJob
+from feature_pipeline_dagster.core.engine.job import EmbeddingJob
 from feature_pipeline_dagster.core.errors import VideoError
 
 
@@ -31,7 +31,7 @@ from feature_pipeline_dagster.core.errors import VideoError
 class Decoded:
     """One event of the stream: frames of a video, its end, or its failure."""
 
-    job: VideoJob
+    job: EmbeddingJob
     frames: FrameBatch | None = None
     error: VideoError | None = None  # the video failed (before or after some frames)
 
@@ -87,7 +87,7 @@ class _Raised:
         self.error = error
 
 
-def decode_ahead(jobs: list[VideoJob], open_job: Callable[[VideoJob, DecoderProcess], None], batch_size: int,
+def decode_ahead(jobs: list[EmbeddingJob], open_job: Callable[[EmbeddingJob, DecoderProcess], None], batch_size: int,
                  lanes: int, depth: int = 4, decoders: list | None = None) -> Iterator[Decoded | None]:
     """Every job's frame batches, then its end (or failure), lanes interleaved; None
     when nothing is ready at the moment (the consumer may use the pause). Closing the

@@ -1,8 +1,9 @@
 """A run's videos on one device, streamed: decode lanes ahead across videos, model
-batches that may span videos, writes batched across videos (Dagster-free; the IO
-manager reports the result).
+batches that may span videos, checked in-stream (Dagster-free). The stream is lazy: the
+embedding asset returns it, and the IO manager's `write_run` (writer.py) consumes it
+into the store.
 
-    decode lanes (child processes) ─▶ model batches by frame size ─▶ in-stream checks ─▶ RunWriter
+    decode lanes (child processes) ─▶ model batches by frame size ─▶ in-stream checks ─▶ write_run
 
 A bad video (unreadable, damaged, values that do not fit, non-finite vectors) fails
 alone: the run goes on and its attempt leaves no rows. A fault of the model, the
@@ -16,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -23,8 +25,9 @@ from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
-from feature_pipeline_dagster.core.engine.video import ShotTrack, VideoJob
-from feature_pipeline_dagster.core.engine.writer import RunWriter
+from feature_pipeline_dagster.core.engine.job import EmbeddingJob, ShotTrack
+from feature_pipeline_dagster.core.engine.outcomes import RunReport
+from feature_pipeline_dagster.core.engine.writer import JobDone, JobFailed, Rows, StreamEnd, StreamItem, write_run
 from feature_pipeline_dagster.core.errors import ConfigError, DeviceMemoryError, ModelError, PipelineError, VideoError
 from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots, scheduled
 from feature_pipeline_dagster.core.search.watch import Watch
@@ -36,25 +39,138 @@ log = logging.getLogger("feature_pipeline.engine")
 
 
 @dataclass
-class VideoRun:
-    """What a run embeds: its videos (relative paths) into one collection, on the first
-    of `devices` with a free slot. The embedding asset hands this to its IO manager."""
+class EmbeddingRun:
+    """A run's videos (relative paths) into one collection, as a lazy stream: iterating
+    it leases the first of `devices` with a free slot, loads the model and yields what
+    the writer takes (writer.py: rows, videos done or failed, the end); nothing runs
+    before. The embedding asset returns it; the IO manager hands it to `write_run`.
+    `extractor` given: that model on its device, no lease (tests, benchmarks)."""
 
     settings: Settings
     spec: CollectionSpec
     videos: list[str]
-    devices: list[str]
-    leases_root: Path | None  # None: the scheduler gave this run its device (a Kubernetes pod)
+    devices: list[str] = field(default_factory=list)
+    leases_root: Path | None = None  # None: the scheduler gave this run its device (a Kubernetes pod)
+    extractor: object | None = None
+    lanes: int | None = None  # decode lanes; None: as many as the run's videos and the cores allow
+    lease: dict = field(default_factory=dict)  # device_lease, lease_slot, lease_acquired_at/released_at
 
+    @property
+    def first_feature(self) -> bool:
+        """The first feature's videos are split into shots as they stream (as its summary
+        is summed) and scored against the saved searches."""
+        return self.spec == self.settings.collection_for(self.settings.model.features[0])
 
-@dataclass
-class RunReport:
-    """Filled in as the run goes, so a run-level failure still says how far it got."""
+    @property
+    def segments(self) -> CollectionSpec | None:
+        """Where the videos' shots go (core/shots.py), for the first feature's run."""
+        return segments_of(self.spec) if self.first_feature else None
 
-    written: dict[str, dict] = field(default_factory=dict)  # video -> its metadata
-    failed: dict[str, str] = field(default_factory=dict)  # video -> one-line reason
-    interrupted: list[str] = field(default_factory=list)  # not finished: a stop was asked for
-    lease: dict = field(default_factory=dict)  # device, slot, acquired_at, released_at
+    def __iter__(self) -> Iterator[StreamItem]:
+        from feature_pipeline_dagster.core.models import load_extractor
+
+        if self.extractor is not None:
+            yield from self._stream(self.extractor)
+            return
+        lease = take_device(self.devices, self.settings.runs_per_device, self.leases_root)
+        log.info("%d video(s) on %s (slot %d): %s", len(self.videos), lease.device, lease.slot + 1,
+                 ", ".join(self.videos[:5]) + (" ..." if len(self.videos) > 5 else ""))
+        try:
+            yield from self._stream(load_extractor(self.settings.model, lease.device))
+        except PipelineError as err:
+            log.error("%s", err)
+            raise
+        finally:
+            self.lease = {"device_lease": lease.device, "lease_slot": lease.slot + 1,
+                          "lease_acquired_at": lease.acquired_at, "lease_released_at": lease.release()}
+
+    def _stream(self, extractor) -> Iterator[StreamItem]:
+        """Decode, embed and check every video; raises `PipelineError` for a run-level fault."""
+        from feature_pipeline_dagster.core.models import FAMILIES
+
+        settings, spec = self.settings, self.spec
+        if extractor.dim != spec.vector_field.dim:
+            raise ModelError(f"{extractor.description} gives {extractor.dim}-d vectors but collection {spec.name} "
+                             f"field {spec.vector_field.name} has dim {spec.vector_field.dim} ({settings.source})")
+        fix_mmap_threshold()
+        family = FAMILIES[settings.model.name]
+        grid = extractor.grid if family.patch_grid else None
+        watch = Watch.for_run(settings, extractor) if self.first_feature else None
+        jobs = [EmbeddingJob(v, settings.video_input.path / v) for v in self.videos]
+        model = ModelStage(extractor, family, settings.model.batch_size)
+        out: list[StreamItem] = []  # what the callbacks below produced, yielded after each event
+
+        def close(job: EmbeddingJob) -> None:
+            if watch is not None:
+                job.saved_searches = watch.matches(job.best_frames)
+            out.append(JobDone(job))
+
+        def failed(job: EmbeddingJob, err: PipelineError) -> None:
+            job.failed = True
+            model.drop(job)
+            out.append(JobFailed(job, err))
+
+        def deliver(rows: EmbeddingBatch, owners: list[tuple[EmbeddingJob, int]]) -> None:
+            """In-stream checks (finite, the collection's dimension) and the summary's sums,
+            then to the writer; a video with a bad vector fails, its rows never stored."""
+            keep, kept_owners, start = [], [], 0
+            for job, n in owners:
+                vectors = rows.vectors[start:start + n]
+                start += n
+                dim, bad = vectors.shape[1:], int((~np.isfinite(vectors).all(axis=1)).sum()) if n else 0
+                if bad or dim != (spec.vector_field.dim,):
+                    what = (f"{bad} non-finite vector(s) of {n}" if bad
+                            else f"vectors of shape {dim}, not ({spec.vector_field.dim},)")
+                    failed(job, VideoError(f"{job.path}: the model gave {what}; none of its rows are kept"))
+                    keep.append(np.zeros(n, bool))
+                    continue
+                columns = {k: v[start - n:start] for k, v in rows.columns.items()}
+                job.add_vectors(vectors, columns)
+                if watch is not None:
+                    job.best_frames = watch.update(job.best_frames, vectors, columns["timestamp_ms"])
+                keep.append(np.ones(n, bool))
+                kept_owners.append((job, n))
+            if len(kept_owners) < len(owners):
+                mask = np.concatenate(keep)
+                rows = EmbeddingBatch(rows.vectors[mask], {k: v[mask] for k, v in rows.columns.items()})
+            if kept_owners:
+                out.append(Rows(rows, kept_owners))
+            model.close_done(kept_owners, close)
+
+        def open_job(job: EmbeddingJob, decoder) -> None:
+            job.open(settings, spec, decoder, grid)
+            job.model, job.device = extractor.description, extractor.device
+            if self.first_feature:
+                job.shots = ShotTrack()
+            job.decode_batch = model.frames_per_batch((job.video.info.height, job.video.info.width))
+
+        lanes = self.lanes or decode_lanes(len(jobs))
+        events = decode_ahead(jobs, open_job, settings.model.batch_size, lanes,
+                              decoders=local_decoders(settings, extractor.device, lanes))
+        try:
+            for event in events:
+                if stop_requested():
+                    continue  # the lanes are stopping: drain what they still hand over
+                if event is None:  # nothing decoded is waiting: embed what is pending rather than idle
+                    model.flush(deliver, largest_only=True)
+                elif event.job.failed:
+                    continue
+                elif event.error is not None:
+                    failed(event.job, event.error)
+                elif event.ended:
+                    event.job.decoded = True
+                    model.close_if_done(event.job, close)
+                else:
+                    model.add(event.job, event.frames)
+                    model.flush(deliver, full_only=True)
+                yield from _taken(out)
+            interrupted = stop_requested()
+            if not interrupted:
+                model.flush(deliver)
+            yield from _taken(out)
+            yield StreamEnd(interrupted)
+        finally:
+            events.close()
 
 
 def take_device(devices: list[str], slots: int, root: Path | None) -> DeviceLease:
@@ -65,148 +181,17 @@ def take_device(devices: list[str], slots: int, root: Path | None) -> DeviceLeas
     return acquire(sorted(devices, key=lambda d: busy_slots(d, slots, root)), slots, root)
 
 
-def embed_run(run: VideoRun, store: VectorStore, report: RunReport) -> RunReport:
-    """Lease a device, load the model once, embed every video of the run."""
-    from feature_pipeline_dagster.core.models import load_extractor
-
-    lease = take_device(run.devices, run.settings.runs_per_device, run.leases_root)
-    log.info("%d video(s) on %s (slot %d): %s", len(run.videos), lease.device, lease.slot + 1,
-             ", ".join(run.videos[:5]) + (" ..." if len(run.videos) > 5 else ""))
-    try:
-        extractor = load_extractor(run.settings.model, lease.device)
-        return embed_videos(run.settings, run.spec, store, extractor, run.videos, report)
-    except PipelineError as err:
-        log.error("%s", err)
-        raise
-    finally:
-        report.lease = {"device_lease": lease.device, "lease_slot": lease.slot + 1,
-                        "lease_acquired_at": lease.acquired_at, "lease_released_at": lease.release()}
-
-
 def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, extractor, videos: list[str],
                  report: RunReport, lanes: int | None = None) -> RunReport:
-    """Write every video; raises `PipelineError` for a run-level fault."""
-    from feature_pipeline_dagster.core.models import FAMILIES, code_version
-
-    if extractor.dim != spec.vector_field.dim:
-        raise ModelError(f"{extractor.description} gives {extractor.dim}-d vectors but collection {spec.name} "
-                         f"field {spec.vector_field.name} has dim {spec.vector_field.dim} ({settings.source})")
-    fix_mmap_threshold()
-    family = FAMILIES[settings.model.name]
-    grid = extractor.grid if family.patch_grid else None
-    # The first feature's videos are split into shots as they stream (as its summary is
-    # summed) and scored against the saved searches.
-    first_feature = spec == settings.collection_for(settings.model.features[0])
-    watch = Watch.for_run(settings, extractor) if first_feature else None
-    jobs = [VideoJob(v, settings.video_input.path / v) for v in videos]
-    model = ModelStage(extractor, family, settings.model.batch_size)
-    done = iter(range(1, len(jobs) + 1))
-
-    def committed(batch: list[VideoJob]) -> None:
-        for job in batch:
-            meta = report.written[job.relpath] = job.metadata(spec, extractor)
-            if watch is not None:
-                meta["saved_searches"] = watch.matches(job.best_frames)
-            if job.partial:
-                log.warning("%s: partial: %s", job.relpath, job.partial)
-            log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", next(done), len(jobs), job.relpath,
-                     job.rows, job.frames_embedded, meta["seconds"],
-                     extra={"video_done": {"video": job.relpath, "rows": job.rows, "partial": job.partial,
-                                            "saved_searches": meta.get("saved_searches", {})}})
-
-    def failed(job: VideoJob, err: PipelineError) -> None:
-        job.failed = True
-        model.drop(job)
-        writer.fail(job)
-        report.failed[job.relpath] = str(err)
-        if isinstance(err, VideoError) and not err.retryable and (record := failure_record(job, err, version)):
-            failures.append(record)
-        log.error("%s", err, extra={"video_failed": job.relpath})
-        next(done)
-
-    def deliver(rows: EmbeddingBatch, owners: list[tuple[VideoJob, int]]) -> None:
-        """In-stream checks (finite, the collection's dimension) and the summary's sums,
-        then to the writer; a video with a bad vector fails, its rows never stored."""
-        keep, kept_owners, start = [], [], 0
-        for job, n in owners:
-            vectors = rows.vectors[start:start + n]
-            start += n
-            dim, bad = vectors.shape[1:], int((~np.isfinite(vectors).all(axis=1)).sum()) if n else 0
-            if bad or dim != (spec.vector_field.dim,):
-                what = f"{bad} non-finite vector(s) of {n}" if bad else f"vectors of shape {dim}, not ({spec.vector_field.dim},)"
-                failed(job, VideoError(f"{job.path}: the model gave {what}; none of its rows are kept"))
-                keep.append(np.zeros(n, bool))
-                continue
-            columns = {k: v[start - n:start] for k, v in rows.columns.items()}
-            job.add_vectors(vectors, columns)
-            if watch is not None:
-                job.best_frames = watch.update(job.best_frames, vectors, columns["timestamp_ms"])
-            keep.append(np.ones(n, bool))
-            kept_owners.append((job, n))
-        if len(kept_owners) < len(owners):
-            mask = np.concatenate(keep)
-            rows = EmbeddingBatch(rows.vectors[mask], {k: v[mask] for k, v in rows.columns.items()})
-        if kept_owners:
-            writer.add(rows, kept_owners)
-        model.close_done(kept_owners, writer)
-
-    version, failures = code_version(settings), []
-    segments = segments_of(spec) if first_feature else None
-    writer = RunWriter(store, spec, settings.db.batch_size, version, committed, segments=segments)
-
-    def open_job(job: VideoJob, decoder) -> None:
-        job.open(settings, spec, decoder, grid)
-        if segments is not None:
-            job.shots = ShotTrack()
-        job.decode_batch = model.frames_per_batch((job.video.info.height, job.video.info.width))
-
-    lanes = lanes or decode_lanes(len(jobs))
-    events = decode_ahead(jobs, open_job, settings.model.batch_size, lanes,
-                          decoders=local_decoders(settings, extractor.device, lanes))
-    try:
-        for event in events:
-            if stop_requested():
-                continue  # the lanes are stopping: drain what they still hand over
-            if event is None:  # nothing decoded is waiting: embed what is pending rather than idle
-                model.flush(deliver, largest_only=True)
-            elif event.job.failed:
-                continue
-            elif event.error is not None:
-                failed(event.job, event.error)
-            elif event.ended:
-                event.job.decoded = True
-                model.close_if_done(event.job, writer)
-            else:
-                model.add(event.job, event.frames)
-                model.flush(deliver, full_only=True)
-        if stop_requested():
-            writer.finish(interrupted=True)
-            report.interrupted = [v for v in videos if v not in report.written and v not in report.failed]
-            log.warning("stopped on request: %d of %d video(s) done", len(report.written), len(videos))
-        else:
-            model.flush(deliver)
-            writer.finish()
-        store.record_failures(spec, failures, cleared=list(report.written))  # one request for the run
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        events.close()
-    return report
+    """Stream `videos` through `extractor` into `store`; raises `PipelineError` for a
+    run-level fault (with `report` filled in as far as the run got)."""
+    return write_run(EmbeddingRun(settings, spec, videos, extractor=extractor, lanes=lanes), store, report)
 
 
-def failure_record(job: VideoJob, err: VideoError, version: str):
-    """What the ledger keeps of a video that failed for its content (core/ledger.py): the
-    file as it was opened (or is now, if it never opened); None if it cannot be read."""
-    from feature_pipeline_dagster.core.ledger import FailureRecord
-    from feature_pipeline_dagster.core.videos import content_digest, fingerprint
-
-    try:
-        stat = job.stat or job.path.stat()
-        digest = job.digest or content_digest(job.path)
-    except OSError:
-        return None
-    return FailureRecord(job.relpath, fingerprint(stat.st_size, stat.st_mtime_ns), digest, version, str(err))
+def _taken(items: list) -> list:
+    taken = items[:]
+    items.clear()
+    return taken
 
 
 def local_decoders(settings: Settings, device: str, lanes: int) -> list | None:
@@ -240,7 +225,7 @@ class ModelStage:
 
     def __init__(self, extractor, family, batch_size: int):
         self.extractor, self.family, self.batch_size = extractor, family, batch_size
-        self.groups: dict[tuple, list[tuple[VideoJob, FrameBatch]]] = {}
+        self.groups: dict[tuple, list[tuple[EmbeddingJob, FrameBatch]]] = {}
         self.checked = False
 
     def frames_per_batch(self, shape: tuple) -> int:
@@ -252,31 +237,31 @@ class ModelStage:
             rows = grid_rows * grid_cols
         return max(1, min(self.batch_size, ROWS_PER_BATCH // max(1, rows)))
 
-    def add(self, job: VideoJob, frames: FrameBatch) -> None:
+    def add(self, job: EmbeddingJob, frames: FrameBatch) -> None:
         job.keep_thumbnails(frames.frame_ids, frames.timestamps_ms, frames.frames)
         if job.shots is not None:
             job.shots.add_frames(frames.frame_ids, frames.frames)
         job.frames_in_flight += len(frames)
         self.groups.setdefault(frames.frames.shape[1:], []).append((job, frames))
 
-    def drop(self, job: VideoJob) -> None:
+    def drop(self, job: EmbeddingJob) -> None:
         for key in list(self.groups):
             self.groups[key] = [(j, f) for j, f in self.groups[key] if j is not job]
             if not self.groups[key]:
                 del self.groups[key]
 
-    def close_if_done(self, job: VideoJob, writer: RunWriter) -> None:
+    def close_if_done(self, job: EmbeddingJob, close: Callable[[EmbeddingJob], None]) -> None:
         if job.decoded and not job.frames_in_flight:
             if job.shots is not None:
                 job.shots.finish(job.duration_ms())
-            writer.close(job)
+            close(job)
 
-    def close_done(self, owners: list[tuple[VideoJob, int]], writer: RunWriter) -> None:
+    def close_done(self, owners: list[tuple[EmbeddingJob, int]], close: Callable[[EmbeddingJob], None]) -> None:
         """After a delivery: each of its videos now whole goes to the writer once. A batch
         may hold two parts of one video (the rest of a split chunk, then its last chunk);
         closed twice, a video was committed twice and the run failed (seen in CI)."""
         for job in dict.fromkeys(job for job, _ in owners):
-            self.close_if_done(job, writer)
+            self.close_if_done(job, close)
 
     def flush(self, deliver, full_only: bool = False, largest_only: bool = False) -> None:
         """Embed full groups (`full_only`), the largest group (`largest_only`), or all."""
@@ -321,7 +306,7 @@ class ModelStage:
             owners.append((job, per_frame * len(frames)))
         deliver(rows, owners)
 
-    def _embed(self, batch: FrameBatch, first: VideoJob) -> EmbeddingBatch:
+    def _embed(self, batch: FrameBatch, first: EmbeddingJob) -> EmbeddingBatch:
         """The extractor's rows; out of device memory, the batch halves until it fits
         (and later batches stay at the size that fit)."""
         try:
@@ -358,11 +343,3 @@ def _free_device_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def write_one_video(settings: Settings, spec: CollectionSpec, store: VectorStore, extractor, relpath: str) -> dict:
-    """One video into its collection; its metadata, or its one-line VideoError."""
-    report = embed_videos(settings, spec, store, extractor, [relpath], RunReport(), lanes=1)
-    if relpath in report.failed:
-        raise VideoError(report.failed[relpath])
-    return report.written[relpath]

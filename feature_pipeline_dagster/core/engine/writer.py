@@ -1,4 +1,5 @@
-"""A run's rows into one collection, batched across videos (Dagster-free).
+"""A run's stream (run.py) into one collection, batched across videos (Dagster-free):
+`write_run` is what the IO manager calls, `RunWriter` what it drives.
 
 Rows of many videos share insert requests (`db.batch_size` rows each, whatever video
 they belong to), all as the run's one `generation`. A video is committed (the store
@@ -11,7 +12,8 @@ a kill leaves a duplicate that the next write removes, never a loss; a video tha
 fails takes back the rows of its attempt.
 
 Inserts run in their own thread, overlapping the model; its errors (the store's)
-re-raise in the caller at its next call.
+re-raise in the caller at its next call. Each video ends in exactly one outcome event
+(outcomes.py): committed, failed or interrupted.
 """
 
 from __future__ import annotations
@@ -20,32 +22,143 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
 
 from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
-from feature_pipeline_dagster.core.engine.video import VideoJob
+from feature_pipeline_dagster.core.engine.job import EmbeddingJob
+from feature_pipeline_dagster.core.engine.outcomes import Embedded, Failed, Interrupted, Outcome, RunReport, emit
+from feature_pipeline_dagster.core.errors import PipelineError, VideoError
 from feature_pipeline_dagster.core.settings import CollectionSpec
 from feature_pipeline_dagster.core.store import VectorStore, new_generation
 from feature_pipeline_dagster.core.store.milvus import rows_per_request
 
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.engine.run import EmbeddingRun
+
 log = logging.getLogger("feature_pipeline.writer")
+engine_log = logging.getLogger("feature_pipeline.engine")
+
+
+# What a run's stream yields, in order: rows as the model gives them, each video once
+# whole or once failed (its rows taken back), and the end.
+
+@dataclass
+class Rows:
+    rows: EmbeddingBatch
+    owners: list[tuple[EmbeddingJob, int]]  # which video owns how many of the rows, in order
+
+
+@dataclass
+class JobDone:
+    job: EmbeddingJob  # every row of it is in the stream
+
+
+@dataclass
+class JobFailed:
+    job: EmbeddingJob
+    error: PipelineError
+
+
+@dataclass
+class StreamEnd:
+    interrupted: bool  # a stop was asked for: commit the whole videos, take back the rest
+
+
+StreamItem = Union[Rows, JobDone, JobFailed, StreamEnd]
+
+
+def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = None) -> RunReport:
+    """Consume `run`'s stream into `store`: each video committed (rows, shots, ledger) or
+    failed alone, each with one outcome event into `report` and to `outcomes.listening`.
+    Raises the `PipelineError` of a run-level fault (the model, the device, the database),
+    `report` filled in as far as the run got."""
+    from feature_pipeline_dagster.core.models import code_version
+
+    report = report if report is not None else RunReport()
+    settings, spec, videos = run.settings, run.spec, run.videos
+    version, failures, count = code_version(settings), [], iter(range(1, len(videos) + 1))
+
+    def settle(outcome: Outcome) -> None:
+        report.add(outcome)
+        emit(outcome)
+
+    def committed(jobs: list[EmbeddingJob]) -> None:
+        for job in jobs:
+            meta = job.metadata(spec)
+            if job.partial:
+                engine_log.warning("%s: partial: %s", job.relpath, job.partial)
+            engine_log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", next(count), len(videos), job.relpath,
+                            job.rows, job.frames_embedded, meta["seconds"], extra={"progress": True})
+            settle(Embedded(job.relpath, job.rows, job.partial or "", job.saved_searches or {}, meta))
+
+    writer, stream = None, iter(run)
+    try:
+        for item in stream:
+            # Made at the first item, after the lease and the model load: its commit clock
+            # (commit_seconds) starts then, so the first commit still gathers many videos.
+            writer = writer or RunWriter(store, spec, settings.db.batch_size, version, committed,
+                                         segments=run.segments)
+            if isinstance(item, Rows):
+                writer.add(item.rows, item.owners)
+            elif isinstance(item, JobDone):
+                writer.close(item.job)
+            elif isinstance(item, JobFailed):
+                writer.fail(item.job)
+                err = item.error
+                if isinstance(err, VideoError) and not err.retryable and (record := failure_record(item.job, err,
+                                                                                                     version)):
+                    failures.append(record)
+                engine_log.error("%s", err)
+                next(count)
+                settle(Failed(item.job.relpath, str(err)))
+            else:
+                writer.finish(interrupted=item.interrupted)
+                if item.interrupted:
+                    for video in videos:
+                        if video not in report.written and video not in report.failed:
+                            settle(Interrupted(video))
+                    engine_log.warning("stopped on request: %d of %d video(s) done", len(report.written), len(videos))
+                store.record_failures(spec, failures, cleared=list(report.written))  # one request for the run
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        stream.close()
+        report.lease = run.lease
+    return report
+
+
+def failure_record(job: EmbeddingJob, err: VideoError, version: str):
+    """What the ledger keeps of a video that failed for its content (core/ledger.py): the
+    file as it was opened (or is now, if it never opened); None if it cannot be read."""
+    from feature_pipeline_dagster.core.ledger import FailureRecord
+    from feature_pipeline_dagster.core.videos import content_digest, fingerprint
+
+    try:
+        stat = job.stat or job.path.stat()
+        digest = job.digest or content_digest(job.path)
+    except OSError:
+        return None
+    return FailureRecord(job.relpath, fingerprint(stat.st_size, stat.st_mtime_ns), digest, version, str(err))
 
 
 class RunWriter:
     def __init__(self, store: VectorStore, spec: CollectionSpec, insert_rows: int, code_version: str,
-                 on_commit: Callable[[list[VideoJob]], None], commit_videos: int = 64, commit_seconds: float = 5.0,
+                 on_commit: Callable[[list[EmbeddingJob]], None], commit_videos: int = 64, commit_seconds: float = 5.0,
                  segments: CollectionSpec | None = None):
         self.store, self.spec, self.on_commit, self.code_version = store, spec, on_commit, code_version
         self.segments = segments  # where the videos' shots go (core/shots.py), with each commit
         self.insert_rows = max(1, min(insert_rows, rows_per_request(spec)))
         self.commit_videos, self.commit_seconds = commit_videos, commit_seconds
         self.generation = new_generation()
-        self._buffer: list[tuple[EmbeddingBatch, list[tuple[VideoJob, int]]]] = []
+        self._buffer: list[tuple[EmbeddingBatch, list[tuple[EmbeddingJob, int]]]] = []
         self._buffered = 0
-        self._inserted: set[VideoJob] = set()  # videos with rows of this generation in the store
-        self._closed: list[VideoJob] = []  # every row handed over, not committed yet
+        self._inserted: set[EmbeddingJob] = set()  # videos with rows of this generation in the store
+        self._closed: list[EmbeddingJob] = []  # every row handed over, not committed yet
         self._last_commit = time.perf_counter()
         self._tasks: queue.Queue = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
@@ -54,15 +167,15 @@ class RunWriter:
 
     # The caller's side: each call queues work for the writer thread.
 
-    def add(self, rows: EmbeddingBatch, owners: list[tuple[VideoJob, int]]) -> None:
+    def add(self, rows: EmbeddingBatch, owners: list[tuple[EmbeddingJob, int]]) -> None:
         """Rows in order, `owners` saying which video owns how many of them."""
         self._submit(self._add, rows, owners)
 
-    def close(self, job: VideoJob) -> None:
+    def close(self, job: EmbeddingJob) -> None:
         """Every row of `job` has been added."""
         self._submit(self._close, job)
 
-    def fail(self, job: VideoJob) -> None:
+    def fail(self, job: EmbeddingJob) -> None:
         """Drop `job`'s rows: those buffered, and those already inserted."""
         self._submit(self._fail, job)
 
@@ -108,7 +221,7 @@ class RunWriter:
 
     # The writer thread's side.
 
-    def _add(self, rows: EmbeddingBatch, owners: list[tuple[VideoJob, int]]) -> None:
+    def _add(self, rows: EmbeddingBatch, owners: list[tuple[EmbeddingJob, int]]) -> None:
         self._buffer.append((rows, owners))
         self._buffered += len(rows)
         while self._buffered >= self.insert_rows:
@@ -139,7 +252,7 @@ class RunWriter:
             job.seconds_write += spent * n / count
             self._inserted.add(job)
 
-    def _close(self, job: VideoJob) -> None:
+    def _close(self, job: EmbeddingJob) -> None:
         self._closed.append(job)
         if (len(self._closed) >= self.commit_videos
                 or time.perf_counter() - self._last_commit >= self.commit_seconds):
@@ -162,7 +275,7 @@ class RunWriter:
         self._last_commit = time.perf_counter()
         self.on_commit(jobs)
 
-    def _write_segments(self, jobs: list[VideoJob]) -> None:
+    def _write_segments(self, jobs: list[EmbeddingJob]) -> None:
         """The videos' shots, as their frames' generation (search matches the two by it),
         in one insert and one commit: before the ledger, so a video recorded done has them."""
         shots = [job for job in jobs if job.shots is not None and job.shots.rows is not None]
@@ -174,7 +287,7 @@ class RunWriter:
                               self.generation)
         self.store.commit(self.segments, [job.relpath for job in jobs], self.generation)
 
-    def _fail(self, job: VideoJob) -> None:
+    def _fail(self, job: EmbeddingJob) -> None:
         kept = []
         for rows, owners in self._buffer:
             keep = np.concatenate([np.full(n, j is not job) for j, n in owners]) if owners else np.zeros(0, bool)
@@ -196,7 +309,7 @@ class RunWriter:
         self._commit()
 
 
-def _split_owners(owners: list[tuple[VideoJob, int]], at: int) -> tuple[list, list]:
+def _split_owners(owners: list[tuple[EmbeddingJob, int]], at: int) -> tuple[list, list]:
     head, tail, seen = [], [], 0
     for job, n in owners:
         if seen + n <= at:

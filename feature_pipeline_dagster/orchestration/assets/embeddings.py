@@ -2,10 +2,10 @@
 written into Milvus by the Milvus IO manager.
 
 A run covers one video or a range of them (`BackfillPolicy.multi_run`), so one process
-and one model load serve many videos. The asset body only names the run's videos and
-the devices it may use; the core engine, driven by the IO manager, leases a device and
-decodes, embeds and writes while streaming, so a video of any length passes through in
-bounded memory.
+and one model load serve many videos. The asset body returns the run's embeddings as
+the core engine's lazy stream of batches (its videos, the devices it may use); the IO
+manager consumes it into Milvus, and only then does the engine lease a device, decode
+and embed, so a video of any length passes through in bounded memory.
 """
 
 import hashlib
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, AssetSpec, BackfillPolicy, asset
 
-from feature_pipeline_dagster.core.engine.run import VideoRun
+from feature_pipeline_dagster.core.engine.run import EmbeddingRun
 from feature_pipeline_dagster.core.models import code_version
 from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.leases import scheduler_owns_device
@@ -62,15 +62,15 @@ def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
         f"in Milvus collection {collection.name}.",
         metadata={"collection": collection.name, "dim": collection.vector_field.dim, "model": settings.model.name},
     )
-    def _embeddings(context: AssetExecutionContext) -> VideoRun:
+    def _embeddings(context: AssetExecutionContext) -> EmbeddingRun:
         attach_run_log(context.run_id, context.log, settings.logs_dir)
         videos = [relpath_of(k) for k in context.partition_keys]
         if scheduler_owns_device(settings.placement):
             # A pod Kubernetes scheduled with its one GPU: cuda:0 there, no host lease.
-            return VideoRun(settings, collection, videos, ["cuda:0"], None)
+            return EmbeddingRun(settings, collection, videos, ["cuda:0"], None)
         # The queue placed a tagged run on its device; other runs take the least busy one.
         tagged = context.run.tags.get(DEVICE_TAG)
         devices = [tagged] if tagged and tagged != KUBERNETES_DEVICE else run_devices(settings.gpus)
-        return VideoRun(settings, collection, videos, devices, leases_root())
+        return EmbeddingRun(settings, collection, videos, devices, leases_root())
 
     return _embeddings

@@ -12,7 +12,7 @@ video embedded later shows up in its own partition's line, not in the older one'
 
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Failure
 
-from feature_pipeline_dagster.core.engine.video import decode_vector
+from feature_pipeline_dagster.core.engine.job import decode_vector
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import SummaryRows, mean_of_pages, summary_collection

@@ -28,7 +28,9 @@ THUMBNAILS, THUMBNAIL_WIDTH = 8, 96
 
 
 @dataclass(eq=False)
-class VideoJob:
+class EmbeddingJob:
+    """One video's part of a run, from its opening to its commit."""
+
     relpath: str
     path: Path
     started: float = field(default_factory=time.perf_counter)
@@ -43,6 +45,9 @@ class VideoJob:
     rows: int = 0
     vector_sum: np.ndarray | None = None
     best_frames: object | None = None  # per saved search (core/search/watch.py)
+    saved_searches: dict | None = None  # the saved searches its best frames match, once whole
+    model: str = ""  # the extractor's description and device, for its metadata
+    device: str = ""
     seconds_decode: float = 0.0
     seconds_model: float = 0.0
     seconds_write: float = 0.0
@@ -115,14 +120,14 @@ class VideoJob:
         return VideoRecord(self.relpath, fingerprint(self.stat.st_size, self.stat.st_mtime_ns), self.digest,
                            code_version, self.rows)
 
-    def metadata(self, spec: CollectionSpec, extractor) -> dict:
+    def metadata(self, spec: CollectionSpec) -> dict:
         """What the UI shows per partition (and what the summary and checks read)."""
         meta = {
             "video_path": self.relpath,
             "rows": self.rows,
             "frames": self.frames_embedded,
-            "model": extractor.description,
-            "device": extractor.device,
+            "model": self.model,
+            "device": self.device,
             "decoder": self.video.info.decoder if self.video is not None else "",
             "batch_size": self.batch_size,
             "collection": spec.name,
@@ -140,6 +145,8 @@ class VideoJob:
             meta.update(shots=len(self.shots.rows.vectors), seconds_shots=round(self.shots.seconds, 4))
         if self.thumbnails:
             meta["contact_sheet"] = contact_sheet(self.thumbnails)
+        if self.saved_searches is not None:
+            meta["saved_searches"] = self.saved_searches
         return meta
 
 

@@ -8,14 +8,13 @@ background from the start), serves every chunk. One device: the runs
 execute in this process. Several: one worker process per device pulls the next chunk
 when it finishes one; a worker that dies (a native crash, the OOM killer) fails only the
 videos of its chunk that had no result yet, and a fresh worker takes over the rest.
-Per-video results come from the engine's log records as each video is committed, so
-progress shows per video, not per run.
+Each video's outcome comes as the engine's event (core/engine/outcomes.py) when it is
+committed or fails, so progress shows per video, not per run.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import queue
 import signal
@@ -23,26 +22,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from feature_pipeline_dagster.core.engine.outcomes import Failed, Interrupted, Outcome, from_json, listening, to_json
 from feature_pipeline_dagster.core.engine.stopping import request_stop, stop_requested
-from feature_pipeline_dagster.core.videos import partition_key
+from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, RANGE_END_TAG, RANGE_START_TAG
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # each failure reaches the user as one line; logs/ and the UI keep the rest
-
-
-@dataclass
-class VideoResult:
-    key: str
-    ok: bool
-    rows: int = 0
-    error: str = ""
-    partial: str = ""  # embedded, but only the sound part of a damaged or cut-short file
-    interrupted: bool = False  # not finished: a stop was asked for; the next run embeds it
-    saved_searches: dict = field(default_factory=dict)  # the saved searches it matches (core/search/watch.py)
 
 
 def videos_to_embed(settings, videos: dict, everything: bool = False) -> list[str]:
@@ -62,24 +50,9 @@ def videos_to_embed(settings, videos: dict, everything: bool = False) -> list[st
     return sorted(key for key, video in videos.items() if video.relpath not in done)
 
 
-class _EngineOutcomes(logging.Handler):
-    """Each video's outcome, as the engine logs it when the video is committed or fails."""
-
-    def __init__(self, sink: Callable[[VideoResult], None]):
-        super().__init__(logging.INFO)
-        self.sink = sink
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if done := getattr(record, "video_done", None):
-            self.sink(VideoResult(partition_key(done["video"]), True, done["rows"], "", done.get("partial") or "",
-                                  saved_searches=done.get("saved_searches") or {}))
-        elif failed := getattr(record, "video_failed", None):
-            self.sink(VideoResult(partition_key(failed), False, 0, record.getMessage()))
-
-
-def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[[VideoResult], None]) -> None:
+def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[[Outcome], None]) -> None:
     """In this process: one Dagster run per chunk, tagged with the device; every video of
-    each chunk gets exactly one result in `sink`."""
+    each chunk gets exactly one outcome in `sink`."""
     from dagster import DagsterInstance, materialize
 
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
@@ -88,29 +61,24 @@ def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[
     assets = [*defs.assets, *defs.asset_checks]
     targets = [a.key for a in defs.assets if getattr(a, "is_executable", False)]
     instance = DagsterInstance.get()
-    engine_log = logging.getLogger("feature_pipeline.engine")
     for keys in chunks:
         seen: set[str] = set()
 
-        def record(result: VideoResult) -> None:
-            if result.key in keys and result.key not in seen:
-                seen.add(result.key)
-                sink(result)
+        def record(outcome: Outcome) -> None:
+            if outcome.key in keys and outcome.key not in seen:
+                seen.add(outcome.key)
+                sink(outcome)
 
-        handler = _EngineOutcomes(record)
-        engine_log.addHandler(handler)
-        try:
-            tags = {DEVICE_TAG: device}
-            if len(keys) > 1:
-                tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
+        tags = {DEVICE_TAG: device}
+        if len(keys) > 1:
+            tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
+        with listening(record):
             result = materialize(assets, selection=targets, instance=instance, resources=defs.resources,
                                  partition_key=keys[0] if len(keys) == 1 else None, run_config=QUIET,
                                  raise_on_error=False, tags=tags)
-        finally:
-            engine_log.removeHandler(handler)
         for key in keys:  # stopped on request; or a run-level failure (the model, the database)
-            record(VideoResult(key, False, 0, "interrupted", interrupted=True) if stop_requested()
-                   else VideoResult(key, False, 0, failure_message(result)))
+            video = relpath_of(key)
+            record(Interrupted(video) if stop_requested() else Failed(video, failure_message(result)))
 
 
 def failure_message(result) -> str:
@@ -160,7 +128,7 @@ class DeviceRuns:
                 if worker.embed(chunk, self.results.put) is None:
                     code = worker.exit_code()
                     for key in chunk:
-                        self.results.put(VideoResult(key, False, 0, f"worker on {device} died (exit code {code})"))
+                        self.results.put(Failed(relpath_of(key), f"worker on {device} died (exit code {code})"))
                     worker = self._start_worker(device)
         finally:
             worker.close()
@@ -174,8 +142,8 @@ class DeviceRuns:
             worker.process.terminate()
         return worker
 
-    def __iter__(self) -> Iterator[VideoResult]:
-        """Every video's result, as it comes."""
+    def __iter__(self) -> Iterator[Outcome]:
+        """Every video's outcome, as it comes."""
         if len(self.devices) == 1 or len(self.pending) <= 1:
             threads = [threading.Thread(target=self._drive_here, daemon=True)]
         else:
@@ -209,8 +177,8 @@ class DeviceRuns:
 
 
 class _Worker:
-    """A `python -m feature_pipeline_dagster.cli.workers DEVICE` process: a chunk of keys
-    in on stdin per line, one JSON result per video out and an end line per chunk; its
+    """A `python -m feature_pipeline_dagster.orchestration.local_runs DEVICE` process: a chunk of keys
+    in on stdin per line, one JSON outcome per video out; its
     own log goes to logs/worker-<device>-<time>.log."""
 
     def __init__(self, device: str, logs_dir: Path):
@@ -218,13 +186,13 @@ class _Worker:
         log = logs_dir / f"worker-{device.replace(':', '')}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         with open(log, "ab") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "feature_pipeline_dagster.cli.workers", device],
+                [sys.executable, "-m", "feature_pipeline_dagster.orchestration.local_runs", device],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1,
             )
 
-    def embed(self, chunk: list[str], sink: Callable[[VideoResult], None]) -> bool | None:
-        """True once every video of the chunk has its result; None if the worker died
-        (the videos already reported keep their results; the caller fails the rest)."""
+    def embed(self, chunk: list[str], sink: Callable[[Outcome], None]) -> bool | None:
+        """True once every video of the chunk has its outcome; None if the worker died
+        (the videos already reported keep their outcomes; the caller fails the rest)."""
         try:
             self.process.stdin.write(json.dumps(chunk) + "\n")
             self.process.stdin.flush()
@@ -236,9 +204,9 @@ class _Worker:
             if not line:
                 chunk[:] = sorted(left)
                 return None
-            result = VideoResult(**json.loads(line))
-            left.discard(result.key)
-            sink(result)
+            outcome = from_json(json.loads(line))
+            left.discard(outcome.key)
+            sink(outcome)
         return True
 
     def exit_code(self) -> int | None:
@@ -267,8 +235,8 @@ def _worker_main(device: str) -> None:
                 return
             yield json.loads(line)
 
-    def send(result: VideoResult) -> None:
-        results.write(json.dumps(asdict(result)) + "\n")
+    def send(outcome: Outcome) -> None:
+        results.write(json.dumps(to_json(outcome)) + "\n")
 
     from feature_pipeline_dagster.core.models import preload
     from feature_pipeline_dagster.core.settings import load_settings
