@@ -315,7 +315,7 @@ def bench_write(store, dim: int, rows: int, repeats: int) -> dict:
     import numpy as np
 
     from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch
 
     spec = CollectionSpec("write", (
         FieldSpec("id", "INT64", is_primary=True, auto_id=True),

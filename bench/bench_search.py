@@ -47,7 +47,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch  # noqa: E402
+from feature_pipeline_dagster.core.batches import EmbeddingBatch  # noqa: E402
 from feature_pipeline_dagster.core.ledger import VideoRecord  # noqa: E402
 from feature_pipeline_dagster.core.search.api import GROUP_SIZE, current_rows  # noqa: E402
 from feature_pipeline_dagster.core.search.moments import Hit, merge_hits  # noqa: E402

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, VideoRun, embed_run
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.shots import SegmentRows

@@ -141,7 +141,7 @@ def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
     never bound by it."""
     from types import SimpleNamespace
 
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.engine.run import ROWS_PER_BATCH, ModelStage
     from feature_pipeline_dagster.core.engine.video import VideoJob
 
@@ -172,7 +172,7 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     """A model batch may hold two parts of one video (the rest of a split chunk, then its
     last chunk). The video goes to the writer once: closed once per part, its commit
     counted it twice and the run's progress counter ran out (a daemon run failed so)."""
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.batches import FrameBatch
     from feature_pipeline_dagster.core.engine.run import ModelStage
     from feature_pipeline_dagster.core.engine.video import VideoJob
     from feature_pipeline_dagster.core.engine.writer import RunWriter

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store.lite_server import LiteServer
 from feature_pipeline_dagster.core.store.milvus import MilvusStore

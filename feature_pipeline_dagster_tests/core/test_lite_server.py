@@ -19,7 +19,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
     from feature_pipeline_dagster.core.settings import load_settings
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch
     from feature_pipeline_dagster.core.store import store_for
 
     config, name, batches, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 from feature_pipeline_dagster.core.errors import SearchError
 from feature_pipeline_dagster.core.ledger import VideoRecord

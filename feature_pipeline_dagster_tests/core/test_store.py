@@ -7,7 +7,7 @@ import pytest
 
 from feature_pipeline_dagster.core.settings import ConfigError, load_settings
 from feature_pipeline_dagster.core.errors import VideoError
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.ledger import VideoRecord
 from feature_pipeline_dagster.core.store.lite_server import LiteServer
 from feature_pipeline_dagster.core.store import RowFilter, open_store, store_for

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from feature_pipeline_dagster.core.decode.reader import VideoReader
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.batches import FrameBatch
 
 
 class LocalVideo:

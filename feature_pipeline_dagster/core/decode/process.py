@@ -26,7 +26,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from feature_pipeline_dagster.core.errors import VideoError, one_line
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoInfo
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from feature_pipeline_dagster.core.errors import VideoError, one_line
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.backends import open_backend, resolve
 from feature_pipeline_dagster.core.decode.backends.base import DecodeFailed, DecodeIndex, OpenFailed
 from feature_pipeline_dagster.core.decode.damage import damage_in, sound_count

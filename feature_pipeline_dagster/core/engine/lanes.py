@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from feature_pipeline_dagster.core.decode.process import DecoderProcess, decoder_pool
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.stream import put_unless_stopped
 from feature_pipeline_dagster.core.engine.video import VideoJob

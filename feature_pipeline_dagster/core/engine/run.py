@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.video import ShotTrack, VideoJob

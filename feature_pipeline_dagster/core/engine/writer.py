@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.video import VideoJob
 from feature_pipeline_dagster.core.settings import CollectionSpec
 from feature_pipeline_dagster.core.store import VectorStore, new_generation

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.settings import ModelSettings, Settings
 
 PREPROCESSING_VERSION = "1"  # bump when preprocessing changes what a model sees

@@ -52,7 +52,7 @@ def encode_image(model: ModelSettings, device: str, image: np.ndarray) -> tuple[
 
 def embed_picture(extractor, image: np.ndarray) -> np.ndarray:
     """One picture through the extractor, as a decoded frame goes."""
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.batches import FrameBatch
 
     rows = extractor.embed(FrameBatch(image[None], np.zeros(1, np.int64), np.zeros(1, np.int64)))
     return np.asarray(rows.vectors, np.float32)

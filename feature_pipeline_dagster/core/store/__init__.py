@@ -14,7 +14,7 @@ from feature_pipeline_dagster.core.errors import ConfigError
 if TYPE_CHECKING:
     import numpy as np
 
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch
     from feature_pipeline_dagster.core.settings import CollectionSpec, DbSettings
 
 

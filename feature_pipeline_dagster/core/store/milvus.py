@@ -19,7 +19,7 @@ import numpy as np
 
 from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, MAX_EF, VECTOR_DTYPE, CollectionSpec, ConfigError
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.stream import prefetch
 from feature_pipeline_dagster.core.store import Committed, RowFilter, new_generation
 
