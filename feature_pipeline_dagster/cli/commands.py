@@ -121,7 +121,7 @@ def _run(args) -> int:
     from feature_pipeline_dagster.cli.workers import DeviceRuns, videos_to_embed
     from feature_pipeline_dagster.core.devices import run_devices
     from feature_pipeline_dagster.core.models import preload
-    from feature_pipeline_dagster.core.models.devices import check_devices
+    from feature_pipeline_dagster.core.models.tensors import check_devices
     from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
     from feature_pipeline_dagster.core.search.watch import pictures, report_lines
     from feature_pipeline_dagster.core.videos import relpath_of

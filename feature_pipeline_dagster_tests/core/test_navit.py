@@ -17,7 +17,7 @@ import torch
 from feature_pipeline_dagster.core.settings import ModelSettings, load_settings
 from feature_pipeline_dagster.core.errors import ConfigError, ModelError
 from feature_pipeline_dagster.core.batches import FrameBatch
-from feature_pipeline_dagster.core.models.devices import model_dtype
+from feature_pipeline_dagster.core.models.tensors import model_dtype
 from feature_pipeline_dagster.core.decode.reader import VideoReader
 from feature_pipeline_dagster.core.models.navit import model as navit
 from feature_pipeline_dagster.core.models.navit.weights import make_random

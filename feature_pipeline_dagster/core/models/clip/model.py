@@ -19,7 +19,7 @@ import torch
 from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError, one_line
 from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.core.models.devices import model_dtype, to_device, torch_device
+from feature_pipeline_dagster.core.models.tensors import model_dtype, to_device, torch_device
 from feature_pipeline_dagster.core.models.weights import fetch_first_file, labelled
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

@@ -30,7 +30,7 @@ import torch
 from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError, VideoError, one_line
 from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.core.models.devices import model_dtype, to_device, torch_device
+from feature_pipeline_dagster.core.models.tensors import model_dtype, to_device, torch_device
 from feature_pipeline_dagster.core.models.navit.weights import HUB_FILES, LABEL
 from feature_pipeline_dagster.core.models.weights import fetch_from_hub, labelled
 
