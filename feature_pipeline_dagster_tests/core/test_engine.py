@@ -16,6 +16,7 @@ from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.summary import mean_of_pages
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 CLIPS = [f"clip{i}.mp4" for i in range(7)]
 
@@ -52,7 +53,7 @@ def engine(project):
 
 
 def stored(store, spec, name):
-    rows = store.fetch_video(spec, name, ("frame_id", "timestamp_ms", "generation"))
+    rows = stored_rows(store, spec, name, ("frame_id", "timestamp_ms", "generation"))
     return sorted((r["frame_id"], r["timestamp_ms"]) for r in rows), {r["generation"] for r in rows}
 
 

@@ -23,6 +23,7 @@ from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import RowFilter, store_for
 from feature_pipeline_dagster.core.store.milvus import expression
 from feature_pipeline_dagster_tests.conftest import clip_config, write_config
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 VIDEOS = {"red car.mp4": 0, 'it\'s "quoted" [x].mp4': 1, "sub/third.mp4": 2}  # name -> seed
 
@@ -88,7 +89,7 @@ def test_image_query_path_equals_the_stored_frame_path(indexed, tmp_path):
     picture = tmp_path / "frame.png"  # lossless: the same pixels the decoder gave
     Image.fromarray(frame).save(picture)
     query, _ = encode_image(indexed.settings.model, "cpu", load_image(picture))
-    stored = [r for r in indexed.store.fetch_video(indexed.spec, "red car.mp4", ("frame_id",))
+    stored = [r for r in stored_rows(indexed.store, indexed.spec, "red car.mp4", ("frame_id",))
               if r["frame_id"] == frame_id]
     similarity = cos(query[0], np.asarray(stored[0]["embeddings"], np.float32))
     print(f"image query vs stored frame: cos {similarity:.7f}")

@@ -40,6 +40,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.orchestration.definitions import build_definitions
 from feature_pipeline_dagster.core.models import load_extractor
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 settings = load_settings()
 load_extractor(settings.model, "cpu")  # imports and model load happen before the clock starts
@@ -85,7 +86,7 @@ def run_again():
 
 
 def rows(store, spec, name):
-    found = store.fetch_video(spec, name, ("frame_id",))
+    found = stored_rows(store, spec, name, ("frame_id",))
     return len(found), len({r["frame_id"] for r in found})
 
 

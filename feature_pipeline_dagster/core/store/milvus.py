@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, MAX_EF, VECTOR_DTYPE, CollectionSpec, ConfigError
+from feature_pipeline_dagster.core.settings import LITE_INDEX_TYPES, MAX_EF, CollectionSpec, ConfigError
 from feature_pipeline_dagster.core.errors import StoreError, VideoError, one_line
 from feature_pipeline_dagster.core.batches import EmbeddingBatch
-from feature_pipeline_dagster.core.engine.stream import prefetch
 from feature_pipeline_dagster.core.store import Committed, RowFilter, new_generation
 
 
@@ -184,25 +183,6 @@ class MilvusStore:
                 "use another collection name or drop the old collection"
             )
 
-    def write_video(
-        self, spec: CollectionSpec, video_path: str, batches: Iterable[EmbeddingBatch], batch_size: int
-    ) -> int:
-        """Insert a video's rows as a new generation, then delete its older rows."""
-        self.ensure_collection(spec)
-        generation = new_generation()
-        rows = 0
-        try:
-            # The rows are computed (decode, model) in another thread while this one inserts.
-            for chunk in prefetch(rechunk(batches, min(batch_size, rows_per_request(spec))), depth=2, name="embed"):
-                self.insert(spec, chunk, [video_path] * len(chunk), generation)
-                rows += len(chunk)
-        except Exception:
-            if rows:  # the video failed part way: take back what this write added
-                self.discard(spec, video_path, generation)
-            raise
-        self.commit(spec, [video_path], generation)
-        return rows
-
     def insert(self, spec: CollectionSpec, rows: EmbeddingBatch, video_paths: list[str], generation: int) -> None:
         """Rows of one or more videos (`video_paths[i]` owns row i), as `generation`;
         split under the request size limit. The vectors go in as bytes (fast_insert:
@@ -331,10 +311,6 @@ class MilvusStore:
         result = self._call("count", self.client.query, spec.name, filter=where, output_fields=["count(*)"])
         return int(result[0]["count(*)"])
 
-    def fetch_video(self, spec: CollectionSpec, video_path: str, fields: tuple[str, ...] = ()) -> list[dict]:
-        """All rows of one video (vector and the named scalar fields), in no set order."""
-        return [row for page in self._pages(spec, video_path, (spec.vector_field.name, *fields)) for row in page]
-
     def vector_pages(self, spec: CollectionSpec, video_path: str) -> Iterator[np.ndarray]:
         """One video's vectors, a float32 (rows, dim) page at a time: memory stays bounded
         by the page whatever the video's length."""
@@ -361,10 +337,6 @@ class MilvusStore:
                 yield page
         finally:
             it.close()
-
-    def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]:
-        fields = tuple(f.name for f in spec.fields if f.dtype != VECTOR_DTYPE and not f.is_primary)
-        return self.search_rows(spec, np.asarray(vector, dtype=np.float32)[None], limit, fields=fields)[0]
 
     def exists(self, spec: CollectionSpec) -> bool:
         return bool(self._call("has_collection", self.client.has_collection, spec.name))
@@ -513,22 +485,6 @@ def rows_per_request(spec: CollectionSpec, limit_bytes: int = MAX_REQUEST_BYTES)
     `db.batch_size` says: a row costs its vector plus, at most, its scalar fields."""
     row_bytes = spec.vector_field.dim * 4 + sum((f.max_length or 0) * 4 + 8 for f in spec.fields) + 64
     return max(1, limit_bytes // row_bytes)
-
-
-def rechunk(batches: Iterable[EmbeddingBatch], size: int) -> Iterator[EmbeddingBatch]:
-    """Batches of any size in, batches of exactly `size` rows out (the last may be short)."""
-    pending: list[EmbeddingBatch] = []
-    held = 0
-    for batch in batches:
-        pending.append(batch)
-        held += len(batch)
-        while held >= size:
-            merged = EmbeddingBatch.concat(pending)
-            yield merged.slice(0, size)
-            rest = merged.slice(size, len(merged))
-            pending, held = ([rest] if len(rest) else []), len(rest)
-    if held:
-        yield EmbeddingBatch.concat(pending)
 
 
 def search_ef(spec: CollectionSpec, rows: int, text: bool, collection_rows: int = 0) -> int:
