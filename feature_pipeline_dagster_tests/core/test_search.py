@@ -21,7 +21,7 @@ from feature_pipeline_dagster.core.search.patches import maxsim
 from feature_pipeline_dagster.core.search.query import encode_image, load_image
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import RowFilter, store_for
-from feature_pipeline_dagster.core.store.milvus import expression
+from feature_pipeline_dagster.core.store.milvus.filters import expression
 from feature_pipeline_dagster_tests.conftest import clip_config, write_config
 from feature_pipeline_dagster_tests.store_rows import stored_rows
 
@@ -133,7 +133,7 @@ def test_text_queries_search_with_their_own_wider_ef(indexed, monkeypatch, tiny_
     gap) walks HNSW with `ef_text`, by default by the collection's rows (EF_TEXT), an image
     query with `ef`, each never under the rows a grouped search asks (10 videos x 8); the
     defaults, a larger collection's and a config's own values reach the real Milvus Lite."""
-    from feature_pipeline_dagster.core.store import milvus
+    from feature_pipeline_dagster.core.store.milvus import store as milvus
 
     sent = []
     real = indexed.store.client.search

@@ -11,7 +11,8 @@ from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.ledger import VideoRecord
 from feature_pipeline_dagster.core.store.lite_server import LiteServer
 from feature_pipeline_dagster.core.store import RowFilter, open_store, store_for
-from feature_pipeline_dagster.core.store.milvus import quote, rows_per_request
+from feature_pipeline_dagster.core.store.milvus.client import rows_per_request
+from feature_pipeline_dagster.core.store.milvus.filters import quote
 from feature_pipeline_dagster_tests.conftest import clip_config, stop_lite_server, write_config
 from feature_pipeline_dagster_tests.store_rows import nearest, stored_rows, write_rows
 from feature_pipeline_dagster_tests.milvus_server import BACKEND, MilvusStandalone, backends

@@ -25,7 +25,7 @@ import yaml
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.store import store_for
-from feature_pipeline_dagster.core.store.milvus import quote
+from feature_pipeline_dagster.core.store.milvus.filters import quote
 from feature_pipeline_dagster_tests.conftest import readers_of, subprocess_env
 from feature_pipeline_dagster_tests.milvus_server import BACKEND, backends
 

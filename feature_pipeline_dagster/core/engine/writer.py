@@ -28,7 +28,7 @@ from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.video import VideoJob
 from feature_pipeline_dagster.core.settings import CollectionSpec
 from feature_pipeline_dagster.core.store import VectorStore, new_generation
-from feature_pipeline_dagster.core.store.milvus import rows_per_request
+from feature_pipeline_dagster.core.store.milvus.client import rows_per_request
 
 log = logging.getLogger("feature_pipeline.writer")
 

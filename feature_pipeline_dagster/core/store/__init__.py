@@ -105,7 +105,7 @@ def open_store(uri: str, token: str | None = None, lite_idle_minutes: float | No
     """A store for `uri`, connected on first use (a Lite server it starts stops itself
     after `lite_idle_minutes` without a client; None: 10). `reads_may_lag`: for search,
     reads that do not wait for a server's newest writes (see MilvusStore)."""
-    from feature_pipeline_dagster.core.store.milvus import MilvusStore
+    from feature_pipeline_dagster.core.store.milvus.store import MilvusStore
 
     return MilvusStore(uri, token, lite_idle_minutes, reads_may_lag)
 
