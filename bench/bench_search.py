@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from feature_pipeline_dagster.core.batches import EmbeddingBatch  # noqa: E402
-from feature_pipeline_dagster.core.ledger import VideoRecord  # noqa: E402
+from feature_pipeline_dagster.core.ledger import LedgerRecord  # noqa: E402
 from feature_pipeline_dagster.core.search.api import GROUP_SIZE, current_rows  # noqa: E402
 from feature_pipeline_dagster.core.search.moments import Hit, merge_hits  # noqa: E402
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, IndexSpec  # noqa: E402
@@ -141,7 +141,7 @@ def grow(store, spec, have: int, want: int, generation: int) -> float:
         print(f"  {start + n} rows, {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
     done = sorted(videos)
     store.commit(spec, done, generation)
-    store.record_videos(spec, [VideoRecord(p, "0-0", "bench", VERSION, FRAMES_PER_VIDEO) for p in done], generation)
+    store.record_videos(spec, [LedgerRecord(p, "0-0", "bench", VERSION, FRAMES_PER_VIDEO) for p in done], generation)
     return time.perf_counter() - started
 
 

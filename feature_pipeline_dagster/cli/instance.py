@@ -59,7 +59,7 @@ def instance_yaml(runs_per_device: int, template: Path = INSTANCE_TEMPLATE) -> s
 
 
 def register_videos(settings: Settings, instance) -> dict[str, object]:
-    """Add a partition for every video not yet known; returns key -> VideoFile."""
+    """Add a partition for every video not yet known; returns key -> FolderEntry."""
     from feature_pipeline_dagster.core.videos import list_videos, partition_key
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 

@@ -13,7 +13,7 @@ from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReade
 from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 from feature_pipeline_dagster.core.errors import SearchError
-from feature_pipeline_dagster.core.ledger import VideoRecord
+from feature_pipeline_dagster.core.ledger import LedgerRecord
 from feature_pipeline_dagster.core.models import code_version, load_extractor, load_text_encoder
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.search import Hit, Shot, group_by_shot, merge_hits, search
@@ -168,7 +168,7 @@ def test_only_current_rows_answer(indexed):
     store.insert(spec, planted, ["red car.mp4"], generation=1)  # stale: older than the committed one
     store.insert(spec, planted, ["uncommitted.mp4"], generation=2)  # no ledger record
     store.insert(spec, planted, ["old model.mp4"], generation=3)
-    store.record_videos(spec, [VideoRecord("old model.mp4", "0-0", "d", "CLIP-0123456789ab", 1)], 3)
+    store.record_videos(spec, [LedgerRecord("old model.mp4", "0-0", "d", "CLIP-0123456789ab", 1)], 3)
     store._flush(spec)
     try:
         result = search(indexed.settings, image=frame, k=5, gap=0, store=store)

@@ -8,7 +8,7 @@ import pytest
 from feature_pipeline_dagster.core.settings import ConfigError, load_settings
 from feature_pipeline_dagster.core.errors import VideoError
 from feature_pipeline_dagster.core.batches import EmbeddingBatch
-from feature_pipeline_dagster.core.ledger import VideoRecord
+from feature_pipeline_dagster.core.ledger import LedgerRecord
 from feature_pipeline_dagster.core.store.lite_server import LiteServer
 from feature_pipeline_dagster.core.store import RowFilter, open_store, store_for
 from feature_pipeline_dagster.core.store.milvus.client import rows_per_request
@@ -190,7 +190,7 @@ def test_a_search_store_finds_what_was_committed_before_it(store_and_spec, tmp_p
     store, spec = store_and_spec
     rows = batch(5, seed=11)
     write_rows(store, spec, "old.mp4", rows)
-    store.record_videos(spec, [VideoRecord("old.mp4", "1-1", "digest", "v1", 5)], generation=7)
+    store.record_videos(spec, [LedgerRecord("old.mp4", "1-1", "digest", "v1", 5)], generation=7)
     time.sleep(0 if store.is_lite else 6)  # Lite is always current; a server's Bounded lag is at most 5 s
     search = open_store(store.uri, store._token, reads_may_lag=True)
     try:

@@ -27,7 +27,7 @@ import numpy as np
 
 from feature_pipeline_dagster.core.errors import VideoError, one_line
 from feature_pipeline_dagster.core.batches import FrameBatch
-from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoInfo
+from feature_pipeline_dagster.core.decode.reader import SamplingPlan, StreamInfo
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 
 
@@ -36,7 +36,7 @@ class OpenVideo:
 
     def __init__(self, decoder: DecoderProcess, path: Path, answer: dict):
         self.decoder, self.path = decoder, path
-        self.info = VideoInfo(path, **{k: v for k, v in answer["info"].items() if k != "path"})
+        self.info = StreamInfo(path, **{k: v for k, v in answer["info"].items() if k != "path"})
         self.plan = SamplingPlan(np.asarray(answer["frame_ids"], np.int64),
                                  np.asarray(answer["timestamps_ms"], np.int64), bool(answer.get("key_frames_only")))
         self.partial: str | None = answer["partial"]

@@ -126,7 +126,9 @@ class SamplingPlan:
 
 
 @dataclass(frozen=True)
-class VideoInfo:
+class StreamInfo:
+    """An opened video's stream as decoded: frames, rate, displayed size, the backend."""
+
     path: Path
     frame_count: int
     fps: float
@@ -180,7 +182,7 @@ class VideoReader:
             raise VideoError(f"{self.path}: damaged video stream at 0.0 s, no sound frame in it "
                              f"({self._reason(err)})") from None
         # What decoding the first frame logged is judged with the first batch.
-        self.info = VideoInfo(self.path, frame_count, float(self._reader.fps), int(width), int(height), self._decoder)
+        self.info = StreamInfo(self.path, frame_count, float(self._reader.fps), int(width), int(height), self._decoder)
 
     def _open(self, path: Path):
         return open_backend(self._decoder, path, self._device)

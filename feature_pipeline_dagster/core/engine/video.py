@@ -111,9 +111,9 @@ class VideoJob:
 
     def record(self, code_version: str):
         """What the ledger keeps of this video once committed."""
-        from feature_pipeline_dagster.core.ledger import VideoRecord
+        from feature_pipeline_dagster.core.ledger import LedgerRecord
 
-        return VideoRecord(self.relpath, fingerprint(self.stat.st_size, self.stat.st_mtime_ns), self.digest,
+        return LedgerRecord(self.relpath, fingerprint(self.stat.st_size, self.stat.st_mtime_ns), self.digest,
                            code_version, self.rows)
 
     def metadata(self, spec: CollectionSpec, extractor) -> dict:

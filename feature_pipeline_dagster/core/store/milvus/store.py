@@ -135,11 +135,11 @@ class MilvusStore:
 
     def recorded_videos(self, spec: CollectionSpec, video_paths: list[str]) -> dict:
         """Video path -> its ledger record, for those that have one (creates nothing)."""
-        from feature_pipeline_dagster.core.ledger import VideoRecord, ledger_collection
+        from feature_pipeline_dagster.core.ledger import LedgerRecord, ledger_collection
 
         fields = ["video_path", "fingerprint", "content_digest", "code_version", "rows"]
         rows = self._newest_rows(ledger_collection(spec), video_paths, fields)
-        return {path: VideoRecord(**{k: row[k] for k in fields}) for path, row in rows.items()}
+        return {path: LedgerRecord(**{k: row[k] for k in fields}) for path, row in rows.items()}
 
     def _newest_rows(self, spec: CollectionSpec, video_paths: list[str], fields: list[str]) -> dict:
         """Video path -> its row of the newest generation (a crash can leave two for a
