@@ -37,7 +37,7 @@ def add_arguments(parser, what: str) -> None:
 
 def db_status(args) -> int:
     from feature_pipeline_dagster.core.store import open_store, store_token
-    from feature_pipeline_dagster.core.summary import owned_collections
+    from feature_pipeline_dagster.core.collections import owned_collections
 
     if getattr(args, "all", False):
         return _status_all()

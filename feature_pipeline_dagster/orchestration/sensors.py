@@ -36,7 +36,7 @@ from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.folder_watch import diff_folder, held_keys, with_held
 from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
 from feature_pipeline_dagster.core.settings import Settings
-from feature_pipeline_dagster.core.summary import owned_collections
+from feature_pipeline_dagster.core.collections import owned_collections
 from feature_pipeline_dagster.core.videos import content_digest, list_videos, partition_key, relpath_of
 from feature_pipeline_dagster.orchestration.names import (
     CHECK_NAMES,

@@ -10,6 +10,8 @@ queries offline once the weights are local.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,9 @@ import torch
 
 from feature_pipeline_dagster.core.errors import ModelError, one_line
 from feature_pipeline_dagster.core.models.clip.model import open_clip_quiet
-from feature_pipeline_dagster.core.settings import ModelSettings
+
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.settings import ModelSettings  # annotations only: settings sits above models
 
 
 def tokenizer_source(model: ModelSettings) -> str:
