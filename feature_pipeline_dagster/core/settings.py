@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from feature_pipeline_dagster.core.errors import ConfigError
+from feature_pipeline_dagster.core.models import FAMILIES, option_owners
+from feature_pipeline_dagster.core.decode.backends import DECODERS, SAMPLINGS
 
 CONFIG_ENV = "FEATURE_PIPELINE_CONFIG"
 DEFAULT_CONFIG = "config/clip-config.yaml"
@@ -90,8 +92,6 @@ class ModelSettings:
 
     def __init__(self, name: str, path: str, source: str = "huggingface", features: tuple[str, ...] = ("video_embedding",),
                  batch_size: int = 32, dtype: str = "auto", **options):
-        from feature_pipeline_dagster.core.models import FAMILIES
-
         options = {**dict(options.pop("options", ())), **options}  # dataclasses.replace passes them back
         declared = FAMILIES[name].options
         unknown = set(options) - set(declared)
@@ -268,8 +268,6 @@ def load_settings(path: str | os.PathLike | None = None, check_paths: bool = Tru
 def _parse_watch(node: _Node, model: ModelSettings, check_paths: bool) -> tuple[SavedSearch, ...]:
     """`search.watch`: checked here so that a query no run could embed (text without a
     text tower, a missing picture) fails at load, not once per video."""
-    from feature_pipeline_dagster.core.models import FAMILIES
-
     node.check_keys({"watch"})
     family, searches = FAMILIES[model.name], []
     for i, raw in enumerate(node.get("watch", list, [])):
@@ -320,8 +318,6 @@ def _parse_kubernetes(node: _Node, db: DbSettings) -> KubernetesSettings:
 
 
 def _parse_model(node: _Node, check_paths: bool) -> ModelSettings:
-    from feature_pipeline_dagster.core.models import FAMILIES, option_owners
-
     node.check_keys(MODEL_KEYS | {key for family in FAMILIES.values() for key in family.options})
     name = node.get("name", str, required=True)
     if name not in FAMILIES:
@@ -358,8 +354,6 @@ def _parse_model(node: _Node, check_paths: bool) -> ModelSettings:
 
 
 def _parse_video_input(node: _Node, check_paths: bool) -> VideoInput:
-    from feature_pipeline_dagster.core.decode.backends import DECODERS, SAMPLINGS
-
     node.check_keys({"path", "sample_fps", "max_frames", "extensions", "settle_seconds", "decoder", "sampling",
                      "max_shift_ms"})
     decoder = node.get("decoder", str, "auto")
@@ -436,8 +430,6 @@ def _parse_db(node: _Node, model: ModelSettings) -> DbSettings:
 
 
 def _parse_collection(node: _Node, model: ModelSettings) -> CollectionSpec:
-    from feature_pipeline_dagster.core.models import FAMILIES
-
     node.check_keys({"name", "fields", "index", "partition_key"})
     name = node.get("name", str, required=True)
     if not re.fullmatch(r"[A-Za-z_]\w{0,254}", name):
