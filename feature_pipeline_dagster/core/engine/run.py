@@ -31,6 +31,12 @@ from feature_pipeline_dagster.core.search.watch import Watch
 from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
 from feature_pipeline_dagster.core.shots import segments_of
 from feature_pipeline_dagster.core.store import VectorStore
+from feature_pipeline_dagster.core.models import FAMILIES, code_version, load_extractor
+from feature_pipeline_dagster.core.ledger import FailureRecord
+from feature_pipeline_dagster.core.videos import content_digest, fingerprint
+from feature_pipeline_dagster.core.decode.backends import in_process
+from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
+from feature_pipeline_dagster.core.decode.local import LocalDecoder
 
 log = logging.getLogger("feature_pipeline.engine")
 
@@ -67,8 +73,6 @@ def take_device(devices: list[str], slots: int, root: Path | None) -> DeviceLeas
 
 def embed_run(run: VideoRun, store: VectorStore, report: RunReport) -> RunReport:
     """Lease a device, load the model once, embed every video of the run."""
-    from feature_pipeline_dagster.core.models import load_extractor
-
     lease = take_device(run.devices, run.settings.runs_per_device, run.leases_root)
     log.info("%d video(s) on %s (slot %d): %s", len(run.videos), lease.device, lease.slot + 1,
              ", ".join(run.videos[:5]) + (" ..." if len(run.videos) > 5 else ""))
@@ -86,8 +90,6 @@ def embed_run(run: VideoRun, store: VectorStore, report: RunReport) -> RunReport
 def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, extractor, videos: list[str],
                  report: RunReport, lanes: int | None = None) -> RunReport:
     """Write every video; raises `PipelineError` for a run-level fault."""
-    from feature_pipeline_dagster.core.models import FAMILIES, code_version
-
     if extractor.dim != spec.vector_field.dim:
         raise ModelError(f"{extractor.description} gives {extractor.dim}-d vectors but collection {spec.name} "
                          f"field {spec.vector_field.name} has dim {spec.vector_field.dim} ({settings.source})")
@@ -198,9 +200,6 @@ def embed_videos(settings: Settings, spec: CollectionSpec, store: VectorStore, e
 def failure_record(job: VideoJob, err: VideoError, version: str):
     """What the ledger keeps of a video that failed for its content (core/ledger.py): the
     file as it was opened (or is now, if it never opened); None if it cannot be read."""
-    from feature_pipeline_dagster.core.ledger import FailureRecord
-    from feature_pipeline_dagster.core.videos import content_digest, fingerprint
-
     try:
         stat = job.stat or job.path.stat()
         digest = job.digest or content_digest(job.path)
@@ -213,12 +212,8 @@ def local_decoders(settings: Settings, device: str, lanes: int) -> list | None:
     """For nvdec, decoders in this process on the run's device (its frames stay there);
     None for the CPU backends, which decode in child processes. A run that cannot use
     nvdec fails at once with one line, before any video."""
-    from feature_pipeline_dagster.core.decode.backends import in_process
-
     if not in_process(settings.video_input.decoder):
         return None
-    from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
-    from feature_pipeline_dagster.core.decode.local import LocalDecoder
 
     if why := unusable(device):
         raise ConfigError(f"{settings.source}: video_input.decoder: {why}")
