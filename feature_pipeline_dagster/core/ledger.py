@@ -30,6 +30,7 @@ import numpy as np
 
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, Settings
 from feature_pipeline_dagster.core.videos import FolderEntry, content_digest
+from feature_pipeline_dagster.core.models import code_version
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,6 @@ def failures_collection(rows: CollectionSpec) -> CollectionSpec:
 def failed_before(store, settings: Settings, videos: list[FolderEntry]) -> dict[str, str]:
     """The relative paths of `videos` that failed for their content as they are now, with
     this code version, in any feature's collection: path -> the error they failed with."""
-    from feature_pipeline_dagster.core.models import code_version
-
     version, failed = code_version(settings), {}
     for feature in settings.model.features:
         records = store.recorded_failures(settings.collection_for(feature), [v.relpath for v in videos])
@@ -100,8 +99,6 @@ def failed_before(store, settings: Settings, videos: list[FolderEntry]) -> dict[
 
 def done_in_every_collection(store, settings: Settings, videos: list[FolderEntry]) -> set[str]:
     """The relative paths of `videos` done in every feature's collection."""
-    from feature_pipeline_dagster.core.models import code_version
-
     version, done = code_version(settings), None
     for feature in settings.model.features:
         found = done_videos(store, settings.collection_for(feature), videos, version)

@@ -27,7 +27,7 @@ import numpy as np
 
 from feature_pipeline_dagster.core.errors import VideoError, one_line
 from feature_pipeline_dagster.core.batches import FrameBatch
-from feature_pipeline_dagster.core.decode.reader import SamplingPlan, StreamInfo
+from feature_pipeline_dagster.core.decode.reader import SamplingPlan, StreamInfo, VideoReader
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 
 
@@ -173,8 +173,6 @@ class _Complaints:
 
 
 def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> None:
-    from feature_pipeline_dagster.core.decode.reader import VideoReader
-
     reader = plan = None
     current = "video"
 

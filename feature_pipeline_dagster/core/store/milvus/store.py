@@ -22,6 +22,8 @@ from feature_pipeline_dagster.core.store.milvus.client import (MAX_QUERY_ROWS, c
                                                                rows_per_request)
 from feature_pipeline_dagster.core.store.milvus.filters import expression, filter_groups, quote, videos_in
 from feature_pipeline_dagster.core.store.milvus.schema import check_schema, create_collection, index_type
+from feature_pipeline_dagster.core.ledger import (ERROR_CHARS, FailureRecord, LedgerRecord, MARK, failures_collection,
+                                                  ledger_collection)
 
 
 MAX_TOPK = MAX_EF  # Milvus' limit on rows per query vector
@@ -123,8 +125,6 @@ class MilvusStore:
 
     def record_videos(self, spec: CollectionSpec, records: list, generation: int) -> None:
         """The ledger's record of each committed video (core/ledger.py), replacing older ones."""
-        from feature_pipeline_dagster.core.ledger import MARK, ledger_collection
-
         ledger = ledger_collection(spec)
         self.ensure_collection(ledger)
         rows = [{**asdict(r), "generation": generation, "mark": MARK.tolist()} for r in records]
@@ -135,8 +135,6 @@ class MilvusStore:
 
     def recorded_videos(self, spec: CollectionSpec, video_paths: list[str]) -> dict:
         """Video path -> its ledger record, for those that have one (creates nothing)."""
-        from feature_pipeline_dagster.core.ledger import LedgerRecord, ledger_collection
-
         fields = ["video_path", "fingerprint", "content_digest", "code_version", "rows"]
         rows = self._newest_rows(ledger_collection(spec), video_paths, fields)
         return {path: LedgerRecord(**{k: row[k] for k in fields}) for path, row in rows.items()}
@@ -160,8 +158,6 @@ class MilvusStore:
         """The videos that failed for their content (core/ledger.py): `records` replace the
         older ones of their videos; `cleared` (videos embedded since) lose theirs. Creates
         nothing while no video has failed."""
-        from feature_pipeline_dagster.core.ledger import ERROR_CHARS, MARK, failures_collection
-
         failed = failures_collection(spec)
         if not records and (not cleared or not self._call("has_collection", self.client.has_collection, failed.name)):
             return
@@ -177,8 +173,6 @@ class MilvusStore:
 
     def recorded_failures(self, spec: CollectionSpec, video_paths: list[str]) -> dict:
         """Video path -> its newest failure record, for those that have one (creates nothing)."""
-        from feature_pipeline_dagster.core.ledger import FailureRecord, failures_collection
-
         fields = ["video_path", "fingerprint", "content_digest", "code_version", "error"]
         rows = self._newest_rows(failures_collection(spec), video_paths, fields)
         return {path: FailureRecord(**{k: row[k] for k in fields}) for path, row in rows.items()}
@@ -300,8 +294,6 @@ class MilvusStore:
                   code_version: str | None = None, limit: int | None = None) -> dict[str, Committed]:
         """Ledger entries, the newest per video (a crash can leave two for a moment);
         nothing when the ledger does not exist (creates nothing)."""
-        from feature_pipeline_dagster.core.ledger import ledger_collection
-
         ledger = ledger_collection(spec)
         if not self._call("has_collection", self.client.has_collection, ledger.name):
             return {}
