@@ -21,7 +21,7 @@ targets and ~0.84 among text queries, as with real CLIP. Ground truth: exact bru
 One collection grows to each size in turn: rows of FRAMES_PER_VIDEO-frame videos (1 fps)
 go in through the project's insert path and are committed and recorded in the ledger as a
 run does, so a query takes the API's own path: `search_rows` with the query's kind, which
-picks HNSW's `ef` by the store's rule (core/store/milvus.py `search_ef`), grouped by video
+picks HNSW's `ef` by the store's rule (core/store/milvus/store.py `search_ef`), grouped by video
 (group_size 8, k=10 videos) plus the ledger lookup that keeps current rows only, then the
 merge into moments. Each size reports per query kind, over `--queries` queries after a
 warm-up: p50/p95 ms of (a) that grouped search, (b) a plain top-10 row search with the

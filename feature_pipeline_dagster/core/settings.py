@@ -486,7 +486,7 @@ def _parse_index(node: _Node) -> IndexSpec:
     for key, given in (("params", params), ("search_params", search)):
         if not all(isinstance(k, str) and isinstance(v, (int, float, str)) for k, v in given.items()):
             node.fail("expected a mapping of parameter name to number, e.g. {M: 16, efConstruction: 200}", key)
-    for key in ("ef", "ef_text"):  # HNSW's candidate list per query kind (core/store/milvus.py search_ef)
+    for key in ("ef", "ef_text"):  # HNSW's candidate list per query kind (core/store/milvus/store.py search_ef)
         value = search.get(key)
         if value is not None and not (type(value) is int and 1 <= value <= MAX_EF):
             node.fail(f"must be a whole number from 1 to {MAX_EF} (HNSW's candidate list), got {value!r}",
