@@ -28,6 +28,7 @@ from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.store.milvus.filters import quote
 from feature_pipeline_dagster_tests.conftest import readers_of, subprocess_env
 from feature_pipeline_dagster_tests.milvus_server import BACKEND, backends
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 KILL_POINTS = 20  # as issue #5 asks; 30 cost CI 135 s more and found nothing new
 PLACED = 15  # 3 kills at each named stage; the last 5 spread in time
@@ -40,7 +41,6 @@ from dagster import AssetKey, DagsterInstance, materialize
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.orchestration.definitions import build_definitions
 from feature_pipeline_dagster.core.models import load_extractor
-from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 settings = load_settings()
 load_extractor(settings.model, "cpu")  # imports and model load happen before the clock starts

@@ -107,10 +107,15 @@ class MilvusStore:
         bench_pipeline), then one delete for all of them."""
         self.ensure_collection(spec)
         self._flush(spec)
-        for names in filter_groups(video_paths):
-            self._call("delete", self.client.delete, spec.name,
-                       filter=f"{videos_in(names)} and generation != {generation}")
+        self._keep_only(spec.name, video_paths, generation)
         self._flush(spec)
+
+    def _keep_only(self, collection: str, video_paths: list[str], generation: int) -> None:
+        """Delete these videos' rows of every other generation, in as few requests as
+        Milvus' expression limit allows."""
+        for names in filter_groups(video_paths):
+            self._call("delete", self.client.delete, collection,
+                       filter=f"{videos_in(names)} and generation != {generation}")
 
     def discard(self, spec: CollectionSpec, video_path: str, generation: int) -> None:
         """Best effort: take back a failed video's rows of `generation`; if Milvus is what
@@ -129,9 +134,7 @@ class MilvusStore:
         self.ensure_collection(ledger)
         rows = [{**asdict(r), "generation": generation, "mark": MARK.tolist()} for r in records]
         self._call("insert", self.client.insert, ledger.name, rows)
-        for names in filter_groups([r.video_path for r in records]):
-            self._call("delete", self.client.delete, ledger.name,
-                       filter=f"{videos_in(names)} and generation != {generation}")
+        self._keep_only(ledger.name, [r.video_path for r in records], generation)
 
     def recorded_videos(self, spec: CollectionSpec, video_paths: list[str]) -> dict:
         """Video path -> its ledger record, for those that have one (creates nothing)."""
@@ -147,8 +150,7 @@ class MilvusStore:
         self.ensure_collection(spec)
         found: dict = {}
         for names in filter_groups(video_paths):
-            for row in self._call("query", self.client.query, spec.name,
-                                  filter=videos_in(names),
+            for row in self._call("query", self.client.query, spec.name, filter=videos_in(names),
                                   output_fields=[*fields, "generation"]):
                 if row["generation"] >= found.get(row["video_path"], {"generation": -1})["generation"]:
                     found[row["video_path"]] = row
@@ -167,9 +169,7 @@ class MilvusStore:
             rows = [{**asdict(r), "error": r.error[:ERROR_CHARS], "generation": generation, "mark": MARK.tolist()}
                     for r in records]
             self._call("insert", self.client.insert, failed.name, rows)
-        for names in filter_groups([r.video_path for r in records] + list(cleared)):
-            self._call("delete", self.client.delete, failed.name,
-                       filter=f"{videos_in(names)} and generation != {generation}")
+        self._keep_only(failed.name, [r.video_path for r in records] + list(cleared), generation)
 
     def recorded_failures(self, spec: CollectionSpec, video_paths: list[str]) -> dict:
         """Video path -> its newest failure record, for those that have one (creates nothing)."""
