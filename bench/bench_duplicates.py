@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch  # noqa: E402
+from feature_pipeline_dagster.core.batches import EmbeddingBatch  # noqa: E402
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos  # noqa: E402
 from feature_pipeline_dagster.core.models import load_extractor  # noqa: E402
 from feature_pipeline_dagster.core.models.clip.weights import make_random  # noqa: E402

@@ -154,7 +154,7 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
 def bare_ms_per_frame(model: Path) -> float:
     import numpy as np
 
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.batches import FrameBatch
     from feature_pipeline_dagster.core.models import load_extractor
     from feature_pipeline_dagster.core.settings import ModelSettings
 

@@ -17,7 +17,7 @@ that of a 1-minute one.
 What runs: per video, a fresh process (`--child`) loads the config, the model and the
 store, then calls `embed_videos(settings, spec, store, extractor, [relpath], ...)` once: the
 real path (decoding, in the decode worker process where the code has one; preprocess;
-model; the store's rechunk and inserts; flush and delete of older generations). Model:
+model; the store's inserts; flush and delete of older generations). Model:
 the tests' tiny CLIP (`feature_pipeline_dagster_tests.conftest.TINY_CLIP`: the real
 open_clip architecture, random weights, 32-d), whose small fixed footprint makes the
 ratio strict. Config: the tests' `clip_config` with the defaults model.batch_size 32 and

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_pipeline_dagster.core.settings import NAVIT_MAX_TOKENS_PER_FRAME, ModelSettings
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.models.navit import model as navit
 from feature_pipeline_dagster.core.models.navit.weights import make_random
 

@@ -21,7 +21,7 @@ targets and ~0.84 among text queries, as with real CLIP. Ground truth: exact bru
 One collection grows to each size in turn: rows of FRAMES_PER_VIDEO-frame videos (1 fps)
 go in through the project's insert path and are committed and recorded in the ledger as a
 run does, so a query takes the API's own path: `search_rows` with the query's kind, which
-picks HNSW's `ef` by the store's rule (core/store/milvus.py `search_ef`), grouped by video
+picks HNSW's `ef` by the store's rule (core/store/milvus/store.py `search_ef`), grouped by video
 (group_size 8, k=10 videos) plus the ledger lookup that keeps current rows only, then the
 merge into moments. Each size reports per query kind, over `--queries` queries after a
 warm-up: p50/p95 ms of (a) that grouped search, (b) a plain top-10 row search with the
@@ -47,8 +47,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch  # noqa: E402
-from feature_pipeline_dagster.core.ledger import VideoRecord  # noqa: E402
+from feature_pipeline_dagster.core.batches import EmbeddingBatch  # noqa: E402
+from feature_pipeline_dagster.core.ledger import LedgerRecord  # noqa: E402
 from feature_pipeline_dagster.core.search.api import GROUP_SIZE, current_rows  # noqa: E402
 from feature_pipeline_dagster.core.search.moments import Hit, merge_hits  # noqa: E402
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, IndexSpec  # noqa: E402
@@ -141,7 +141,7 @@ def grow(store, spec, have: int, want: int, generation: int) -> float:
         print(f"  {start + n} rows, {time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
     done = sorted(videos)
     store.commit(spec, done, generation)
-    store.record_videos(spec, [VideoRecord(p, "0-0", "bench", VERSION, FRAMES_PER_VIDEO) for p in done], generation)
+    store.record_videos(spec, [LedgerRecord(p, "0-0", "bench", VERSION, FRAMES_PER_VIDEO) for p in done], generation)
     return time.perf_counter() - started
 
 

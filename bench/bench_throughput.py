@@ -195,7 +195,7 @@ def rebatch(files: list[Path], decoded: dict, size: int = BATCH_SIZE, sizes: lis
     stage forms them when the model is the bottleneck (or in batches of the given `sizes`)."""
     import numpy as np
 
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.batches import FrameBatch
 
     parts = [b for f in files for b in decoded[f]]
     frames = np.concatenate([b.frames for b in parts])
@@ -613,7 +613,7 @@ def bench_fixed_cost(w: Workload, ctx: dict, repeats: int) -> dict:
 def bench_navit(files: list[Path], ctx: dict, repeats: int, max_frames: int) -> dict:
     import numpy as np
 
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
     from feature_pipeline_dagster.core.models import load_extractor
     from feature_pipeline_dagster.core.settings import load_settings

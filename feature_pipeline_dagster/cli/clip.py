@@ -11,6 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from feature_pipeline_dagster.core.clips import export_clip
+from feature_pipeline_dagster.core.settings import load_settings
+from feature_pipeline_dagster.core.videos import folder_video
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("video", metavar="VIDEO", help="the video as search prints it (relative to "
@@ -24,9 +28,6 @@ def add_arguments(parser) -> None:
 
 def run_clip(args) -> int:
     from feature_pipeline_dagster.cli.search import clock, printable
-    from feature_pipeline_dagster.core.clips import export_clip
-    from feature_pipeline_dagster.core.settings import load_settings
-    from feature_pipeline_dagster.core.videos import folder_video
 
     settings = load_settings(check_paths=False)  # no model is loaded
     source = folder_video(settings.video_input, args.video, from_cwd=True)

@@ -29,6 +29,13 @@ from feature_pipeline_dagster.cli.db import add_arguments as add_db_arguments, d
 from feature_pipeline_dagster.cli.instance import dagster_instance, instance_home, register_videos
 from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.settings import CONFIG_ENV, ConfigError, config_path, load_settings
+from feature_pipeline_dagster.core.devices import run_devices
+from feature_pipeline_dagster.core.models import FAMILIES, preload, weights_module
+from feature_pipeline_dagster.core.models.tensors import check_devices
+from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
+from feature_pipeline_dagster.core.videos import list_videos, partition_key, relpath_of
+from feature_pipeline_dagster.core.store import store_for
+from feature_pipeline_dagster.core.models.weights import RANDOM_NOTICE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,12 +127,7 @@ def _run(args) -> int:
     from feature_pipeline_dagster.cli.search import printable
     from feature_pipeline_dagster.core.engine.outcomes import Embedded, Interrupted
     from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, videos_to_embed
-    from feature_pipeline_dagster.core.devices import run_devices
-    from feature_pipeline_dagster.core.models import preload
-    from feature_pipeline_dagster.core.models.devices import check_devices
-    from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
     from feature_pipeline_dagster.core.search.watch import pictures, report_lines
-    from feature_pipeline_dagster.core.videos import relpath_of
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     settings = load_settings()
@@ -212,8 +214,6 @@ def _failed_before(settings, videos: dict, todo: list[str]) -> list[str]:
     """Keys of `todo` that failed for their content as they are now, with this code
     version (core/ledger.py): not tried again until they change."""
     from feature_pipeline_dagster.core.ledger import failed_before
-    from feature_pipeline_dagster.core.store import store_for
-    from feature_pipeline_dagster.core.videos import partition_key
 
     if not todo:
         return []
@@ -231,11 +231,9 @@ def _prepare_database(settings):
     from concurrent.futures import ThreadPoolExecutor
 
     from feature_pipeline_dagster.core.ledger import ledger_collection
-    from feature_pipeline_dagster.core.store import store_for
     from feature_pipeline_dagster.core.shots import segments_collection
     from feature_pipeline_dagster.core.store.lite_server import start_lite_server
     from feature_pipeline_dagster.core.summary import summary_collection
-    from feature_pipeline_dagster.core.videos import list_videos
 
     def prepare() -> None:
         if not list_videos(settings.video_input):
@@ -287,8 +285,6 @@ def _samples(args) -> int:
 
 
 def _download(args) -> int:
-    from feature_pipeline_dagster.core.models import FAMILIES, weights_module
-
     model = load_settings(check_paths=False).model
     names = dict.fromkeys([FAMILIES[model.name].label(model), model.path.removeprefix("hf-hub:")])
     dest = args.dest or Path("models") / "-".join(names).replace("/", "--")
@@ -298,12 +294,9 @@ def _download(args) -> int:
 
 
 def _make_random(args) -> int:
-    from feature_pipeline_dagster.core.models import weights_module
-
     model = load_settings(check_paths=False).model
     if args.dest is None and model.source != "folder":
         raise ConfigError(f"{config_path()}: model.source: make-random writes into model.path of a folder config; or pass --dest")
-    from feature_pipeline_dagster.core.models.weights import RANDOM_NOTICE
 
     dest = args.dest or Path(model.path)
     weights_module(model).make_random(model, dest)

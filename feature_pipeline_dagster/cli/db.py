@@ -14,6 +14,9 @@ from __future__ import annotations
 import sys
 
 from feature_pipeline_dagster.core.settings import load_settings
+from feature_pipeline_dagster.core.store.lite_server import LiteServer, REGISTRY, clients, registered
+from feature_pipeline_dagster.core.store import open_store, store_token
+from feature_pipeline_dagster.core.errors import StoreError, one_line
 
 
 def add_arguments(parser, what: str) -> None:
@@ -22,16 +25,13 @@ def add_arguments(parser, what: str) -> None:
 
 
 def db_status(args) -> int:
-    from feature_pipeline_dagster.core.store import open_store, store_token
-    from feature_pipeline_dagster.core.summary import owned_collections
+    from feature_pipeline_dagster.core.collections import owned_collections
 
     if getattr(args, "all", False):
         return _status_all()
     settings = load_settings(check_paths=False)
     db = settings.db
     if db.is_lite:
-        from feature_pipeline_dagster.core.store.lite_server import LiteServer
-
         server = LiteServer(db.uri, db.lite_idle_minutes)
         state = server.running()
         if state is None:
@@ -60,8 +60,6 @@ def db_status(args) -> int:
 
 def _exists(store, name: str) -> bool:
     """Whether the collection exists; unlike `count_rows`, never creates it."""
-    from feature_pipeline_dagster.core.errors import StoreError, one_line
-
     try:
         return store.client.has_collection(name)
     except StoreError:
@@ -73,8 +71,6 @@ def _exists(store, name: str) -> bool:
 def _status_all() -> int:
     """One line per live Lite server this working folder started: data dir, address, pid,
     its idle stop and whether a client is connected now. Starts nothing, reads no config."""
-    from feature_pipeline_dagster.core.store.lite_server import REGISTRY, clients, registered
-
     servers = registered()
     if not servers:
         print(f"no Milvus Lite server started from this folder is running ({REGISTRY})")
@@ -88,8 +84,6 @@ def _status_all() -> int:
 
 def db_stop(args) -> int:
     if getattr(args, "all", False):
-        from feature_pipeline_dagster.core.store.lite_server import registered
-
         servers = registered()
         for server, _ in servers:
             state = server.stop()
@@ -102,7 +96,6 @@ def db_stop(args) -> int:
     if not settings.db.is_lite:
         print(f"db.uri is a Milvus server ({settings.db.uri}): nothing local to stop", file=sys.stderr)
         return 0
-    from feature_pipeline_dagster.core.store.lite_server import LiteServer
 
     state = LiteServer(settings.db.uri).stop()
     print(f"stopped Milvus Lite server pid {state.pid} on {state.uri}" if state else "no Milvus Lite server running")

@@ -14,11 +14,12 @@ import sys
 from dataclasses import asdict
 
 from feature_pipeline_dagster.cli.search import printable
+from feature_pipeline_dagster.core.search.duplicates import MIN_SCORE, find_duplicates, frame_collection
+from feature_pipeline_dagster.core.store.lite_server import start_lite_server
+from feature_pipeline_dagster.core.settings import load_settings
 
 
 def add_arguments(parser) -> None:
-    from feature_pipeline_dagster.core.search.duplicates import MIN_SCORE
-
     parser.add_argument("--json", action="store_true", help="the groups as a JSON list on stdout")
     parser.add_argument("--min-score", type=float, default=MIN_SCORE, metavar="COS",
                         help=f"the cosine two frames need to match (default {MIN_SCORE}, measured on the tests' "
@@ -26,10 +27,6 @@ def add_arguments(parser) -> None:
 
 
 def run_duplicates(args) -> int:
-    from feature_pipeline_dagster.core.search.duplicates import find_duplicates, frame_collection
-    from feature_pipeline_dagster.core.settings import load_settings
-    from feature_pipeline_dagster.core.store.lite_server import start_lite_server
-
     if not 0 < args.min_score <= 1:
         print(f"error: --min-score is a cosine in (0, 1], got {args.min_score}", file=sys.stderr)
         return 2

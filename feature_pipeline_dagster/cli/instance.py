@@ -9,6 +9,7 @@ from pathlib import Path
 
 from feature_pipeline_dagster.core.errors import ConfigError
 from feature_pipeline_dagster.core.settings import Settings
+from feature_pipeline_dagster.core.videos import list_videos, partition_key
 
 DEFAULT_DAGSTER_HOME = ".dagster"
 FOLDER_MARKER = "feature_pipeline_folder.json"
@@ -59,8 +60,7 @@ def instance_yaml(runs_per_device: int, template: Path = INSTANCE_TEMPLATE) -> s
 
 
 def register_videos(settings: Settings, instance) -> dict[str, object]:
-    """Add a partition for every video not yet known; returns key -> VideoFile."""
-    from feature_pipeline_dagster.core.videos import list_videos, partition_key
+    """Add a partition for every video not yet known; returns key -> FolderEntry."""
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}

@@ -16,6 +16,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from feature_pipeline_dagster.core.search.moments import BY, DEFAULT_GAP_S
+from feature_pipeline_dagster.core.errors import SearchError
+from feature_pipeline_dagster.core.search import search
+from feature_pipeline_dagster.core.settings import load_settings
+from feature_pipeline_dagster.core.store.lite_server import start_lite_server
+from feature_pipeline_dagster.core.models.weights import warned_elsewhere
 
 
 def add_arguments(parser) -> None:
@@ -36,14 +41,8 @@ def add_arguments(parser) -> None:
 
 
 def run_search(args) -> int:
-    from feature_pipeline_dagster.core.errors import SearchError
-    from feature_pipeline_dagster.core.search import search
-    from feature_pipeline_dagster.core.settings import load_settings
-
     if (args.text is None) == (args.image is None):
         raise SearchError('give a text query ("a red car") or --image FILE, not both or neither')
-    from feature_pipeline_dagster.core.models.weights import warned_elsewhere
-    from feature_pipeline_dagster.core.store.lite_server import start_lite_server
 
     settings = load_settings()
     start_lite_server(settings.db)

@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from feature_pipeline_dagster.core.videos import VideoFile, partition_key
+from feature_pipeline_dagster.core.videos import FolderEntry, partition_key
 
 
 @dataclass
 class FolderChanges:
-    new: list[tuple[str, VideoFile]] = field(default_factory=list)  # no partition yet
-    changed: list[tuple[str, VideoFile]] = field(default_factory=list)  # re-embed (or never embedded)
-    lost: list[tuple[str, VideoFile]] = field(default_factory=list)  # handed out, but the database lacks its rows
+    new: list[tuple[str, FolderEntry]] = field(default_factory=list)  # no partition yet
+    changed: list[tuple[str, FolderEntry]] = field(default_factory=list)  # re-embed (or never embedded)
+    lost: list[tuple[str, FolderEntry]] = field(default_factory=list)  # handed out, but the database lacks its rows
     deleted: list[str] = field(default_factory=list)
     waiting: int = 0
     cursor: str = ""
@@ -36,7 +36,7 @@ class FolderChanges:
 AUDIT_SECONDS = 600.0  # a look at every file's rows costs 2 queries per 1000 videos per collection
 
 
-def diff_folder(listing: list[VideoFile], partitions: set[str], cursor: str | None, now: float,
+def diff_folder(listing: list[FolderEntry], partitions: set[str], cursor: str | None, now: float,
                 settle_seconds: float, embedded=lambda: set(), limit: int = 1000,
                 missing=None, busy=lambda: set(), audit_seconds: float = AUDIT_SECONDS) -> FolderChanges:
     """`embedded()` (called only when needed) gives the partitions already materialized;
@@ -46,7 +46,7 @@ def diff_folder(listing: list[VideoFile], partitions: set[str], cursor: str | No
     seen, pending = state["seen"], state["pending"]
     changes = FolderChanges()
     present: set[str] = set()
-    settled: list[tuple[str, VideoFile]] = []
+    settled: list[tuple[str, FolderEntry]] = []
     materialized = None
     for video in listing:
         key = partition_key(video.relpath)

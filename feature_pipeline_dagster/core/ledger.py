@@ -29,11 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, Settings
-from feature_pipeline_dagster.core.videos import VideoFile, content_digest
+from feature_pipeline_dagster.core.videos import FolderEntry, content_digest
+from feature_pipeline_dagster.core.models import code_version
 
 
 @dataclass(frozen=True)
-class VideoRecord:
+class LedgerRecord:
+    """A committed video's entry in the ledger (`<collection>_videos`)."""
+
     video_path: str
     fingerprint: str  # size-mtime: when it still matches, the digest is not read again
     content_digest: str
@@ -79,11 +82,9 @@ def failures_collection(rows: CollectionSpec) -> CollectionSpec:
     return _per_video_collection(rows, "failed", FieldSpec("error", "VARCHAR", max_length=ERROR_CHARS * 4))
 
 
-def failed_before(store, settings: Settings, videos: list[VideoFile]) -> dict[str, str]:
+def failed_before(store, settings: Settings, videos: list[FolderEntry]) -> dict[str, str]:
     """The relative paths of `videos` that failed for their content as they are now, with
     this code version, in any feature's collection: path -> the error they failed with."""
-    from feature_pipeline_dagster.core.models import code_version
-
     version, failed = code_version(settings), {}
     for feature in settings.model.features:
         records = store.recorded_failures(settings.collection_for(feature), [v.relpath for v in videos])
@@ -96,10 +97,8 @@ def failed_before(store, settings: Settings, videos: list[VideoFile]) -> dict[st
     return failed
 
 
-def done_in_every_collection(store, settings: Settings, videos: list[VideoFile]) -> set[str]:
+def done_in_every_collection(store, settings: Settings, videos: list[FolderEntry]) -> set[str]:
     """The relative paths of `videos` done in every feature's collection."""
-    from feature_pipeline_dagster.core.models import code_version
-
     version, done = code_version(settings), None
     for feature in settings.model.features:
         found = done_videos(store, settings.collection_for(feature), videos, version)
@@ -107,7 +106,7 @@ def done_in_every_collection(store, settings: Settings, videos: list[VideoFile])
     return done or set()
 
 
-def done_videos(store, spec: CollectionSpec, videos: list[VideoFile], code_version: str) -> set[str]:
+def done_videos(store, spec: CollectionSpec, videos: list[FolderEntry], code_version: str) -> set[str]:
     """The relative paths of `videos` whose current rows the store holds."""
     records = store.recorded_videos(spec, [v.relpath for v in videos])
     current = {}
@@ -124,7 +123,7 @@ def done_videos(store, spec: CollectionSpec, videos: list[VideoFile], code_versi
     return {path for path, rows in current.items() if store.count_rows(spec, path) == rows}
 
 
-def _digest(video: VideoFile) -> str | None:
+def _digest(video: FolderEntry) -> str | None:
     try:
         return content_digest(video.path)
     except OSError:

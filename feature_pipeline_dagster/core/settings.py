@@ -62,7 +62,7 @@ def _numbers(params: dict):
 
 
 def _search_ef(search: dict):
-    for name in ("ef", "ef_text"):  # HNSW's candidate list per query kind (core/store/milvus.py search_ef)
+    for name in ("ef", "ef_text"):  # HNSW's candidate list per query kind (core/store/milvus/store.py search_ef)
         value = search.get(name)
         if value is not None and not (type(value) is int and 1 <= value <= MAX_EF):
             return f".{name}", f"must be a whole number from 1 to {MAX_EF} (HNSW's candidate list), got {value!r}"
@@ -107,7 +107,7 @@ class FieldSpec:
 class IndexSpec:
     """`db.collections[].index`: the vector index and how searches walk it. The default,
     AUTOINDEX with no parameters, works on Milvus Lite and on every server; see the
-    README's "Milvus server: indexes at scale" for the choice at 10^8-10^9 rows."""
+    docs/operations.md "Milvus server: indexes at scale" for the choice at 10^8-10^9 rows."""
 
     type: str = key("the vector index (on Milvus Lite, one it cannot build is AUTOINDEX)", "AUTOINDEX",
                     choices=INDEX_TYPES, noun="index type", upper=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, Settings
+from feature_pipeline_dagster.core.summary import normalized_mean
 
 GRID = 8  # blocks per side of a signature
 POINTS = 8  # pixels read per block side: 64x64 of a frame, whatever its size
@@ -156,8 +157,6 @@ class ShotRows:
 
 def shot_rows(shots: list[Shot], vectors: np.ndarray, frame_ids: np.ndarray, timestamps_ms: np.ndarray) -> ShotRows:
     """Per shot: its frames' normalized mean vector, and the frame closest to it."""
-    from feature_pipeline_dagster.core.summary import normalized_mean
-
     means, picks = [], []
     for shot in shots:
         own = vectors[shot.first:shot.last + 1]

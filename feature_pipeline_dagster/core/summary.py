@@ -17,17 +17,6 @@ def summary_collection(settings: Settings) -> CollectionSpec:
     return CollectionSpec(f"{frames.name}_summary", tuple(f for f in frames.fields if f.name in keep))
 
 
-def owned_collections(settings: Settings) -> list[CollectionSpec]:
-    """Every collection the config writes: one per feature with its ledger and its failed
-    videos, the summary and the shots."""
-    from feature_pipeline_dagster.core.ledger import failures_collection, ledger_collection
-    from feature_pipeline_dagster.core.shots import segments_collection
-
-    features = [settings.collection_for(f) for f in settings.model.features]
-    return (features + [ledger_collection(spec) for spec in features] + [failures_collection(spec) for spec in features]
-            + [summary_collection(settings), segments_collection(settings)])
-
-
 @dataclass
 class SummaryRows:
     """The summary asset's output: each video's mean vector, for its collection."""

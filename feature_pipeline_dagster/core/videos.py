@@ -38,7 +38,9 @@ def relpath_of(key: str) -> str:
 
 
 @dataclass(frozen=True)
-class VideoFile:
+class FolderEntry:
+    """A video file as the folder listing found it: its name, size and modification time."""
+
     relpath: str  # POSIX path relative to video_input.path: what rows store as video_path
     path: Path
     size: int
@@ -66,7 +68,7 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def list_videos(video_input: VideoInput) -> list[VideoFile]:
+def list_videos(video_input: VideoInput) -> list[FolderEntry]:
     root = video_input.path.resolve()
     found = []
     for folder, dirs, files in os.walk(root):
@@ -81,7 +83,7 @@ def list_videos(video_input: VideoInput) -> list[VideoFile]:
                 stat = path.stat()
             except OSError:
                 continue
-            found.append(VideoFile(path.relative_to(root).as_posix(), path, stat.st_size, stat.st_mtime_ns))
+            found.append(FolderEntry(path.relative_to(root).as_posix(), path, stat.st_size, stat.st_mtime_ns))
     return found
 
 

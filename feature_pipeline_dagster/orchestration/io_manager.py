@@ -12,19 +12,22 @@ from __future__ import annotations
 
 from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.outcomes import RunReport
 from feature_pipeline_dagster.core.engine.run import EmbeddingRun
 from feature_pipeline_dagster.core.engine.writer import write_run
 from feature_pipeline_dagster.core.errors import PipelineError
-from feature_pipeline_dagster.core.shots import SegmentRows
+from feature_pipeline_dagster.core.shots import SegmentRows, segments_collection
 from feature_pipeline_dagster.core.store import new_generation
-from feature_pipeline_dagster.core.summary import SummaryRows
+from feature_pipeline_dagster.core.summary import SummaryRows, summary_collection
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.embeddings import asset_version
 from feature_pipeline_dagster.orchestration.failures import as_failure
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
+from feature_pipeline_dagster.core.engine.job import decode_vector
+from feature_pipeline_dagster.orchestration.checks import evaluate
+from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 
 
 class MilvusIOManager(ConfigurableIOManager):
@@ -87,12 +90,6 @@ class MilvusIOManager(ConfigurableIOManager):
         asset's materializations; the checks' evaluations as their own steps would make
         them, the failed videos named by `videos_complete`."""
         from dagster import AssetCheckEvaluation, AssetKey, DagsterEvent
-
-        from feature_pipeline_dagster.core.engine.job import decode_vector
-        from feature_pipeline_dagster.core.shots import segments_collection
-        from feature_pipeline_dagster.core.summary import summary_collection
-        from feature_pipeline_dagster.orchestration.checks import evaluate
-        from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 
         yield from _flush_materializations(context, written, asset_version(run.settings, run.spec))
         settings = run.settings

@@ -36,7 +36,7 @@ from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.folder_watch import diff_folder, held_keys, with_held
 from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
 from feature_pipeline_dagster.core.settings import Settings
-from feature_pipeline_dagster.core.summary import owned_collections
+from feature_pipeline_dagster.core.collections import owned_collections
 from feature_pipeline_dagster.core.videos import content_digest, list_videos, partition_key, relpath_of
 from feature_pipeline_dagster.orchestration.names import (
     CHECK_NAMES,
@@ -52,6 +52,7 @@ from feature_pipeline_dagster.orchestration.names import (
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 from feature_pipeline_dagster.orchestration.placement import device_tags, run_tags
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
+from feature_pipeline_dagster.core.ledger import done_in_every_collection, failed_before
 
 UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE,
                                                        DagsterRunStatus.CANCELED)]
@@ -162,8 +163,6 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
 def _done(settings: Settings, vector_store: VectorStoreResource, videos: list) -> set[str]:
     """Partition keys of the videos whose current rows the database holds, in every
     feature's collection (the database is the truth: core/ledger.py)."""
-    from feature_pipeline_dagster.core.ledger import done_in_every_collection
-
     store = vector_store.open()
     try:
         return {partition_key(path) for path in done_in_every_collection(store, settings, videos)}
@@ -174,8 +173,6 @@ def _done(settings: Settings, vector_store: VectorStoreResource, videos: list) -
 def _failed_before(settings: Settings, vector_store: VectorStoreResource, videos: list) -> set[str]:
     """Partition keys of the videos that failed for their content as they are now, with
     this code version: not asked for again until they change."""
-    from feature_pipeline_dagster.core.ledger import failed_before
-
     if not videos:
         return set()
     store = vector_store.open()

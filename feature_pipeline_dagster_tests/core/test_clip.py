@@ -29,7 +29,7 @@ def test_vectors_match_open_clip_reference(tiny_clip, frames):
     import open_clip
     from PIL import Image
 
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.batches import FrameBatch
 
     extractor = load_extractor(ModelSettings(name="CLIP", path=str(tiny_clip), source="folder"), "cpu")
     reference, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tiny_clip}")
@@ -102,7 +102,7 @@ def test_declared_row_fields_are_the_columns_embed_emits(tiny_clip, frames):
     """The registry holds CLIP to its declaration, and refuses a declaration that differs."""
     import dataclasses
 
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.batches import FrameBatch
     from feature_pipeline_dagster.core.models import FAMILIES
 
     extractor = load_extractor(ModelSettings(name="CLIP", path=str(tiny_clip), source="folder"), "cpu")

@@ -9,8 +9,8 @@ import pytest
 
 from feature_pipeline_dagster.core.decode.backends import DECODERS, resolve
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
+from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
 from feature_pipeline_dagster.core.errors import ConfigError, VideoError
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster_tests.core.test_decode import BACKENDS, write_vfr

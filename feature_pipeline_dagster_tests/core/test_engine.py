@@ -17,6 +17,7 @@ from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.summary import mean_of_pages
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 CLIPS = [f"clip{i}.mp4" for i in range(7)]
 
@@ -53,7 +54,7 @@ def engine(project):
 
 
 def stored(store, spec, name):
-    rows = store.fetch_video(spec, name, ("frame_id", "timestamp_ms", "generation"))
+    rows = stored_rows(store, spec, name, ("frame_id", "timestamp_ms", "generation"))
     return sorted((r["frame_id"], r["timestamp_ms"]) for r in rows), {r["generation"] for r in rows}
 
 
@@ -142,7 +143,7 @@ def test_a_patch_model_batch_is_bounded_by_its_rows_not_only_its_frames():
     never bound by it."""
     from types import SimpleNamespace
 
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.engine.run import ROWS_PER_BATCH, ModelStage
     from feature_pipeline_dagster.core.engine.job import EmbeddingJob
 
@@ -173,7 +174,7 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     """A model batch may hold two parts of one video (the rest of a split chunk, then its
     last chunk). The video goes to the writer once: closed once per part, its commit
     counted it twice and the run's progress counter ran out (a daemon run failed so)."""
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
+    from feature_pipeline_dagster.core.batches import FrameBatch
     from feature_pipeline_dagster.core.engine.run import ModelStage
     from feature_pipeline_dagster.core.engine.job import EmbeddingJob
     from feature_pipeline_dagster.core.engine.writer import RunWriter

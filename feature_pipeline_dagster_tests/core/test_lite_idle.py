@@ -12,11 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store.lite_server import LiteServer
-from feature_pipeline_dagster.core.store.milvus import MilvusStore
+from feature_pipeline_dagster.core.store.milvus.store import MilvusStore
 from feature_pipeline_dagster_tests.conftest import clip_config, stop_lite_server, write_config
+from feature_pipeline_dagster_tests import store_rows
 
 IDLE_MINUTES = 0.05  # 3 s
 
@@ -35,7 +36,7 @@ def open_store(config) -> MilvusStore:
 def write_rows(store: MilvusStore, config, video: str, rows: int) -> None:
     ids = np.arange(rows)
     batch = EmbeddingBatch(np.random.rand(rows, 32).astype(np.float32), {"frame_id": ids, "timestamp_ms": ids})
-    assert store.write_video(load_settings(config).db.collections[0], video, [batch], batch_size=rows) == rows
+    assert store_rows.write_rows(store, load_settings(config).db.collections[0], video, batch) == rows
 
 
 def wait_until_stopped(server: LiteServer, pid: int, within: float) -> float:

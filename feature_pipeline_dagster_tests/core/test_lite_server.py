@@ -19,8 +19,8 @@ WRITER = textwrap.dedent("""
     import sys, time
     import numpy as np
     from feature_pipeline_dagster.core.settings import load_settings
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
-    from feature_pipeline_dagster.core.store import store_for
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch
+    from feature_pipeline_dagster.core.store import new_generation, store_for
 
     config, name, batches, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     settings = load_settings(config)
@@ -33,7 +33,12 @@ WRITER = textwrap.dedent("""
             yield EmbeddingBatch(np.random.rand(10, 32).astype(np.float32), {"frame_id": ids, "timestamp_ms": ids})
             time.sleep(pause)
 
-    print(store.write_video(spec, name, rows(), batch_size=10))
+    generation, written = new_generation(), 0
+    for batch in rows():  # inserted as they come, committed at the end, as the engine's RunWriter does
+        store.insert(spec, batch, [name] * len(batch), generation)
+        written += len(batch)
+    store.commit(spec, [name], generation)
+    print(written)
 """)
 
 

@@ -17,13 +17,14 @@ import torch
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.settings import ModelSettings, load_settings
 from feature_pipeline_dagster.core.errors import ConfigError, ModelError
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
-from feature_pipeline_dagster.core.models.devices import model_dtype
+from feature_pipeline_dagster.core.batches import FrameBatch
+from feature_pipeline_dagster.core.models.tensors import model_dtype
 from feature_pipeline_dagster.core.decode.reader import VideoReader
 from feature_pipeline_dagster.core.models.navit import model as navit
 from feature_pipeline_dagster.core.models.navit.weights import make_random
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster_tests.conftest import clip_config, stop_lite_server, write_config
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 TINY_NAVIT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
 NAME = "VL3-SigLIP-NaViT"
@@ -342,7 +343,7 @@ def test_run_writes_every_patch_row_into_milvus(tmp_path, tiny_navit):
         try:
             spec = settings_.db.collections[0]
             assert store.count_rows(spec, "clip one.mp4") == frames * rows * cols
-            stored = store.fetch_video(spec, "clip one.mp4", ("frame_id", "row_idx", "col_idx"))
+            stored = stored_rows(store, spec, "clip one.mp4", ("frame_id", "row_idx", "col_idx"))
         finally:
             store.close()
         cells = {(r["frame_id"], r["row_idx"], r["col_idx"]) for r in stored}

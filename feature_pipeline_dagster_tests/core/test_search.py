@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
 from feature_pipeline_dagster.core.errors import SearchError
-from feature_pipeline_dagster.core.ledger import VideoRecord
+from feature_pipeline_dagster.core.ledger import LedgerRecord
 from feature_pipeline_dagster.core.models import code_version, load_extractor, load_text_encoder
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.search import Hit, Shot, group_by_shot, merge_hits, search
@@ -22,8 +22,9 @@ from feature_pipeline_dagster.core.search.patches import maxsim
 from feature_pipeline_dagster.core.search.query import encode_image, load_image
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import RowFilter, store_for
-from feature_pipeline_dagster.core.store.milvus import expression
+from feature_pipeline_dagster.core.store.milvus.filters import expression
 from feature_pipeline_dagster_tests.conftest import clip_config, write_config
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 VIDEOS = {"red car.mp4": 0, 'it\'s "quoted" [x].mp4': 1, "sub/third.mp4": 2}  # name -> seed
 
@@ -89,7 +90,7 @@ def test_image_query_path_equals_the_stored_frame_path(indexed, tmp_path):
     picture = tmp_path / "frame.png"  # lossless: the same pixels the decoder gave
     Image.fromarray(frame).save(picture)
     query, _ = encode_image(indexed.settings.model, "cpu", load_image(picture))
-    stored = [r for r in indexed.store.fetch_video(indexed.spec, "red car.mp4", ("frame_id",))
+    stored = [r for r in stored_rows(indexed.store, indexed.spec, "red car.mp4", ("frame_id",))
               if r["frame_id"] == frame_id]
     similarity = cos(query[0], np.asarray(stored[0]["embeddings"], np.float32))
     print(f"image query vs stored frame: cos {similarity:.7f}")
@@ -133,7 +134,7 @@ def test_text_queries_search_with_their_own_wider_ef(indexed, monkeypatch, tiny_
     gap) walks HNSW with `ef_text`, by default by the collection's rows (EF_TEXT), an image
     query with `ef`, each never under the rows a grouped search asks (10 videos x 8); the
     defaults, a larger collection's and a config's own values reach the real Milvus Lite."""
-    from feature_pipeline_dagster.core.store import milvus
+    from feature_pipeline_dagster.core.store.milvus import store as milvus
 
     sent = []
     real = indexed.store.client.search
@@ -168,7 +169,7 @@ def test_only_current_rows_answer(indexed):
     store.insert(spec, planted, ["red car.mp4"], generation=1)  # stale: older than the committed one
     store.insert(spec, planted, ["uncommitted.mp4"], generation=2)  # no ledger record
     store.insert(spec, planted, ["old model.mp4"], generation=3)
-    store.record_videos(spec, [VideoRecord("old model.mp4", "0-0", "d", "CLIP-0123456789ab", 1)], 3)
+    store.record_videos(spec, [LedgerRecord("old model.mp4", "0-0", "d", "CLIP-0123456789ab", 1)], 3)
     store._flush(spec)
     try:
         result = search(indexed.settings, image=frame, k=5, gap=0, store=store)

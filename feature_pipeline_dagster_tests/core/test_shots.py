@@ -11,6 +11,7 @@ from feature_pipeline_dagster.core.samples import write_edited_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.shots import boundaries, segments_collection
 from feature_pipeline_dagster.core.store import RowFilter, store_for
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 FIELDS = ("video_path", "start_ms", "end_ms", "first_frame_id", "last_frame_id", "frame_id", "timestamp_ms",
           "generation")
@@ -69,7 +70,7 @@ def test_each_shot_row_is_its_frames_mean_and_tiles_the_video(edited):
     for video in truth:
         shots = sorted(store.query_rows(segments_collection(settings), RowFilter(videos=(video,)),
                                         (*FIELDS, "embeddings")), key=lambda r: r["start_ms"])
-        stored = store.fetch_video(frames, video, ("frame_id", "timestamp_ms"))
+        stored = stored_rows(store, frames, video, ("frame_id", "timestamp_ms"))
         by_frame = {r["frame_id"]: np.asarray(r["embeddings"], np.float32) for r in stored}
         assert shots[0]["start_ms"] == 0 and shots[-1]["end_ms"] >= max(r["timestamp_ms"] for r in stored)
         assert all(a["end_ms"] == b["start_ms"] for a, b in zip(shots, shots[1:]))  # no gap, no overlap

@@ -7,12 +7,14 @@ import pytest
 
 from feature_pipeline_dagster.core.settings import ConfigError, load_settings
 from feature_pipeline_dagster.core.errors import VideoError
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
-from feature_pipeline_dagster.core.ledger import VideoRecord
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.ledger import LedgerRecord
 from feature_pipeline_dagster.core.store.lite_server import LiteServer
 from feature_pipeline_dagster.core.store import RowFilter, open_store, store_for
-from feature_pipeline_dagster.core.store.milvus import quote, rechunk, rows_per_request
+from feature_pipeline_dagster.core.store.milvus.client import rows_per_request
+from feature_pipeline_dagster.core.store.milvus.filters import quote
 from feature_pipeline_dagster_tests.conftest import clip_config, stop_lite_server, write_config
+from feature_pipeline_dagster_tests.store_rows import nearest, stored_rows, write_rows
 from feature_pipeline_dagster_tests.milvus_server import BACKEND, MilvusStandalone, backends
 
 INJECTION = '" or frame_id >= 0 or video_path == ".mp4'
@@ -52,34 +54,34 @@ def store_and_spec(request, tmp_path, tiny_clip, monkeypatch):
 
 def test_rewrite_replaces_rows_exactly(store_and_spec):
     store, spec = store_and_spec
-    assert store.write_video(spec, "a.mp4", [batch(7)], batch_size=3) == 7
-    assert store.write_video(spec, "b.mp4", [batch(4)], batch_size=3) == 4
-    assert store.write_video(spec, "a.mp4", [batch(3), batch(3, start=3)], batch_size=3) == 6
+    assert write_rows(store, spec, "a.mp4", batch(7)) == 7
+    assert write_rows(store, spec, "b.mp4", batch(4)) == 4
+    assert write_rows(store, spec, "a.mp4", batch(3), batch(3, start=3)) == 6
     assert store.count_rows(spec, "a.mp4") == 6 and store.count_rows(spec, "b.mp4") == 4
-    frame_ids = sorted(r["frame_id"] for r in store.fetch_video(spec, "a.mp4", ("frame_id",)))
+    frame_ids = sorted(r["frame_id"] for r in stored_rows(store, spec, "a.mp4", ("frame_id",)))
     assert frame_ids == list(range(6))
 
 
 def test_a_crash_between_insert_and_delete_is_recovered(store_and_spec):
     store, spec = store_and_spec
-    store.write_video(spec, "a.mp4", [batch(5)], batch_size=100)
+    write_rows(store, spec, "a.mp4", batch(5))
     # The new generation is in, the old not yet deleted: a duplicate, never a loss.
     store.insert(spec, batch(5, seed=1), ["a.mp4"] * 5, generation=1)
     assert store.count_rows(spec, "a.mp4") == 10
-    store.write_video(spec, "a.mp4", [batch(5, seed=2)], batch_size=100)
+    write_rows(store, spec, "a.mp4", batch(5, seed=2))
     assert store.count_rows(spec, "a.mp4") == 5
 
 
 def test_injection_file_name_touches_only_its_own_rows(store_and_spec):
     store, spec = store_and_spec
-    store.write_video(spec, "victim.mp4", [batch(4)], batch_size=10)
-    store.write_video(spec, INJECTION, [batch(2)], batch_size=10)
-    store.write_video(spec, INJECTION, [batch(3)], batch_size=10)
+    write_rows(store, spec, "victim.mp4", batch(4))
+    write_rows(store, spec, INJECTION, batch(2))
+    write_rows(store, spec, INJECTION, batch(3))
     assert store.count_rows(spec, INJECTION) == 3 and store.count_rows(spec, "victim.mp4") == 4
     store.delete_video(spec, INJECTION)
     assert store.count_rows(spec) == 4
-    store.write_video(spec, "a\nb.mp4", [batch(1)], batch_size=10)  # a newline, and a backslash + n:
-    store.write_video(spec, "a\\nb.mp4", [batch(2)], batch_size=10)  # two videos, never confused
+    write_rows(store, spec, "a\nb.mp4", batch(1))  # a newline, and a backslash + n:
+    write_rows(store, spec, "a\\nb.mp4", batch(2))  # two videos, never confused
     assert (store.count_rows(spec, "a\nb.mp4"), store.count_rows(spec, "a\\nb.mp4")) == (1, 2)
 
 
@@ -87,8 +89,8 @@ def test_injection_file_name_touches_only_its_own_rows(store_and_spec):
                                   "new\nline\ttab\r.mp4", "\\n not a newline.mp4", "x" * 251 + ".mp4"])
 def test_names_round_trip(store_and_spec, name):
     store, spec = store_and_spec
-    store.write_video(spec, name, [batch(2)], batch_size=10)
-    rows = store.fetch_video(spec, name, ("video_path",))
+    write_rows(store, spec, name, batch(2))
+    rows = stored_rows(store, spec, name, ("video_path",))
     assert {r["video_path"] for r in rows} == {name} and len(rows) == 2
 
 
@@ -110,15 +112,9 @@ def test_existing_collection_with_other_fields_is_named(tmp_path, tiny_clip, sto
 def test_search_finds_the_nearest_frame(store_and_spec):
     store, spec = store_and_spec
     rows = batch(6, seed=3)
-    store.write_video(spec, "s.mp4", [rows], batch_size=10)
-    hits = store.search(spec, rows.vectors[4], limit=2)
+    write_rows(store, spec, "s.mp4", rows)
+    hits = nearest(store, spec, rows.vectors[4], limit=2)
     assert hits[0]["frame_id"] == 4 and hits[0]["video_path"] == "s.mp4"
-
-
-def test_rechunk_gives_exact_sizes():
-    sizes = [len(b) for b in rechunk([batch(4), batch(1), batch(7), batch(2)], 5)]
-    assert sizes == [5, 5, 4]
-    assert [len(b) for b in rechunk([], 5)] == []
 
 
 def test_a_token_variable_that_is_not_set_is_named(tmp_path, tiny_clip):
@@ -133,7 +129,7 @@ def test_inserts_stay_under_the_request_limit_whatever_the_batch_size(store_and_
     assert rows_per_request(spec, limit_bytes=10_000) < 5
     big = rows_per_request(spec) + 5  # more rows than one request may carry
     rows = EmbeddingBatch(np.ones((big, 32), np.float32), {"frame_id": np.arange(big), "timestamp_ms": np.arange(big)})
-    assert store.write_video(spec, "big.mp4", [rows], batch_size=10**9) == big
+    assert write_rows(store, spec, "big.mp4", rows) == big
     assert store.count_rows(spec, "big.mp4") == big
 
 
@@ -158,9 +154,9 @@ def test_the_configured_index_and_partition_key(store_and_spec, tmp_path, tiny_c
         fields = {f["name"]: f for f in store.client.describe_collection(spec.name)["fields"]}
         assert fields["video_path"].get("is_partition_key") is True
         rows = batch(5, seed=4)
-        store.write_video(spec, "p.mp4", [rows], batch_size=10)
-        store.write_video(spec, "q.mp4", [batch(3, seed=5)], batch_size=10)
-        hits = store.search(spec, rows.vectors[2], limit=1)  # with the configured search parameters
+        write_rows(store, spec, "p.mp4", rows)
+        write_rows(store, spec, "q.mp4", batch(3, seed=5))
+        hits = nearest(store, spec, rows.vectors[2], limit=1)  # with the configured search parameters
         assert (hits[0]["video_path"], hits[0]["frame_id"]) == ("p.mp4", 2)
         assert (store.count_rows(spec, "p.mp4"), store.count_rows(spec, "q.mp4")) == (5, 3)
 
@@ -175,7 +171,7 @@ def test_a_server_commit_is_visible_at_once_without_a_flush(store_and_spec):
     store, spec = store_and_spec
     started = time.perf_counter()
     for i in range(3):
-        store.write_video(spec, "v.mp4", [batch(4 + i, seed=i)], batch_size=100)
+        write_rows(store, spec, "v.mp4", batch(4 + i, seed=i))
         assert store.count_rows(spec, "v.mp4") == 4 + i  # the new generation in, the old one gone
     writes = (time.perf_counter() - started) / 3
     started = time.perf_counter()
@@ -193,12 +189,12 @@ def test_a_search_store_finds_what_was_committed_before_it(store_and_spec, tmp_p
 
     store, spec = store_and_spec
     rows = batch(5, seed=11)
-    store.write_video(spec, "old.mp4", [rows], batch_size=10)
-    store.record_videos(spec, [VideoRecord("old.mp4", "1-1", "digest", "v1", 5)], generation=7)
+    write_rows(store, spec, "old.mp4", rows)
+    store.record_videos(spec, [LedgerRecord("old.mp4", "1-1", "digest", "v1", 5)], generation=7)
     time.sleep(0 if store.is_lite else 6)  # Lite is always current; a server's Bounded lag is at most 5 s
     search = open_store(store.uri, store._token, reads_may_lag=True)
     try:
-        assert [(h["video_path"], h["frame_id"]) for h in search.search(spec, rows.vectors[3], limit=1)] == [("old.mp4", 3)]
+        assert [(h["video_path"], h["frame_id"]) for h in nearest(search, spec, rows.vectors[3], limit=1)] == [("old.mp4", 3)]
         assert search.committed(spec, ["old.mp4"])["old.mp4"].generation == 7
         assert len(search.query_rows(spec, RowFilter(videos=("old.mp4",)), ("frame_id",))) == 5
     finally:
@@ -208,8 +204,8 @@ def test_a_search_store_finds_what_was_committed_before_it(store_and_spec, tmp_p
 def test_reads_past_a_plain_query_limit_come_whole(store_and_spec):
     """A read that fits one plain query takes one; past Milvus' 16384 rows it pages."""
     store, spec = store_and_spec
-    store.write_video(spec, "big.mp4", [batch(16390, seed=2)], batch_size=10_000)
-    store.write_video(spec, "small.mp4", [batch(3, seed=4)], batch_size=10)
+    write_rows(store, spec, "big.mp4", batch(16390, seed=2))
+    write_rows(store, spec, "small.mp4", batch(3, seed=4))
     big = store.query_rows(spec, RowFilter(videos=("big.mp4",)), ("frame_id",))
     assert sorted(r["frame_id"] for r in big) == list(range(16390))
     assert sorted(r["frame_id"] for r in store.query_rows(spec, RowFilter(videos=("small.mp4",)), ("frame_id",))) == [0, 1, 2]

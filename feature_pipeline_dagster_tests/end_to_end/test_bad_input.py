@@ -13,6 +13,7 @@ from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster_tests.conftest import readers_of
 from feature_pipeline_dagster_tests.core.test_decode import FOLDER_FAILED, FOLDER_FRAMES, FOLDER_PARTIAL, write_bad_folder
 from feature_pipeline_dagster_tests.end_to_end.test_end_to_end import cli
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 
 def test_a_folder_of_bad_files(project, tmp_path_factory):
@@ -46,7 +47,7 @@ def test_a_folder_of_bad_files(project, tmp_path_factory):
         spec = settings.db.collections[0]
         expected = {**FOLDER_FRAMES, **dict.fromkeys(FOLDER_PARTIAL, 4), "link.mp4": 0}
         assert {n: store.count_rows(spec, n) for n in expected} == expected
-        assert sorted(r["timestamp_ms"] for r in store.fetch_video(spec, "vfr.mp4", ("timestamp_ms",))) == [0, 1000, 2000, 3000]
+        assert sorted(r["timestamp_ms"] for r in stored_rows(store, spec, "vfr.mp4", ("timestamp_ms",))) == [0, 1000, 2000, 3000]
     finally:
         store.close()
 

@@ -20,7 +20,7 @@ from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.decode.reader import VideoReader
 from feature_pipeline_dagster.core.videos import partition_key
 from feature_pipeline_dagster.core.samples import write_video
-from feature_pipeline_dagster.core.store.milvus import MilvusStore
+from feature_pipeline_dagster.core.store.milvus.store import MilvusStore
 from feature_pipeline_dagster_tests.milvus_server import MilvusStandalone, backends
 
 HOST = "127.0.0.1"

@@ -25,9 +25,10 @@ import yaml
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.store import store_for
-from feature_pipeline_dagster.core.store.milvus import quote
+from feature_pipeline_dagster.core.store.milvus.filters import quote
 from feature_pipeline_dagster_tests.conftest import readers_of, subprocess_env
 from feature_pipeline_dagster_tests.milvus_server import BACKEND, backends
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 KILL_POINTS = 20  # as issue #5 asks; 30 cost CI 135 s more and found nothing new
 PLACED = 15  # 3 kills at each named stage; the last 5 spread in time
@@ -85,7 +86,7 @@ def run_again():
 
 
 def rows(store, spec, name):
-    found = store.fetch_video(spec, name, ("frame_id",))
+    found = stored_rows(store, spec, name, ("frame_id",))
     return len(found), len({r["frame_id"] for r in found})
 
 

@@ -13,7 +13,7 @@ from feature_pipeline_dagster.core.folder_watch import diff_folder
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
-from feature_pipeline_dagster.core.videos import VideoFile, list_videos
+from feature_pipeline_dagster.core.videos import FolderEntry, list_videos
 from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, RANGE_END_TAG, RANGE_START_TAG
 from feature_pipeline_dagster_tests.conftest import REPO
 
@@ -30,7 +30,7 @@ def sensor_of(defs):
 
 
 def video(name, size=100, mtime=0.0):
-    return VideoFile(name, None, size, int(mtime * 1e9))
+    return FolderEntry(name, None, size, int(mtime * 1e9))
 
 
 def test_files_settle_before_they_are_handed_out():

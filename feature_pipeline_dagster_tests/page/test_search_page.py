@@ -30,6 +30,7 @@ from feature_pipeline_dagster_tests.conftest import clip_config, write_config
 from feature_pipeline_dagster_tests.core.test_clip_export import frame_at, streams, video_packets
 from feature_pipeline_dagster_tests.end_to_end.test_ui import (CHROMIUM, CHROMIUM_ARGS, free_port, start, stop, tail,
                                                                wait_http)
+from feature_pipeline_dagster_tests.store_rows import stored_rows
 
 XSS = "<img src=x onerror=alert(1)>.mp4"
 VIDEOS = {"alpha.mp4": 0, XSS: 1, "sub/beta.mp4": 2}
@@ -323,7 +324,7 @@ def test_the_watch_page_shows_the_frames_the_run_embedded(project, sampling):
     try:
         report = embed_videos(settings, spec, store, load_extractor(settings.model, "cpu"), ["gop.mp4"], RunReport())
         assert not report.failed, report.failed
-        rows = store.fetch_video(spec, "gop.mp4", ("frame_id", "timestamp_ms"))
+        rows = stored_rows(store, spec, "gop.mp4", ("frame_id", "timestamp_ms"))
     finally:
         store.close()
     embedded = sorted((r["frame_id"], r["timestamp_ms"] / 1000) for r in rows)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_pipeline_dagster.core.errors import one_line
+from feature_pipeline_dagster.core.decode.backends.base import OpenFailed, key_before, packet_index, pyav_lines
 
 # "[h264 @ 0x..] error while decoding MB 3 5"; the pixel converter's warnings say
 # nothing about the data.
@@ -36,8 +37,6 @@ def sound_count(path: Path, ids: np.ndarray, key_frames_only: bool = False) -> t
     before the packet that logged damage or failed was sent."""
     import av
     import av.logging
-
-    from feature_pipeline_dagster.core.decode.backends.base import OpenFailed, key_before, packet_index, pyav_lines
 
     try:
         index = packet_index(path)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Iterator
 
 from feature_pipeline_dagster.core.decode.reader import VideoReader
+from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
 
 
 class LocalVideo:

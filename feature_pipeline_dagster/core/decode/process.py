@@ -26,8 +26,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from feature_pipeline_dagster.core.errors import VideoError, one_line
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
-from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoInfo
+from feature_pipeline_dagster.core.batches import FrameBatch
+from feature_pipeline_dagster.core.decode.reader import SamplingPlan, StreamInfo, VideoReader
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
@@ -37,7 +37,7 @@ class OpenVideo:
 
     def __init__(self, decoder: DecoderProcess, path: Path, answer: dict):
         self.decoder, self.path = decoder, path
-        self.info = VideoInfo(path, **{k: v for k, v in answer["info"].items() if k != "path"})
+        self.info = StreamInfo(path, **{k: v for k, v in answer["info"].items() if k != "path"})
         self.plan = SamplingPlan(np.asarray(answer["frame_ids"], np.int64),
                                  np.asarray(answer["timestamps_ms"], np.int64), bool(answer.get("key_frames_only")))
         self.partial: str | None = answer["partial"]
@@ -172,8 +172,6 @@ class _Complaints:
 
 
 def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> None:
-    from feature_pipeline_dagster.core.decode.reader import VideoReader
-
     reader = plan = None
     current = "video"
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from feature_pipeline_dagster.core.errors import VideoError, one_line
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.backends import open_backend, resolve
 from feature_pipeline_dagster.core.decode.backends.base import DecodeFailed, DecodeIndex, OpenFailed
 from feature_pipeline_dagster.core.decode.damage import damage_in, sound_count
@@ -127,7 +127,9 @@ class SamplingPlan:
 
 
 @dataclass(frozen=True)
-class VideoInfo:
+class StreamInfo:
+    """An opened video's stream as decoded: frames, rate, displayed size, the backend."""
+
     path: Path
     frame_count: int
     fps: float
@@ -181,7 +183,7 @@ class VideoReader:
             raise VideoError(f"{self.path}: damaged video stream at 0.0 s, no sound frame in it "
                              f"({self._reason(err)})") from None
         # What decoding the first frame logged is judged with the first batch.
-        self.info = VideoInfo(self.path, frame_count, float(self._reader.fps), int(width), int(height), self._decoder)
+        self.info = StreamInfo(self.path, frame_count, float(self._reader.fps), int(width), int(height), self._decoder)
 
     def _open(self, path: Path):
         return open_backend(self._decoder, path, self._device)

@@ -23,6 +23,8 @@ from feature_pipeline_dagster.core.errors import FileInFluxError, VideoError
 from feature_pipeline_dagster.core.settings import INT_RANGES, CollectionSpec, Settings
 from feature_pipeline_dagster.core.summary import normalized_mean
 from feature_pipeline_dagster.core.videos import content_digest, fingerprint, still_being_written
+from feature_pipeline_dagster.core.ledger import LedgerRecord
+from feature_pipeline_dagster.core.shots import frame_means, shot_rows, signatures, split_shots
 
 THUMBNAILS, THUMBNAIL_WIDTH = 8, 96
 
@@ -115,9 +117,7 @@ class EmbeddingJob:
 
     def record(self, code_version: str):
         """What the ledger keeps of this video once committed."""
-        from feature_pipeline_dagster.core.ledger import VideoRecord
-
-        return VideoRecord(self.relpath, fingerprint(self.stat.st_size, self.stat.st_mtime_ns), self.digest,
+        return LedgerRecord(self.relpath, fingerprint(self.stat.st_size, self.stat.st_mtime_ns), self.digest,
                            code_version, self.rows)
 
     def metadata(self, spec: CollectionSpec) -> dict:
@@ -162,15 +162,11 @@ class ShotTrack:
         self.rows = None  # ShotRows, once the video is whole
 
     def add_frames(self, frame_ids: np.ndarray, frames) -> None:
-        from feature_pipeline_dagster.core.shots import signatures
-
         started = time.perf_counter()
         self.signature_parts.append((np.asarray(frame_ids), signatures(frames)))
         self.seconds += time.perf_counter() - started
 
     def add_vectors(self, vectors: np.ndarray, frame_ids: np.ndarray, timestamps_ms: np.ndarray) -> None:
-        from feature_pipeline_dagster.core.shots import frame_means
-
         started = time.perf_counter()
         firsts, means = frame_means(vectors, frame_ids)  # a patch model: its rows of a frame as one
         self.vector_parts.append((frame_ids[firsts], timestamps_ms[firsts], means))
@@ -178,8 +174,6 @@ class ShotTrack:
 
     def finish(self, end_ms: int) -> None:
         """The video's shots, from the frames it embedded (in time order)."""
-        from feature_pipeline_dagster.core.shots import shot_rows, split_shots
-
         if not self.vector_parts:
             return
         started = time.perf_counter()

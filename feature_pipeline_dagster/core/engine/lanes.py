@@ -20,9 +20,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from feature_pipeline_dagster.core.decode.process import DecoderProcess, decoder_pool
-from feature_pipeline_dagster.core.engine.batches import FrameBatch
+from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
-from feature_pipeline_dagster.core.engine.stream import put_unless_stopped
 from feature_pipeline_dagster.core.engine.job import EmbeddingJob
 from feature_pipeline_dagster.core.errors import VideoError
 
@@ -38,6 +37,17 @@ class Decoded:
     @property
     def ended(self) -> bool:
         return self.frames is None and self.error is None
+
+
+def put_unless_stopped(ready: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put `item`, waiting for room; False (not put) once `stop` is set."""
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def decode_lanes(videos: int) -> int:

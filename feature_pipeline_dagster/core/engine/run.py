@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.job import EmbeddingJob, ShotTrack
@@ -34,6 +34,9 @@ from feature_pipeline_dagster.core.search.watch import Watch
 from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
 from feature_pipeline_dagster.core.shots import segments_of
 from feature_pipeline_dagster.core.store import VectorStore
+from feature_pipeline_dagster.core.models import FAMILIES, load_extractor
+from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
+from feature_pipeline_dagster.core.decode.local import LocalDecoder
 
 log = logging.getLogger("feature_pipeline.engine")
 
@@ -67,7 +70,6 @@ class EmbeddingRun:
         return segments_of(self.spec) if self.first_feature else None
 
     def __iter__(self) -> Iterator[StreamItem]:
-        from feature_pipeline_dagster.core.models import load_extractor
 
         if self.extractor is not None:
             yield from self._stream(self.extractor)
@@ -86,7 +88,6 @@ class EmbeddingRun:
 
     def _stream(self, extractor) -> Iterator[StreamItem]:
         """Decode, embed and check every video; raises `PipelineError` for a run-level fault."""
-        from feature_pipeline_dagster.core.models import FAMILIES
 
         settings, spec = self.settings, self.spec
         if extractor.dim != spec.vector_field.dim:
@@ -200,8 +201,6 @@ def local_decoders(settings: Settings, device: str, lanes: int) -> list | None:
     nvdec fails at once with one line, before any video."""
     if not settings.video_input.decode.in_process:
         return None
-    from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
-    from feature_pipeline_dagster.core.decode.local import LocalDecoder
 
     if why := unusable(device):
         raise ConfigError(f"{settings.source}: video_input.decoder: {why}")

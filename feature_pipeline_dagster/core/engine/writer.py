@@ -27,13 +27,16 @@ from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
 
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.job import EmbeddingJob
 from feature_pipeline_dagster.core.engine.outcomes import Embedded, Failed, Interrupted, Outcome, RunReport, emit
 from feature_pipeline_dagster.core.errors import PipelineError, VideoError
+from feature_pipeline_dagster.core.ledger import FailureRecord
+from feature_pipeline_dagster.core.models import code_version
 from feature_pipeline_dagster.core.settings import CollectionSpec
 from feature_pipeline_dagster.core.store import VectorStore, new_generation
-from feature_pipeline_dagster.core.store.milvus import rows_per_request
+from feature_pipeline_dagster.core.store.milvus.client import rows_per_request
+from feature_pipeline_dagster.core.videos import content_digest, fingerprint
 
 if TYPE_CHECKING:
     from feature_pipeline_dagster.core.engine.run import EmbeddingRun
@@ -75,7 +78,6 @@ def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = 
     failed alone, each with one outcome event into `report` and to `outcomes.listening`.
     Raises the `PipelineError` of a run-level fault (the model, the device, the database),
     `report` filled in as far as the run got."""
-    from feature_pipeline_dagster.core.models import code_version
 
     report = report if report is not None else RunReport()
     settings, spec, videos = run.settings, run.spec, run.videos
@@ -135,9 +137,6 @@ def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = 
 def failure_record(job: EmbeddingJob, err: VideoError, version: str):
     """What the ledger keeps of a video that failed for its content (core/ledger.py): the
     file as it was opened (or is now, if it never opened); None if it cannot be read."""
-    from feature_pipeline_dagster.core.ledger import FailureRecord
-    from feature_pipeline_dagster.core.videos import content_digest, fingerprint
-
     try:
         stat = job.stat or job.path.stat()
         digest = job.digest or content_digest(job.path)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from feature_pipeline_dagster.core.config_keys import Key
+from feature_pipeline_dagster.core.errors import ModelError
 
 if TYPE_CHECKING:
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
     from feature_pipeline_dagster.core.settings import ModelSettings, Settings
 
 PREPROCESSING_VERSION = "1"  # bump when preprocessing changes what a model sees
@@ -67,8 +68,6 @@ class ModelFamily:
 
     def check_columns(self, batch: EmbeddingBatch) -> None:
         """The columns `embed` emitted are the row fields this family declares."""
-        from feature_pipeline_dagster.core.errors import ModelError
-
         if set(batch.columns) != set(self.row_fields):
             raise ModelError(f"model {self.name} emitted columns {sorted(batch.columns)} but declares "
                              f"row fields {sorted(self.row_fields)}")
@@ -148,8 +147,6 @@ def _load(model: ModelSettings, device: str, keep_failure: bool) -> Extractor:
 @functools.lru_cache(maxsize=2)
 def load_text_encoder(model: ModelSettings, device: str) -> TextEncoder:
     """The family's text encoder (`text_tower` families only), sharing the extractor's weights."""
-    from feature_pipeline_dagster.core.errors import ModelError
-
     family = FAMILIES[model.name]
     if not family.text_tower:
         raise ModelError(f"model {model.name} has no text tower: search it with an image (--image)")

@@ -20,8 +20,11 @@ import numpy as np
 from feature_pipeline_dagster.core.errors import SearchError
 from feature_pipeline_dagster.core.search.moments import (BY, DEFAULT_GAP_S, Hit, Moment, Shot, group_by_shot,
                                                           merge_hits)
-from feature_pipeline_dagster.core.settings import Settings
-from feature_pipeline_dagster.core.store import RowFilter, VectorStore
+from feature_pipeline_dagster.core.settings import CONFIG_ENV, DEFAULT_CONFIG, Settings
+from feature_pipeline_dagster.core.store import RowFilter, VectorStore, store_for
+from feature_pipeline_dagster.core.models import FAMILIES, code_version
+from feature_pipeline_dagster.core.shots import segments_of
+from feature_pipeline_dagster.core.devices import run_devices
 
 GROUP_SIZE = 8  # hits per video a grouped search returns: a video's moments come from its best 8 frames
 REFINE_ROUNDS = 4  # searches at most, each excluding what the previous one found stale
@@ -48,7 +51,6 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
     seconds into the video; `by`: "shot", each shot holding hits is a moment (videos
     without shots: as "gap"), or "gap", hits within `gap` seconds join into one moment;
     `say`: told when the model loads (the first query of a process) and how long it took."""
-    from feature_pipeline_dagster.core.models import FAMILIES
     from feature_pipeline_dagster.core.search.query import encode_image, encode_text, load_image, load_query_model
 
     if (text is None) == (image is None):
@@ -74,8 +76,6 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
     picture = load_image(image) if image is not None else None  # a bad file fails before any model loads
     own_store = store is None
     if own_store:
-        from feature_pipeline_dagster.core.store import store_for
-
         store = store_for(settings.db, reads_may_lag=True)  # a search writes nothing: no wait for the newest writes
     try:
         result = SearchResult([], text if text is not None else _image_label(image), "", spec.name)
@@ -125,8 +125,6 @@ def searchable_version(settings: Settings, spec, store: VectorStore) -> str | No
     """This config's code version if the collection holds videos of it; None if it holds
     no committed video yet. A missing collection, or one written only by another code
     version (vectors that do not compare with this config's), is a `SearchError`."""
-    from feature_pipeline_dagster.core.models import FAMILIES, code_version
-
     model, version = settings.model, code_version(settings)
     if not store.exists(spec):
         raise SearchError(f"collection {spec.name} does not exist in {database(settings)}, the database of "
@@ -177,8 +175,6 @@ def current_rows(store: VectorStore, spec, vectors: np.ndarray, where: RowFilter
 def _shots(store: VectorStore, spec, hits: list[Hit], current: dict[str, int]) -> dict[str, list[Shot]]:
     """The shots of the hit videos, of their current generation only (the engine writes a
     video's shots with its frames, as one generation): one query."""
-    from feature_pipeline_dagster.core.shots import segments_of
-
     segments = segments_of(spec)
     videos = tuple(sorted({h.video_path for h in hits} & set(current)))
     if not videos or not store.exists(segments):
@@ -239,15 +235,11 @@ def config_named(settings: Settings) -> str:
     config is lost in a new shell, and a search then read the default."""
     import os
 
-    from feature_pipeline_dagster.core.settings import CONFIG_ENV, DEFAULT_CONFIG
-
     unnamed = settings.source == Path(DEFAULT_CONFIG) and not os.environ.get(CONFIG_ENV)
     return f"{settings.source}" + (f" (the default: neither --config nor {CONFIG_ENV} named one)" if unnamed else "")
 
 
 def _query_device(settings: Settings) -> str:
-    from feature_pipeline_dagster.core.devices import run_devices
-
     return run_devices(settings.gpus)[0]
 
 

@@ -38,7 +38,10 @@ import numpy as np
 
 from feature_pipeline_dagster.core.errors import SearchError
 from feature_pipeline_dagster.core.settings import Settings
-from feature_pipeline_dagster.core.store import RowFilter, VectorStore
+from feature_pipeline_dagster.core.store import RowFilter, VectorStore, store_for
+from feature_pipeline_dagster.core.search.api import current_rows, searchable_version
+from feature_pipeline_dagster.core.models import FAMILIES
+from feature_pipeline_dagster.core.models.weights import is_random
 
 MIN_SCORE = 0.995  # cosine a frame hit needs to count (measured: see above)
 MIN_FRACTION = 0.75  # of the shorter video's frames matched at one offset
@@ -92,13 +95,9 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None, store: 
     look for the duplicates of these only (a run's videos), against the whole library;
     `min_score`: the cosine a frame hit needs (`--min-score`: for other weights than the
     ones MIN_SCORE was measured on)."""
-    from feature_pipeline_dagster.core.search.api import searchable_version
-
     model, spec = settings.model, frame_collection(settings)
     own_store = store is None
     if own_store:
-        from feature_pipeline_dagster.core.store import store_for
-
         store = store_for(settings.db, reads_may_lag=True)
     try:
         result = DuplicatesResult([], spec.name)
@@ -126,8 +125,6 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None, store: 
 
 def frame_collection(settings: Settings):
     """The collection duplicates are looked for in: the first feature's, one row per frame."""
-    from feature_pipeline_dagster.core.models import FAMILIES
-
     model = settings.model
     spec = settings.collection_for(model.features[0])
     if FAMILIES[model.name].patch_grid:
@@ -139,8 +136,6 @@ def frame_collection(settings: Settings):
 def _pairs_of(store: VectorStore, spec, video: str, generation: int, version: str,
               period_s: float, min_score: float) -> list[DuplicatePair]:
     """The confirmed pairs of one video: its frames searched a page at a time."""
-    from feature_pipeline_dagster.core.search.api import current_rows
-
     name = spec.vector_field.name
     rows = store.query_rows(spec, RowFilter(videos=(video,), current=((video, generation),)),
                             ("timestamp_ms", name))
@@ -237,7 +232,5 @@ def _groups(pairs) -> list[DuplicateGroup]:
 
 def _random_weights(settings: Settings) -> bool:
     from pathlib import Path
-
-    from feature_pipeline_dagster.core.models.weights import is_random
 
     return settings.model.source == "folder" and is_random(Path(settings.model.path))

@@ -14,6 +14,8 @@ import numpy as np
 
 from feature_pipeline_dagster.core.errors import SearchError, one_line
 from feature_pipeline_dagster.core.settings import ModelSettings
+from feature_pipeline_dagster.core.models import FAMILIES, is_loaded, load_extractor, load_text_encoder
+from feature_pipeline_dagster.core.batches import FrameBatch
 
 MAX_QUERY_PIXELS = 64_000_000  # a decompression bomb is refused, not decoded
 
@@ -44,16 +46,12 @@ def load_image(image: str | Path | bytes | np.ndarray, name: str = "query image"
 
 def encode_image(model: ModelSettings, device: str, image: np.ndarray) -> tuple[np.ndarray, str]:
     """The query's vectors (one for CLIP, one per patch for NaViT) and the model's description."""
-    from feature_pipeline_dagster.core.models import load_extractor
-
     extractor = load_extractor(model, device)
     return embed_picture(extractor, image), extractor.description
 
 
 def embed_picture(extractor, image: np.ndarray) -> np.ndarray:
     """One picture through the extractor, as a decoded frame goes."""
-    from feature_pipeline_dagster.core.engine.batches import FrameBatch
-
     rows = extractor.embed(FrameBatch(image[None], np.zeros(1, np.int64), np.zeros(1, np.int64)))
     return np.asarray(rows.vectors, np.float32)
 
@@ -68,8 +66,6 @@ def load_query_model(model: ModelSettings, device: str, text: bool, say: Callabl
     """Load the query encoder (and the text tower for `text`) unless this process has it;
     `say` hears a line before (what loads, how long it takes) and the time it took after,
     so the first query's wait is not a silent one."""
-    from feature_pipeline_dagster.core.models import FAMILIES, is_loaded, load_extractor, load_text_encoder
-
     fresh = say is not None and not is_loaded(model, device)
     if fresh:
         estimate = LOAD_ESTIMATE_S.get(model.name)
@@ -84,7 +80,5 @@ def load_query_model(model: ModelSettings, device: str, text: bool, say: Callabl
 
 
 def encode_text(model: ModelSettings, device: str, text: str) -> tuple[np.ndarray, str]:
-    from feature_pipeline_dagster.core.models import load_text_encoder
-
     encoder = load_text_encoder(model, device)
     return np.asarray(encoder.encode([text]), np.float32), encoder.description

@@ -16,6 +16,8 @@ import numpy as np
 
 from feature_pipeline_dagster.core.errors import ConfigError, SearchError
 from feature_pipeline_dagster.core.settings import SavedSearch, Settings
+from feature_pipeline_dagster.core.search.query import embed_picture, load_image
+from feature_pipeline_dagster.core.models import load_text_encoder
 
 
 @dataclass
@@ -36,8 +38,6 @@ class Watch:
         cannot be embedded (an unreadable picture, no tokenizer) fails the run here, once."""
         if not settings.watch:
             return None
-        from feature_pipeline_dagster.core.models import load_text_encoder
-        from feature_pipeline_dagster.core.search.query import embed_picture
 
         images = pictures(settings)
         texts = [s.text for s in settings.watch if s.text is not None]
@@ -70,8 +70,6 @@ class Watch:
 def pictures(settings: Settings) -> dict[int, np.ndarray]:
     """The saved searches' pictures by index, read (PIL, no model): `run` reads them before
     anything starts, and a picture that cannot be read is one line naming its key."""
-    from feature_pipeline_dagster.core.search.query import load_image
-
     images = {}
     for i, saved in enumerate(settings.watch):
         if saved.image is not None:

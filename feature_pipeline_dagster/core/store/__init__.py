@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 from feature_pipeline_dagster.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch
     from feature_pipeline_dagster.core.settings import CollectionSpec, DbSettings
 
 
@@ -47,10 +47,6 @@ class VectorStore(Protocol):
 
     def ensure_collection(self, spec: CollectionSpec) -> None: ...
 
-    def write_video(self, spec: CollectionSpec, video_path: str, batches: Iterable[EmbeddingBatch],
-                    batch_size: int) -> int:
-        """Replace a video's rows with `batches`, crash-safely; returns the rows written."""
-
     def insert(self, spec: CollectionSpec, rows: EmbeddingBatch, video_paths: list[str], generation: int) -> None:
         """Rows of one or more videos as a new `generation` (not yet the videos' only rows)."""
 
@@ -74,13 +70,9 @@ class VectorStore(Protocol):
 
     def count_rows(self, spec: CollectionSpec, video_path: str | None = None) -> int: ...
 
-    def fetch_video(self, spec: CollectionSpec, video_path: str, fields: tuple[str, ...] = ()) -> list[dict]: ...
-
     def vector_pages(self, spec: CollectionSpec, video_path: str) -> Iterator[np.ndarray]: ...
 
     def count_videos(self, spec: CollectionSpec, video_paths: list[str]) -> int: ...
-
-    def search(self, spec: CollectionSpec, vector: np.ndarray, limit: int = 10) -> list[dict]: ...
 
     def exists(self, spec: CollectionSpec) -> bool:
         """Whether the collection exists (creates nothing)."""
@@ -113,7 +105,7 @@ def open_store(uri: str, token: str | None = None, lite_idle_minutes: float | No
     """A store for `uri`, connected on first use (a Lite server it starts stops itself
     after `lite_idle_minutes` without a client; None: 10). `reads_may_lag`: for search,
     reads that do not wait for a server's newest writes (see MilvusStore)."""
-    from feature_pipeline_dagster.core.store.milvus import MilvusStore
+    from feature_pipeline_dagster.core.store.milvus.store import MilvusStore
 
     return MilvusStore(uri, token, lite_idle_minutes, reads_may_lag)
 

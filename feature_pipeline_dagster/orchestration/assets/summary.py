@@ -13,7 +13,7 @@ video embedded later shows up in its own partition's line, not in the older one'
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Failure
 
 from feature_pipeline_dagster.core.engine.job import decode_vector
-from feature_pipeline_dagster.core.errors import PipelineError
+from feature_pipeline_dagster.core.errors import PipelineError, SearchError
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.summary import SummaryRows, mean_of_pages, summary_collection
 from feature_pipeline_dagster.core.videos import relpath_of
@@ -22,6 +22,7 @@ from feature_pipeline_dagster.orchestration.failures import as_failure
 from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
 from feature_pipeline_dagster.orchestration.names import SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
+from feature_pipeline_dagster.core.search.duplicates import find_duplicates
 
 
 def build_summary_asset(settings: Settings) -> AssetsDefinition:
@@ -64,9 +65,6 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
 def _duplicates(context: AssetExecutionContext, settings: Settings, videos: list[str], store) -> dict[str, str]:
     """Each video's near-duplicates in one line. Where they cannot be looked for (a NaViT
     config has no frame vectors) the run's log says why and the summary goes on."""
-    from feature_pipeline_dagster.core.errors import SearchError
-    from feature_pipeline_dagster.core.search.duplicates import find_duplicates
-
     try:
         found = find_duplicates(settings, videos, store)
     except SearchError as err:

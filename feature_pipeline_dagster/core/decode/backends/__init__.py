@@ -14,6 +14,8 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+from feature_pipeline_dagster.core.errors import one_line
+
 DECODERS = ("auto", "decord", "torchcodec", "pyav", "nvdec")
 SAMPLINGS = ("fps", "keyframes", "nearest")
 _MODULES = {
@@ -32,7 +34,6 @@ def torchcodec_loads() -> str | None:
     try:
         importlib.import_module("torchcodec.decoders")
     except Exception as err:  # RuntimeError: no libavutil.so.N it was built for, or a torch mismatch
-        from feature_pipeline_dagster.core.errors import one_line
 
         return f"torchcodec cannot load its FFmpeg libraries ({one_line(err)})"
     return None

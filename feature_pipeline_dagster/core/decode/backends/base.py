@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_pipeline_dagster.core.errors import one_line
+
 
 class OpenFailed(Exception):
     """The backend cannot open the file. `no_stream`: it holds no video stream (no
@@ -229,8 +231,6 @@ def rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 
 def _ffmpeg_line(err: BaseException) -> str:
-    from feature_pipeline_dagster.core.errors import one_line
-
     return one_line(err)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from feature_pipeline_dagster.core.decode.backends.base import (
     Backend, DecodeFailed, OpenFailed, display_rotation, packet_index,
 )
-from feature_pipeline_dagster.core.errors import one_line
+from feature_pipeline_dagster.core.errors import VideoError, one_line
 
 
 def unusable(device: str | None) -> str | None:
@@ -84,8 +84,6 @@ class NvdecBackend(Backend):
 
 
 def open_video(path: Path, device: str | None = None) -> NvdecBackend:
-    from feature_pipeline_dagster.core.errors import VideoError
-
     if why := unusable(device):
         raise VideoError(f"video_input.decoder: {why}")
     return NvdecBackend(path, device)

@@ -14,6 +14,7 @@ import numpy as np
 
 from feature_pipeline_dagster.core.decode.backends.base import Backend, DecodeFailed, OpenFailed, packet_index
 from feature_pipeline_dagster.core.errors import VideoError, one_line
+from feature_pipeline_dagster.core.decode.backends import torchcodec_loads
 
 AV_LOG_INFO = 32  # FFmpeg's default level, the one decord leaves in place
 
@@ -76,8 +77,6 @@ def _ffmpeg_log_level(level: int) -> None:
 
 
 def open_video(path: Path, device: str | None = None) -> TorchcodecBackend:
-    from feature_pipeline_dagster.core.decode.backends import torchcodec_loads
-
     if why := torchcodec_loads():
         raise VideoError(f"video_input.decoder torchcodec: {why}")
     return TorchcodecBackend(path)

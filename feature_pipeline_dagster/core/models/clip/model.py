@@ -8,6 +8,8 @@ normalize): torchvision's antialiased uint8 resize matches PIL where a float
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import threading
 from contextlib import contextmanager
@@ -16,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError, one_line
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.core.models.devices import model_dtype, to_device, torch_device
+from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
+from feature_pipeline_dagster.core.models.tensors import model_dtype, to_device, torch_device
 from feature_pipeline_dagster.core.models.weights import fetch_first_file, labelled
+
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.settings import ModelSettings  # annotations only: settings sits above models
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 

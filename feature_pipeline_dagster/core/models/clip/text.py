@@ -10,6 +10,8 @@ queries offline once the weights are local.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,11 @@ import torch
 
 from feature_pipeline_dagster.core.errors import ModelError, one_line
 from feature_pipeline_dagster.core.models.clip.model import open_clip_quiet
-from feature_pipeline_dagster.core.settings import ModelSettings
+from feature_pipeline_dagster.core.models.weights import fetch_first_file
+from feature_pipeline_dagster.core.models import load_extractor
+
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.settings import ModelSettings  # annotations only: settings sits above models
 
 
 def tokenizer_source(model: ModelSettings) -> str:
@@ -26,8 +32,6 @@ def tokenizer_source(model: ModelSettings) -> str:
         return f"local-dir:{model.path}"
     if model.path.startswith("hf-hub:"):
         from open_clip.constants import HF_CONFIG_NAME
-
-        from feature_pipeline_dagster.core.models.weights import fetch_first_file
 
         repo = model.path.removeprefix("hf-hub:")
         config = fetch_first_file(model.path, repo, [HF_CONFIG_NAME], f"CLIP {model.arch}")
@@ -51,8 +55,6 @@ class ClipTextEncoder:
 
 def load_text(model: ModelSettings, device: str) -> ClipTextEncoder:
     import open_clip
-
-    from feature_pipeline_dagster.core.models import load_extractor
 
     extractor = load_extractor(model, device)  # the same weights, loaded once per process
     if getattr(extractor.model, "encode_text", None) is None:

@@ -8,13 +8,17 @@ so loading it never unpickles anything.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from dataclasses import asdict
 from pathlib import Path
 
-from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError
 from feature_pipeline_dagster.core.models.weights import RANDOM_NOTICE, fetch_from_hub, mark_random
+
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.settings import ModelSettings  # annotations only: settings sits above models
 
 
 def save_folder(clip_model, model_cfg: dict, dest: Path, random: bool = False) -> Path:

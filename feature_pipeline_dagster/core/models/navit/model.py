@@ -19,6 +19,8 @@ COSINE index normalizes at search time, and the norm stays available to whoever 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import math
 from dataclasses import dataclass
@@ -27,12 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError, VideoError, one_line
-from feature_pipeline_dagster.core.engine.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.core.models.devices import model_dtype, to_device, torch_device
+from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
+from feature_pipeline_dagster.core.models.tensors import model_dtype, to_device, torch_device
 from feature_pipeline_dagster.core.models.navit.weights import HUB_FILES, LABEL
 from feature_pipeline_dagster.core.models.weights import fetch_from_hub, labelled
+
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.settings import ModelSettings  # annotations only: settings sits above models
 
 
 # model_type of the hub checkpoint's (remote) config, and of the native config.

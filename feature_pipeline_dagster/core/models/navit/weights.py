@@ -10,12 +10,16 @@ class, so loading it strictly into `VideoLlama3VisionModel` proves the names agr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 from pathlib import Path
 
-from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.errors import ModelError
 from feature_pipeline_dagster.core.models.weights import fetch_from_hub, mark_random
+
+if TYPE_CHECKING:
+    from feature_pipeline_dagster.core.settings import ModelSettings  # annotations only: settings sits above models
 
 HUB_REPO = "DAMO-NLP-SG/VL3-SigLIP-NaViT"
 LABEL = "VL3-SigLIP-NaViT"  # what names the model in messages
