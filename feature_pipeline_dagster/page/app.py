@@ -20,9 +20,23 @@ from __future__ import annotations
 
 import sys
 import threading
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
+
+from feature_pipeline_dagster.core.errors import PipelineError, VideoError
+from feature_pipeline_dagster.core.models import FAMILIES, load_extractor
+from feature_pipeline_dagster.core.models.weights import warned_elsewhere
+from feature_pipeline_dagster.core.search import search
+from feature_pipeline_dagster.core.search.api import query_device
 from feature_pipeline_dagster.core.search.moments import BY, DEFAULT_GAP_S
+from feature_pipeline_dagster.core.search.query import load_query_model
+from feature_pipeline_dagster.core.store import store_for
+from feature_pipeline_dagster.core.videos import folder_video
+from feature_pipeline_dagster.page import media, render
 from feature_pipeline_dagster.page.render import MAX_K, document, form, results, warning, watch_page
 
 SHUTDOWN_S = 2  # uvicorn's graceful shutdown: a streaming video does not hold Ctrl-C longer
@@ -69,15 +83,12 @@ class Page:
     @property
     def store(self):
         if self._store is None:
-            from feature_pipeline_dagster.core.store import store_for
 
             self._store = store_for(self.settings.db, reads_may_lag=True)
         return self._store
 
     @property
     def has_text_tower(self) -> bool:
-        from feature_pipeline_dagster.core.models import FAMILIES
-
         return FAMILIES[self.settings.model.name].text_tower
 
     def close(self) -> None:
@@ -88,13 +99,8 @@ class Page:
     def warm_up(self) -> None:
         """Load the model (and its text tower) before the first query, saying how long it
         takes: its seconds are paid at start, not by a visitor."""
-        from feature_pipeline_dagster.core.models import load_extractor
-        from feature_pipeline_dagster.core.models.weights import warned_elsewhere
-        from feature_pipeline_dagster.core.search.api import _query_device
-        from feature_pipeline_dagster.core.search.query import load_query_model
-
         warned_elsewhere(self.settings.model.path)  # the banner says it, once
-        model, device = self.settings.model, _query_device(self.settings)
+        model, device = self.settings.model, query_device(self.settings)
         load_query_model(model, device, self.has_text_tower, _say)
         extractor = load_extractor(model, device)
         if "RANDOM WEIGHTS" in extractor.description:
@@ -102,16 +108,11 @@ class Page:
                            "nothing beyond identical pictures"]
 
     def search(self, **query):
-        from feature_pipeline_dagster.core.search import search
-
         with self.lock:
             return search(self.settings, store=self.store, **query)
 
     def video(self, relpath: str) -> Path | None:
         """The file `relpath` names, if it is a video under the folder; else None."""
-        from feature_pipeline_dagster.core.errors import VideoError
-        from feature_pipeline_dagster.core.videos import folder_video
-
         try:
             return folder_video(self.settings.video_input, relpath)
         except VideoError:
@@ -124,13 +125,6 @@ def _say(line: str) -> None:
 
 
 def create_app(settings):
-    from contextlib import asynccontextmanager
-
-    from starlette.applications import Starlette
-    from starlette.routing import Route
-
-    from feature_pipeline_dagster.page import media, render
-
     page = Page(settings)
 
     @asynccontextmanager
@@ -155,10 +149,6 @@ async def home(request):
 
 
 async def search_route(request):
-    from starlette.concurrency import run_in_threadpool
-
-    from feature_pipeline_dagster.core.errors import PipelineError
-
     page = request.app.state.page
     image = None
     if request.method == "POST":
@@ -190,10 +180,6 @@ async def search_route(request):
 
 
 async def watch(request):
-    from starlette.concurrency import run_in_threadpool
-
-    from feature_pipeline_dagster.page.media import _playable, _segment_frames
-
     page = request.app.state.page
     relpath = request.query_params.get("v", "")
     path = page.video(relpath)
@@ -204,8 +190,8 @@ async def watch(request):
         end = max(start, float(request.query_params.get("e", start)))
     except ValueError:
         return document(request, warning("s and e are seconds"), "", status=400)
-    playable, codec = await run_in_threadpool(_playable, path)
-    frames = await run_in_threadpool(_segment_frames, page, path, start, end)
+    playable, codec = await run_in_threadpool(media.playable, path)
+    frames = await run_in_threadpool(media.segment_frames, page, path, start, end)
     body = watch_page(relpath, path, start, end, frames, playable, codec, page.settings.video_input.sample_fps)
     return document(request, body, f" - {relpath}")
 

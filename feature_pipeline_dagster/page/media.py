@@ -10,6 +10,14 @@ import functools
 import io
 from pathlib import Path
 
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse, Response
+
+from feature_pipeline_dagster.core.clips import export_clip
+from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
+from feature_pipeline_dagster.core.errors import PipelineError
+
 THUMB_WIDTH = 320
 MAX_CLIP_S = 600.0  # a download re-encodes at most 10 minutes: one request cannot hold the CPU for an hour
 WATCH_FRAMES = 12  # frames shown under the player (and instead of it)
@@ -18,9 +26,6 @@ PLAYABLE_CONTAINERS = {".mp4", ".m4v", ".mov", ".webm"}
 
 
 async def thumb(request):
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import Response
-
     page = request.app.state.page
     path = page.video(request.query_params.get("v", ""))
     try:
@@ -40,8 +45,6 @@ async def thumb(request):
 
 
 async def video(request):
-    from starlette.responses import FileResponse, Response
-
     path = request.app.state.page.video(request.query_params.get("v", ""))
     if path is None:
         return Response("not found", status_code=404, media_type="text/plain")
@@ -51,13 +54,6 @@ async def video(request):
 async def clip(request):
     """The moment `s`-`e` of `v` as an MP4 download (the same file `feature-pipeline clip` writes)."""
     import tempfile
-
-    from starlette.background import BackgroundTask
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import FileResponse, Response
-
-    from feature_pipeline_dagster.core.clips import export_clip
-    from feature_pipeline_dagster.core.errors import PipelineError
 
     path = request.app.state.page.video(request.query_params.get("v", ""))
     if path is None:
@@ -111,8 +107,6 @@ def _thumbnail(path: str, mtime_ns: int, frame: int, grid, cells) -> bytes:
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from feature_pipeline_dagster.core.decode.reader import SamplingPlan, VideoReader
-
     reader = VideoReader(path)
     try:
         if frame >= reader.info.frame_count:
@@ -133,13 +127,11 @@ def _thumbnail(path: str, mtime_ns: int, frame: int, grid, cells) -> bytes:
     return out.getvalue()
 
 
-def _segment_frames(page, path: Path, start: float, end: float) -> list[tuple[int, float]]:
+def segment_frames(page, path: Path, start: float, end: float) -> list[tuple[int, float]]:
     """(frame_id, seconds) of the sampled frames from `start` to `end`: the frames the run
     embedded (the configured sampling and decoder plan them; a GPU decoder's plan is its CPU
     twin's, the page decodes on the CPU), at most WATCH_FRAMES evenly spread."""
     import numpy as np
-
-    from feature_pipeline_dagster.core.decode.reader import VideoReader
 
     spec = page.settings.video_input.decode.on_cpu()
     try:
@@ -157,7 +149,7 @@ def _segment_frames(page, path: Path, start: float, end: float) -> list[tuple[in
     return [(int(plan.frame_ids[i]), float(seconds[i])) for i in inside]
 
 
-def _playable(path: Path) -> tuple[bool, str]:
+def playable(path: Path) -> tuple[bool, str]:
     """Whether browsers play it (codec and container), and its codec's name."""
     import av
 

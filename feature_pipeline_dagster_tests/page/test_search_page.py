@@ -313,7 +313,7 @@ def test_the_watch_page_shows_the_frames_the_run_embedded(project, sampling):
     import yaml
 
     from feature_pipeline_dagster.page.app import Page
-    from feature_pipeline_dagster.page.media import _segment_frames
+    from feature_pipeline_dagster.page.media import segment_frames
 
     config = yaml.safe_load(project.config.read_text())
     config["video_input"].update(sampling=sampling, max_shift_ms=200)
@@ -328,6 +328,6 @@ def test_the_watch_page_shows_the_frames_the_run_embedded(project, sampling):
     finally:
         store.close()
     embedded = sorted((r["frame_id"], r["timestamp_ms"] / 1000) for r in rows)
-    shown = _segment_frames(Page(settings), project.videos / "gop.mp4", 0.0, 6.0)
+    shown = segment_frames(Page(settings), project.videos / "gop.mp4", 0.0, 6.0)
     assert [f for f, _ in shown] == [f for f, _ in embedded]
     assert [round(t, 3) for _, t in shown] == [round(t, 3) for _, t in embedded]

@@ -91,7 +91,7 @@ def search(settings: Settings, text: str | None = None, image=None, k: int = 10,
                 result.warnings.append(f"no embedded video matches {videos!r}")
                 return result
             where = replace(where, videos=tuple(names))
-        device = device or _query_device(settings)
+        device = device or query_device(settings)
         load_query_model(model, device, text is not None, say)
         if text is not None:
             vectors, result.model = encode_text(model, device, text)
@@ -239,7 +239,7 @@ def config_named(settings: Settings) -> str:
     return f"{settings.source}" + (f" (the default: neither --config nor {CONFIG_ENV} named one)" if unnamed else "")
 
 
-def _query_device(settings: Settings) -> str:
+def query_device(settings: Settings) -> str:
     return run_devices(settings.gpus)[0]
 
 
