@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_pipeline_dagster.core.settings import NAVIT_MAX_TOKENS_PER_FRAME, ModelSettings
+from feature_pipeline_dagster.core.models.navit import MAX_TOKENS_PER_FRAME
+from feature_pipeline_dagster.core.settings import ModelSettings
 from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.models.navit import model as navit
 from feature_pipeline_dagster.core.models.navit.weights import make_random
@@ -27,7 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1280x720", help="frame WIDTHxHEIGHT (default 1280x720)")
     parser.add_argument("--frames", type=int, default=2, help="frames per timed batch (default 2)")
-    parser.add_argument("--max-tokens", type=int, default=NAVIT_MAX_TOKENS_PER_FRAME)
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS_PER_FRAME)
     parser.add_argument("--merge-sizes", default="1,2")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()

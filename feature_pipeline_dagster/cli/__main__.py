@@ -1,5 +1,3 @@
-import sys
+from feature_pipeline_dagster.cli import console
 
-from feature_pipeline_dagster.cli import main
-
-sys.exit(main())
+console()
