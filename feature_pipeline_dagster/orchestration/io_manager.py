@@ -13,6 +13,7 @@ from __future__ import annotations
 from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
 from feature_pipeline_dagster.core.batches import EmbeddingBatch
+from feature_pipeline_dagster.core.engine.job import decode_vector
 from feature_pipeline_dagster.core.engine.outcomes import RunReport
 from feature_pipeline_dagster.core.engine.run import EmbeddingRun
 from feature_pipeline_dagster.core.engine.writer import write_run
@@ -22,12 +23,11 @@ from feature_pipeline_dagster.core.store import new_generation
 from feature_pipeline_dagster.core.summary import SummaryRows, summary_collection
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.embeddings import asset_version
+from feature_pipeline_dagster.orchestration.checks import evaluate
 from feature_pipeline_dagster.orchestration.failures import as_failure
+from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
-from feature_pipeline_dagster.core.engine.job import decode_vector
-from feature_pipeline_dagster.orchestration.checks import evaluate
-from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 
 
 class MilvusIOManager(ConfigurableIOManager):

@@ -21,22 +21,22 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
-from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
-from feature_pipeline_dagster.core.engine.stopping import stop_requested
+from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
+from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
+from feature_pipeline_dagster.core.decode.local import LocalDecoder
 from feature_pipeline_dagster.core.engine.job import EmbeddingJob, ShotTrack
+from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
 from feature_pipeline_dagster.core.engine.outcomes import RunReport
+from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.writer import JobDone, JobFailed, Rows, StreamEnd, StreamItem, write_run
 from feature_pipeline_dagster.core.errors import ConfigError, DeviceMemoryError, ModelError, PipelineError, VideoError
 from feature_pipeline_dagster.core.leases import DeviceLease, acquire, busy_slots, scheduled
+from feature_pipeline_dagster.core.models import FAMILIES, load_extractor
 from feature_pipeline_dagster.core.search.watch import Watch
 from feature_pipeline_dagster.core.settings import CollectionSpec, Settings
 from feature_pipeline_dagster.core.shots import segments_of
 from feature_pipeline_dagster.core.store import VectorStore
-from feature_pipeline_dagster.core.models import FAMILIES, load_extractor
-from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
-from feature_pipeline_dagster.core.decode.local import LocalDecoder
 
 log = logging.getLogger("feature_pipeline.engine")
 
@@ -70,7 +70,6 @@ class EmbeddingRun:
         return segments_of(self.spec) if self.first_feature else None
 
     def __iter__(self) -> Iterator[StreamItem]:
-
         if self.extractor is not None:
             yield from self._stream(self.extractor)
             return
@@ -88,7 +87,6 @@ class EmbeddingRun:
 
     def _stream(self, extractor) -> Iterator[StreamItem]:
         """Decode, embed and check every video; raises `PipelineError` for a run-level fault."""
-
         settings, spec = self.settings, self.spec
         if extractor.dim != spec.vector_field.dim:
             raise ModelError(f"{extractor.description} gives {extractor.dim}-d vectors but collection {spec.name} "
