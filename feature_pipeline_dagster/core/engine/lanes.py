@@ -62,6 +62,12 @@ _DONE = object()
 # in batches alone let four 32-frame batches of 720p (350 MB) wait while a model on the CPU
 # worked, memory a long video reaches and a short one never does.
 QUEUE_BYTES = 32 * 1024 * 1024
+# Events waiting in the queue, at most: a short clip is two (its frames, its end), and the
+# model batches what waits when the queue runs dry. At 4, no more than two clips' frames
+# could wait: 300 clips of 3 s in model batches of 4.8 frames on average, 8.5 ms a frame
+# against the stand-in's 1.2 bare (bench_gpu_standin.py's clips, the core alone); at 64,
+# 10.5 frames a batch and 71 -> 85 sampled frames/s. Memory stays bounded by QUEUE_BYTES.
+QUEUE_EVENTS = 64
 
 
 class _Budget:
@@ -98,7 +104,7 @@ class _Raised:
 
 
 def decode_ahead(jobs: list[EmbeddingJob], open_job: Callable[[EmbeddingJob, DecoderProcess], None], batch_size: int,
-                 lanes: int, depth: int = 4, decoders: list | None = None) -> Iterator[Decoded | None]:
+                 lanes: int, depth: int = QUEUE_EVENTS, decoders: list | None = None) -> Iterator[Decoded | None]:
     """Every job's frame batches, then its end (or failure), lanes interleaved; None
     when nothing is ready at the moment (the consumer may use the pause). Closing the
     iterator stops the lanes at their next batch. `decoders`: one per lane (default:

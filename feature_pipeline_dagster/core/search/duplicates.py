@@ -10,7 +10,7 @@ window of one sample period holding the most distinct frames. The matched frames
 time range in each video; pairs join into groups by union-find.
 
 Cost per video is O(frames x CANDIDATE_VIDEOS x FRAMES_PER_VIDEO) hits, never all pairs;
-memory holds one video's rows and hits (14 MiB for 3600 512-d frames, bench_duplicates.py
+memory holds one batch of videos' rows and hits (14 MiB for 3600 512-d frames, bench_duplicates.py
 --long-frames), the ledger's names and generations (330 bytes a video of 30-character names,
 tracemalloc: 330 MB for a million videos, read in one listing) and the confirmed pairs.
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -111,11 +112,10 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None, store: 
         committed = store.committed(spec, videos, code_version=version)
         period_s = 1 / settings.video_input.sample_fps
         pairs: dict[tuple[str, str], DuplicatePair] = {}
-        for video in sorted(committed):
-            for pair in _pairs_of(store, spec, video, committed[video].generation, version, period_s, min_score):
-                key = (pair.a.video_path, pair.b.video_path)
-                if key not in pairs or (pair.frames, pair.score) > (pairs[key].frames, pairs[key].score):
-                    pairs[key] = pair
+        for pair in _pairs_among(store, spec, committed, version, period_s, min_score):
+            key = (pair.a.video_path, pair.b.video_path)
+            if key not in pairs or (pair.frames, pair.score) > (pairs[key].frames, pairs[key].score):
+                pairs[key] = pair
         result.groups = _groups(pairs.values())
         return result
     finally:
@@ -133,35 +133,59 @@ def frame_collection(settings: Settings):
     return spec
 
 
-def _pairs_of(store: VectorStore, spec, video: str, generation: int, version: str,
-              period_s: float, min_score: float) -> list[DuplicatePair]:
-    """The confirmed pairs of one video: its frames searched a page at a time."""
+def _pairs_among(store: VectorStore, spec, committed: dict, version: str, period_s: float,
+                 min_score: float) -> Iterator[DuplicatePair]:
+    """The confirmed pairs of `committed`'s videos. Their frames are read and searched
+    together, `QUERY_PAGE` frames a request, each frame asking for one more video than
+    `CANDIDATE_VIDEOS` so that its own video's group can be dropped: one request per page
+    instead of four per video (a run's 300 clips of 3 frames: 8 s of its summary step at
+    27 ms a video, bench_gpu_standin.py under py-spy). Memory holds one batch of videos
+    of at most `QUERY_PAGE` x 16 frames (a longer video alone), their hits and the ledger's rows."""
     name = spec.vector_field.name
-    rows = store.query_rows(spec, RowFilter(videos=(video,), current=((video, generation),)),
-                            ("timestamp_ms", name))
-    if not rows:
-        return []
-    rows.sort(key=lambda r: r["timestamp_ms"])
-    hits: dict[str, list[tuple[int, int, float]]] = {}  # other video -> (own ms, its ms, score)
-    for start in range(0, len(rows), QUERY_PAGE):
-        page = rows[start:start + QUERY_PAGE]
-        vectors = np.asarray([r[name] for r in page], np.float32)
-        found, _, _ = current_rows(store, spec, vectors, RowFilter(exclude=(video,)), version, CANDIDATE_VIDEOS,
-                                   FRAMES_PER_VIDEO)
-        for own, per in zip(page, found):
-            for hit in per:
-                if hit["score"] >= min_score and hit["video_path"] != video:
-                    hits.setdefault(hit["video_path"], []).append((own["timestamp_ms"], hit["timestamp_ms"],
-                                                                   hit["score"]))
-    if not hits:
-        return []
-    lengths = {path: record.rows for path, record in store.recorded_videos(spec, sorted(hits)).items()}
-    pairs = []
-    for other, matches in hits.items():
-        pair = aligned_pair(video, other, matches, len(rows), lengths.get(other, 0), period_s)
-        if pair is not None:
-            pairs.append(pair)
-    return pairs
+    lengths = {path: record.rows for path, record in store.recorded_videos(spec, sorted(committed)).items()}
+    for batch in _video_batches(sorted(committed), lengths, QUERY_PAGE * 16):
+        where = RowFilter(videos=tuple(batch), current=tuple((v, committed[v].generation) for v in batch))
+        rows = sorted(store.query_rows(spec, where, ("video_path", "timestamp_ms", name)),
+                      key=lambda r: (r["video_path"], r["timestamp_ms"]))
+        frames = Counter(r["video_path"] for r in rows)
+        hits: dict[str, dict[str, list[tuple[int, int, float]]]] = {}  # video -> other -> (own ms, its ms, score)
+        for start in range(0, len(rows), QUERY_PAGE):
+            page = rows[start:start + QUERY_PAGE]
+            vectors = np.asarray([r[name] for r in page], np.float32)
+            found, _, _ = current_rows(store, spec, vectors, RowFilter(), version, CANDIDATE_VIDEOS + 1,
+                                       FRAMES_PER_VIDEO)
+            for own, per in zip(page, found):
+                video, others = own["video_path"], []
+                for hit in per:
+                    if hit["video_path"] != video and hit["video_path"] not in others:
+                        others.append(hit["video_path"])
+                kept = set(others[:CANDIDATE_VIDEOS])
+                for hit in per:
+                    if hit["score"] >= min_score and hit["video_path"] in kept:
+                        hits.setdefault(video, {}).setdefault(hit["video_path"], []).append(
+                            (own["timestamp_ms"], hit["timestamp_ms"], hit["score"]))
+        unknown = sorted({other for per in hits.values() for other in per} - lengths.keys())
+        if unknown:
+            lengths.update((path, record.rows) for path, record in store.recorded_videos(spec, unknown).items())
+        for video, per in hits.items():
+            for other, matches in per.items():
+                pair = aligned_pair(video, other, matches, frames[video], lengths.get(other, 0), period_s)
+                if pair is not None:
+                    yield pair
+
+
+def _video_batches(videos: list[str], lengths: dict[str, int], most_frames: int) -> Iterator[list[str]]:
+    """`videos` in consecutive batches of at most `most_frames` recorded frames, a longer video alone."""
+    batch, held = [], 0
+    for video in videos:
+        frames = lengths.get(video, 0)
+        if batch and held + frames > most_frames:
+            yield batch
+            batch, held = [], 0
+        batch.append(video)
+        held += frames
+    if batch:
+        yield batch
 
 
 def aligned_pair(video: str, other: str, matches: list[tuple[int, int, float]], frames: int, other_frames: int,
