@@ -10,6 +10,8 @@ rows): downstream assets read what they need through the store resource.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
 from feature_pipeline_dagster.core.batches import EmbeddingBatch
@@ -62,7 +64,7 @@ class MilvusIOManager(ConfigurableIOManager):
             if written:  # videos committed before the fault stay whole: materialized, summarized, checked
                 yield from self._settle_partial_run(context, run, report, keys, written)
             raise as_failure(fault, videos_written=len(report.written)) from None
-        for key, meta in written.items():
+        for key, meta in written.items():  # each its own (the contact sheet first), so no entry is shared
             context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
         if report.failed or report.interrupted:
             yield from self._settle_partial_run(context, run, report, keys, written)
@@ -134,9 +136,8 @@ class MilvusIOManager(ConfigurableIOManager):
             raise as_failure(err) from None
         context.add_output_metadata({"videos": len(rows.means), "collection": rows.spec.name})
         keys = {relpath_of(key): key for key in context.asset_partition_keys}
-        for video, line in rows.duplicates.items():
-            context.step_context.add_asset_metadata({"duplicates": MetadataValue.text(line)}, context.asset_key,
-                                                    partition_key=keys[video])
+        report_partitions(context, {keys[video]: {"duplicates": MetadataValue.text(line)}
+                                    for video, line in rows.duplicates.items()})
 
     def _insert_summary(self, rows: SummaryRows) -> None:
         """Every video's row in one insert, then one commit (not a flush-delete-flush per video)."""
@@ -170,16 +171,37 @@ class MilvusIOManager(ConfigurableIOManager):
             finally:
                 store.close()
         keys = {relpath_of(key): key for key in context.asset_partition_keys}
-        for video, count in rows.shots.items():
-            context.step_context.add_asset_metadata(
-                {"shots": count, "collection": rows.spec.name,
-                 "written_by": "this step" if video in rows.to_write else "the embedding run"},
-                context.asset_key, partition_key=keys[video])
+        report_partitions(context, {keys[video]: {
+            "shots": count, "collection": rows.spec.name,
+            "written_by": "this step" if video in rows.to_write else "the embedding run"}
+            for video, count in rows.shots.items()})
 
     def load_input(self, context: InputContext):
         raise NotImplementedError(
             f"{context.upstream_output.asset_key.to_user_string()} lives in Milvus and is not loaded into memory: "
             "depend on it with deps=[...] and read it through the vector_store resource")
+
+
+def report_partitions(context: OutputContext, metadata: dict[str, dict]) -> None:
+    """Each partition's metadata (partition key -> its entries). An entry every partition
+    has, with the value most of them share, goes once into the output's metadata, which
+    each partition's materialization carries; the rest per partition. Dagster reads every
+    dynamic partition back on each per-partition call (3-14 ms a call on its SQLite storage
+    here): three calls a video in a run of short clips, bench_gpu_standin.py under py-spy."""
+    if not metadata:
+        return
+    shared = {}
+    for name in set.intersection(*(set(meta) for meta in metadata.values())):
+        values = Counter(repr(meta[name]) for meta in metadata.values())
+        shown, count = values.most_common(1)[0]
+        if count > 1:
+            shared[name] = next(meta[name] for meta in metadata.values() if repr(meta[name]) == shown)
+    if shared:
+        context.add_output_metadata(shared)
+    for key, meta in metadata.items():
+        own = {name: value for name, value in meta.items() if name not in shared or repr(value) != repr(shared[name])}
+        if own:
+            context.step_context.add_asset_metadata(own, context.asset_key, partition_key=key)
 
 
 def _ui_metadata(meta: dict) -> dict:
