@@ -136,7 +136,7 @@ class MilvusIOManager(ConfigurableIOManager):
             raise as_failure(err) from None
         context.add_output_metadata({"videos": len(rows.means), "collection": rows.spec.name})
         keys = {relpath_of(key): key for key in context.asset_partition_keys}
-        report_partitions(context, {keys[video]: {"duplicates": MetadataValue.text(line)}
+        _report_partitions(context, {keys[video]: {"duplicates": MetadataValue.text(line)}
                                     for video, line in rows.duplicates.items()})
 
     def _insert_summary(self, rows: SummaryRows) -> None:
@@ -171,7 +171,7 @@ class MilvusIOManager(ConfigurableIOManager):
             finally:
                 store.close()
         keys = {relpath_of(key): key for key in context.asset_partition_keys}
-        report_partitions(context, {keys[video]: {
+        _report_partitions(context, {keys[video]: {
             "shots": count, "collection": rows.spec.name,
             "written_by": "this step" if video in rows.to_write else "the embedding run"}
             for video, count in rows.shots.items()})
@@ -182,7 +182,7 @@ class MilvusIOManager(ConfigurableIOManager):
             "depend on it with deps=[...] and read it through the vector_store resource")
 
 
-def report_partitions(context: OutputContext, metadata: dict[str, dict]) -> None:
+def _report_partitions(context: OutputContext, metadata: dict[str, dict]) -> None:
     """Each partition's metadata (partition key -> its entries). An entry every partition
     has, with the value most of them share, goes once into the output's metadata, which
     each partition's materialization carries; the rest per partition. Dagster reads every
