@@ -33,7 +33,7 @@ from feature_pipeline_dagster.core.settings import CONFIG_ENV, ConfigError, conf
 from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.models import FAMILIES, preload, weights_module
 from feature_pipeline_dagster.core.models.tensors import check_devices
-from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
+from feature_pipeline_dagster.core.run_sizing import WARM_RUN_FRAMES, expected_frames, pack_runs
 from feature_pipeline_dagster.core.videos import list_videos, partition_key, relpath_of
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.models.weights import RANDOM_NOTICE
@@ -144,7 +144,7 @@ def _run(args) -> int:
 
     from feature_pipeline_dagster.cli.search import printable
     from feature_pipeline_dagster.core.engine.outcomes import Embedded, Interrupted
-    from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, videos_to_embed
+    from feature_pipeline_dagster.orchestration.local_runs import RUNNERS_PER_DEVICE, DeviceRuns, videos_to_embed
     from feature_pipeline_dagster.core.search.watch import pictures, report_lines
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
@@ -169,7 +169,8 @@ def _run(args) -> int:
     order = instance.get_dynamic_partitions(videos_partitions.name)
     work = {key: expected_frames(videos[key].path, settings.video_input.sample_fps, settings.video_input.max_frames)
             for key in todo}
-    runs = DeviceRuns(pack_runs(todo, order, work, len(devices)), devices, settings.logs_dir)
+    chunks = pack_runs(todo, order, work, RUNNERS_PER_DEVICE * len(devices), least=WARM_RUN_FRAMES)
+    runs = DeviceRuns(chunks, devices, settings.logs_dir)
     done, failures, partial, rows = set(), {}, {}, 0  # failures: message -> videos
     matches: dict[str, list] = {}  # saved search -> (video, its best frame)
     signals = []

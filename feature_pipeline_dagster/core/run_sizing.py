@@ -9,6 +9,10 @@ no decoder library, so the sensor can afford it), not by a count of files:
 - `MIN_RUN_FRAMES`: work is split over several devices only in parts of at least this
   much (20 x a 6 s start-up at the ~200 sampled frames/s the GPU stand-in sustains on this
   2-core machine, bench/bench_gpu_standin.py); below it, one run does it all.
+- `WARM_RUN_FRAMES`: the same rule for `run`, whose runs go to processes already warm,
+  two per device (orchestration/local_runs.py): 20 x the 0.7 s a Dagster run's set-up
+  costs there, at the 107 sampled frames/s the stand-in's engine sustains here (the core
+  alone over 1000 clips, bench_gpu_standin.py).
 - `MAX_RUN_FRAMES` / `MAX_RUN_VIDEOS`: the upper bound on one run, which keeps one
   failure's reach small: a run-level fault (the database gone, the device lost) fails at
   most this many videos at once (rows already committed stay; the writer commits every
@@ -25,6 +29,7 @@ import struct
 from pathlib import Path
 
 MIN_RUN_FRAMES = 24_000
+WARM_RUN_FRAMES = 1_500
 MAX_RUN_FRAMES = 200_000
 MAX_RUN_VIDEOS = 5_000
 UNKNOWN_FRAMES = 10
@@ -78,10 +83,12 @@ def expected_frames(path: Path, sample_fps: float, max_frames: int | None) -> in
     return min(frames, max_frames) if max_frames else frames
 
 
-def pack_runs(todo: list[str], order: list[str], work: dict[str, int], parts: int) -> list[list[str]]:
+def pack_runs(todo: list[str], order: list[str], work: dict[str, int], parts: int,
+              least: int | None = None) -> list[list[str]]:
     """Ranged runs for the keys `todo`: each consecutive in `order` (a range covers every
     partition between its ends), as few as the upper bound allows, split in up to `parts`
-    (the devices free to take them) while each part keeps `MIN_RUN_FRAMES` of work."""
+    (the runners free to take them) while each part keeps `least` frames of work
+    (default `MIN_RUN_FRAMES`)."""
     wanted = set(todo)
     spans, span = [], []
     for key in order:
@@ -93,7 +100,8 @@ def pack_runs(todo: list[str], order: list[str], work: dict[str, int], parts: in
     if span:
         spans.append(span)
     total = sum(work.get(k, UNKNOWN_FRAMES) for k in wanted)
-    runs = max(1, min(parts, total // MIN_RUN_FRAMES), math.ceil(total / MAX_RUN_FRAMES))
+    least = MIN_RUN_FRAMES if least is None else least
+    runs = max(1, min(parts, total // least), math.ceil(total / MAX_RUN_FRAMES))
     target = total / runs
     chunks = []
     for span in spans:

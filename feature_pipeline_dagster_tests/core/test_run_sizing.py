@@ -30,6 +30,15 @@ def test_small_work_is_one_run_however_many_devices():
     assert pack_runs(order, order, {k: 3 for k in order}, parts=4) == [order]
 
 
+def test_a_warm_runner_takes_a_part_worth_its_smaller_start_up():
+    """`run`'s runners are warm processes: WARM_RUN_FRAMES a part, not MIN_RUN_FRAMES."""
+    order = [f"{i}.mp4" for i in range(1000)]
+    work = {k: 3 for k in order}  # 3000 frames: one run at MIN_RUN_FRAMES, two at WARM_RUN_FRAMES
+    assert pack_runs(order, order, work, parts=2) == [order]
+    assert pack_runs(order, order, work, parts=2, least=run_sizing.WARM_RUN_FRAMES) == [order[:500], order[500:]]
+    assert pack_runs(order, order, work, parts=8, least=run_sizing.WARM_RUN_FRAMES) == [order[:500], order[500:]]
+
+
 def test_work_splits_over_devices_only_in_parts_worth_a_start_up(monkeypatch):
     monkeypatch.setattr(run_sizing, "MIN_RUN_FRAMES", 100)
     order = [f"{i}.mp4" for i in range(10)]

@@ -115,6 +115,35 @@ def test_run_on_two_devices_then_db_status_and_stop(project):
     assert "no Milvus Lite server running" in cli(project, "db", "stop").stdout
 
 
+def test_two_runs_on_one_device_take_it_in_turn(project):
+    """Two chunks on one device: one run in this process, the other in a worker process,
+    each video once, and the device lease held by one run at a time."""
+    from dagster import AssetKey, DagsterInstance
+
+    from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
+
+    for i in range(4):
+        write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=i)
+    cli(project, "run")
+    for i in (0, 2):  # changed: two ranges (a range covers every partition between its ends)
+        write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=10 + i)
+    result = cli(project, "run")
+    assert "embedded 2 of 2 video(s), 8 rows" in result.stderr, result.stderr
+    assert runs_count() == 3
+    assert [p.name.split("-")[1] for p in (project.root / "logs").glob("worker-*.log")] == ["cpu"]
+    settings = load_settings(project.config)
+    store = store_for(settings.db)
+    try:
+        assert [store.count_rows(settings.db.collections[0], f"v{i}.mp4") for i in range(4)] == [3, 4, 5, 6]
+    finally:
+        store.close()
+    with DagsterInstance.get() as instance:
+        keys = [partition_key("v0.mp4"), partition_key("v2.mp4")]
+        latest = latest_materializations(instance, AssetKey("video_embedding"), keys)
+        leases = sorted((m["lease_acquired_at"], m["lease_released_at"]) for m in map(metadata_values, latest.values()))
+    assert len(leases) == 2 and leases[0][1] <= leases[1][0], leases
+
+
 def test_models_download_without_a_network_is_one_line(project):
     import os
 
