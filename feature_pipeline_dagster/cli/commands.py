@@ -185,6 +185,8 @@ def _run(args) -> int:
         signals.append(signum)
         if len(signals) == 1:
             runs.stop()
+            print("\nstopping: the videos in progress are committed and recorded in Dagster first; Ctrl-C again "
+                  "to stop at once (the next run redoes what was not committed)", file=sys.stderr, flush=True)
         else:
             runs.kill()
             print(f"\n{interrupted_line()}", file=sys.stderr, flush=True)  # after the progress bar's line

@@ -122,6 +122,7 @@ class DeviceRuns:
             yield chunk
 
     def _drive_here(self, device: str) -> None:
+        _keep_ctrl_c_from_children()
         try:
             materialize_chunks(self._chunks(), device, self.results.put)
         except BaseException as err:  # handed to the caller
@@ -130,6 +131,7 @@ class DeviceRuns:
             self.results.put(None)
 
     def _drive_worker(self, device: str) -> None:
+        _keep_ctrl_c_from_children()
         worker = self._start_worker(device)
         try:
             while (chunk := self._next_chunk()) is not None:
@@ -181,6 +183,15 @@ class DeviceRuns:
         with self.lock:
             for worker in self.workers:
                 worker.process.kill()
+
+
+def _keep_ctrl_c_from_children() -> None:
+    """Block SIGINT in this runner thread: the processes it starts (workers, decoders,
+    Dagster's log-capture helpers) inherit the mask, so a terminal's Ctrl-C, sent to the
+    whole process group, reaches only this process, whose main thread decides (a worker
+    hears it as SIGTERM). Dagster's `watch_orphans` helper printed a KeyboardInterrupt
+    traceback under the command's last line otherwise."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 class _Worker:
