@@ -6,9 +6,10 @@ model load) that on a GPU dwarfs the model time of a short clip: 50 clips of 3 s
 they will embed, read from each file's header (the ISO-BMFF `mvhd` box: a few KB read,
 no decoder library, so the sensor can afford it), not by a count of files:
 
-- `MIN_RUN_FRAMES`: work is split over several devices only in parts of at least this
-  much (20 x a 6 s start-up at the ~200 sampled frames/s the GPU stand-in sustains on this
-  2-core machine, bench/bench_gpu_standin.py); below it, one run does it all.
+- `MIN_RUN_FRAMES`: the sensor splits work over several devices only in parts of at
+  least this much, each run a new process (20 x a 6 s start-up at the ~200 sampled
+  frames/s the GPU stand-in sustains on this 2-core machine, bench/bench_gpu_standin.py);
+  below it, one run does it all.
 - `WARM_RUN_FRAMES`: the same rule for `run`, whose runs go to processes already warm,
   two per device (orchestration/local_runs.py): 20 x the 0.7 s a Dagster run's set-up
   costs there, at the 107 sampled frames/s the stand-in's engine sustains here (the core

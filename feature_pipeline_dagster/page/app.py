@@ -83,7 +83,6 @@ class Page:
     @property
     def store(self):
         if self._store is None:
-
             self._store = store_for(self.settings.db, reads_may_lag=True)
         return self._store
 
