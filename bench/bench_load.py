@@ -15,7 +15,8 @@ bench/results/load.json):
   rows            rows in Milvus, and the videos whose count differs from their sampled frames
   materialized    partitions with exactly one / more than one video_embedding materialization
   queue           max concurrent runs per device tag and in total, sampled and exact (from the
-                  runs' start/end times), against runs_per_device and max_concurrent_runs;
+                  runs' start/end times), against the queue's limit per device (runs_per_device
+                  and one waiting for its lease) and max_concurrent_runs;
                   peak queued runs
 and one verdict line per property.
 """
@@ -43,6 +44,7 @@ def project(root: Path, watched: Path, model: Path, devices: int) -> tuple[dict,
     """Config, DAGSTER_HOME and the environment for a fresh project under root."""
     sys.path.insert(0, str(REPO))
     from feature_pipeline_dagster.cli.instance import instance_yaml
+    from feature_pipeline_dagster.orchestration.placement import WAITING_RUNS_PER_DEVICE
     from feature_pipeline_dagster_tests.conftest import clip_config
 
     config = clip_config(root, model, watched)
@@ -52,7 +54,8 @@ def project(root: Path, watched: Path, model: Path, devices: int) -> tuple[dict,
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     home = root / "dagster_home"
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text(instance_yaml(config["runs_per_device"]))  # as `feature-pipeline` writes it
+    limit = config["runs_per_device"] + WAITING_RUNS_PER_DEVICE
+    (home / "dagster.yaml").write_text(instance_yaml(limit))  # as `feature-pipeline` writes it
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's dagster-daemon
     env = {**os.environ, "FEATURE_PIPELINE_CONFIG": str(root / "config.yaml"), "DAGSTER_HOME": str(home), "PATH": path}
     return config, env
@@ -182,7 +185,7 @@ def main() -> None:
                          "extra_keys": sorted(set(per_partition) - set(partitions))[:10]},
         "rows": {"total": total_rows, "expected": sum(expected.values()), "videos_wrong": len(wrong_rows),
                  "wrong_examples": dict(list(wrong_rows.items())[:10])},
-        "queue": {"runs_per_device": per_device_limit, "max_concurrent_runs": total_limit,
+        "queue": {"limit_per_device": per_device_limit, "max_concurrent_runs": total_limit,
                   "max_per_device_sampled": dict(sorted(peak_device.items())), "max_total_sampled": peak_total,
                   "max_per_device_exact": dict(sorted(exact_device.items())), "max_total_exact": exact_total,
                   "peak_queued": peak_queued},
@@ -192,7 +195,7 @@ def main() -> None:
         "partitions == videos": len(partitions) == len(expected) and {relpath_of(k) for k in partitions} == set(expected),
         "each embedded exactly once": once == len(expected) == len(per_partition),
         "rows exact": not wrong_rows and total_rows == sum(expected.values()),
-        "max per device <= runs_per_device": device_limits_ok,
+        "max per device <= the queue's limit": device_limits_ok,
         "max total <= max_concurrent_runs": max(peak_total, exact_total) <= total_limit,
     }
     figures["verdicts"] = verdicts

@@ -10,6 +10,7 @@ from pathlib import Path
 from feature_pipeline_dagster.core.errors import ConfigError
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.videos import list_videos, partition_key
+from feature_pipeline_dagster.orchestration.placement import device_queue_limit
 
 DEFAULT_DAGSTER_HOME = ".dagster"
 FOLDER_MARKER = "feature_pipeline_folder.json"
@@ -32,7 +33,7 @@ def instance_home(settings: Settings) -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve())))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists() and INSTANCE_TEMPLATE.exists():
-        (home / "dagster.yaml").write_text(instance_yaml(settings.runs_per_device))
+        (home / "dagster.yaml").write_text(instance_yaml(device_queue_limit(settings)))
     claim_folder(home, settings)
     return home
 
@@ -52,11 +53,11 @@ def claim_folder(home: Path, settings: Settings) -> None:
             f"partitions of {owner}: give each folder its own instance (export DAGSTER_HOME=<another folder>)")
 
 
-def instance_yaml(runs_per_device: int, template: Path = INSTANCE_TEMPLATE) -> str:
-    """The instance template (or deploy/dagster.yaml, the production one) with the config's
-    runs per device as the queue's limit per device tag."""
+def instance_yaml(queue_limit: int, template: Path = INSTANCE_TEMPLATE) -> str:
+    """The instance template (or deploy/dagster.yaml, the production one) with the queue's
+    limit per device tag (orchestration/placement.py: `device_queue_limit`)."""
     return template.read_text().replace(
-        "limit: 1  # runs_per_device", f"limit: {runs_per_device}  # runs_per_device")
+        "limit: 2  # runs_per_device + 1", f"limit: {queue_limit}  # runs_per_device + 1")
 
 
 def register_videos(settings: Settings, instance) -> dict[str, object]:

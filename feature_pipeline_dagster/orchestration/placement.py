@@ -2,9 +2,10 @@
 device however they were launched:
 
 - `local` (one host): the sensor tags each run with a device (`feature_pipeline/device:
-  cuda:1`), the run queue limits each tag value to `runs_per_device`, and the run takes a
-  file lease on its device (core/leases.py), which also covers the runs that bypass the
-  queue (`dagster asset materialize`, the UI's materialize, `feature-pipeline run`).
+  cuda:1`), the run queue limits each tag value to `runs_per_device` plus one run waiting
+  at the door (`WAITING_RUNS_PER_DEVICE`), and the run takes a file lease on its device
+  (core/leases.py), which keeps `runs_per_device` on it and also covers the runs that
+  bypass the queue (`dagster asset materialize`, the UI's materialize, `feature-pipeline run`).
 - `kubernetes`: Dagster's K8sRunLauncher starts each run as a Job whose pod requests one
   GPU (`nvidia.com/gpu: 1`, from this module's `dagster-k8s/config` tag); the NVIDIA
   device plugin gives a GPU to one container at a time, so the scheduler is the lease. The
@@ -57,9 +58,23 @@ def k8s_run_config(settings: Settings) -> dict:
     return {"container_config": container, **({"pod_spec_config": pod} if pod else {})}
 
 
+WAITING_RUNS_PER_DEVICE = 1
+"""Runs the local queue starts per device beyond its leases: such a run starts its process
+and loads its model while another has the device, then waits for the lease, so the device
+does not sit idle through each run's start-up (5-6 s) and Dagster bookkeeping (54 ms a short
+clip); the sensor's 1000 stand-in clips (bench_gpu_standin.py): see docs/performance.md."""
+
+
+def device_queue_limit(settings: Settings) -> int:
+    """The run queue's limit per device tag value (the instance's `tag_concurrency_limits`)."""
+    if settings.placement == "kubernetes":
+        return settings.kubernetes.gpus
+    return settings.runs_per_device + WAITING_RUNS_PER_DEVICE
+
+
 def queue_limits(settings: Settings) -> list[dict]:
     """The run queue's tag limits for this placement (the instance's
     `tag_concurrency_limits`; deploy/helm-values.yaml carries the kubernetes one)."""
     if settings.placement == "kubernetes":
-        return [{"key": DEVICE_TAG, "value": KUBERNETES_DEVICE, "limit": settings.kubernetes.gpus}]
-    return [{"key": DEVICE_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": settings.runs_per_device}]
+        return [{"key": DEVICE_TAG, "value": KUBERNETES_DEVICE, "limit": device_queue_limit(settings)}]
+    return [{"key": DEVICE_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": device_queue_limit(settings)}]

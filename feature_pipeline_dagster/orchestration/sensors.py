@@ -4,10 +4,10 @@ videos whose rows the database lacks (an audit every 10 minutes: rows deleted by
 another database or collection) run again, with a failed `rows_match_run` evaluation
 naming them so the UI shows why.
 
-Runs carry a device tag that the run queue limits per device; what is ready goes out
-when a device has a free slot, as ranged runs packed by work (one per free slot), and
-waits in the cursor while every device is busy, so one process and one model load serve
-many videos. Under `placement: kubernetes` a run's tags
+Runs carry a device tag that the run queue limits per device (its leases' slots and one
+run waiting at the door, placement.py); what is ready goes out when a device has a free
+slot, as ranged runs packed by work (one per free slot), and waits in the cursor while
+every device is busy, so one process and one model load serve many videos. Under `placement: kubernetes` a run's tags
 also ask dagster-k8s for a pod with one GPU (orchestration/placement.py). Never imports
 torch.
 """
@@ -50,7 +50,7 @@ from feature_pipeline_dagster.orchestration.names import (
     VIDEO_FILE,
 )
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
-from feature_pipeline_dagster.orchestration.placement import device_tags, run_tags
+from feature_pipeline_dagster.orchestration.placement import device_queue_limit, device_tags, run_tags
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 from feature_pipeline_dagster.core.ledger import done_in_every_collection, failed_before
 
@@ -58,12 +58,15 @@ UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS,
                                                        DagsterRunStatus.CANCELED)]
 
 
-def _free_slots(instance, settings: Settings, devices: list[str]) -> dict[str, int]:
-    """Per device tag, the runs the queue would start now: its limit less its unfinished
-    (queued or running) runs."""
-    limit = settings.kubernetes.gpus if settings.placement == "kubernetes" else settings.runs_per_device
-    return {d: max(0, limit - instance.get_runs_count(RunsFilter(tags={DEVICE_TAG: d}, statuses=UNFINISHED)))
+def _free_slots(instance, settings: Settings, devices: list[str]) -> list[str]:
+    """The runs the queue would start now, as their devices: per device tag its limit less
+    its unfinished (queued or running) runs, taken round the devices (the least busy first)
+    so that two runs go to two devices before a second one waits at either."""
+    limit = device_queue_limit(settings)
+    free = {d: max(0, limit - instance.get_runs_count(RunsFilter(tags={DEVICE_TAG: d}, statuses=UNFINISHED)))
             for d in devices}
+    order = sorted(devices, key=lambda d: -free[d])
+    return [d for i in range(limit) for d in order if free[d] > i]
 
 
 def _runs_for_free_devices(settings: Settings, instance, devices: list[str], request, order: list[str],
@@ -78,8 +81,7 @@ def _runs_for_free_devices(settings: Settings, instance, devices: list[str], req
     held.update({k: "new" for k, _ in changes.new})
     held.update({k: "changed" for k, _ in changes.changed})
     held.update({k: "lost" for k, _ in changes.lost})
-    free = _free_slots(instance, settings, devices)
-    slots = [d for d, n in sorted(free.items(), key=lambda item: -item[1]) for _ in range(n)]
+    slots = _free_slots(instance, settings, devices)
     if not held or not slots:
         return [], held
     order = [k for k in order if k not in changes.deleted] + [k for k, _ in changes.new]

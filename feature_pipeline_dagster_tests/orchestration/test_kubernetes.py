@@ -3,6 +3,7 @@ ranged run the sensor made (no cluster: the launcher's Kubernetes batch API is a
 of the body it is handed), the queue limit from the GPU count, and who holds a device
 in each placement."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, build_sensor_context
 
+from feature_pipeline_dagster.cli.instance import instance_yaml
 from feature_pipeline_dagster.core.errors import ConfigError
 from feature_pipeline_dagster.core.leases import acquire, scheduler_owns_device
 from feature_pipeline_dagster.core.engine.run import take_device
@@ -21,7 +23,12 @@ from feature_pipeline_dagster.orchestration.names import (
     RANGE_END_TAG,
     RANGE_START_TAG,
 )
-from feature_pipeline_dagster.orchestration.placement import k8s_run_config, queue_limits
+from feature_pipeline_dagster.orchestration.placement import (
+    WAITING_RUNS_PER_DEVICE,
+    device_queue_limit,
+    k8s_run_config,
+    queue_limits,
+)
 from feature_pipeline_dagster_tests.conftest import REPO
 
 IMAGE = "registry.example.com/feature-pipeline:0.1.0"
@@ -178,6 +185,12 @@ def test_queue_limit_is_the_gpu_count_and_the_helm_values_match(project, monkeyp
     assert values["dagster-user-deployments"]["deployments"][0]["image"]["repository"] == cluster.kubernetes.image.rsplit(":", 1)[0]
     local = load_settings(REPO / "config" / "smoke-config.yaml", check_paths=False)
     assert queue_limits(local)[0]["value"] == {"applyLimitPerUniqueValue": True}
+    for template in (REPO / "config" / "dagster-instance.yaml", REPO / "deploy" / "dagster.yaml"):
+        for per_device in (1, 3):  # the instance `feature-pipeline` writes: the leases' runs and one waiting
+            local = dataclasses.replace(local, runs_per_device=per_device)
+            written = yaml.safe_load(instance_yaml(device_queue_limit(local), template))["concurrency"]["runs"]
+            assert written["tag_concurrency_limits"] == queue_limits(local)
+            assert queue_limits(local)[0]["limit"] == per_device + WAITING_RUNS_PER_DEVICE
 
 
 def test_in_a_pod_the_run_uses_cuda0_and_no_host_lease(project, monkeypatch, tmp_path):

@@ -15,6 +15,7 @@ from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.videos import FolderEntry, list_videos
 from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, RANGE_END_TAG, RANGE_START_TAG
+from feature_pipeline_dagster.orchestration.placement import WAITING_RUNS_PER_DEVICE
 from feature_pipeline_dagster_tests.conftest import REPO
 
 
@@ -116,8 +117,9 @@ def test_arrivals_wait_for_a_busy_queue_and_go_out_together(project):
     _two_devices(project)
     defs = build_definitions()
     sensor = sensor_of(defs)
+    limit = 1 + WAITING_RUNS_PER_DEVICE  # runs_per_device 1, and one run waiting for the lease
     with DagsterInstance.get() as instance:
-        busy = [_busy(instance, "cpu:0"), _busy(instance, "cpu:1")]
+        busy = {d: [_busy(instance, d) for _ in range(limit)] for d in ("cpu:0", "cpu:1")}
         cursor = None
         for batch in range(2):  # two drops while both devices run: partitions at once, runs held
             for i in range(batch * 3, batch * 3 + 3):
@@ -128,16 +130,32 @@ def test_arrivals_wait_for_a_busy_queue_and_go_out_together(project):
             assert keys == [f"v{i}.mp4" for i in range(batch * 3, batch * 3 + 3)]
             instance.add_dynamic_partitions("videos", keys)
             cursor = held.cursor
-        instance.delete_run(busy[1])  # cpu:1 frees: everything held goes out in one run there
+        instance.delete_run(busy["cpu:1"][0])  # a slot of cpu:1 frees: everything held goes out in one run there
         result = sensor(instance, cursor)
         runs = result.run_requests
         assert [(r.tags[DEVICE_TAG], r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in runs] == [
             ("cpu:1", "v0.mp4", "v5.mp4")]
         assert not sensor(instance, result.cursor).run_requests  # handed out once
-        instance.delete_run(busy[0])  # an idle queue answers at once, small work in one run
+        for run_id in busy["cpu:0"]:  # an idle queue answers at once, small work in one run
+            instance.delete_run(run_id)
         write_video(project.videos / "v6.mp4", seconds=1, seed=6)
         idle = sensor(instance, result.cursor)
         assert [r.partition_key for r in idle.run_requests] == ["v6.mp4"]
+
+
+def test_free_slots_go_round_the_devices_least_busy_first(project):
+    """Two runs go to two devices before a second waits at either; the queue's limit per
+    device is its leases' slots and one run waiting for them."""
+    from feature_pipeline_dagster.orchestration.sensors import _free_slots
+
+    _two_devices(project)
+    settings = load_settings(project.config)
+    with DagsterInstance.get() as instance:
+        assert _free_slots(instance, settings, ["cpu:0", "cpu:1"]) == ["cpu:0", "cpu:1"] * (1 + WAITING_RUNS_PER_DEVICE)
+        _busy(instance, "cpu:0")
+        assert _free_slots(instance, settings, ["cpu:0", "cpu:1"]) == ["cpu:1", "cpu:0", "cpu:1"]
+        _busy(instance, "cpu:0")
+        assert _free_slots(instance, settings, ["cpu:0", "cpu:1"]) == ["cpu:1", "cpu:1"]
 
 
 def test_ranged_run_fails_only_the_bad_video(project):

@@ -5,7 +5,9 @@ A run covers one video or a range of them (`BackfillPolicy.multi_run`), so one p
 and one model load serve many videos. The asset body returns the run's embeddings as
 the core engine's lazy stream of batches (its videos, the devices it may use); the IO
 manager consumes it into Milvus, and only then does the engine lease a device, decode
-and embed, so a video of any length passes through in bounded memory.
+and embed, so a video of any length passes through in bounded memory. A run that knows
+its device starts loading the model at once: the queue lets one run per device wait at
+the door (orchestration/placement.py), and its model is ready when the lease frees.
 """
 
 import hashlib
@@ -15,7 +17,7 @@ from pathlib import Path
 from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, AssetSpec, BackfillPolicy, asset
 
 from feature_pipeline_dagster.core.engine.run import EmbeddingRun
-from feature_pipeline_dagster.core.models import code_version
+from feature_pipeline_dagster.core.models import code_version, preload
 from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.leases import scheduler_owns_device
 from feature_pipeline_dagster.core.settings import Settings
@@ -71,6 +73,8 @@ def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
         # The queue placed a tagged run on its device; other runs take the least busy one.
         tagged = context.run.tags.get(DEVICE_TAG)
         devices = [tagged] if tagged and tagged != KUBERNETES_DEVICE else run_devices(settings.gpus)
+        if len(devices) == 1:  # loads while the run waits for the device's lease
+            preload(settings.model, devices[0])
         return EmbeddingRun(settings, collection, videos, devices, leases_root())
 
     return _embeddings
