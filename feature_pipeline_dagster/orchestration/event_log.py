@@ -1,0 +1,63 @@
+"""Dagster's SQLite event log, with a ranged step's materializations written in one
+transaction per database instead of two each.
+
+A ranged run's step reports one materialization per partition, as one batch when
+`DAGSTER_EVENT_BATCH_SIZE` is set (Dagster's own switch). Dagster's Postgres storage writes
+such a batch in one statement; its SQLite storage (the default) stores the events one by
+one, each with a new connection and a commit in the run's database and again in the
+index database: 6.7 ms an event alone here, 13 ms beside the Lite server's writes, three
+events a video (the embedding, the summary, the shots). This class writes the batch as
+the Postgres storage does, into both databases; reads are Dagster's.
+
+`config/dagster-instance.yaml` names it as the instance's `event_log_storage`, its
+databases where Dagster's default puts them (`$DAGSTER_HOME/history/runs/`), and every
+process that opens the instance (a run's, the daemon's, `feature-pipeline`) batches
+(`DAGSTER_EVENT_BATCH_SIZE` 1000 unless exported; 0 turns it off). 300 stand-in clips
+(bench_gpu_standin.py's): `feature-pipeline run` 21.9 s against 28.7 s.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from dagster import Field, StringSource
+from dagster._core.events import DagsterEventType
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable
+
+BATCH_ENV, BATCH_EVENTS = "DAGSTER_EVENT_BATCH_SIZE", "1000"
+ROWS_PER_STATEMENT = 500  # SQLite allows 32,766 bound values a statement; a tag row takes five
+
+
+class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
+    def __init__(self, base_dir: str, inst_data=None):
+        super().__init__(base_dir, inst_data)
+        os.environ.setdefault(BATCH_ENV, BATCH_EVENTS)
+
+    @classmethod
+    def config_type(cls):
+        return {"base_dir": Field(StringSource, is_required=False)}
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        base_dir = config_value.get("base_dir") or os.path.join(os.environ["DAGSTER_HOME"], "history", "runs")
+        return cls(base_dir=base_dir, inst_data=inst_data)
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        kinds = {e.get_dagster_event().event_type for e in events}
+        keys = {e.get_dagster_event().asset_key for e in events}
+        if (kinds not in ({DagsterEventType.ASSET_MATERIALIZATION}, {DagsterEventType.ASSET_OBSERVATION})
+                or len(keys) != 1 or None in keys or len({e.run_id for e in events}) != 1):
+            return super().store_event_batch(events)
+        pages = [events[i:i + ROWS_PER_STATEMENT] for i in range(0, len(events), ROWS_PER_STATEMENT)]
+        with self.run_connection(events[0].run_id) as conn:
+            for page in pages:
+                conn.execute(self.prepare_insert_event_batch(page))
+        with self.index_transaction() as conn:
+            for page in pages:
+                statement = self.prepare_insert_event_batch(page).returning(SqlEventLogStorageTable.c.id)
+                ids = [row[0] for row in conn.execute(statement).fetchall()]
+                self._store_asset_event_tags(conn, page, ids)
+            self._store_asset_event(conn, page[-1], ids[-1])  # the asset's latest event, as Postgres keeps it

@@ -1,0 +1,58 @@
+"""The instance template's event log (orchestration/event_log.py) keeps what Dagster's own
+SQLite event log keeps: the same ranged runs, recorded by each, read back alike."""
+
+import subprocess
+import sys
+
+import yaml
+from dagster import AssetKey, DagsterInstance
+
+from feature_pipeline_dagster.core.samples import write_video
+from feature_pipeline_dagster.orchestration.event_log import BatchedSqliteEventLogStorage
+from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
+from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
+from feature_pipeline_dagster_tests.conftest import REPO, subprocess_env
+
+ASSETS = [AssetKey("video_embedding"), AssetKey(SUMMARY_ASSET), AssetKey(SEGMENTS_ASSET)]
+VOLATILE = {"lease_acquired_at", "lease_released_at", "seconds", "frames_per_s", "decode_s"}
+
+
+def recorded(home, keys: list[str]) -> dict:
+    """What the instance at `home` says of each asset's partitions: the materialized ones,
+    each one's metadata names and data-version tags, the tags its index holds, the latest."""
+    with DagsterInstance.from_config(str(home)) as instance:
+        seen = {}
+        for asset in ASSETS:
+            latest = latest_materializations(instance, asset, keys)
+            tags = instance.get_event_tags_for_asset(asset)
+            seen[asset.to_user_string()] = {
+                "materialized": sorted(instance.get_materialized_partitions(asset)),
+                "metadata": {k: sorted(set(metadata_values(m)) - VOLATILE) for k, m in latest.items()},
+                "tags": {k: sorted(m.tags or {}) for k, m in latest.items()},
+                "indexed_tags": sorted(sorted(t) for t in tags),
+                "latest": instance.get_latest_materialization_event(asset).dagster_event.partition,
+            }
+        return seen, type(instance.event_log_storage).__name__
+
+
+def test_a_ranged_run_is_recorded_as_dagsters_own_event_log_records_it(project):
+    for i in range(3):
+        write_video(project.videos / f"v{i}.mp4", seconds=1.5, seed=i)
+    homes = {"batched": project.root / "dagster_home", "dagster": project.root / "plain_home"}
+    homes["dagster"].mkdir()
+    template = yaml.safe_load((REPO / "config" / "dagster-instance.yaml").read_text())
+    assert template.pop("event_log_storage")["class"] == BatchedSqliteEventLogStorage.__name__
+    (homes["dagster"] / "dagster.yaml").write_text(yaml.safe_dump(template))  # Dagster's default storage
+    for name, home in homes.items():
+        env = {**subprocess_env(project), "DAGSTER_HOME": str(home)}
+        env.pop("DAGSTER_EVENT_BATCH_SIZE", None)
+        done = subprocess.run([sys.executable, "-m", "feature_pipeline_dagster.cli", "run", "--all"], cwd=project.root,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0 and "embedded 3 of 3 video(s)" in done.stderr, done.stderr[-2000:]
+    keys = [f"v{i}.mp4" for i in range(3)]
+    batched, batched_kind = recorded(homes["batched"], keys)
+    plain, plain_kind = recorded(homes["dagster"], keys)
+    assert (batched_kind, plain_kind) == (BatchedSqliteEventLogStorage.__name__, "SqliteEventLogStorage")
+    assert batched["video_embedding"]["materialized"] == keys
+    assert all(batched[a]["tags"][k] for a in batched for k in keys)  # data versions, per partition
+    assert batched == plain
