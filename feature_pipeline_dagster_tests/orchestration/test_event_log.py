@@ -19,7 +19,9 @@ VOLATILE = {"lease_acquired_at", "lease_released_at", "seconds", "frames_per_s",
 
 def recorded(home, keys: list[str]) -> dict:
     """What the instance at `home` says of each asset's partitions: the materialized ones,
-    each one's metadata names and data-version tags, the tags its index holds, the latest."""
+    each one's metadata names and data-version tags, the tags its index holds, and whether
+    the asset's latest materialization is the last one stored (the step's partitions come
+    in no fixed order)."""
     with DagsterInstance.from_config(str(home)) as instance:
         seen = {}
         for asset in ASSETS:
@@ -30,7 +32,8 @@ def recorded(home, keys: list[str]) -> dict:
                 "metadata": {k: sorted(set(metadata_values(m)) - VOLATILE) for k, m in latest.items()},
                 "tags": {k: sorted(m.tags or {}) for k, m in latest.items()},
                 "indexed_tags": sorted(sorted(t) for t in tags),
-                "latest": instance.get_latest_materialization_event(asset).dagster_event.partition,
+                "latest is the last stored": instance.get_latest_materialization_event(asset).dagster_event.partition
+                == instance.fetch_materializations(asset, limit=1).records[0].partition_key,
             }
         return seen, type(instance.event_log_storage).__name__
 
