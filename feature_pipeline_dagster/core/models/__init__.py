@@ -111,7 +111,13 @@ def preload(model: ModelSettings, device: str) -> None:
     for ViT-B-32 on a CPU here) overlap what a process does before its first batch: the
     Dagster instance, the Lite server start, the ledger read, the run's set-up. A failure
     is kept for the next `load_extractor` call to raise (the engine's, which says why), so
-    a model that cannot load is tried once per run, not twice."""
+    a model that cannot load is tried once per run, not twice. A no-op for a model this
+    process has loaded, is loading, or failed to load (its failure kept for the engine)."""
+    key = (model, device)
+    with _registry_lock:
+        lock = _loading.get(key)
+        if key in _loaded or key in _preload_failed or (lock is not None and lock.locked()):
+            return
 
     def load() -> None:
         try:

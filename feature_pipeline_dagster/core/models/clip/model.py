@@ -2,8 +2,8 @@
 
 Preprocessing runs batched on uint8 tensors on the run's device and reproduces
 open_clip's own PIL `preprocess` (bicubic resize of the short side, center crop,
-normalize): torchvision's antialiased uint8 resize matches PIL where a float
-`interpolate` does not.
+normalize): torch's antialiased uint8 resize, as torchvision's v2 transforms use it,
+matches PIL where a float `interpolate` does not.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ def import_open_clip(model: ModelSettings):
     (through `coca_model` and `timm_model`: 0.8 s of CPU of its 4.4 s here) when the
     model's config names neither an HF text tower nor a timm vision tower
     (`hf_model_name`, `timm_model_name`): both are guarded, optional imports there.
-    Unknown configs (an hf-hub repository not fetched yet) import them as usual."""
+    Unknown configs (an hf-hub repository not fetched yet) import them as usual.
+    torch._dynamo waits for its first use (`_dynamo_on_first_use`)."""
     import sys
 
     if "open_clip" not in sys.modules and not _config_names_optional_towers(model):
@@ -156,7 +157,8 @@ def import_open_clip(model: ModelSettings):
         for name in blocked:
             sys.modules[name] = None  # an ImportError for open_clip's guarded imports
         try:
-            import open_clip  # noqa: F401
+            with _dynamo_on_first_use():
+                import open_clip  # noqa: F401
         finally:
             for name in blocked:
                 if name in sys.modules and sys.modules[name] is None:
@@ -164,6 +166,38 @@ def import_open_clip(model: ModelSettings):
     import open_clip
 
     return open_clip
+
+
+@contextmanager
+def _dynamo_on_first_use():
+    """While open_clip imports: torchvision.ops, which its package init pulls in for one
+    layer class, imports torch._dynamo (and sympy with it) for one function,
+    `is_compile_supported`, that only its detection ops call. That import is 0.9 s of CPU of
+    open_clip's 1.3 s here, on the critical path of every run's start-up (py-spy --gil: a
+    quarter of a one-clip `run`). The name comes meanwhile from a stand-in module that
+    imports the real function on its first call; the stand-in is gone when open_clip is
+    imported, so torch._dynamo imports as usual for whoever needs it."""
+    import sys
+    import types
+
+    name = "torch._dynamo.utils"
+    if "torch._dynamo" in sys.modules or name in sys.modules:
+        yield
+        return
+
+    def is_compile_supported(device_type):
+        from torch._dynamo.utils import is_compile_supported as real
+
+        return real(device_type)
+
+    stand_in = types.ModuleType(name)
+    stand_in.is_compile_supported = is_compile_supported
+    sys.modules[name] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
 
 
 def _config_names_optional_towers(model: ModelSettings) -> bool:
@@ -239,16 +273,16 @@ class ClipExtractor:
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, 3) frames to the normalized (N, 3, S, S) input of the model."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms.v2 import functional as F
-
-        mode = InterpolationMode.BICUBIC if self.bicubic else InterpolationMode.BILINEAR
         x = to_device(frames, self.torch_device).permute(0, 3, 1, 2)
         if self.resize_mode == "squash":
-            x = F.resize(x, [self.size, self.size], interpolation=mode, antialias=True)
+            x = resize_uint8(x, (self.size, self.size), self.bicubic)
         else:
-            x = F.resize(x, self.size, interpolation=mode, antialias=True)
-            x = F.center_crop(x, [self.size, self.size])
+            height, width = x.shape[-2:]
+            short = min(height, width)  # to `size`, the long side in proportion, truncated (as torchvision)
+            x = resize_uint8(x, (self.size if height == short else int(self.size * height / short),
+                                 self.size if width == short else int(self.size * width / short)), self.bicubic)
+            top, left = (int(round((n - self.size) / 2.0)) for n in x.shape[-2:])
+            x = x[..., top:top + self.size, left:left + self.size]
         x = (x.float() / 255.0 - self.mean) / self.std
         return x.to(self.dtype)
 
@@ -260,6 +294,23 @@ class ClipExtractor:
             features.cpu().numpy(),
             {"frame_id": batch.frame_ids, "timestamp_ms": batch.timestamps_ms},
         )
+
+
+def resize_uint8(x: torch.Tensor, size: tuple[int, int], bicubic: bool) -> torch.Tensor:
+    """torchvision's v2 antialiased resize of uint8 (N, 3, H, W), on the torch op it wraps:
+    uint8 natively on the CPU (PIL's result, where float interpolation is not), else through
+    float32, clamped and rounded. torchvision's v2 module itself imports torch._dynamo (its
+    `tv_tensors` decorate with `torch.compiler.disable`): 0.9 s of CPU at every run's first
+    batch, on its start-up's critical path."""
+    import platform
+
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    native = x.device.type == "cpu" and (bicubic or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+                      or platform.machine() in ("aarch64", "arm64"))
+    y = torch.nn.functional.interpolate(x if native else x.float(), size=list(size),
+                                        mode="bicubic" if bicubic else "bilinear", align_corners=False, antialias=True)
+    return y if native else y.clamp_(0, 255).round_().to(torch.uint8)
 
 
 def load_text(model: ModelSettings, device: str):

@@ -47,7 +47,7 @@ def create_collection(client, uri: str, spec: CollectionSpec) -> None:
         # Strong: a server otherwise answers queries at "Bounded" staleness (pymilvus'
         # default), and a count right after a commit could miss the rows or see the
         # deleted ones; the ledger and the checks count exactly. Lite is always current.
-        client.create_collection(spec.name, schema=schema, index_params=index, consistency_level="Strong")
+        client.create_collection(spec.name, schema=schema, consistency_level="Strong")
     except Exception as err:
         # Another process may be creating it right now: its collection shows up in a moment.
         for _ in range(20):
@@ -55,6 +55,10 @@ def create_collection(client, uri: str, spec: CollectionSpec) -> None:
                 return check_schema(client, uri, spec)
             time.sleep(0.25)
         raise StoreError(f"Milvus at {uri}: create collection {spec.name} failed ({one_line(err)})") from None
+    # Not waited for: pymilvus sleeps 0.5 s before it first asks whether an index is built, and
+    # an empty collection's is at once (2 s of a fresh database's four collections, on the
+    # critical path of `run`'s start-up). Loading the collection waits for what it needs.
+    call(uri, "create_index", client.create_index, spec.name, index, sync=False)
 
 
 def check_schema(client, uri: str, spec: CollectionSpec) -> None:
