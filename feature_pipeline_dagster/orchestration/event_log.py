@@ -21,7 +21,8 @@ made anew after a fork) and remembers which tables exist.
 databases where Dagster's default puts them (`$DAGSTER_HOME/history/runs/`), and every
 process that opens the instance (a run's, the daemon's, `feature-pipeline`) batches
 (`DAGSTER_EVENT_BATCH_SIZE` 1000 unless exported; 0 turns it off). 300 stand-in clips
-(bench_gpu_standin.py's): `feature-pipeline run` 21.9 s against 28.7 s.
+(bench_gpu_standin.py's), `feature-pipeline run`: 28.7 s on Dagster's own, 21.9 s with
+the batches, 18.9 s with the one connection too.
 """
 
 from __future__ import annotations
