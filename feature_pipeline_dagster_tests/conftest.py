@@ -142,7 +142,8 @@ def postgres_instance(project, postgres_server, monkeypatch, request):
     postgres_server.create_database(name)
     for key, value in postgres_server.env(name).items():
         monkeypatch.setenv(key, value)
-    (project.root / "dagster_home" / "dagster.yaml").write_text(instance_yaml(1 + WAITING_RUNS_PER_DEVICE, REPO / "deploy" / "dagster.yaml"))
+    production = instance_yaml(1 + WAITING_RUNS_PER_DEVICE, REPO / "deploy" / "dagster.yaml")
+    (project.root / "dagster_home" / "dagster.yaml").write_text(production)
     return project
 
 

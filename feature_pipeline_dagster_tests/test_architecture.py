@@ -55,8 +55,13 @@ def private_dagster_imports(package: Path) -> list[str]:
 def test_no_private_dagster_import(tmp_path):
     """Dagster's private modules (`dagster._*`) change without notice between releases:
     the package imports only what `dagster` exports. import-linter cannot say it (an
-    external package is one module to it), hence this walk; it sees such an import."""
-    assert private_dagster_imports(REPO / "feature_pipeline_dagster") == []
+    external package is one module to it), hence this walk; it sees such an import. One
+    exception, named here: the instance's event log extends Dagster's SQLite one, from the
+    module path Dagster's docs give for it in dagster.yaml (orchestration/event_log.py;
+    test_event_log.py checks it against Dagster's own)."""
+    found = private_dagster_imports(REPO / "feature_pipeline_dagster")
+    assert [line.split(":")[0] + " " + line.split()[-1] for line in found] == [
+        "feature_pipeline_dagster/orchestration/event_log.py dagster._core.storage.event_log"], found
     planted = tmp_path / "pkg"
     planted.mkdir()
     (planted / "m.py").write_text("def f():\n    from dagster._core.events import DagsterEvent\n")

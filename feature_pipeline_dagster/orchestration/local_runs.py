@@ -6,8 +6,8 @@ core/run_sizing.py), one Dagster run per chunk, so a run's start-up serves many 
 the engine streams across them, and the model, loaded once per process (in the
 background from the start), serves every chunk. One chunk: its run executes in this
 process. More: up to two runners per device, each pulling the next chunk when it
-finishes one, so while one run records its Dagster events (54 ms a short clip on the
-default storage, after its last video is committed) the other has the device; the device
+finishes one, so while one run records its Dagster events (29 ms a short clip on the
+template's event log, after its last video is committed) the other has the device; the device
 lease keeps the runs on it one at a time. One device: the first runner is this process,
 the second a worker process; several: a worker process each. 1000 clips of 3 s, the GPU
 stand-in: 76.8 s in two runs against 92.8 s in one (bench_gpu_standin.py's clips). A

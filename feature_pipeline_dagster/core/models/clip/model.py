@@ -306,8 +306,8 @@ def resize_uint8(x: torch.Tensor, size: tuple[int, int], bicubic: bool) -> torch
 
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    native = x.device.type == "cpu" and (bicubic or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-                      or platform.machine() in ("aarch64", "arm64"))
+    simd = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+    native = x.device.type == "cpu" and (bicubic or simd)  # torch's uint8 kernels, where torchvision uses them
     y = torch.nn.functional.interpolate(x if native else x.float(), size=list(size),
                                         mode="bicubic" if bicubic else "bilinear", align_corners=False, antialias=True)
     return y if native else y.clamp_(0, 255).round_().to(torch.uint8)
