@@ -17,11 +17,11 @@ ASSETS = [AssetKey("video_embedding"), AssetKey(SUMMARY_ASSET), AssetKey(SEGMENT
 VOLATILE = {"lease_acquired_at", "lease_released_at", "seconds", "frames_per_s", "decode_s"}
 
 
-def recorded(home, keys: list[str]) -> dict:
+def recorded(home, keys: list[str]) -> tuple[dict, str]:
     """What the instance at `home` says of each asset's partitions: the materialized ones,
     each one's metadata names and data-version tags, the tags its index holds, and whether
     the asset's latest materialization is the last one stored (the step's partitions come
-    in no fixed order)."""
+    in no fixed order); and the instance's event log class."""
     with DagsterInstance.from_config(str(home)) as instance:
         seen = {}
         for asset in ASSETS:
