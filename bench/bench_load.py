@@ -44,7 +44,8 @@ def project(root: Path, watched: Path, model: Path, devices: int) -> tuple[dict,
     """Config, DAGSTER_HOME and the environment for a fresh project under root."""
     sys.path.insert(0, str(REPO))
     from feature_pipeline_dagster.cli.instance import instance_yaml
-    from feature_pipeline_dagster.orchestration.placement import WAITING_RUNS_PER_DEVICE
+    from feature_pipeline_dagster.core.settings import load_settings
+    from feature_pipeline_dagster.orchestration.placement import device_queue_limit
     from feature_pipeline_dagster_tests.conftest import clip_config
 
     config = clip_config(root, model, watched)
@@ -54,7 +55,7 @@ def project(root: Path, watched: Path, model: Path, devices: int) -> tuple[dict,
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     home = root / "dagster_home"
     home.mkdir(parents=True)
-    limit = config["runs_per_device"] + WAITING_RUNS_PER_DEVICE
+    limit = device_queue_limit(load_settings(root / "config.yaml"))
     (home / "dagster.yaml").write_text(instance_yaml(limit))  # as `feature-pipeline` writes it
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's dagster-daemon
     env = {**os.environ, "FEATURE_PIPELINE_CONFIG": str(root / "config.yaml"), "DAGSTER_HOME": str(home), "PATH": path}

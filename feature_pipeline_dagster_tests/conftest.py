@@ -136,13 +136,14 @@ def postgres_instance(project, postgres_server, monkeypatch, request):
     """The project's Dagster instance on the production template, deploy/dagster.yaml:
     Postgres storage in a database of this test's own, credentials from the environment."""
     from feature_pipeline_dagster.cli.instance import instance_yaml
-    from feature_pipeline_dagster.orchestration.placement import WAITING_RUNS_PER_DEVICE
+    from feature_pipeline_dagster.core.settings import load_settings
+    from feature_pipeline_dagster.orchestration.placement import device_queue_limit
 
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
     postgres_server.create_database(name)
     for key, value in postgres_server.env(name).items():
         monkeypatch.setenv(key, value)
-    production = instance_yaml(1 + WAITING_RUNS_PER_DEVICE, REPO / "deploy" / "dagster.yaml")
+    production = instance_yaml(device_queue_limit(load_settings(project.config)), REPO / "deploy" / "dagster.yaml")
     (project.root / "dagster_home" / "dagster.yaml").write_text(production)
     return project
 

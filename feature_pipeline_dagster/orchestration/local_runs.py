@@ -104,8 +104,9 @@ RUNNERS_PER_DEVICE = 2  # runs in flight per device: one on it, one recording it
 
 class DeviceRuns:
     """The chunks spread over up to RUNNERS_PER_DEVICE runners per device: this process
-    (one device, or one chunk) and worker processes. `stop` is the first Ctrl-C: no new chunk starts and the engine finishes what
-    it can commit (workers get SIGTERM for it); `kill` is the second."""
+    (one device, or one chunk) and worker processes. `stop` is the first Ctrl-C: no new
+    chunk starts and the engine finishes what it can commit (workers get SIGTERM for it);
+    `kill` is the second."""
 
     def __init__(self, chunks: list[list[str]], devices: list[str], logs_dir: Path):
         self.devices, self.logs_dir = devices, logs_dir
