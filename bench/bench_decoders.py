@@ -266,12 +266,15 @@ def lane_worker(backend: str, sampling: str, clips: list[str]) -> None:
     sys.stdin.readline()
     started, cpu = time.perf_counter(), time.process_time()
     frames = run(clips)
-    print(json.dumps({"frames": frames, "seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu}),
-          flush=True)
+    with open("/proc/self/status") as status:  # VmHWM: ru_maxrss would carry the parent's peak across exec
+        peak_kb = next((int(line.split()[1]) for line in status if line.startswith("VmHWM")), 0)
+    print(json.dumps({"frames": frames, "seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu,
+                      "peak_kb": peak_kb}), flush=True)
 
 
-def lanes(backend: str, sampling: str, clips: list[Path]) -> tuple[float, int, float]:
-    """(wall seconds, sampled frames, CPU seconds) of CORES decoder processes at once, each through every clip."""
+def lanes(backend: str, sampling: str, clips: list[Path]) -> tuple[float, int, float, float]:
+    """(wall seconds, sampled frames, CPU seconds, the largest peak RSS in MiB) of CORES
+    decoder processes at once, each through every clip."""
     procs = []
     for i in range(CORES):
         order = clips[i % len(clips):] + clips[:i % len(clips)]
@@ -288,7 +291,8 @@ def lanes(backend: str, sampling: str, clips: list[Path]) -> tuple[float, int, f
     wall = time.perf_counter() - started
     for proc in procs:
         proc.wait()
-    return wall, sum(r["frames"] for r in results), sum(r["cpu"] for r in results)
+    return (wall, sum(r["frames"] for r in results), sum(r["cpu"] for r in results),
+            max(r["peak_kb"] for r in results) / 1024)
 
 
 def frames_per_sample(clips: list[Path], backend: str, sampling: str) -> float:
@@ -316,13 +320,15 @@ def nearest_figures(clips: list[Path], backends: list[str], repeats: int) -> dic
     seconds = sum(float(clip_seconds(c)) for c in clips)
     runs = {"ceiling": []} | {f"{b} {s}": [] for b in backends for s in ("nearest", "fps")}
     cpu = {key: [] for key in runs}  # CPU ms per sampled frame: steadier than wall time on a shared machine
+    peak = {key: [] for key in runs if key != "ceiling"}  # a decoder process's peak RSS, MiB
     for rep in range(repeats):
         wall, used = ceiling(clips)
         runs["ceiling"].append(CORES * seconds / wall)  # sampled frames/s at 1 fps
         cpu["ceiling"].append(1000 * used / (CORES * seconds))
         for backend in backends[rep % len(backends):] + backends[:rep % len(backends)]:
             for sampling in ("nearest", "fps"):
-                wall, frames, used = lanes(backend, sampling, clips)
+                wall, frames, used, peak_mib = lanes(backend, sampling, clips)
+                peak[f"{backend} {sampling}"].append(peak_mib)
                 runs[f"{backend} {sampling}"].append(frames / wall)
                 cpu[f"{backend} {sampling}"].append(1000 * used / frames)
         print(f"  repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in runs.items()), flush=True)
@@ -332,7 +338,8 @@ def nearest_figures(clips: list[Path], backends: list[str], repeats: int) -> dic
         backend, _, sampling = key.partition(" ")
         out[key] = {"sampled_fps": stats(values), "over_ceiling": statistics.median(values) / base,
                     "cpu_ms_per_sample": stats(cpu[key]), "over_ceiling_cpu": base_cpu / statistics.median(cpu[key]),
-                    "frames_per_sample": 30.0 if key == "ceiling" else frames_per_sample(clips, backend, sampling)}
+                    "frames_per_sample": 30.0 if key == "ceiling" else frames_per_sample(clips, backend, sampling),
+                    "peak_mib": stats(peak[key]) if key in peak else None}
     return out
 
 
@@ -346,13 +353,14 @@ def clip_seconds(path: Path) -> float:
 
 def nearest_table(figures: dict) -> list[str]:
     lines = ["| decoding (1 fps sampling) | sampled frames/s | ÷ ceiling | CPU ms per sampled frame | ceiling ÷ this "
-             "| frames decoded per sampled frame |", "|---|---|---|---|---|---|"]
+             "| frames decoded per sampled frame | a decoder process's peak RSS, MiB |", "|---|---|---|---|---|---|---|"]
     for key, f in figures.items():
         name = (f"full-decode ceiling: {CORES} × `ffmpeg -threads 1 -f null`" if key == "ceiling"
                 else f"{key.split()[0]}, `sampling: {key.split()[1]}`, {CORES} decoder processes")
         s, c = f["sampled_fps"], f["cpu_ms_per_sample"]
+        peak = f"{f['peak_mib']['median']:.0f}" if f["peak_mib"] else ""
         lines.append(f"| {name} | {s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}) | {f['over_ceiling']:.1f}× | "
-                     f"{c['median']:.0f} | {f['over_ceiling_cpu']:.1f}× | {f['frames_per_sample']:.1f} |")
+                     f"{c['median']:.0f} | {f['over_ceiling_cpu']:.1f}× | {f['frames_per_sample']:.1f} | {peak} |")
     return lines
 
 

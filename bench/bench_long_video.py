@@ -152,6 +152,7 @@ def write_config(work: Path, model: Path, folder: Path) -> tuple[Path, Path]:
         config["db"]["collections"][0]["fields"][-1:] = [
             {"name": "row_idx", "dtype": "INT16"}, {"name": "col_idx", "dtype": "INT16"},
             {"name": "embeddings", "dtype": "FLOAT_VECTOR", "dim": 1152}]
+    config["video_input"]["decoder"] = DECODER
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, db
@@ -205,6 +206,7 @@ def _children_files_work() -> bool:
 
 CHILDREN_FILES = _children_files_work()
 NAVIT = False  # --navit
+DECODER = "auto"  # --decoder
 
 
 def descendants(root: int) -> list[int]:
@@ -394,14 +396,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--long-minutes", type=float, default=None, help="default 60, --navit 10")
     parser.add_argument("--navit", action="store_true", help="NaViT 1152-d on 720p: 10 s against --long-minutes")
+    parser.add_argument("--decoder", default="auto", help="video_input.decoder (default: the config's default, auto)")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "RELPATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
 
-    global NAVIT
-    NAVIT = args.navit
+    global NAVIT, DECODER
+    NAVIT, DECODER = args.navit, args.decoder
     if args.long_minutes is None:
         args.long_minutes = 10 if NAVIT else 60
     out_path = OUT_NAVIT if NAVIT else OUT
@@ -438,7 +441,7 @@ def main() -> None:
                      "size": HD_SIZE if NAVIT else "320x240", "fps": 30, "sample_fps": 1.0,
                      "model": "VL3-SigLIP-NaViT (random weights, hidden_size 1152, 1 layer, 1008 rows/720p frame)"
                      if NAVIT else "tiny CLIP (tests' TINY_CLIP, random weights, 32-d)",
-                     "model_batch_size": MODEL_BATCH, "db_batch_size": DB_BATCH, "sample_interval_s": SAMPLE_S,
+                     "decoder": DECODER, "model_batch_size": MODEL_BATCH, "db_batch_size": DB_BATCH, "sample_interval_s": SAMPLE_S,
                      "children_files": CHILDREN_FILES},
         "runs": runs,
     }

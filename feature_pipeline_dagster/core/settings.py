@@ -188,7 +188,7 @@ class VideoInput:
         check=lambda given: None if given and all(isinstance(e, str) and e for e in given)
         else "expected a list of file extensions such as .mp4")
     settle_seconds: float = key("a file must stop changing this long before it is embedded", 5.0)
-    decoder: str = key("the decoder backend; auto: decord, else torchcodec, else PyAV (never nvdec)", "auto",
+    decoder: str = key("the decoder backend; auto: PyAV (never nvdec)", "auto",
                        choices=DECODERS, noun="decoder")
     sampling: str = key("fps: one frame per 1/sample_fps s; keyframes: key frames, at most sample_fps a second; "
                         "nearest: one per 1/sample_fps s, the cheapest to decode within max_shift_ms of its time",

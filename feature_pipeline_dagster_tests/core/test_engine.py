@@ -202,6 +202,50 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     assert store.count_rows(spec, "parts.mp4") == 3
 
 
+def test_rows_wait_for_the_writer_while_a_full_request_of_earlier_rows_is_still_to_go(project, engine):
+    """A model faster than the store (a patch model on the CPU) waits for the writer: it
+    does not queue batch after batch of rows in memory (a long NaViT video's peak)."""
+    import threading
+
+    from feature_pipeline_dagster.core.batches import FrameBatch
+    from feature_pipeline_dagster.core.engine.job import EmbeddingJob
+    from feature_pipeline_dagster.core.engine.writer import RunWriter
+
+    settings, spec, store, extractor = engine
+    path = write_video(project.videos / "slow_store.mp4", seconds=1, seed=2)
+    job = EmbeddingJob("slow_store.mp4", path, stat=path.stat())
+    frames = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
+    inserting, go_on = threading.Event(), threading.Event()
+    insert = store.insert
+
+    def gated_insert(*args, **kwargs):  # the real insert, once the test lets it go on
+        inserting.set()
+        go_on.wait(30)
+        return insert(*args, **kwargs)
+
+    store.insert = gated_insert
+    writer = RunWriter(store, spec, 4, "v", lambda jobs: None)  # 4 rows a request
+    added = []
+
+    def model():
+        for start in range(0, 18, 6):
+            writer.add(extractor.embed(FrameBatch(frames, np.arange(start, start + 6), np.arange(6) * 1000)), [(job, 6)])
+            added.append(start)
+
+    thread = threading.Thread(target=model)
+    thread.start()
+    assert inserting.wait(30)
+    thread.join(0.5)
+    assert added == [0]  # 6 rows handed over, the first request's 4 not in yet: the next batch waits
+    go_on.set()
+    thread.join(30)
+    assert added == [0, 6, 12]
+    job.decoded = True
+    writer.close(job)
+    writer.finish()
+    assert store.count_rows(spec, "slow_store.mp4") == 18
+
+
 def test_a_run_is_a_lazy_stream_and_each_video_ends_in_one_outcome_event(project, engine, tmp_path):
     """The embedding asset returns an `EmbeddingRun`: nothing happens (no device lease, no
     model, no decoding) until the writer consumes it. Each video then ends in one typed

@@ -160,6 +160,8 @@ class RunWriter:
         self._closed: list[EmbeddingJob] = []  # every row handed over, not committed yet
         self._last_commit = time.perf_counter()
         self._tasks: queue.Queue = queue.Queue(maxsize=4)
+        self._room = threading.Condition()  # rows handed over, not yet inserted (see `add`)
+        self._pending = 0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="write", daemon=True)
         self._thread.start()
@@ -167,7 +169,17 @@ class RunWriter:
     # The caller's side: each call queues work for the writer thread.
 
     def add(self, rows: EmbeddingBatch, owners: list[tuple[EmbeddingJob, int]]) -> None:
-        """Rows in order, `owners` saying which video owns how many of them."""
+        """Rows in order, `owners` saying which video owns how many of them. Waits while
+        a full insert request of earlier rows is still to go: the store inserts slower than
+        a patch model embeds on the CPU (1243 against 2660 rows/s of 1152-d,
+        bench_throughput.py 6), and queued tasks held up to four model batches of rows
+        (37 MB each at 8064 rows) beside the model's working set, which a long video's peak
+        memory showed and a short one's never reaches (bench_long_video.py --navit).
+        A fast model's small batches (CLIP: 32 rows) still queue up to a request's worth."""
+        with self._room:
+            while self._pending >= self.insert_rows and self._error is None and self._thread.is_alive():
+                self._room.wait(0.1)
+            self._pending += len(rows)
         self._submit(self._add, rows, owners)
 
     def close(self, job: EmbeddingJob) -> None:
@@ -246,10 +258,17 @@ class RunWriter:
         paths = [job.relpath for job, n in owners for _ in range(n)]
         started = time.perf_counter()
         self.store.insert(self.spec, EmbeddingBatch.concat(taken), paths, self.generation)
+        self._settled(count)
         spent = time.perf_counter() - started
         for job, n in owners:
             job.seconds_write += spent * n / count
             self._inserted.add(job)
+
+    def _settled(self, rows: int) -> None:
+        """`rows` handed over are inserted or dropped: room for the caller's next."""
+        with self._room:
+            self._pending -= rows
+            self._room.notify_all()
 
     def _close(self, job: EmbeddingJob) -> None:
         self._closed.append(job)
@@ -295,7 +314,8 @@ class RunWriter:
             elif keep.any():
                 kept.append((_select(rows, keep), [(j, n) for j, n in owners if j is not job]))
         self._buffer = kept
-        self._buffered = sum(len(rows) for rows, _ in kept)
+        buffered, self._buffered = self._buffered, sum(len(rows) for rows, _ in kept)
+        self._settled(buffered - self._buffered)
         if job in self._inserted:
             self.store.discard(self.spec, job.relpath, self.generation)
             self._inserted.discard(job)

@@ -3,9 +3,16 @@
 run's CUDA device). Each lives in its own module and imports its library on first use,
 so choosing one never loads the others (nor torch, for decord and PyAV).
 
-`auto` picks decord where it is installed (x86_64 wheels only), else torchcodec where
-its FFmpeg libraries actually load (its wheel bundles none), else PyAV (always installed:
-its wheels bundle FFmpeg). It never picks nvdec: GPU decoding is asked for by name.
+`auto` picks PyAV: it is installed everywhere (its wheels bundle FFmpeg), and of the CPU
+backends it costs the least CPU and memory together. Per sampled frame of 720p at 1 fps:
+104 CPU ms against decord's 116 (`fps`), 75 against 98 (`nearest`, where it alone skips the
+frames nothing references), in a decoder process of 185 MiB against 281-320; torchcodec
+takes 77-91 ms but 800 MiB (its decoder process imports torch) and needs the system's
+FFmpeg (bench/bench_decoders.py --nearest-only, 3 repeats). decord also reads packets as
+fast as the file gives them while a frame decodes and decodes them all into memory it
+keeps, so its process grows with a video's length: 331 MiB on a 3-minute 720p video
+against PyAV's 137 (bench/bench_long_video.py --navit). It never picks nvdec: GPU
+decoding is asked for by name.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ _MODULES = {
     "pyav": "feature_pipeline_dagster.core.decode.backends.pyav_reader",
     "nvdec": "feature_pipeline_dagster.core.decode.backends.nvdec_reader",
 }
-_resolved: dict[str, str] = {}
 
 
 def torchcodec_loads() -> str | None:
@@ -40,18 +46,8 @@ def torchcodec_loads() -> str | None:
 
 
 def resolve(name: str) -> str:
-    """The backend `name` (one of DECODERS, checked where the config is read) stands for
-    in this process (`auto` resolved once)."""
-    if name != "auto":
-        return name
-    if "auto" not in _resolved:
-        if importlib.util.find_spec("decord") is not None:
-            _resolved["auto"] = "decord"
-        elif torchcodec_loads() is None:
-            _resolved["auto"] = "torchcodec"
-        else:
-            _resolved["auto"] = "pyav"
-    return _resolved["auto"]
+    """The backend `name` (one of DECODERS, checked where the config is read) stands for."""
+    return "pyav" if name == "auto" else name
 
 
 def open_backend(name: str, path: Path, device: str | None = None):
