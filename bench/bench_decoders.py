@@ -29,7 +29,7 @@ each frame; libx264 `superfast`, B-pyramid), cached in bench/results/cache/:
      second × 1 frame a second);
   h. per backend, as many decoder processes at once as cores (as the run's decode lanes),
      each opening, planning and decoding every clip through `VideoReader` (FFmpeg's
-     threads as each backend sets them): sampled frames/s with `video_input.sampling:
+     threads as a run's lanes set them: `engine/lanes.py` decode_threads): sampled frames/s with `video_input.sampling:
      nearest` (default window, 250 ms) and `fps`, ÷ the ceiling; and the frames the
      decoder must decode per sampled frame, from the packet index (`nearest` on PyAV:
      reference frames on the way only, `DecodeIndex.cost`; decord and torchcodec decode
@@ -251,11 +251,14 @@ def lane_worker(backend: str, sampling: str, clips: list[str]) -> None:
     """One decoder process of figure h: warm, say ready, wait for go, decode, report."""
     from feature_pipeline_dagster.core.decode.reader import VideoReader
     from feature_pipeline_dagster.core.decode.spec import DecodeSpec
+    from feature_pipeline_dagster.core.engine.lanes import decode_threads
+
+    threads = decode_threads(CORES)  # as a run's CORES lanes set FFmpeg's threads
 
     def run(paths):
         frames = 0
         for path in paths:
-            reader = VideoReader(path, decoder=backend)
+            reader = VideoReader(path, decoder=backend, threads=threads)
             plan = reader.plan(DecodeSpec(sampling=sampling))
             frames += sum(len(batch) for batch in reader.batches(plan, 32))
             reader.close()

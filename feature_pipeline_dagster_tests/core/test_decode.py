@@ -61,6 +61,23 @@ def test_batches_carry_frame_ids_and_timestamps(sample_video, backend):
     assert batches[0].frames.shape == (4, 240, 320, 3) and batches[0].frames.dtype == np.uint8
 
 
+def test_a_lane_s_thread_count_reaches_ffmpeg_and_changes_no_pixel(sample_video, backend):
+    """The engine shares the cores among its decode lanes (`decode_threads`); every
+    backend takes the count, and one thread decodes the very frames FFmpeg's choice does."""
+    from feature_pipeline_dagster.core.engine.lanes import _cores, decode_threads
+
+    assert decode_threads(1) == 0 and decode_threads(2) == max(1, _cores() // 2) and decode_threads(10 ** 6) == 1
+    frames = {}
+    for threads in (0, 1):
+        reader = VideoReader(sample_video, decoder=backend, threads=threads)
+        if backend == "pyav" and threads:
+            assert reader._reader._stream.codec_context.thread_count == 1
+        plan = reader.plan(DecodeSpec(sample_fps=2.0, sampling="nearest"))
+        frames[threads] = np.concatenate([b.frames for b in reader.batches(plan, batch_size=4)])
+        reader.close()
+    assert np.array_equal(frames[0], frames[1])
+
+
 def test_random_bytes_give_one_clear_error(tmp_path, backend):
     bad = tmp_path / "noise.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(20000))

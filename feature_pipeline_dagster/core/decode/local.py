@@ -37,7 +37,7 @@ class LocalDecoder:
         self.device = device
 
     def open(self, path: Path, spec: DecodeSpec) -> LocalVideo:
-        return LocalVideo(VideoReader(path, decoder=spec.decoder, device=self.device), spec)
+        return LocalVideo(VideoReader(path, decoder=spec.decoder, device=self.device, threads=spec.threads), spec)
 
     def stop(self) -> None:
         pass

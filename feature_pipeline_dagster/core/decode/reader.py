@@ -144,11 +144,11 @@ class VideoReader:
     After `batches` ends, `partial` says why it stopped early, if it did."""
 
     def __init__(self, path: str | Path, complaints: Callable[[], list[str]] | None = None, decoder: str = "auto",
-                 device: str | None = None):
+                 device: str | None = None, threads: int = 0):
         self.path = Path(path)
         self._complaints = complaints or (lambda: [])
         self._salvaged: tempfile.TemporaryDirectory | None = None
-        self._decoder, self._device = resolve(decoder), device
+        self._decoder, self._device, self._threads = resolve(decoder), device, threads
         self.partial: str | None = None
         try:
             with open(self.path, "rb"):
@@ -186,7 +186,7 @@ class VideoReader:
         self.info = StreamInfo(self.path, frame_count, float(self._reader.fps), int(width), int(height), self._decoder)
 
     def _open(self, path: Path):
-        return open_backend(self._decoder, path, self._device)
+        return open_backend(self._decoder, path, self._device, self._threads)
 
     def _open_salvaged(self, error: BaseException):
         """A backend indexes the packets when it opens a file; one cut short after its

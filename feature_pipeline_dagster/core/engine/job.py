@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 from feature_pipeline_dagster.core.errors import FileInFluxError, VideoError
 from feature_pipeline_dagster.core.settings import INT_RANGES, CollectionSpec, Settings
 from feature_pipeline_dagster.core.summary import normalized_mean
@@ -59,14 +60,14 @@ class EmbeddingJob:
     _thumb_ids: set = field(default_factory=set)
     shots: ShotTrack | None = None  # the first feature's run: its shots found as it goes (core/shots.py)
 
-    def open(self, settings: Settings, spec: CollectionSpec, decoder, grid=None) -> None:
-        """Open in `decoder` and check; raises VideoError naming what is wrong."""
+    def open(self, settings: Settings, spec: CollectionSpec, decoder, decode: DecodeSpec, grid=None) -> None:
+        """Open in `decoder` as `decode` says and check; raises VideoError naming what is wrong."""
         try:
             self.stat = self.path.stat()
         except OSError as err:
             raise VideoError(f"{self.path}: not a readable file ({err.strerror})") from None
         try:
-            self.video = decoder.open(self.path, settings.video_input.decode)
+            self.video = decoder.open(self.path, decode)
         except VideoError as err:
             # A file still being written fails to open; say that, not what its half-written bytes look like.
             why = still_being_written(self.path, self.stat, settings.video_input.settle_seconds)

@@ -50,11 +50,24 @@ def put_unless_stopped(ready: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def decode_lanes(videos: int) -> int:
     """Lanes for a run: half the cores (the model and the writer need the rest), at least
     two where there is more than one video, so opening the next video overlaps decoding."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(videos, max(2, cores // 2)))
+    return max(1, min(videos, max(2, _cores() // 2)))
+
+
+def decode_threads(lanes: int) -> int:
+    """FFmpeg threads per decoder: the cores shared among the lanes, or FFmpeg's own choice
+    (0: a thread per core) for a lone lane. At FFmpeg's choice, two lanes on 2 cores ran
+    frame threads that decode past the wanted frame before each seek and contend for the
+    cores: PyAV at 720p, 1 fps, gave 20.4 sampled frames/s (`nearest`) and 17.0 (`fps`)
+    against 28.6 and 21.2 at one thread a lane, 96 against 68 CPU ms a `nearest` frame
+    (bench_decoders.py --nearest-only, 2 repeats each)."""
+    return 0 if lanes <= 1 else max(1, _cores() // lanes)
 
 
 _DONE = object()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,7 +26,7 @@ from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.decode.local import LocalDecoder
 from feature_pipeline_dagster.core.engine.job import EmbeddingJob, ShotTrack
-from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes
+from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes, decode_threads
 from feature_pipeline_dagster.core.engine.outcomes import RunReport
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.writer import JobDone, JobFailed, Rows, StreamEnd, StreamItem, write_run
@@ -136,14 +136,16 @@ class EmbeddingRun:
                 out.append(Rows(rows, kept_owners))
             model.close_done(kept_owners, close)
 
+        lanes = self.lanes or decode_lanes(len(jobs))
+        decode = replace(settings.video_input.decode, threads=decode_threads(lanes))
+
         def open_job(job: EmbeddingJob, decoder) -> None:
-            job.open(settings, spec, decoder, grid)
+            job.open(settings, spec, decoder, decode, grid)
             job.model, job.device = extractor.description, extractor.device
             if self.first_feature:
                 job.shots = ShotTrack()
             job.decode_batch = model.frames_per_batch((job.video.info.height, job.video.info.width))
 
-        lanes = self.lanes or decode_lanes(len(jobs))
         events = decode_ahead(jobs, open_job, settings.model.batch_size, lanes,
                               decoders=local_decoders(settings, extractor.device, lanes))
         try:

@@ -50,8 +50,9 @@ def resolve(name: str) -> str:
     return "pyav" if name == "auto" else name
 
 
-def open_backend(name: str, path: Path, device: str | None = None):
-    """An opened `base.Backend` of the resolved name over `path`; raises `base.OpenFailed`
-    for a file it cannot open, `VideoError` when the backend itself is unusable here."""
+def open_backend(name: str, path: Path, device: str | None = None, threads: int = 0):
+    """An opened `base.Backend` of the resolved name over `path`, decoding with `threads`
+    FFmpeg threads (0: FFmpeg's choice); raises `base.OpenFailed` for a file it cannot
+    open, `VideoError` when the backend itself is unusable here."""
     module = importlib.import_module(_MODULES[resolve(name)])
-    return module.open_video(path, device=device)
+    return module.open_video(path, device=device, threads=threads)

@@ -34,8 +34,8 @@ IDLE_S = 0.1
 class DecordBackend(Backend):
     name = "decord"
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, threads: int = 0):
+        self.path, self.threads = path, threads
         self._lock = threading.Lock()  # decord is called from here and from the idle timer
         self._calls = 0
         self._idle: threading.Timer | None = None
@@ -55,7 +55,7 @@ class DecordBackend(Backend):
     def _open(self):
         import decord
 
-        return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=0)
+        return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.threads)
 
     def frames(self, ids: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -89,5 +89,5 @@ class DecordBackend(Backend):
             self._reader = None
 
 
-def open_video(path: Path, device: str | None = None) -> DecordBackend:
-    return DecordBackend(path)
+def open_video(path: Path, device: str | None = None, threads: int = 0) -> DecordBackend:
+    return DecordBackend(path, threads)

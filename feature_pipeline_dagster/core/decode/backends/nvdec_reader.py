@@ -83,7 +83,8 @@ class NvdecBackend(Backend):
         self._decoder = None
 
 
-def open_video(path: Path, device: str | None = None) -> NvdecBackend:
+def open_video(path: Path, device: str | None = None, threads: int = 0) -> NvdecBackend:
+    """`threads` does not apply: NVDEC decodes on the GPU."""
     if why := unusable(device):
         raise VideoError(f"video_input.decoder: {why}")
     return NvdecBackend(path, device)

@@ -23,11 +23,11 @@ from feature_pipeline_dagster.core.errors import one_line
 class PyAVBackend(Backend):
     name = "pyav"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int = 0):
         import av
         import av.logging
 
-        self.path = path
+        self.path, self.threads = path, threads
         self._index = index = packet_index(path)
         self.starts, self._pts, self.keyframes, self.fps = index.starts, index.pts, index.keyframes, index.fps
         self.cut_short = index.cut_short
@@ -50,6 +50,8 @@ class PyAVBackend(Backend):
             raise OpenFailed(one_line(err)) from None
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # frame threads, as decord's num_threads=0
+        if self.threads:
+            self._stream.codec_context.thread_count = self.threads
         self._decoded = None  # the running decode: a generator of frames
         self._at = -1  # the last frame id it gave
         self._packets = None  # sparse_frames' running demux
@@ -199,5 +201,5 @@ class PyAVBackend(Backend):
         self._capture.__exit__(None, None, None)
 
 
-def open_video(path: Path, device: str | None = None) -> PyAVBackend:
-    return PyAVBackend(path)
+def open_video(path: Path, device: str | None = None, threads: int = 0) -> PyAVBackend:
+    return PyAVBackend(path, threads)

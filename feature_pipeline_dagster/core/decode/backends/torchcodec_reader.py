@@ -22,8 +22,8 @@ AV_LOG_INFO = 32  # FFmpeg's default level, the one decord leaves in place
 class TorchcodecBackend(Backend):
     name = "torchcodec"
 
-    def __init__(self, path: Path, device: str = "cpu"):
-        self.path, self.device = path, device
+    def __init__(self, path: Path, device: str = "cpu", threads: int = 0):
+        self.path, self.device, self.threads = path, device, threads
         self._index = index = packet_index(path)
         self.starts, self.keyframes, self.fps = index.starts, index.keyframes, index.fps
         self.cut_short = index.cut_short
@@ -36,7 +36,7 @@ class TorchcodecBackend(Backend):
 
         try:
             self._decoder = VideoDecoder(str(self.path), seek_mode="exact", dimension_order="NHWC",
-                                         num_ffmpeg_threads=0, device=self.device)
+                                         num_ffmpeg_threads=self.threads, device=self.device)
         except (RuntimeError, ValueError) as err:
             raise OpenFailed(one_line(err)) from None
         _ffmpeg_log_level(AV_LOG_INFO)
@@ -76,7 +76,7 @@ def _ffmpeg_log_level(level: int) -> None:
         lib.av_log_set_level(level)
 
 
-def open_video(path: Path, device: str | None = None) -> TorchcodecBackend:
+def open_video(path: Path, device: str | None = None, threads: int = 0) -> TorchcodecBackend:
     if why := torchcodec_loads():
         raise VideoError(f"video_input.decoder torchcodec: {why}")
-    return TorchcodecBackend(path)
+    return TorchcodecBackend(path, threads=threads)
