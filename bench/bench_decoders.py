@@ -356,7 +356,8 @@ def clip_seconds(path: Path) -> float:
 
 def nearest_table(figures: dict) -> list[str]:
     lines = ["| decoding (1 fps sampling) | sampled frames/s | ÷ ceiling | CPU ms per sampled frame | ceiling ÷ this "
-             "| frames decoded per sampled frame | a decoder process's peak RSS, MiB |", "|---|---|---|---|---|---|---|"]
+             "| frames decoded per sampled frame | a decoder process's peak RSS, MiB |",
+             "|---|---|---|---|---|---|---|"]
     for key, f in figures.items():
         name = (f"full-decode ceiling: {CORES} × `ffmpeg -threads 1 -f null`" if key == "ceiling"
                 else f"{key.split()[0]}, `sampling: {key.split()[1]}`, {CORES} decoder processes")

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_long_video.py [--repeats 3] [--long-minutes 60]
     .venv/bin/python bench/bench_long_video.py --navit [--repeats 1] [--long-minutes 10]
+    (either with --decoder NAME: video_input.decoder, default auto)
 
 `--navit`: NaViT at length. A 10-minute 720p video against a 10-second one (sample_fps 1:
 600 vs 10 frames), through a random VL3-SigLIP-NaViT of the real width (hidden_size 1152,
@@ -441,7 +442,8 @@ def main() -> None:
                      "size": HD_SIZE if NAVIT else "320x240", "fps": 30, "sample_fps": 1.0,
                      "model": "VL3-SigLIP-NaViT (random weights, hidden_size 1152, 1 layer, 1008 rows/720p frame)"
                      if NAVIT else "tiny CLIP (tests' TINY_CLIP, random weights, 32-d)",
-                     "decoder": DECODER, "model_batch_size": MODEL_BATCH, "db_batch_size": DB_BATCH, "sample_interval_s": SAMPLE_S,
+                     "decoder": DECODER, "model_batch_size": MODEL_BATCH, "db_batch_size": DB_BATCH,
+                     "sample_interval_s": SAMPLE_S,
                      "children_files": CHILDREN_FILES},
         "runs": runs,
     }

@@ -202,9 +202,10 @@ def test_a_video_whose_last_batch_holds_two_of_its_parts_is_committed_once(proje
     assert store.count_rows(spec, "parts.mp4") == 3
 
 
-def test_rows_wait_for_the_writer_while_a_full_request_of_earlier_rows_is_still_to_go(project, engine):
-    """A model faster than the store (a patch model on the CPU) waits for the writer: it
-    does not queue batch after batch of rows in memory (a long NaViT video's peak)."""
+def test_rows_wait_for_the_writer_while_two_requests_of_earlier_rows_are_still_to_go(project, engine):
+    """A model faster than the store (a patch model on the CPU) waits for the writer once
+    two requests' worth of rows wait: it does not queue batch after batch of rows in
+    memory (a long NaViT video's peak), nor wait out every insert (a fast CLIP's)."""
     import threading
 
     from feature_pipeline_dagster.core.batches import FrameBatch
@@ -229,14 +230,15 @@ def test_rows_wait_for_the_writer_while_a_full_request_of_earlier_rows_is_still_
 
     def model():
         for start in range(0, 18, 6):
-            writer.add(extractor.embed(FrameBatch(frames, np.arange(start, start + 6), np.arange(6) * 1000)), [(job, 6)])
+            rows = extractor.embed(FrameBatch(frames, np.arange(start, start + 6), np.arange(6) * 1000))
+            writer.add(rows, [(job, 6)])
             added.append(start)
 
     thread = threading.Thread(target=model)
     thread.start()
     assert inserting.wait(30)
     thread.join(0.5)
-    assert added == [0]  # 6 rows handed over, the first request's 4 not in yet: the next batch waits
+    assert added == [0, 6]  # 12 rows handed over, the first request's 4 not in yet: the third batch waits
     go_on.set()
     thread.join(30)
     assert added == [0, 6, 12]

@@ -17,7 +17,7 @@ class DecodeSpec:
     max_frames: int | None = None
     sampling: str = "fps"  # fps | keyframes | nearest (decode/reader.py SamplingPlan)
     max_shift_ms: float | None = None  # nearest only; None: a quarter of the sample interval
-    threads: int = 0  # FFmpeg threads per decoder, 0: FFmpeg's choice; set by the engine (lanes.decode_threads), not the config
+    threads: int = 0  # FFmpeg threads per decoder (0: FFmpeg's); the engine's (lanes.decode_threads), not the config's
 
     @property
     def shift_ms(self) -> float:

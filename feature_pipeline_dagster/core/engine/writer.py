@@ -170,14 +170,16 @@ class RunWriter:
 
     def add(self, rows: EmbeddingBatch, owners: list[tuple[EmbeddingJob, int]]) -> None:
         """Rows in order, `owners` saying which video owns how many of them. Waits while
-        a full insert request of earlier rows is still to go: the store inserts slower than
-        a patch model embeds on the CPU (1243 against 2660 rows/s of 1152-d,
-        bench_throughput.py 6), and queued tasks held up to four model batches of rows
-        (37 MB each at 8064 rows) beside the model's working set, which a long video's peak
-        memory showed and a short one's never reaches (bench_long_video.py --navit).
-        A fast model's small batches (CLIP: 32 rows) still queue up to a request's worth."""
+        two full insert requests of earlier rows are still to go (one in the store's hands,
+        one filling): the store inserts slower than a patch model embeds on the CPU (1243
+        against 2660 rows/s of 1152-d, bench_throughput.py 6), and queued tasks held up to
+        four model batches of rows (37 MB each at 8064 rows) beside the model's working set,
+        which a long video's peak memory showed and a short one's never reaches
+        (bench_long_video.py --navit). At one request, a fast model's small batches (CLIP:
+        32 rows) waited out every insert: the sensor's 1000 clips took 88 s against 70
+        (bench_gpu_standin.py)."""
         with self._room:
-            while self._pending >= self.insert_rows and self._error is None and self._thread.is_alive():
+            while self._pending >= 2 * self.insert_rows and self._error is None and self._thread.is_alive():
                 self._room.wait(0.1)
             self._pending += len(rows)
         self._submit(self._add, rows, owners)

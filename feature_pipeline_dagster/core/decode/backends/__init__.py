@@ -4,15 +4,15 @@ run's CUDA device). Each lives in its own module and imports its library on firs
 so choosing one never loads the others (nor torch, for decord and PyAV).
 
 `auto` picks PyAV: it is installed everywhere (its wheels bundle FFmpeg), and of the CPU
-backends it costs the least CPU and memory together. Per sampled frame of 720p at 1 fps:
-104 CPU ms against decord's 116 (`fps`), 75 against 98 (`nearest`, where it alone skips the
-frames nothing references), in a decoder process of 185 MiB against 281-320; torchcodec
-takes 77-91 ms but 800 MiB (its decoder process imports torch) and needs the system's
-FFmpeg (bench/bench_decoders.py --nearest-only, 3 repeats). decord also reads packets as
-fast as the file gives them while a frame decodes and decodes them all into memory it
-keeps, so its process grows with a video's length: 331 MiB on a 3-minute 720p video
-against PyAV's 137 (bench/bench_long_video.py --navit). It never picks nvdec: GPU
-decoding is asked for by name.
+backends it costs the least CPU and memory together. Per sampled frame of 720p at 1 fps,
+two lanes of one thread: 89 CPU ms against decord's 105 (`fps`), 77 against 90 (`nearest`,
+where it alone skips the frames nothing references), in a decoder process of 187-189 MiB
+against 287-320; torchcodec takes 79-90 ms but 800 MiB (its decoder process imports torch)
+and needs the system's FFmpeg (bench/bench_decoders.py --nearest-only, 3 repeats). decord
+also reads packets as fast as the file gives them while a frame decodes and decodes them
+all into memory it keeps, so its process grows with a video's length: 331 MiB on a
+3-minute 720p video against PyAV's 137 (bench/bench_long_video.py --navit). It never
+picks nvdec: GPU decoding is asked for by name.
 """
 
 from __future__ import annotations

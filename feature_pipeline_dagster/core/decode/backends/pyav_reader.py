@@ -49,7 +49,7 @@ class PyAVBackend(Backend):
         except (av.FFmpegError, ValueError, OSError) as err:
             raise OpenFailed(one_line(err)) from None
         self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"  # frame threads, as decord's num_threads=0
+        self._stream.thread_type = "AUTO"  # frame threads: as many as the run gives (`threads`), else FFmpeg's choice
         if self.threads:
             self._stream.codec_context.thread_count = self.threads
         self._decoded = None  # the running decode: a generator of frames
