@@ -175,9 +175,8 @@ class RunWriter:
         against 2660 rows/s of 1152-d, bench_throughput.py 6), and queued tasks held up to
         four model batches of rows (37 MB each at 8064 rows) beside the model's working set,
         which a long video's peak memory showed and a short one's never reaches
-        (bench_long_video.py --navit). At one request, a fast model's small batches (CLIP:
-        32 rows) waited out every insert: the sensor's 1000 clips took 88 s against 70
-        (bench_gpu_standin.py)."""
+        (bench_long_video.py --navit). Two, not one: a fast model's small batches (CLIP: 32
+        rows) go on filling the next request while the store takes one."""
         with self._room:
             while self._pending >= 2 * self.insert_rows and self._error is None and self._thread.is_alive():
                 self._room.wait(0.1)
