@@ -171,11 +171,11 @@ class RunWriter:
     def add(self, rows: EmbeddingBatch, owners: list[tuple[EmbeddingJob, int]]) -> None:
         """Rows in order, `owners` saying which video owns how many of them. Waits while
         two full insert requests of earlier rows are still to go (one in the store's hands,
-        one filling): the store inserts slower than a patch model embeds on the CPU (1243
-        against 2660 rows/s of 1152-d, bench_throughput.py 6), and queued tasks held up to
-        four model batches of rows (37 MB each at 8064 rows) beside the model's working set,
-        which a long video's peak memory showed and a short one's never reaches
-        (bench_long_video.py --navit). Two, not one: a fast model's small batches (CLIP: 32
+        one filling): the store inserts slower than a patch model embeds on the CPU (about
+        1900 against 5200 rows/s of 1152-d, bench_throughput.py --only 6), and queued tasks
+        held up to four model batches of rows (37 MB each at 8064 rows) beside the model's
+        working set, which a long video's peak memory showed and a short one's never
+        reaches (bench_long_video.py --navit). Two, not one: a fast model's small batches (CLIP: 32
         rows) go on filling the next request while the store takes one."""
         with self._room:
             while self._pending >= 2 * self.insert_rows and self._error is None and self._thread.is_alive():

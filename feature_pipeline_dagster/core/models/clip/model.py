@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import functools
 import logging
 import threading
 from contextlib import contextmanager
@@ -296,18 +297,24 @@ class ClipExtractor:
         )
 
 
+@functools.cache
+def _uint8_bilinear_kernels() -> bool:
+    """Whether torch resizes uint8 bilinear natively here, where torchvision lets it: the
+    machine's, asked once per process rather than at every batch."""
+    import platform
+
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+
+
 def resize_uint8(x: torch.Tensor, size: tuple[int, int], bicubic: bool) -> torch.Tensor:
     """torchvision's v2 antialiased resize of uint8 (N, 3, H, W), on the torch op it wraps:
     uint8 natively on the CPU (PIL's result, where float interpolation is not), else through
     float32, clamped and rounded. torchvision's v2 module itself imports torch._dynamo (its
     `tv_tensors` decorate with `torch.compiler.disable`): 0.9 s of CPU at every run's first
     batch, on its start-up's critical path."""
-    import platform
-
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    simd = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
-    native = x.device.type == "cpu" and (bicubic or simd)  # torch's uint8 kernels, where torchvision uses them
+    native = x.device.type == "cpu" and (bicubic or _uint8_bilinear_kernels())
     y = torch.nn.functional.interpolate(x if native else x.float(), size=list(size),
                                         mode="bicubic" if bicubic else "bilinear", align_corners=False, antialias=True)
     return y if native else y.clamp_(0, 255).round_().to(torch.uint8)
