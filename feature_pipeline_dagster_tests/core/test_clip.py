@@ -187,3 +187,30 @@ def test_resize_is_torchvisions_v2_resize_pixel_for_pixel():
             mode = InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR
             for size in [(224, 224), (96, 160)]:
                 assert torch.equal(resize_uint8(x, size, bicubic), F.resize(x, list(size), interpolation=mode))
+
+
+LOADS = """
+import sys
+from feature_pipeline_dagster.core.models import load_extractor
+from feature_pipeline_dagster.core.settings import ModelSettings
+load_extractor(ModelSettings(name="CLIP", path=sys.argv[1], source="folder"), "cpu")
+"""
+
+
+@pytest.mark.parametrize("exported, shown", [(None, "GOMP_SPINCOUNT = '0'"), ("ACTIVE", "OMP_WAIT_POLICY = 'ACTIVE'")])
+def test_torchs_openmp_threads_sleep_between_regions_unless_told_otherwise(tiny_clip, exported, shown):
+    """Spinning OpenMP threads took the cores the decoders beside the model need
+    (core/models/__init__.py). libgomp prints what it read as torch loads
+    (`OMP_DISPLAY_ENV=verbose`; left unset, it spins 300000 times before it sleeps); a
+    policy the environment exports is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"OMP_DISPLAY_ENV": "verbose"}
+    if exported:
+        env["OMP_WAIT_POLICY"] = exported
+    out = subprocess.run([sys.executable, "-c", LOADS, str(tiny_clip)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert shown in out.stderr

@@ -5,6 +5,7 @@ random-weights CLIP into Milvus Lite; `find_duplicates` scored over pairs."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from feature_pipeline_dagster.core.engine.run import RunReport, embed_videos
@@ -93,3 +94,42 @@ def test_alignment_needs_one_time_offset():
     assert (pair.a.start_s, pair.a.end_s, pair.b.start_s, pair.b.end_s) == (3.0, 7.0, 0.0, 4.0)
     scattered = [(t * 1000, ((t * 3) % 5) * 1000, 0.999) for t in range(5)]
     assert aligned_pair("a.mp4", "b.mp4", scattered, 5, 5, 1.0) is None
+
+
+def test_a_copy_is_found_past_a_video_that_crowds_its_frames_nearest_rows(tmp_path, tiny_clip):
+    """The search asks each frame's nearest rows ungrouped first: here a long still video
+    has 25 rows nearer each frame of `q.mp4` than its copy's, more than that search
+    returns, so the frames must be asked again grouped by video to find the copy."""
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch
+    from feature_pipeline_dagster.core.ledger import LedgerRecord
+    from feature_pipeline_dagster.core.models import code_version
+    from feature_pipeline_dagster.core.store import new_generation
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
+
+    settings = load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, tmp_path)))
+    spec, store = settings.db.collections[0], store_for(settings.db)
+    rng = np.random.default_rng(0)
+
+    def near(vectors: np.ndarray, distance: float) -> np.ndarray:
+        noise = rng.standard_normal(vectors.shape)
+        noise *= distance / np.linalg.norm(noise, axis=1, keepdims=True)
+        out = vectors + noise
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    def write(video: str, vectors: np.ndarray, ms: np.ndarray) -> None:
+        generation = new_generation()
+        columns = {"frame_id": np.arange(len(ms)), "timestamp_ms": ms}
+        store.insert(spec, EmbeddingBatch(vectors, columns), [video] * len(ms), generation)
+        store.commit(spec, [video], generation)
+        store.record_videos(spec, [LedgerRecord(video, "f", "d", code_version(settings), len(ms))], generation)
+
+    try:
+        frames = near(np.zeros((3, spec.vector_field.dim)), 1.0)
+        write("q.mp4", frames, np.arange(3) * 1000)
+        write("copy.mp4", near(frames, 0.03), np.arange(3) * 1000)  # cos ~0.9995
+        write("still.mp4", near(np.repeat(frames, 25, axis=0), 0.01), np.arange(75) * 1000)  # cos ~0.99995
+        result = find_duplicates(settings, videos=["q.mp4"], store=store)
+        assert [g.videos for g in result.groups] == [("copy.mp4", "q.mp4")]
+    finally:
+        store.close()
+        LiteServer(settings.db.uri).stop()
