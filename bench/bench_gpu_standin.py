@@ -18,7 +18,10 @@ Figures:
   2. `feature-pipeline run` over all clips, start-up included (a fresh Milvus Lite file,
      no Lite server running, a fresh DAGSTER_HOME): sampled frames/s, and / ceiling
      (goal >= 0.8); beside it the core's engine alone over the same clips (`embed_videos`,
-     model loaded, no Dagster), so what Dagster adds shows.
+     model loaded, no Dagster), so what Dagster adds shows; and the seconds of each of its
+     Dagster steps, summed over its runs (the summary's step looks for the run's videos'
+     near-duplicates: here every clip's frames sit at cos >= 0.9999 to every other's, the
+     stand-in's random weights, so every frame takes the grouped search, the worst case).
   3. start-up: the same command over one clip (goal <= 6 s), and the intercept of the
      two-length fit of one clip and `--short` clips (goal <= 5 s): both one run in the
      command's own process. (A fit of `--short` against `--clips` clips mixes that with
@@ -98,6 +101,23 @@ def linked_project(work: Path, prefix: str, files: list[Path], model: Path, samp
     return root, project(root, videos, model, sampling, decoder)
 
 
+STEP_SECONDS = """
+import json
+from dagster import DagsterInstance
+seconds = {}
+with DagsterInstance.get() as instance:
+    for run in instance.get_runs():
+        started = {}
+        for entry in instance.all_logs(run.run_id):
+            kind = entry.dagster_event.event_type_value if entry.dagster_event else None
+            if kind == "STEP_START":
+                started[entry.step_key] = entry.timestamp
+            elif kind == "STEP_SUCCESS" and entry.step_key in started:
+                seconds[entry.step_key] = seconds.get(entry.step_key, 0) + entry.timestamp - started[entry.step_key]
+print(json.dumps(seconds))
+"""
+
+
 def cli_run(work: Path, files: list[Path], model: Path, sampling: str, decoder: str) -> dict:
     root, env = linked_project(work, "run-", files, model, sampling, decoder)
     try:
@@ -106,7 +126,9 @@ def cli_run(work: Path, files: list[Path], model: Path, sampling: str, decoder: 
         match = re.search(r"embedded (\d+) of (\d+) video\(s\), (\d+) rows", done.stderr)
         if done.returncode != 0 or not match or match[1] != match[2]:
             raise SystemExit(f"feature-pipeline run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        return {"seconds": t.wall, "videos": int(match[1]), "frames": int(match[3])}
+        steps = subprocess.run([sys.executable, "-c", STEP_SECONDS], env=env, cwd=root, capture_output=True, text=True)
+        return {"seconds": t.wall, "videos": int(match[1]), "frames": int(match[3]),
+                "steps": json.loads(steps.stdout) if steps.returncode == 0 else {}}
     finally:
         stop_db(env, root)
         shutil.rmtree(root, ignore_errors=True)
@@ -236,7 +258,8 @@ def main() -> None:
     one = cli_run(work, files[:1], model, args.sampling, args.decoder)
     short = cli_run(work, files[: args.short], model, args.sampling, args.decoder)
     full = cli_run(work, files, model, args.sampling, args.decoder)
-    out.update(one_clip_s=one["seconds"], short_s=short["seconds"], run_s=full["seconds"], run_frames=full["frames"])
+    out.update(one_clip_s=one["seconds"], short_s=short["seconds"], run_s=full["seconds"], run_frames=full["frames"],
+               run_steps_s=full["steps"])
     out["core_s"] = core_run(work, files, model, args.sampling, args.decoder)["seconds"]
     out["core_over_ceiling"] = frames / out["core_s"] / out["ceiling_fps"]
     out["run_fps"] = full["frames"] / full["seconds"]
@@ -259,6 +282,8 @@ def main() -> None:
         f"   the core alone (embed_videos, model loaded, no Dagster): {out['core_s']:.1f} s = "
         f"{out['core_over_ceiling']:.2f} x ceiling; beyond it, run spends {out['run_s'] - out['core_s']:.1f} s "
         f"(start-up, Dagster's runs and per-partition events)",
+        "   its steps, seconds summed over its runs (runs overlap): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(full["steps"].items(), key=lambda kv: -kv[1])),
         f"3. one clip: {out['one_clip_s']:.1f} s (goal <= 6); two-length fit (1/{args.short} clips): "
         f"start-up intercept {out['startup_intercept_s']:.1f} s (goal <= 5); {args.short} -> {args.clips} clips: "
         f"steady {steady:.0f} frames/s (intercept {out['long_fit_intercept_s']:.1f} s)",

@@ -9,7 +9,8 @@ offset (a copy or a re-encode keeps time, a trim shifts it by a constant): the o
 window of one sample period holding the most distinct frames. The matched frames give the
 time range in each video; pairs join into groups by union-find.
 
-Cost per video is O(frames x CANDIDATE_VIDEOS x FRAMES_PER_VIDEO) hits, never all pairs;
+Cost per video is O(frames x CANDIDATE_VIDEOS x FRAMES_PER_VIDEO) hits, never all pairs
+(asked ungrouped first: `_NearestFrames`);
 memory holds one batch of videos' rows and hits (14 MiB for 3600 512-d frames, bench_duplicates.py
 --long-frames), the ledger's names and generations (330 bytes a video of 30-character names,
 tracemalloc: 330 MB for a million videos, read in one listing) and the confirmed pairs.
