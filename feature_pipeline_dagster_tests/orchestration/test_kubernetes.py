@@ -181,6 +181,7 @@ def test_queue_limit_is_the_gpu_count_and_the_helm_values_match(project, monkeyp
     cluster = load_settings(REPO / "deploy" / "cluster-config.yaml", check_paths=False)
     coordinator = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
     assert coordinator["tagConcurrencyLimits"] == queue_limits(cluster)
+    assert coordinator["dequeueIntervalSeconds"] == 1
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["dagster-user-deployments"]["deployments"][0]["image"]["repository"] == cluster.kubernetes.image.rsplit(":", 1)[0]
     local = load_settings(REPO / "config" / "smoke-config.yaml", check_paths=False)
@@ -188,8 +189,10 @@ def test_queue_limit_is_the_gpu_count_and_the_helm_values_match(project, monkeyp
     for template in (REPO / "config" / "dagster-instance.yaml", REPO / "deploy" / "dagster.yaml"):
         for per_device in (1, 3):  # the instance `feature-pipeline` writes: the leases' runs and one waiting
             local = dataclasses.replace(local, runs_per_device=per_device)
-            written = yaml.safe_load(instance_yaml(device_queue_limit(local), template))["concurrency"]["runs"]
+            instance = yaml.safe_load(instance_yaml(device_queue_limit(local), template))
+            written = instance["concurrency"]["runs"]
             assert written["tag_concurrency_limits"] == queue_limits(local)
+            assert instance["run_coordinator"]["config"] == {"dequeue_interval_seconds": 1}  # a queued run starts within 1 s
             assert queue_limits(local)[0]["limit"] == per_device + WAITING_RUNS_PER_DEVICE
 
 
