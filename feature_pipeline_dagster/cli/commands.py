@@ -135,7 +135,9 @@ def _scan(args) -> int:
 # here, two per video (the embedding and the summary), as much as a short clip's decoding;
 # 150 clips took 47-52 s with it against 66-71 s without. What is lost: the UI does not
 # mark the partitions of a failed run as failed (run prints them; `videos_complete` and
-# `<collection>_failed` name them). Set it to 0 to keep Dagster's default.
+# `<collection>_failed` name them). Set it to 0 to keep Dagster's default. The template's
+# event log (orchestration/event_log.py) plans this way in every process, the daemon's too;
+# this covers other storages (Postgres).
 PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 
 

@@ -59,3 +59,16 @@ def test_a_ranged_run_is_recorded_as_dagsters_own_event_log_records_it(project):
     assert batched["video_embedding"]["materialized"] == keys
     assert all(batched[a]["tags"][k] for a in batched for k in keys)  # data versions, per partition
     assert batched == plain
+
+
+def test_a_run_plans_each_asset_once_unless_dagsters_switch_says_0(tmp_path, monkeypatch):
+    """The daemon plans a sensor's run before it queues it: per partition, a run of 400
+    videos was 1200 events written one by one (orchestration/event_log.py)."""
+    (tmp_path / "dagster.yaml").write_text((REPO / "config" / "dagster-instance.yaml").read_text())
+    monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        assert storage.supports_partition_subset_in_asset_materialization_planned_events
+        monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "0")
+        assert not storage.supports_partition_subset_in_asset_materialization_planned_events

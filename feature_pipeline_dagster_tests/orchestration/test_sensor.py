@@ -158,6 +158,30 @@ def test_free_slots_go_round_the_devices_least_busy_first(project):
         assert _free_slots(instance, settings, ["cpu:0", "cpu:1"]) == ["cpu:1", "cpu:1"]
 
 
+def test_a_run_past_its_embedding_frees_its_devices_slot(project):
+    """Its checks, summary and shots need no device: the run handed out in its place waits
+    in Dagster's queue, not for the sensor's next tick."""
+    from dagster._core.events import DagsterEvent, DagsterEventType, StepSuccessData
+
+    from feature_pipeline_dagster.orchestration.sensors import _free_slots
+
+    _two_devices(project)
+    settings = load_settings(project.config)
+    with DagsterInstance.get() as instance:
+        runs = [_busy(instance, "cpu:0") for _ in range(1 + WAITING_RUNS_PER_DEVICE)]
+        assert _free_slots(instance, settings, ["cpu:0"]) == []
+
+        def step_done(run_id: str, step: str) -> None:
+            instance.report_dagster_event(DagsterEvent(DagsterEventType.STEP_SUCCESS.value, job_name="elsewhere",
+                                                       step_key=step, event_specific_data=StepSuccessData(1.0)),
+                                          run_id)
+
+        step_done(runs[0], "video_embedding_rows_match_run")  # another step: still on the device
+        assert _free_slots(instance, settings, ["cpu:0"]) == []
+        step_done(runs[0], settings.model.features[0])
+        assert _free_slots(instance, settings, ["cpu:0"]) == ["cpu:0"]
+
+
 def test_ranged_run_fails_only_the_bad_video(project):
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
 
