@@ -192,7 +192,7 @@ def test_queue_limit_is_the_gpu_count_and_the_helm_values_match(project, monkeyp
             instance = yaml.safe_load(instance_yaml(device_queue_limit(local), template))
             written = instance["concurrency"]["runs"]
             assert written["tag_concurrency_limits"] == queue_limits(local)
-            assert instance["run_coordinator"]["config"] == {"dequeue_interval_seconds": 1}  # a queued run starts within 1 s
+            assert instance["run_coordinator"]["config"] == {"dequeue_interval_seconds": 1}  # starts within 1 s
             assert queue_limits(local)[0]["limit"] == per_device + WAITING_RUNS_PER_DEVICE
 
 

@@ -157,7 +157,7 @@ def load_text_encoder(model: ModelSettings, device: str) -> TextEncoder:
     family = FAMILIES[model.name]
     if not family.text_tower:
         raise ModelError(f"model {model.name} has no text tower: search it with an image (--image)")
-    return _torch_module(FAMILIES[model.name].module).load_text(model, device)
+    return _torch_module(family.module).load_text(model, device)
 
 
 def _torch_module(name: str):
