@@ -28,7 +28,10 @@ Figures:
      two runs in flight, whose lower cost per clip leaves a larger intercept: it is printed
      too, as the steady rate it gives.)
   4. the sensor: dagster-daemon running, the clips dropped into the watched folder in 10
-     batches 3 s apart; from the first drop to the last video committed (its ledger row), / figure 2's wall time (goal <= 1.25); the runs it launched.
+     batches 3 s apart; from the first drop to the last video committed (its ledger row),
+     / figure 2's wall time (goal <= 1.25); the runs it launched, each with its timeline from
+     the first drop: created by the sensor's tick, queued once the daemon has planned it,
+     started once its process is up, its embedding step done.
 Results also go to bench/results/gpu_standin.json. No timing here is asserted.
 """
 
@@ -208,16 +211,34 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
                 rows = 0
         store.close()
         seconds = time.perf_counter() - started
+        first_drop = time.time() - seconds
         with DagsterInstance.get() as instance:
-            runs = instance.get_runs(RunsFilter(tags={"dagster/sensor_name": "video_folder_sensor"}))
-            per_run = [(r.tags.get("dagster/asset_partition_range_start") or r.tags.get("dagster/partition"),
-                        r.tags.get("dagster/asset_partition_range_end")) for r in runs]
-        return {"seconds": seconds, "videos": rows, "runs": len(runs), "ranges": per_run[::-1]}
+            runs = instance.get_run_records(RunsFilter(tags={"dagster/sensor_name": "video_folder_sensor"}))[::-1]
+            per_run = [(r.dagster_run.tags.get("dagster/asset_partition_range_start")
+                        or r.dagster_run.tags.get("dagster/partition"),
+                        r.dagster_run.tags.get("dagster/asset_partition_range_end")) for r in runs]
+            timeline = [run_timeline(instance, r, first_drop) for r in runs]
+        return {"seconds": seconds, "videos": rows, "runs": len(runs), "ranges": per_run, "timeline": timeline}
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
         daemon.wait()
         stop_db(env, root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def run_timeline(instance, record, origin: float) -> dict:
+    """A sensor's run in seconds from the first drop: created (by the daemon's tick), queued
+    (once the daemon has planned it), started (its process up) and its embedding step's end."""
+    from dagster import DagsterEventType
+
+    def first(kind, step=None):
+        found = [r.timestamp for r in instance.get_records_for_run(record.dagster_run.run_id, of_type=kind).records
+                 if step is None or r.event_log_entry.step_key == step]
+        return round(min(found) - origin, 1) if found else None
+
+    return {"created": round(record.create_timestamp.timestamp() - origin, 1),
+            "queued": first(DagsterEventType.RUN_ENQUEUED), "started": first(DagsterEventType.RUN_START),
+            "embedded": first(DagsterEventType.STEP_SUCCESS, "video_embedding")}
 
 
 def bare_ms_per_frame(model: Path) -> float:
@@ -271,7 +292,8 @@ def main() -> None:
     out["long_fit_intercept_s"] = short["seconds"] - short["frames"] / steady
     if not args.skip_sensor:
         sensor = sensor_run(work, files, model, args.sampling, args.decoder)
-        out.update(sensor_s=sensor["seconds"], sensor_runs=sensor["runs"], sensor_ranges=sensor["ranges"])
+        out.update(sensor_s=sensor["seconds"], sensor_runs=sensor["runs"], sensor_ranges=sensor["ranges"],
+                   sensor_timeline=sensor["timeline"])
         out["sensor_over_run"] = sensor["seconds"] / full["seconds"]
     shutil.rmtree(work, ignore_errors=True)
     lines = [
@@ -292,6 +314,8 @@ def main() -> None:
         lines.append(f"4. sensor, {DROPS} drops {DROP_EVERY_S:.0f} s apart: first drop to last row "
                      f"{out['sensor_s']:.1f} s = {out['sensor_over_run']:.2f} x run (goal <= 1.25), "
                      f"{out['sensor_runs']} run(s)")
+        for (start, end), when in zip(out["sensor_ranges"], out["sensor_timeline"]):
+            lines.append(f"   run {start}..{end}: " + ", ".join(f"{k} {v} s" for k, v in when.items()))
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out["load_end"] = os.getloadavg()
