@@ -37,6 +37,7 @@ from feature_pipeline_dagster.core.run_sizing import WARM_RUN_FRAMES, expected_f
 from feature_pipeline_dagster.core.videos import list_videos, partition_key, relpath_of
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.core.models.weights import RANDOM_NOTICE
+from feature_pipeline_dagster.orchestration.names import PLANNED_EVENTS_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,17 +131,6 @@ def _scan(args) -> int:
     return 0
 
 
-# One "materialization planned" event per asset and run instead of one per partition, which
-# Dagster reads from this variable: on its default SQLite storage each event cost 10-45 ms
-# here, two per video (the embedding and the summary), as much as a short clip's decoding;
-# 150 clips took 47-52 s with it against 66-71 s without. What is lost: the UI does not
-# mark the partitions of a failed run as failed (run prints them; `videos_complete` and
-# `<collection>_failed` name them). Set it to 0 to keep Dagster's default. The template's
-# event log (orchestration/event_log.py) plans this way in every process, the daemon's too;
-# this covers other storages (Postgres).
-PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
-
-
 def _run(args) -> int:
     from tqdm import tqdm
 
@@ -154,6 +144,14 @@ def _run(args) -> int:
     devices = run_devices(settings.gpus)
     check_devices(devices, settings.source)  # once, before any video, the database or Dagster is touched
     pictures(settings)  # the saved searches' pictures, likewise
+    # One "materialization planned" event per asset and run instead of one per partition, which
+    # Dagster reads from this variable: on its default SQLite storage each event cost 10-45 ms
+    # here, two per video (the embedding and the summary), as much as a short clip's decoding;
+    # 150 clips took 47-52 s with it against 66-71 s without. What is lost: the UI does not
+    # mark the partitions of a failed run as failed (run prints them; `videos_complete` and
+    # `<collection>_failed` name them). Set it to 0 to keep Dagster's default. The template's
+    # event log (orchestration/event_log.py) plans this way in every process, the daemon's too;
+    # this covers other storages (Postgres).
     os.environ.setdefault(PLANNED_EVENTS_ENV, "1")
     started = time.perf_counter()
     instance_home(settings)  # another folder's instance is refused before anything starts

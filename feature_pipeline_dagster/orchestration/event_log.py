@@ -41,8 +41,9 @@ from dagster._core.storage.event_log import SqliteEventLogStorage
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
+from feature_pipeline_dagster.orchestration.names import PLANNED_EVENTS_ENV
+
 BATCH_ENV, BATCH_EVENTS = "DAGSTER_EVENT_BATCH_SIZE", "1000"
-PLANNED_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 ROWS_PER_STATEMENT = 500  # SQLite allows 32,766 bound values a statement; a tag row takes five
 INDEX_SHARD, BUSY_TIMEOUT_S = "index", 30  # Dagster's index database (index.db) and its SQLite busy timeout
 
@@ -102,7 +103,7 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         daemon before it queued the run: 3.7-8.5 s of each run's start beside the running
         ones (bench_gpu_standin.py's sensor). What is lost: the UI does not mark a failed
         run's partitions failed (`videos_complete` and `<collection>_failed` name them)."""
-        return os.environ.get(PLANNED_ENV, "1").strip().lower() not in ("0", "false", "")
+        return os.environ.get(PLANNED_EVENTS_ENV, "1").strip().lower() not in ("0", "false", "")
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         kinds = {e.get_dagster_event().event_type for e in events}

@@ -19,3 +19,8 @@ DATA_VERSION_TAG = "dagster/data_version"
 KUBERNETES_DEVICE = "kubernetes/gpu"
 K8S_CONFIG_TAG = "dagster-k8s/config"
 GPU_RESOURCE = "nvidia.com/gpu"
+
+# Dagster's switch: one "materialization planned" event per asset and run, its partitions as a
+# subset, instead of one per partition (`feature-pipeline run` sets it; the template's event
+# log, orchestration/event_log.py, acts on it unless it is exported as 0).
+PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
