@@ -190,6 +190,7 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
         from feature_pipeline_dagster.core.ledger import ledger_collection
         from feature_pipeline_dagster.core.settings import load_settings
         from feature_pipeline_dagster.core.store import store_for
+        from feature_pipeline_dagster.orchestration.names import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
 
         settings = load_settings(root / "config.yaml")
         spec = settings.collection_for(settings.model.features[0])
@@ -214,10 +215,9 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
         first_drop = time.time() - seconds
         with DagsterInstance.get() as instance:
             runs = instance.get_run_records(RunsFilter(tags={"dagster/sensor_name": "video_folder_sensor"}))[::-1]
-            per_run = [(r.dagster_run.tags.get("dagster/asset_partition_range_start")
-                        or r.dagster_run.tags.get("dagster/partition"),
-                        r.dagster_run.tags.get("dagster/asset_partition_range_end")) for r in runs]
-            timeline = [run_timeline(instance, r, first_drop) for r in runs]
+            per_run = [(r.dagster_run.tags.get(RANGE_START_TAG) or r.dagster_run.tags.get(PARTITION_TAG),
+                        r.dagster_run.tags.get(RANGE_END_TAG)) for r in runs]
+            timeline = [run_timeline(instance, r, first_drop, settings.model.features[0]) for r in runs]
         return {"seconds": seconds, "videos": rows, "runs": len(runs), "ranges": per_run, "timeline": timeline}
     finally:
         os.killpg(daemon.pid, signal.SIGTERM)
@@ -226,7 +226,7 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_timeline(instance, record, origin: float) -> dict:
+def run_timeline(instance, record, origin: float, embedding: str) -> dict:
     """A sensor's run in seconds from the first drop: created (by the daemon's tick), queued
     (once the daemon has planned it), started (its process up) and its embedding step's end."""
     from dagster import DagsterEventType
@@ -238,7 +238,7 @@ def run_timeline(instance, record, origin: float) -> dict:
 
     return {"created": round(record.create_timestamp.timestamp() - origin, 1),
             "queued": first(DagsterEventType.RUN_ENQUEUED), "started": first(DagsterEventType.RUN_START),
-            "embedded": first(DagsterEventType.STEP_SUCCESS, "video_embedding")}
+            "embedded": first(DagsterEventType.STEP_SUCCESS, embedding)}
 
 
 def bare_ms_per_frame(model: Path) -> float:
