@@ -21,7 +21,7 @@ Figures:
      model loaded, no Dagster), so what Dagster adds shows; and the seconds of each of its
      Dagster steps, summed over its runs (the summary's step looks for the run's videos'
      near-duplicates: here every clip's frames sit at cos >= 0.9999 to every other's, the
-     stand-in's random weights, so every frame takes the grouped search, the worst case).
+     stand-in's random weights, a library where every frame matches many others).
   3. start-up: the same command over one clip (goal <= 6 s), and the intercept of the
      two-length fit of one clip and `--short` clips (goal <= 5 s): both one run in the
      command's own process. (A fit of `--short` against `--clips` clips mixes that with

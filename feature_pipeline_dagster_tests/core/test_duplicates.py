@@ -96,40 +96,76 @@ def test_alignment_needs_one_time_offset():
     assert aligned_pair("a.mp4", "b.mp4", scattered, 5, 5, 1.0) is None
 
 
-def test_a_copy_is_found_past_a_video_that_crowds_its_frames_nearest_rows(tmp_path, tiny_clip):
-    """The search asks each frame's nearest rows ungrouped first: here a long still video
-    has 25 rows nearer each frame of `q.mp4` than its copy's, more than that search
-    returns, so the frames must be asked again grouped by video to find the copy."""
-    from feature_pipeline_dagster.core.batches import EmbeddingBatch
-    from feature_pipeline_dagster.core.ledger import LedgerRecord
-    from feature_pipeline_dagster.core.models import code_version
-    from feature_pipeline_dagster.core.store import new_generation
-    from feature_pipeline_dagster.core.store.lite_server import LiteServer
+class _Written:
+    """A Milvus Lite collection of hand-written frame vectors, committed and recorded as the engine would."""
 
-    settings = load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, tmp_path)))
-    spec, store = settings.db.collections[0], store_for(settings.db)
-    rng = np.random.default_rng(0)
+    def __init__(self, root, tiny_clip):
+        self.settings = load_settings(write_config(root, clip_config(root, tiny_clip, root)))
+        self.spec, self.store = self.settings.db.collections[0], store_for(self.settings.db)
+        self.rng = np.random.default_rng(0)
 
-    def near(vectors: np.ndarray, distance: float) -> np.ndarray:
-        noise = rng.standard_normal(vectors.shape)
+    def near(self, vectors: np.ndarray, distance: float) -> np.ndarray:
+        noise = self.rng.standard_normal(vectors.shape)
         noise *= distance / np.linalg.norm(noise, axis=1, keepdims=True)
         out = vectors + noise
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
-    def write(video: str, vectors: np.ndarray, ms: np.ndarray) -> None:
-        generation = new_generation()
-        columns = {"frame_id": np.arange(len(ms)), "timestamp_ms": ms}
-        store.insert(spec, EmbeddingBatch(vectors, columns), [video] * len(ms), generation)
-        store.commit(spec, [video], generation)
-        store.record_videos(spec, [LedgerRecord(video, "f", "d", code_version(settings), len(ms))], generation)
+    def write(self, video: str, vectors: np.ndarray) -> None:
+        from feature_pipeline_dagster.core.batches import EmbeddingBatch
+        from feature_pipeline_dagster.core.ledger import LedgerRecord
+        from feature_pipeline_dagster.core.models import code_version
+        from feature_pipeline_dagster.core.store import new_generation
 
-    try:
-        frames = near(np.zeros((3, spec.vector_field.dim)), 1.0)
-        write("q.mp4", frames, np.arange(3) * 1000)
-        write("copy.mp4", near(frames, 0.03), np.arange(3) * 1000)  # cos ~0.9995
-        write("still.mp4", near(np.repeat(frames, 25, axis=0), 0.01), np.arange(75) * 1000)  # cos ~0.99995
-        result = find_duplicates(settings, videos=["q.mp4"], store=store)
-        assert [g.videos for g in result.groups] == [("copy.mp4", "q.mp4")]
-    finally:
-        store.close()
-        LiteServer(settings.db.uri).stop()
+        generation, ms = new_generation(), np.arange(len(vectors)) * 1000
+        columns = {"frame_id": np.arange(len(ms)), "timestamp_ms": ms}
+        self.store.insert(self.spec, EmbeddingBatch(vectors, columns), [video] * len(ms), generation)
+        self.store.commit(self.spec, [video], generation)
+        self.store.record_videos(self.spec, [LedgerRecord(video, "f", "d", code_version(self.settings), len(ms))],
+                                 generation)
+
+
+@pytest.fixture
+def written(tmp_path, tiny_clip):
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
+
+    library = _Written(tmp_path, tiny_clip)
+    yield library
+    library.store.close()
+    LiteServer(library.settings.db.uri).stop()
+
+
+def test_a_copy_is_found_past_a_video_that_crowds_its_frames_nearest_rows(written):
+    """The search asks each frame's nearest rows ungrouped first: here a long still video
+    has 25 rows nearer each frame of `q.mp4` than its copy's, more than that search
+    returns, so the frames must be asked again grouped by video to find the copy."""
+    frames = written.near(np.zeros((3, written.spec.vector_field.dim)), 1.0)
+    written.write("q.mp4", frames)
+    written.write("copy.mp4", written.near(frames, 0.03))  # cos ~0.9995
+    written.write("still.mp4", written.near(np.repeat(frames, 25, axis=0), 0.01))  # cos ~0.99995
+    result = find_duplicates(written.settings, videos=["q.mp4"], store=written.store)
+    assert [g.videos for g in result.groups] == [("copy.mp4", "q.mp4")]
+
+
+def test_frames_whose_nearest_rows_name_enough_videos_are_not_asked_again(written):
+    """Every frame of `q.mp4` matches 30 other videos' (cos >= 0.998, the GPU stand-in's case,
+    where all match): its ungrouped rows already name the grouped search's videos, the 10
+    nearest, so no frame is asked again grouped (1.1 s a page on Lite), and those pairs are found."""
+    from feature_pipeline_dagster.core.search.duplicates import CANDIDATE_VIDEOS
+
+    frames = written.near(np.zeros((3, written.spec.vector_field.dim)), 1.0)
+    written.write("q.mp4", frames)
+    copies = [f"copy{i:02d}.mp4" for i in range(CANDIDATE_VIDEOS)]
+    for video in copies:
+        written.write(video, written.near(frames, 0.01))  # cos ~0.99995
+    for i in range(20):
+        written.write(f"alike{i:02d}.mp4", written.near(frames, 0.05))  # cos ~0.9988
+    grouped, search_rows = [], written.store.search_rows
+
+    def counted(spec, vectors, limit, where, group_size, *args):
+        grouped.extend([len(vectors)] if group_size else [])
+        return search_rows(spec, vectors, limit, where, group_size, *args)
+
+    written.store.search_rows = counted
+    result = find_duplicates(written.settings, videos=["q.mp4"], store=written.store)
+    assert grouped == []
+    assert [g.videos for g in result.groups] == [tuple(sorted([*copies, "q.mp4"]))]
