@@ -15,8 +15,8 @@ bench/results/load.json):
   rows            rows in Milvus, and the videos whose count differs from their sampled frames
   materialized    partitions with exactly one / more than one video_embedding materialization
   queue           max concurrent runs per device tag and in total, sampled and exact (from the
-                  runs' start/end times), against the queue's limit per device (runs_per_device
-                  and one waiting for its lease) and max_concurrent_runs;
+                  runs' start/end times), against the queue's limit per device (runs_per_device,
+                  one waiting for its lease and one past its embedding) and max_concurrent_runs;
                   peak queued runs
 and one verdict line per property.
 """

@@ -57,7 +57,7 @@ def instance_yaml(queue_limit: int, template: Path = INSTANCE_TEMPLATE) -> str:
     """The instance template (or deploy/dagster.yaml, the production one) with the queue's
     limit per device tag (orchestration/placement.py: `device_queue_limit`)."""
     return template.read_text().replace(
-        "limit: 2  # runs_per_device + 1", f"limit: {queue_limit}  # runs_per_device + 1")
+        "limit: 3  # runs_per_device + 2", f"limit: {queue_limit}  # runs_per_device + 2")
 
 
 def register_videos(settings: Settings, instance) -> dict[str, object]:

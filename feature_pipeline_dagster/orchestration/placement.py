@@ -3,7 +3,8 @@ device however they were launched:
 
 - `local` (one host): the sensor tags each run with a device (`feature_pipeline/device:
   cuda:1`), the run queue limits each tag value to `runs_per_device` plus one run waiting
-  at the door (`WAITING_RUNS_PER_DEVICE`), and the run takes a file lease on its device
+  at the door (`WAITING_RUNS_PER_DEVICE`) plus one finishing its summary
+  (`FINISHING_RUNS_PER_DEVICE`), and the run takes a file lease on its device
   (core/leases.py), which keeps `runs_per_device` on it and also covers the runs that
   bypass the queue (`dagster asset materialize`, the UI's materialize, `feature-pipeline run`).
 - `kubernetes`: Dagster's K8sRunLauncher starts each run as a Job whose pod requests one
@@ -65,11 +66,27 @@ does not sit idle through each run's start-up and Dagster bookkeeping. The senso
 1000 stand-in clips (bench_gpu_standin.py): 1.53 x `run`'s time before, 1.05-1.21 after."""
 
 
-def device_queue_limit(settings: Settings) -> int:
-    """The run queue's limit per device tag value (the instance's `tag_concurrency_limits`)."""
+FINISHING_RUNS_PER_DEVICE = 1
+"""Runs the local queue admits per device beyond those that need it: a run past its
+embedding (its checks, summary and shots, no lease) still counts in Dagster's tag limit,
+so the run the sensor handed out in its place waited until it ended, and the device idled
+meanwhile (bench_gpu_standin.py's sensor: a third run queued at 44.6 s started at 65.9 s,
+the device idle from 54.6 s). The sensor hands out `device_slots` only; the leases keep
+`runs_per_device` on the device."""
+
+
+def device_slots(settings: Settings) -> int:
+    """The runs that may need one device tag value at once; the sensor hands out no more.
+    `local`: the leases' `runs_per_device` and one waiting at the door; `kubernetes`: the
+    GPUs (a pod holds its GPU to its end, summary included)."""
     if settings.placement == "kubernetes":
         return settings.kubernetes.gpus
     return settings.runs_per_device + WAITING_RUNS_PER_DEVICE
+
+
+def device_queue_limit(settings: Settings) -> int:
+    """The run queue's limit per device tag value (the instance's `tag_concurrency_limits`)."""
+    return device_slots(settings) + (FINISHING_RUNS_PER_DEVICE if settings.placement == "local" else 0)
 
 
 def queue_limits(settings: Settings) -> list[dict]:

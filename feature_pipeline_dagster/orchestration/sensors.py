@@ -52,7 +52,7 @@ from feature_pipeline_dagster.orchestration.names import (
     VIDEO_FILE,
 )
 from feature_pipeline_dagster.orchestration.partitions import videos_partitions
-from feature_pipeline_dagster.orchestration.placement import device_queue_limit, device_tags, run_tags
+from feature_pipeline_dagster.orchestration.placement import device_slots, device_tags, run_tags
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 from feature_pipeline_dagster.core.ledger import done_in_every_collection, failed_before
 
@@ -61,15 +61,15 @@ UNFINISHED = [s for s in DagsterRunStatus if s not in (DagsterRunStatus.SUCCESS,
 
 
 def _free_slots(instance, settings: Settings, devices: list[str]) -> list[str]:
-    """The runs to hand out now, as their devices: per device tag its limit less its
-    unfinished (queued or running) runs that still need the device, taken round the devices
+    """The runs to hand out now, as their devices: per device its slots (`device_slots`) less
+    its unfinished (queued or running) runs that still need the device, taken round the devices
     (the least busy first) so that two runs go to two devices before a second one waits at
     either. A run whose embedding steps are done (its checks, summary and shots left) needs
-    the device no more: the run handed out in its place waits in Dagster's queue and starts
-    the second it ends, where it waited for this sensor's next tick (up to 10 s, and its
-    process start after: bench_gpu_standin.py's sensor, the last run created 9.4 s after
-    the slot freed)."""
-    limit, embedding = device_queue_limit(settings), set(settings.model.features)
+    the device no more: the run handed out in its place starts at once (the queue admits
+    one finishing run a device beyond the slots), where it waited for this sensor's next tick
+    (up to 10 s, and its process start after: bench_gpu_standin.py's sensor, the last run
+    created 9.4 s after the slot freed)."""
+    limit, embedding = device_slots(settings), set(settings.model.features)
     free = {}
     for device in devices:
         runs = instance.get_run_records(RunsFilter(tags={DEVICE_TAG: device}, statuses=UNFINISHED))

@@ -24,6 +24,7 @@ from feature_pipeline_dagster.orchestration.names import (
     RANGE_START_TAG,
 )
 from feature_pipeline_dagster.orchestration.placement import (
+    FINISHING_RUNS_PER_DEVICE,
     WAITING_RUNS_PER_DEVICE,
     device_queue_limit,
     k8s_run_config,
@@ -187,13 +188,13 @@ def test_queue_limit_is_the_gpu_count_and_the_helm_values_match(project, monkeyp
     local = load_settings(REPO / "config" / "smoke-config.yaml", check_paths=False)
     assert queue_limits(local)[0]["value"] == {"applyLimitPerUniqueValue": True}
     for template in (REPO / "config" / "dagster-instance.yaml", REPO / "deploy" / "dagster.yaml"):
-        for per_device in (1, 3):  # the instance `feature-pipeline` writes: the leases' runs and one waiting
+        for per_device in (1, 3):  # the instance `feature-pipeline` writes: the leases' runs, one waiting, one past
             local = dataclasses.replace(local, runs_per_device=per_device)
             instance = yaml.safe_load(instance_yaml(device_queue_limit(local), template))
             written = instance["concurrency"]["runs"]
             assert written["tag_concurrency_limits"] == queue_limits(local)
             assert instance["run_coordinator"]["config"] == {"dequeue_interval_seconds": 1}  # starts within 1 s
-            assert queue_limits(local)[0]["limit"] == per_device + WAITING_RUNS_PER_DEVICE
+            assert queue_limits(local)[0]["limit"] == per_device + WAITING_RUNS_PER_DEVICE + FINISHING_RUNS_PER_DEVICE
 
 
 def test_in_a_pod_the_run_uses_cuda0_and_no_host_lease(project, monkeypatch, tmp_path):

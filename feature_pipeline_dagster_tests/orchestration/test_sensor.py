@@ -159,9 +159,11 @@ def test_free_slots_go_round_the_devices_least_busy_first(project):
 
 
 def test_a_run_past_its_embedding_frees_its_devices_slot(project):
-    """Its checks, summary and shots need no device: the run handed out in its place waits
-    in Dagster's queue, not for the sensor's next tick."""
+    """Its checks, summary and shots need no device: the run handed out in its place does not
+    wait for the sensor's next tick, and the template's queue admits it beside the other."""
+    from dagster import DagsterRun, DagsterRunStatus
     from dagster._core.events import DagsterEvent, DagsterEventType, StepSuccessData
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
 
     from feature_pipeline_dagster.orchestration.sensors import _free_slots
 
@@ -180,6 +182,12 @@ def test_a_run_past_its_embedding_frees_its_devices_slot(project):
         assert _free_slots(instance, settings, ["cpu:0"]) == []
         step_done(runs[0], settings.model.features[0])
         assert _free_slots(instance, settings, ["cpu:0"]) == ["cpu:0"]
+        queue = TagConcurrencyLimitsCounter(instance.get_concurrency_config().run_queue_config.tag_concurrency_limits,
+                                            [instance.get_run_by_id(run_id) for run_id in runs])
+        handed_out = DagsterRun(job_name="elsewhere", status=DagsterRunStatus.NOT_STARTED, tags={DEVICE_TAG: "cpu:0"})
+        assert not queue.is_blocked(handed_out)  # Dagster's own test of a queued run against the limits
+        queue.update_counters_with_launched_item(handed_out)
+        assert queue.is_blocked(handed_out)  # and no more: the sensor's slots and one past its embedding
 
 
 def test_ranged_run_fails_only_the_bad_video(project):
