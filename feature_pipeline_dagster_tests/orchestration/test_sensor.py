@@ -114,9 +114,14 @@ def _busy(instance, device):
 def test_arrivals_wait_for_a_busy_queue_and_go_out_together(project):
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
 
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
     _two_devices(project)
     defs = build_definitions()
     sensor = sensor_of(defs)
+    # an arrival waits one tick at most: as often as Dagster's sensor loop goes
+    assert next(s for s in defs.sensors if s.name == "video_folder_sensor").minimum_interval_seconds == (
+        MIN_INTERVAL_LOOP_TIME)
     limit = 1 + WAITING_RUNS_PER_DEVICE  # runs_per_device 1, and one run waiting for the lease
     with DagsterInstance.get() as instance:
         busy = {d: [_busy(instance, d) for _ in range(limit)] for d in ("cpu:0", "cpu:1")}
