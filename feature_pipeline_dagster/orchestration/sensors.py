@@ -66,9 +66,8 @@ def _free_slots(instance, settings: Settings, devices: list[str]) -> list[str]:
     (the least busy first) so that two runs go to two devices before a second one waits at
     either. A run whose embedding steps are done (its checks, summary and shots left) needs
     the device no more: the run handed out in its place starts at once (the queue admits
-    one finishing run a device beyond the slots), where it waited for this sensor's next tick
-    (up to 10 s, and its process start after: bench_gpu_standin.py's sensor, the last run
-    created 9.4 s after the slot freed)."""
+    one finishing run a device beyond the slots), where it had waited for this sensor's
+    next tick after the other's end (bench_gpu_standin.py's sensor: 9.4 s in one timeline)."""
     limit, embedding = device_slots(settings), set(settings.model.features)
     free = {}
     for device in devices:
