@@ -119,8 +119,9 @@ def test_arrivals_wait_for_a_busy_queue_and_go_out_together(project):
     _two_devices(project)
     defs = build_definitions()
     sensor = sensor_of(defs)
-    # an arrival waits one tick at most: as often as Dagster's sensor loop goes
-    assert next(s for s in defs.sensors if s.name == "video_folder_sensor").minimum_interval_seconds == (
+    # an arrival waits one tick at most: the sensor ticks at every pass of Dagster's sensor
+    # loop (an interval equal to the loop's skipped the pass that came a few ms early)
+    assert next(s for s in defs.sensors if s.name == "video_folder_sensor").minimum_interval_seconds < (
         MIN_INTERVAL_LOOP_TIME)
     limit = 1 + WAITING_RUNS_PER_DEVICE  # runs_per_device 1, and one run waiting for the lease
     with DagsterInstance.get() as instance:
