@@ -4,12 +4,12 @@ videos whose rows the database lacks (an audit every 10 minutes: rows deleted by
 another database or collection) run again, with a failed `rows_match_run` evaluation
 naming them so the UI shows why.
 
-Runs carry a device tag that the run queue limits per device (its leases' slots and one
-run waiting at the door, placement.py); what is ready goes out when a device has a free
-slot (a run past its embedding steps holds none), as ranged runs packed by work (one per
-free slot), and waits in the cursor while every device is busy, so one process and one
-model load serve many videos. Under `placement: kubernetes` a run's tags
-also ask dagster-k8s for a pod with one GPU (orchestration/placement.py). Never imports
+Runs carry a device tag that the run queue limits per device (its leases' slots, one
+run waiting at the door and one past its embedding, placement.py); what is ready goes out
+when a device has a free slot (a run past its embedding steps holds none), as ranged runs
+packed by work (one per free slot), and waits in the cursor while every device is busy, so
+one process and one model load serve many videos. Under `placement: kubernetes` a run's
+tags also ask dagster-k8s for a pod with one GPU (orchestration/placement.py). Never imports
 torch.
 """
 

@@ -112,9 +112,9 @@ def _busy(instance, device):
 
 
 def test_arrivals_wait_for_a_busy_queue_and_go_out_together(project):
-    from feature_pipeline_dagster.orchestration.definitions import build_definitions
-
     from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
 
     _two_devices(project)
     defs = build_definitions()
