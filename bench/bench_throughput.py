@@ -44,7 +44,7 @@ Figures (min/median/max over repeats; a goal counts as met when its median meets
      timestamps) give milestones beside it: command start -> the engine's run started
      (its "N video(s) on cpu (slot 1)" line: imports, Dagster instance, scan, run launched,
      device leased) -> model loaded (the model's RANDOM WEIGHTS warning) -> first videos
-     committed (commits come every 5 s or 64 videos, so this is later than the first frame
+     committed (commits come every 5 s or 512 videos, so this is later than the first frame
      embedded). A cold Lite server start (LiteServer.ensure_running on a fresh file) is
      reported apart.
   4. Our steady-state frames/s (figure 1) / a seed-style loop's steady-state frames/s:

@@ -11,6 +11,14 @@ Crash-safe as before: the new generation is durable before older ones are delete
 a kill leaves a duplicate that the next write removes, never a loss; a video that
 fails takes back the rows of its attempt.
 
+A commit comes every `commit_seconds` (5 s), or sooner at `commit_videos` (512) videos,
+so the seconds bind at every rate a Milvus Lite server keeps up with: its one Python
+process spends ~0.2 s of CPU on a commit's flushes, deletes and the compaction they bring.
+At the 64 videos a commit of before, 1000 short clips of the GPU stand-in cost it 5.4 s of
+CPU against 3.0 s at a commit every 5 s (the core alone, bench_gpu_standin.py's clips);
+at 64 videos a commit, commits alone fill that process past ~320 clips/s, a rate a GPU
+box's decoders pass.
+
 Inserts run in their own thread, overlapping the model; its errors (the store's)
 re-raise in the caller at its next call. Each video ends in exactly one outcome event
 (outcomes.py): committed, failed or interrupted.
@@ -147,7 +155,7 @@ def failure_record(job: EmbeddingJob, err: VideoError, version: str):
 
 class RunWriter:
     def __init__(self, store: VectorStore, spec: CollectionSpec, insert_rows: int, code_version: str,
-                 on_commit: Callable[[list[EmbeddingJob]], None], commit_videos: int = 64, commit_seconds: float = 5.0,
+                 on_commit: Callable[[list[EmbeddingJob]], None], commit_videos: int = 512, commit_seconds: float = 5.0,
                  segments: CollectionSpec | None = None):
         self.store, self.spec, self.on_commit, self.code_version = store, spec, on_commit, code_version
         self.segments = segments  # where the videos' shots go (core/shots.py), with each commit
