@@ -26,6 +26,7 @@ from feature_pipeline_dagster.core.summary import SummaryRows, summary_collectio
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.embeddings import asset_version
 from feature_pipeline_dagster.orchestration.checks import evaluate
+from feature_pipeline_dagster.orchestration.event_log import partitions_read_once
 from feature_pipeline_dagster.orchestration.failures import as_failure
 from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
@@ -64,8 +65,9 @@ class MilvusIOManager(ConfigurableIOManager):
             if written:  # videos committed before the fault stay whole: materialized, summarized, checked
                 yield from self._settle_partial_run(context, run, report, keys, written)
             raise as_failure(fault, videos_written=len(report.written)) from None
-        for key, meta in written.items():  # each its own (the contact sheet first), so no entry is shared
-            context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
+        with partitions_read_once(context.step_context.instance):
+            for key, meta in written.items():  # each its own (the contact sheet first), so no entry is shared
+                context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
         if report.failed or report.interrupted:
             yield from self._settle_partial_run(context, run, report, keys, written)
             summary = "; ".join(report.failed.values())
@@ -185,9 +187,8 @@ class MilvusIOManager(ConfigurableIOManager):
 def _report_partitions(context: OutputContext, metadata: dict[str, dict]) -> None:
     """Each partition's metadata (partition key -> its entries). An entry every partition
     has, with the value most of them share, goes once into the output's metadata, which
-    each partition's materialization carries; the rest per partition. Dagster reads every
-    dynamic partition back on each per-partition call (3-14 ms a call on its SQLite storage
-    here): three calls a video in a run of short clips, bench_gpu_standin.py under py-spy."""
+    each partition's materialization carries; the rest per partition, under one read of the
+    library's partitions (Dagster reads them all back at each per-partition call)."""
     if not metadata:
         return
     shared = {}
@@ -198,10 +199,12 @@ def _report_partitions(context: OutputContext, metadata: dict[str, dict]) -> Non
             shared[name] = next(meta[name] for meta in metadata.values() if repr(meta[name]) == shown)
     if shared:
         context.add_output_metadata(shared)
-    for key, meta in metadata.items():
-        own = {name: value for name, value in meta.items() if name not in shared or repr(value) != repr(shared[name])}
-        if own:
-            context.step_context.add_asset_metadata(own, context.asset_key, partition_key=key)
+    with partitions_read_once(context.step_context.instance):
+        for key, meta in metadata.items():
+            own = {name: value for name, value in meta.items()
+                   if name not in shared or repr(value) != repr(shared[name])}
+            if own:
+                context.step_context.add_asset_metadata(own, context.asset_key, partition_key=key)
 
 
 def _ui_metadata(meta: dict) -> dict:

@@ -72,3 +72,36 @@ def test_a_run_plans_each_asset_once_unless_dagsters_switch_says_0(tmp_path, mon
         assert storage.supports_partition_subset_in_asset_materialization_planned_events
         monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "0")
         assert not storage.supports_partition_subset_in_asset_materialization_planned_events
+
+
+def test_a_runs_partition_reads_do_not_grow_with_its_videos(project, monkeypatch):
+    """Dagster checks each per-partition metadata call's key by reading every partition of
+    the library back (orchestration/event_log.py): a read a call, three calls a video,
+    19 ms a read at 10,000 partitions. A run reads them a fixed number of times, whatever
+    its videos."""
+    from dagster import materialize
+    from dagster._core.storage.event_log import SqliteEventLogStorage
+
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+    from feature_pipeline_dagster.orchestration.names import RANGE_END_TAG, RANGE_START_TAG
+
+    reads = []
+    read = SqliteEventLogStorage.get_dynamic_partitions
+    monkeypatch.setattr(SqliteEventLogStorage, "get_dynamic_partitions",
+                        lambda self, name: reads.append(name) or read(self, name))
+    names = [f"v{i}.mp4" for i in range(6)]
+    for i, name in enumerate(names):
+        write_video(project.videos / name, seconds=1.0, seed=i)
+    defs = build_definitions()
+    targets = [a.key for a in defs.assets if getattr(a, "is_executable", False)]
+    counts = []
+    with DagsterInstance.get() as instance:
+        assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
+        instance.add_dynamic_partitions("videos", [f"library/{i:04d}.mp4" for i in range(200)] + names)
+        for run in (names[:2], names[2:]):
+            reads.clear()
+            result = materialize([*defs.assets, *defs.asset_checks], selection=targets, instance=instance,
+                                 resources=defs.resources, tags={RANGE_START_TAG: run[0], RANGE_END_TAG: run[-1]})
+            assert result.success
+            counts.append(len(reads))
+    assert counts[0] == counts[1], counts  # 2 videos, then 4
