@@ -78,6 +78,30 @@ def test_a_lane_s_thread_count_reaches_ffmpeg_and_changes_no_pixel(sample_video,
     assert np.array_equal(frames[0], frames[1])
 
 
+@pytest.mark.parametrize("sampling", ["fps", "nearest"])
+def test_pyav_decodes_the_first_frame_once(tmp_path, sampling, monkeypatch):
+    """The reader decodes frame 0 when it opens (its size, damage at the start) the way
+    its plan will (`sparse` for `nearest`), and the plan takes that frame and goes on from
+    there: a short clip's frame 0 was decoded twice, 2 of its 16 ms here."""
+    from feature_pipeline_dagster.core.decode.backends.pyav_reader import PyAVBackend
+
+    video = write_video(tmp_path / "clip.mp4", seconds=3, detail=True, gop=60)
+    spec = DecodeSpec(decoder="pyav", sampling=sampling)
+    seeks = []
+    for name in ("_seek", "_sparse_seek"):
+        monkeypatch.setattr(PyAVBackend, name, lambda self, frame_id, original=getattr(PyAVBackend, name):
+                            seeks.append(frame_id) or original(self, frame_id))
+    reader = VideoReader(video, decoder="pyav", sparse=sampling == "nearest")
+    plan = reader.plan(spec)
+    frames = np.concatenate([b.frames for b in reader.batches(plan, batch_size=8)])
+    reader.close()
+    assert plan.frame_ids[0] == 0 and seeks.count(0) == 1, seeks
+    monkeypatch.undo()
+    apart = VideoReader(video, decoder="pyav")  # frame 0 decoded apart first, as before
+    assert np.array_equal(frames, np.concatenate([b.frames for b in apart.batches(apart.plan(spec), batch_size=8)]))
+    apart.close()
+
+
 def test_random_bytes_give_one_clear_error(tmp_path, backend):
     bad = tmp_path / "noise.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(20000))

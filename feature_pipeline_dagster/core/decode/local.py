@@ -37,7 +37,9 @@ class LocalDecoder:
         self.device = device
 
     def open(self, path: Path, spec: DecodeSpec) -> LocalVideo:
-        return LocalVideo(VideoReader(path, decoder=spec.decoder, device=self.device, threads=spec.threads), spec)
+        reader = VideoReader(path, decoder=spec.decoder, device=self.device, threads=spec.threads,
+                             sparse=spec.sampling == "nearest")
+        return LocalVideo(reader, spec)
 
     def stop(self) -> None:
         pass

@@ -144,7 +144,7 @@ class VideoReader:
     After `batches` ends, `partial` says why it stopped early, if it did."""
 
     def __init__(self, path: str | Path, complaints: Callable[[], list[str]] | None = None, decoder: str = "auto",
-                 device: str | None = None, threads: int = 0):
+                 device: str | None = None, threads: int = 0, sparse: bool = False):
         self.path = Path(path)
         self._complaints = complaints or (lambda: [])
         self._salvaged: tempfile.TemporaryDirectory | None = None
@@ -177,8 +177,9 @@ class VideoReader:
         frame_count = len(self._starts)
         if frame_count == 0:
             raise VideoError(f"{self.path}: no video frames (audio-only or empty stream?)")
-        try:
-            height, width = self._reader.frames(np.zeros(1, np.int64)).shape[1:3]
+        try:  # the way the plan will decode (`sparse`: a `nearest` plan), which goes on from here
+            first = self._reader.sparse_frames if sparse else self._reader.frames
+            height, width = first(np.zeros(1, np.int64)).shape[1:3]
         except DecodeFailed as err:
             raise VideoError(f"{self.path}: damaged video stream at 0.0 s, no sound frame in it "
                              f"({self._reason(err)})") from None
