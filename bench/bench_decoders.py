@@ -249,16 +249,18 @@ def ceiling(clips: list[Path]) -> tuple[float, float]:
 
 def lane_worker(backend: str, sampling: str, clips: list[str]) -> None:
     """One decoder process of figure h: warm, say ready, wait for go, decode, report."""
+    from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
     from feature_pipeline_dagster.core.decode.reader import VideoReader
     from feature_pipeline_dagster.core.decode.spec import DecodeSpec
     from feature_pipeline_dagster.core.engine.lanes import decode_threads
 
     threads = decode_threads(CORES)  # as a run's CORES lanes set FFmpeg's threads
+    fix_mmap_threshold()  # as a decoder process does (core/decode/process.py)
 
     def run(paths):
         frames = 0
         for path in paths:
-            reader = VideoReader(path, decoder=backend, threads=threads)
+            reader = VideoReader(path, decoder=backend, threads=threads, sparse=sampling == "nearest")
             plan = reader.plan(DecodeSpec(sampling=sampling))
             frames += sum(len(batch) for batch in reader.batches(plan, 32))
             reader.close()

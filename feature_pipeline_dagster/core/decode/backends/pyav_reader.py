@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_pipeline_dagster.core.decode.backends.base import (
-    Backend, DecodeFailed, OpenFailed, key_before, packet_index, pyav_lines, rotate,
+    Backend, Batch, DecodeFailed, OpenFailed, key_before, packet_index, pyav_lines, rotate,
 )
 from feature_pipeline_dagster.core.errors import one_line
 
@@ -69,19 +69,19 @@ class PyAVBackend(Backend):
 
         self._packets = None
         self._stream.codec_context.skip_frame = "DEFAULT"
-        out = []
+        out = Batch(len(ids))
         try:
             for frame_id in ids.tolist():
                 if self._first and frame_id == self._first[0] == self._at:
-                    out.append(self._again())
+                    out.add(self._again())
                     continue
                 if self._decoded is None or frame_id <= self._at or key_before(self.keyframes, frame_id) > self._at:
                     self._seek(frame_id)
-                out.append(self._take(frame_id))
+                out.add(self._take(frame_id))
         except (av.FFmpegError, ValueError) as err:
             self._decoded = None
             raise DecodeFailed("decoder error: " + one_line(err)) from None
-        return np.stack(out)
+        return out.frames
 
     def key_frames(self, ids: np.ndarray) -> np.ndarray:
         """Key frames only: the decoder drops every other packet unread."""
@@ -90,13 +90,15 @@ class PyAVBackend(Backend):
         self._open()  # (also ends a sparse_frames demux)
         self._stream.codec_context.skip_frame = "NONKEY"
         self._decoded = self._container.decode(self._stream)
+        out = Batch(len(ids))
         try:
-            out = [self._take(frame_id) for frame_id in ids.tolist()]
+            for frame_id in ids.tolist():
+                out.add(self._take(frame_id))
         except (av.FFmpegError, ValueError) as err:
             raise DecodeFailed("decoder error: " + one_line(err)) from None
         finally:
             self._decoded = None
-        return np.stack(out)
+        return out.frames
 
     def sparse_frames(self, ids: np.ndarray) -> np.ndarray:
         """The wanted frames, each reached the cheaper way `DecodeIndex.cost` prices: on
@@ -108,20 +110,20 @@ class PyAVBackend(Backend):
             self._costs = self.decode_index()
         self._decoded = None
         wanted = set(self._pts[ids].tolist())
-        out = []
+        out = Batch(len(ids))
         try:
             for frame_id in ids.tolist():
                 if self._first and frame_id == self._first[0] and self._packets is not None:
-                    out.append(self._again())
+                    out.add(self._again())
                     continue
                 want = int(self._pts[frame_id])
                 if self._packets is None or (want not in self._kept and self._costs.cost(frame_id, self._fed)[1]):
                     self._sparse_seek(frame_id)
-                out.append(self._sparse_take(frame_id, want, wanted))
+                out.add(self._sparse_take(frame_id, want, wanted))
         except (av.FFmpegError, ValueError) as err:
             self._packets = None
             raise DecodeFailed("decoder error: " + one_line(err)) from None
-        return np.stack(out)
+        return out.frames
 
     def _sparse_seek(self, frame_id: int) -> None:
         key = self._costs.seek_target(frame_id)
