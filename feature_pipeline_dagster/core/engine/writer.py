@@ -13,11 +13,11 @@ fails takes back the rows of its attempt.
 
 A commit comes every `commit_seconds` (5 s), or sooner at `commit_videos` (512) videos,
 so the seconds bind at every rate a Milvus Lite server keeps up with: its one Python
-process spends ~0.2 s of CPU on a commit's flushes, deletes and the compaction they bring.
-At the 64 videos a commit of before, 1000 short clips of the GPU stand-in cost it 5.4 s of
-CPU against 3.0 s at a commit every 5 s (the core alone, bench_gpu_standin.py's clips);
-at 64 videos a commit, commits alone fill that process past ~320 clips/s, a rate a GPU
-box's decoders pass.
+process spends ~0.26 s of CPU on a commit's flushes, deletes and the compaction they bring.
+A commit every 64 videos, the rule before, cost it 4.49 s of CPU for 1000 short clips'
+rows against 0.81 s at 512 (bench/bench_commits.py), so commits alone filled that process
+past ~250 clips/s, a rate a GPU box's decoders pass; and a commit's delete walks every
+stored row (0.4-1.0 s at 200,000 rows).
 
 Inserts run in their own thread, overlapping the model; its errors (the store's)
 re-raise in the caller at its next call. Each video ends in exactly one outcome event
