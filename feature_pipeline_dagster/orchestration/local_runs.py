@@ -10,7 +10,11 @@ finishes one, so while one run records its Dagster events (29 ms a short clip on
 template's event log, after its last video is committed) the other has the device; the device
 lease keeps the runs on it one at a time. One device: the first runner is this process,
 the second a worker process; several: a worker process each. 1000 clips of 3 s, the GPU
-stand-in: 76.8 s in two runs against 92.8 s in one (bench_gpu_standin.py's clips). A
+stand-in: 76.8 s in two runs against 92.8 s in one (bench_gpu_standin.py's clips); with
+summaries three times cheaper since, 32.9 against 33.2 s on these 2 cores, where a summary
+takes the cores the other run embeds with (on a GPU box it leaves the device alone). Each
+run reads the library's dynamic partitions once (event_log.partitions_read_once), where
+Dagster's steps read them 18 times a run (0.11 s a read at 50,000 partitions). A
 worker that dies (a native crash, the OOM killer) fails only the videos of its chunk that
 had no result yet, and a fresh worker takes over the rest.
 Each video's outcome comes as the engine's event (core/engine/outcomes.py) when it is
@@ -61,6 +65,7 @@ def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[
     from dagster import DagsterInstance, materialize
 
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
+    from feature_pipeline_dagster.orchestration.event_log import partitions_read_once
 
     defs = build_definitions()
     assets = [*defs.assets, *defs.asset_checks]
@@ -77,7 +82,7 @@ def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[
         tags = {DEVICE_TAG: device}
         if len(keys) > 1:
             tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
-        with listening(record):
+        with listening(record), partitions_read_once(instance):
             result = materialize(assets, selection=targets, instance=instance, resources=defs.resources,
                                  partition_key=keys[0] if len(keys) == 1 else None, run_config=QUIET,
                                  raise_on_error=False, tags=tags)
