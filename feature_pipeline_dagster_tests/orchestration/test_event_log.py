@@ -4,6 +4,7 @@ SQLite event log keeps: the same ranged runs, recorded by each, read back alike.
 import subprocess
 import sys
 
+import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance
 
@@ -74,16 +75,11 @@ def test_a_run_plans_each_asset_once_unless_dagsters_switch_says_0(tmp_path, mon
         assert not storage.supports_partition_subset_in_asset_materialization_planned_events
 
 
-def test_a_runs_partition_reads_do_not_grow_with_its_videos(project, monkeypatch):
-    """Dagster checks each per-partition metadata call's key by reading every partition of
-    the library back (orchestration/event_log.py): a read a call, three calls a video,
-    19 ms a read at 10,000 partitions. A run reads them a fixed number of times, whatever
-    its videos."""
-    from dagster import materialize
+@pytest.fixture
+def library(project, monkeypatch):
+    """Videos of 1 s in a library of 200 more partitions; `reads` lists each read of every
+    dynamic partition (Dagster's SQLite event log's own query, counted)."""
     from dagster._core.storage.event_log import SqliteEventLogStorage
-
-    from feature_pipeline_dagster.orchestration.definitions import build_definitions
-    from feature_pipeline_dagster.orchestration.names import RANGE_END_TAG, RANGE_START_TAG
 
     reads = []
     read = SqliteEventLogStorage.get_dynamic_partitions
@@ -92,38 +88,43 @@ def test_a_runs_partition_reads_do_not_grow_with_its_videos(project, monkeypatch
     names = [f"v{i}.mp4" for i in range(6)]
     for i, name in enumerate(names):
         write_video(project.videos / name, seconds=1.0, seed=i)
+    with DagsterInstance.get() as instance:
+        assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
+        instance.add_dynamic_partitions("videos", [f"library/{i:04d}.mp4" for i in range(200)] + names)
+    reads.clear()
+    return type("Library", (), {"names": names, "reads": reads})
+
+
+def test_a_runs_partition_reads_do_not_grow_with_its_videos(library):
+    """Dagster checks each per-partition metadata call's key by reading every partition of
+    the library back (orchestration/event_log.py): a read a call, three calls a video,
+    19 ms a read at 10,000 partitions. A run reads them a fixed number of times, whatever
+    its videos."""
+    from dagster import materialize
+
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+    from feature_pipeline_dagster.orchestration.names import RANGE_END_TAG, RANGE_START_TAG
+
     defs = build_definitions()
     targets = [a.key for a in defs.assets if getattr(a, "is_executable", False)]
     counts = []
     with DagsterInstance.get() as instance:
-        assert isinstance(instance.event_log_storage, BatchedSqliteEventLogStorage)
-        instance.add_dynamic_partitions("videos", [f"library/{i:04d}.mp4" for i in range(200)] + names)
-        for run in (names[:2], names[2:]):
-            reads.clear()
+        for run in (library.names[:2], library.names[2:]):
+            library.reads.clear()
             result = materialize([*defs.assets, *defs.asset_checks], selection=targets, instance=instance,
                                  resources=defs.resources, tags={RANGE_START_TAG: run[0], RANGE_END_TAG: run[-1]})
             assert result.success
-            counts.append(len(reads))
+            counts.append(len(library.reads))
     assert counts[0] == counts[1], counts  # 2 videos, then 4
 
 
-def test_feature_pipeline_runs_read_the_librarys_partitions_once_a_run(project, monkeypatch):
+def test_feature_pipeline_runs_read_the_librarys_partitions_once_a_run(library):
     """`feature-pipeline run`'s runs (orchestration/local_runs.py) read them once each, where
-    Dagster's own steps read them 17 times a run (test above): 1.9 s a run at 50,000."""
-    from dagster._core.storage.event_log import SqliteEventLogStorage
-
+    Dagster's own steps read them 18 times a run (test above): 2 s a run at 50,000."""
     from feature_pipeline_dagster.orchestration.local_runs import materialize_chunks
 
-    reads = []
-    read = SqliteEventLogStorage.get_dynamic_partitions
-    monkeypatch.setattr(SqliteEventLogStorage, "get_dynamic_partitions",
-                        lambda self, name: reads.append(name) or read(self, name))
-    names = [f"v{i}.mp4" for i in range(4)]
-    for i, name in enumerate(names):
-        write_video(project.videos / name, seconds=1.0, seed=i)
-    with DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions("videos", [f"library/{i:04d}.mp4" for i in range(200)] + names)
     outcomes = []
-    materialize_chunks(iter([names[:2], names[2:]]), "cpu", outcomes.append)
-    assert sorted(o.key for o in outcomes) == names and all(type(o).__name__ == "Embedded" for o in outcomes)
-    assert len(reads) == 2, reads  # one a run
+    materialize_chunks(iter([library.names[:2], library.names[2:]]), "cpu", outcomes.append)
+    assert sorted(o.key for o in outcomes) == library.names
+    assert all(type(o).__name__ == "Embedded" for o in outcomes)
+    assert len(library.reads) == 2, library.reads  # one a run
