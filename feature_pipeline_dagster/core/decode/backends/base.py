@@ -214,9 +214,9 @@ def _flags(ids: np.ndarray, count: int) -> np.ndarray:
 
 class Batch:
     """A batch's frames written in place as they are decoded, not kept one by one and
-    stacked: half the memory at its peak, and here the half that cost most, since a page
-    this VM has never backed costs ~12 ms a MB at first touch (np.stack of 20 frames of
-    720p: 0.66-0.71 s the first time, 13 ms after), the most of a short-lived decoder."""
+    stacked: half the memory at its peak (a PyAV decoder process at 720p, 187-189 -> 130-133
+    MiB, bench_decoders.py). On this VM a page touched for the first time costs ~12 ms a MB:
+    np.stack of 20 frames of 720p took 0.66-0.71 s in a fresh process, 13 ms after."""
 
     def __init__(self, count: int):
         self.count, self.frames, self._filled = count, None, 0
