@@ -8,8 +8,9 @@ how a commit's delete grows with the rows already stored.
 Rows: 3 a video (a 3-s clip at 1 fps), 512-d, written through the project's store (one
 insert request of many videos, then `commit`: flush, delete older generations, flush)
 into the pipeline's own frame collection on a fresh Lite file; the server's CPU is read
-from /proc/<pid>/stat. Then `--library` rows of older videos, and a commit's delete of 64
-new videos timed at each size (nothing new to flush: the time is the delete's). No timing here is asserted.
+from /proc/<pid>/stat. Then `--library` rows of older videos, and a commit of 64 new
+videos timed at each size (nothing new to flush: the time is the delete's). No timing
+here is asserted.
 """
 
 from __future__ import annotations
