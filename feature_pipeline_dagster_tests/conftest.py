@@ -104,13 +104,20 @@ def subprocess_env(project) -> dict:
     return env
 
 
+DECODER_MODULE = "feature_pipeline_dagster.core.decode.process"
+
+
 def readers_of(paths, parent: int | None = None) -> list[int]:
-    """Pids of the processes (children of `parent`, if given) that have one of `paths`
-    open: how tests find the decoder child while it reads a given video."""
+    """Pids of the decoder processes (children of `parent`, if given) that have one of
+    `paths` open: how tests find the decoder child while it reads a given video. Decoders
+    only: the run's own process opens a video for a moment too (its content digest), and a
+    test that signalled every reader once killed the run (SIGSEGV, CI)."""
     wanted, found = {str(p) for p in paths}, []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if parent is not None and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] != str(parent):
+                continue
+            if DECODER_MODULE not in Path(f"/proc/{pid}/cmdline").read_text():
                 continue
             if any(os.readlink(f"/proc/{pid}/fd/{fd}") in wanted for fd in os.listdir(f"/proc/{pid}/fd")):
                 found.append(int(pid))
