@@ -260,8 +260,9 @@ def lane_worker(backend: str, sampling: str, clips: list[str]) -> None:
     def run(paths):
         frames = 0
         for path in paths:
-            reader = VideoReader(path, decoder=backend, threads=threads, sparse=sampling == "nearest")
-            plan = reader.plan(DecodeSpec(sampling=sampling))
+            spec = DecodeSpec(sampling=sampling)
+            reader = VideoReader(path, decoder=backend, threads=threads, sparse=spec.sparse)
+            plan = reader.plan(spec)
             frames += sum(len(batch) for batch in reader.batches(plan, 32))
             reader.close()
         return frames

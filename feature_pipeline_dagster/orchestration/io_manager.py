@@ -65,9 +65,7 @@ class MilvusIOManager(ConfigurableIOManager):
             if written:  # videos committed before the fault stay whole: materialized, summarized, checked
                 yield from self._settle_partial_run(context, run, report, keys, written)
             raise as_failure(fault, videos_written=len(report.written)) from None
-        with partitions_read_once(context.step_context.instance):
-            for key, meta in written.items():  # each its own (the contact sheet first), so no entry is shared
-                context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
+        _add_per_partition(context, written)  # each its own (the contact sheet first), so no entry is shared
         if report.failed or report.interrupted:
             yield from self._settle_partial_run(context, run, report, keys, written)
             summary = "; ".join(report.failed.values())
@@ -187,8 +185,7 @@ class MilvusIOManager(ConfigurableIOManager):
 def _report_partitions(context: OutputContext, metadata: dict[str, dict]) -> None:
     """Each partition's metadata (partition key -> its entries). An entry every partition
     has, with the value most of them share, goes once into the output's metadata, which
-    each partition's materialization carries; the rest per partition, under one read of the
-    library's partitions (Dagster reads them all back at each per-partition call)."""
+    each partition's materialization carries; the rest per partition."""
     if not metadata:
         return
     shared = {}
@@ -199,12 +196,18 @@ def _report_partitions(context: OutputContext, metadata: dict[str, dict]) -> Non
             shared[name] = next(meta[name] for meta in metadata.values() if repr(meta[name]) == shown)
     if shared:
         context.add_output_metadata(shared)
+    _add_per_partition(context, {key: {name: value for name, value in meta.items()
+                                       if name not in shared or repr(value) != repr(shared[name])}
+                                 for key, meta in metadata.items()})
+
+
+def _add_per_partition(context: OutputContext, metadata: dict[str, dict]) -> None:
+    """Each partition's own entries (none: nothing added), under one read of the library's
+    partitions (Dagster reads them all back at each per-partition call)."""
     with partitions_read_once(context.step_context.instance):
         for key, meta in metadata.items():
-            own = {name: value for name, value in meta.items()
-                   if name not in shared or repr(value) != repr(shared[name])}
-            if own:
-                context.step_context.add_asset_metadata(own, context.asset_key, partition_key=key)
+            if meta:
+                context.step_context.add_asset_metadata(meta, context.asset_key, partition_key=key)
 
 
 def _ui_metadata(meta: dict) -> dict:

@@ -91,7 +91,7 @@ def test_pyav_decodes_the_first_frame_once(tmp_path, sampling, monkeypatch):
     for name in ("_seek", "_sparse_seek"):
         monkeypatch.setattr(PyAVBackend, name, lambda self, frame_id, original=getattr(PyAVBackend, name):
                             seeks.append(frame_id) or original(self, frame_id))
-    reader = VideoReader(video, decoder="pyav", sparse=sampling == "nearest")
+    reader = VideoReader(video, decoder="pyav", sparse=spec.sparse)
     plan = reader.plan(spec)
     frames = np.concatenate([b.frames for b in reader.batches(plan, batch_size=8)])
     reader.close()

@@ -191,7 +191,7 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
                 complaints.reset()
                 spec = DecodeSpec(**request["spec"])
                 reader = VideoReader(request["path"], complaints, spec.decoder, threads=spec.threads,
-                                     sparse=spec.sampling == "nearest")
+                                     sparse=spec.sparse)
                 plan = reader.plan(spec)
                 info = {k: v for k, v in asdict(reader.info).items() if k != "path"}
                 answer({"info": info, "frame_ids": plan.frame_ids.tolist(),
