@@ -2,6 +2,7 @@
 frames, timestamps and failures; test_decoder_parity.py compares their pixels and vectors."""
 
 import importlib.util
+import os
 import time
 
 import numpy as np
@@ -243,6 +244,27 @@ def test_damage_mid_stream_stops_before_the_damaged_frame(decoder, tmp_path, bac
     assert video.partial.startswith("damaged video stream near 4.0 s") and "embedded the 4 sampled frames" in video.partial
     _, clean = decode_all(decoder, whole, backend=backend)
     assert np.array_equal(np.concatenate([b.frames for b in batches]), np.concatenate([b.frames for b in clean])[:4])
+
+
+def test_the_decoder_log_gives_whole_lines_across_videos():
+    """The decoder process reads FFmpeg's lines from a file its fd 2 writes to. A line
+    written after the next video's reset once began with NUL bytes (the damage was missed:
+    decord gave 6 frames of the bad folder's damaged video in CI), and FFmpeg writes a
+    line's prefix and its message apart, so half a line must wait for its other half."""
+    from feature_pipeline_dagster.core.decode.process import _Complaints
+
+    fd = os.open(os.devnull, os.O_WRONLY)
+    complaints = _Complaints(fd)
+    try:
+        os.write(fd, b"[mov,mp4 @ 0x1] stream 0, offset 0x30: partial file\n")
+        assert complaints() == ["[mov,mp4 @ 0x1] stream 0, offset 0x30: partial file"]
+        complaints.reset()
+        os.write(fd, b"[h264 @ 0x2] ")
+        assert complaints() == []
+        os.write(fd, b"error while decoding MB 18 5\n")
+        assert complaints() == ["[h264 @ 0x2] error while decoding MB 18 5"]
+    finally:
+        os.close(fd)
 
 
 def test_damage_logged_ahead_of_the_frame_asked_for_is_judged_by_packet(tmp_path, capfd, backend):

@@ -151,22 +151,32 @@ def _die_with_parent() -> None:
 
 
 class _Complaints:
-    """FFmpeg's log lines since the last call: fd 2 goes to a file this process reads."""
+    """FFmpeg's log lines since the last call: fd 2 goes to a file this process reads.
 
-    def __init__(self):
+    fd 2 appends (O_APPEND) and the file is read with pread, so reading never moves where
+    the decoder's threads write: with one shared offset a read could send their next line
+    over the last one, and after `reset` a line began with the old length in NUL bytes
+    (its "[h264 @" no longer first, the damage went unseen: a decord flake in CI). FFmpeg
+    writes a line's "[h264 @ 0x..] " and its message apart, so a line without its newline
+    waits for the next call."""
+
+    def __init__(self, fd: int = 2):
+        import fcntl
         import tempfile
 
         self._file = tempfile.TemporaryFile()
-        os.dup2(self._file.fileno(), 2)
+        self._fd = self._file.fileno()
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) | os.O_APPEND)
+        os.dup2(self._fd, fd)
         self._offset = 0
 
     def reset(self) -> None:
-        self._file.truncate(0)
+        os.ftruncate(self._fd, 0)
         self._offset = 0
 
     def __call__(self) -> list[str]:
-        self._file.seek(self._offset)
-        data = self._file.read()
+        data = os.pread(self._fd, os.fstat(self._fd).st_size - self._offset, self._offset)
+        data = data[: data.rfind(b"\n") + 1]
         self._offset += len(data)
         return [line.strip() for line in data.decode(errors="replace").splitlines() if line.strip()]
 

@@ -39,10 +39,11 @@ def torchcodec_loads() -> str | None:
     if importlib.util.find_spec("torchcodec") is None:
         return "torchcodec is not installed"
     try:
-        importlib.import_module("torchcodec.decoders")
-    except Exception as err:  # RuntimeError: no libavutil.so.N it was built for, or a torch mismatch
-
+        torchcodec = importlib.import_module("torchcodec")
+    except Exception as err:  # RuntimeError: a torch mismatch
         return f"torchcodec cannot load its FFmpeg libraries ({one_line(err)})"
+    if torchcodec.ffmpeg_major_version is None:  # 0.17 imports without FFmpeg, then fails each video
+        return "torchcodec cannot load its FFmpeg libraries (none of FFmpeg 4-9 found; Debian: apt-get install ffmpeg)"
     return None
 
 
