@@ -103,6 +103,36 @@ def test_pyav_decodes_the_first_frame_once(tmp_path, sampling, monkeypatch):
     apart.close()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pyav_feeds_no_packet_past_a_frame_it_seeks_away_from(tmp_path, monkeypatch, threads):
+    """`nearest`: a frame that the next is not decoded on from (a seek follows, or it is
+    the last) is drained out of the decoder once its packet is fed; the B-frames' reorder
+    delay and the frame threads had it decode packets past that frame for nothing."""
+    from feature_pipeline_dagster.core.decode.backends.base import packet_index
+    from feature_pipeline_dagster.core.decode.backends.pyav_reader import PyAVBackend
+
+    video = write_video(tmp_path / "clip.mp4", seconds=6, detail=True, gop=60)
+    segments = []  # the packets fed after each seek, by pts
+
+    def counted_seek(self, frame_id, original=PyAVBackend._sparse_seek):
+        original(self, frame_id)
+        fed, packets = [], self._packets
+        segments.append(fed)
+        self._packets = (fed.append(packet.pts) or packet for packet in packets)
+
+    monkeypatch.setattr(PyAVBackend, "_sparse_seek", counted_seek)
+    reader = VideoReader(video, decoder="pyav", threads=threads, sparse=True)
+    plan = reader.plan(DecodeSpec(decoder="pyav", sampling="nearest"))
+    assert sum(len(b) for b in reader.batches(plan, batch_size=8)) == 6
+    reader.close()
+    index = packet_index(video)
+    position = dict(zip(index.pts.tolist(), index.decode_order.tolist()))
+    wanted = {int(index.pts[i]) for i in plan.frame_ids}
+    assert len(segments) == 3 and plan.frame_ids[[0, 2, 4]].tolist() == [0, 60, 120]  # a seek to each key frame
+    for fed in segments:
+        assert max(position[p] for p in fed if p is not None) == max(position[p] for p in wanted & set(fed)), fed
+
+
 def test_random_bytes_give_one_clear_error(tmp_path, backend):
     bad = tmp_path / "noise.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(20000))

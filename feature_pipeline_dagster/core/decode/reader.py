@@ -231,7 +231,8 @@ class VideoReader:
             if start >= end:
                 break
             ids = plan.frame_ids[start : min(start + size, end)]
-            frames, why = self._decode(ids, key_only, plan.sparse)
+            final = start + size >= end
+            frames, why = self._decode(ids, key_only, plan.sparse, final)
             if why is not None and not judged:
                 judged = True
                 count, damage = sound_count(self._source, plan.frame_ids[start:], key_only)
@@ -241,7 +242,7 @@ class VideoReader:
                     break
                 if frames is None:  # again on a fresh reader: a failed decoder may be left mid-packet
                     self._reader.restart()
-                    frames, why = self._decode(ids, key_only, plan.sparse)
+                    frames, why = self._decode(ids, key_only, plan.sparse, final)
             if frames is None:
                 end, damage = start, why
                 break
@@ -249,13 +250,14 @@ class VideoReader:
         if end < len(plan):
             self._stop_at(plan, end, damage)
 
-    def _decode(self, ids: np.ndarray, key_only: bool, sparse: bool = False) -> tuple[np.ndarray | None, str | None]:
+    def _decode(self, ids: np.ndarray, key_only: bool, sparse: bool = False,
+                final: bool = False) -> tuple[np.ndarray | None, str | None]:
         """The frames (None if the backend failed), and the damage FFmpeg logged meanwhile."""
         try:
             if key_only:
                 frames = self._reader.key_frames(ids)
             else:
-                frames = self._reader.sparse_frames(ids) if sparse else self._reader.frames(ids)
+                frames = self._reader.sparse_frames(ids, final) if sparse else self._reader.frames(ids)
         except DecodeFailed as err:
             return None, self._reason(err)
         return frames, self._reason()

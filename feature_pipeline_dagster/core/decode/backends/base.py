@@ -47,10 +47,10 @@ class Backend:
         """As `frames`, for ids that are all key frames: decoding those frames only."""
         return self.frames(ids)
 
-    def sparse_frames(self, ids: np.ndarray):
-        """As `frames`, for a `nearest` plan: a backend that can tell its decoder to skip
-        the frames nothing references (PyAV) does so on the way to each wanted frame;
-        the others decode through, as `frames` does."""
+    def sparse_frames(self, ids: np.ndarray, final: bool = False):
+        """As `frames`, for a `nearest` plan (`final`: its last batch): a backend that can
+        tell its decoder to skip the frames nothing references (PyAV) does so on the way
+        to each wanted frame; the others decode through, as `frames` does."""
         return self.frames(ids)
 
     def decode_index(self) -> DecodeIndex:
