@@ -310,7 +310,7 @@ def frames_per_sample(clips: list[Path], backend: str, sampling: str) -> float:
     for path in clips:
         reader = VideoReader(path, decoder="pyav")
         plan = reader.plan(DecodeSpec(sampling=sampling))
-        if sampling == "nearest" and backend == "pyav":
+        if plan.sparse and backend == "pyav":
             index, at = reader._reader.decode_index(), -1
             for frame_id in plan.frame_ids.tolist():
                 decoded += index.cost(frame_id, at)[0]

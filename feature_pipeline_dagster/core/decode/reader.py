@@ -44,13 +44,13 @@ class SamplingPlan:
     frame_ids: np.ndarray
     timestamps_ms: np.ndarray
     key_frames_only: bool = False  # every planned frame is a key frame: decode those only
-    sparse: bool = False  # a `nearest` plan: the decoder may skip the frames nothing references on the way
+    sparse: bool = False  # frames named one by one (fps, nearest): the decoder may skip what nothing references
 
     @classmethod
     def for_timestamps(cls, starts_s: np.ndarray, sample_fps: float, max_frames: int | None) -> SamplingPlan:
         starts = np.asarray(starts_s, dtype=np.float64)
         if len(starts) == 0:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), sparse=True)
         targets = starts[0] + np.arange(int(np.floor((starts[-1] - starts[0]) * sample_fps + 1e-6)) + 1) / sample_fps
         after = np.clip(np.searchsorted(starts, targets), 1, len(starts) - 1) if len(starts) > 1 else np.zeros(len(targets), int)
         before = np.maximum(after - 1, 0)
@@ -58,7 +58,7 @@ class SamplingPlan:
         ids = np.unique(nearest).astype(np.int64)
         if max_frames is not None and len(ids) > max_frames:
             ids = ids[np.round(np.linspace(0, len(ids) - 1, max_frames)).astype(np.int64)]
-        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64))
+        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64), sparse=True)
 
     @classmethod
     def for_keyframes(cls, starts_s: np.ndarray, keyframes: np.ndarray, sample_fps: float,
@@ -177,7 +177,7 @@ class VideoReader:
         frame_count = len(self._starts)
         if frame_count == 0:
             raise VideoError(f"{self.path}: no video frames (audio-only or empty stream?)")
-        try:  # the way the plan will decode (`sparse`: a `nearest` plan), which goes on from here
+        try:  # the way the plan will decode (`sparse`: fps, nearest), which goes on from here
             first = self._reader.sparse_frames if sparse else self._reader.frames
             height, width = first(np.zeros(1, np.int64)).shape[1:3]
         except DecodeFailed as err:

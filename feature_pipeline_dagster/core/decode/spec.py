@@ -26,9 +26,10 @@ class DecodeSpec:
 
     @property
     def sparse(self) -> bool:
-        """A `nearest` plan, whose decoder skips the frames nothing references: a reader
-        opens on its first frame that way (VideoReader's `sparse`)."""
-        return self.sampling == "nearest"
+        """A plan of frames named one by one (`fps`, `nearest`; `keyframes` decodes key
+        frames only), whose decoder skips the frames nothing references on the way: a
+        reader opens on its first frame that way (VideoReader's `sparse`)."""
+        return self.sampling != "keyframes"
 
     @property
     def in_process(self) -> bool:

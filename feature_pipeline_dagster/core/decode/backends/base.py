@@ -88,7 +88,7 @@ class PacketIndex:
 
 @dataclass(frozen=True)
 class DecodeIndex:
-    """What `nearest` sampling prices a frame's decode with: per frame (presentation
+    """What `nearest` sampling prices a frame's decode with (and PyAV seeks by): per frame (presentation
     order) its place in decode order, whether other frames may reference it, whether it
     is a key frame. Decoding frame f costs one frame for each reference frame on the way
     to it in decode order (frames nothing references are skipped), plus f itself; the way

