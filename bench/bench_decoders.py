@@ -261,7 +261,7 @@ def lane_worker(backend: str, sampling: str, clips: list[str]) -> None:
         frames = 0
         for path in paths:
             spec = DecodeSpec(sampling=sampling)
-            reader = VideoReader(path, decoder=backend, threads=threads, sparse=spec.sparse)
+            reader = VideoReader(path, decoder=backend, threads=threads)
             plan = reader.plan(spec)
             frames += sum(len(batch) for batch in reader.batches(plan, 32))
             reader.close()
@@ -310,7 +310,7 @@ def frames_per_sample(clips: list[Path], backend: str, sampling: str) -> float:
     for path in clips:
         reader = VideoReader(path, decoder="pyav")
         plan = reader.plan(DecodeSpec(sampling=sampling))
-        if plan.sparse and backend == "pyav":
+        if not plan.key_frames_only and backend == "pyav":
             index, at = reader._reader.decode_index(), -1
             for frame_id in plan.frame_ids.tolist():
                 decoded += index.cost(frame_id, at)[0]

@@ -255,7 +255,7 @@ def test_nearest_plan_prices_frames_by_decode_order():
     plan = SamplingPlan.for_nearest(starts, index, 1.0, None, 0.25)
     # even seconds: their key frames; odd ones: the first P frame in the window [t - 7.5, t + 7.5] frames
     assert plan.frame_ids.tolist() == [0, 24, 60, 84, 120, 144, 180, 204, 240, 264]
-    assert plan.sparse and plan.timestamps_ms.tolist() == [0, 800, 2000, 2800, 4000, 4800, 6000, 6800, 8000, 8800]
+    assert plan.timestamps_ms.tolist() == [0, 800, 2000, 2800, 4000, 4800, 6000, 6800, 8000, 8800]
     assert SamplingPlan.for_nearest(starts, index, 1.0, None, 0.5).frame_ids.tolist()[:3] == [0, 16, 60]
     # max_frames: targets spread as fps sampling spreads frames (0, 4 and 9 s), each then chosen
     assert SamplingPlan.for_nearest(starts, index, 1.0, 3, 0.25).frame_ids.tolist() == [0, 120, 264]

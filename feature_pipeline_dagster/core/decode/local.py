@@ -37,7 +37,7 @@ class LocalDecoder:
         self.device = device
 
     def open(self, path: Path, spec: DecodeSpec) -> LocalVideo:
-        reader = VideoReader(path, decoder=spec.decoder, device=self.device, threads=spec.threads, sparse=spec.sparse)
+        reader = VideoReader(path, decoder=spec.decoder, device=self.device, threads=spec.threads)
         return LocalVideo(reader, spec)
 
     def stop(self) -> None:

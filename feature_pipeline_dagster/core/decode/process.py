@@ -200,8 +200,7 @@ def _serve(requests: BinaryIO, answers: BinaryIO, complaints: _Complaints) -> No
                     reader.close()
                 complaints.reset()
                 spec = DecodeSpec(**request["spec"])
-                reader = VideoReader(request["path"], complaints, spec.decoder, threads=spec.threads,
-                                     sparse=spec.sparse)
+                reader = VideoReader(request["path"], complaints, spec.decoder, threads=spec.threads)
                 plan = reader.plan(spec)
                 info = {k: v for k, v in asdict(reader.info).items() if k != "path"}
                 answer({"info": info, "frame_ids": plan.frame_ids.tolist(),

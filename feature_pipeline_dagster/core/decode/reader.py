@@ -44,13 +44,12 @@ class SamplingPlan:
     frame_ids: np.ndarray
     timestamps_ms: np.ndarray
     key_frames_only: bool = False  # every planned frame is a key frame: decode those only
-    sparse: bool = False  # frames named one by one (fps, nearest): the decoder may skip what nothing references
 
     @classmethod
     def for_timestamps(cls, starts_s: np.ndarray, sample_fps: float, max_frames: int | None) -> SamplingPlan:
         starts = np.asarray(starts_s, dtype=np.float64)
         if len(starts) == 0:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), sparse=True)
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
         targets = starts[0] + np.arange(int(np.floor((starts[-1] - starts[0]) * sample_fps + 1e-6)) + 1) / sample_fps
         after = np.clip(np.searchsorted(starts, targets), 1, len(starts) - 1) if len(starts) > 1 else np.zeros(len(targets), int)
         before = np.maximum(after - 1, 0)
@@ -58,7 +57,7 @@ class SamplingPlan:
         ids = np.unique(nearest).astype(np.int64)
         if max_frames is not None and len(ids) > max_frames:
             ids = ids[np.round(np.linspace(0, len(ids) - 1, max_frames)).astype(np.int64)]
-        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64), sparse=True)
+        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64))
 
     @classmethod
     def for_keyframes(cls, starts_s: np.ndarray, keyframes: np.ndarray, sample_fps: float,
@@ -95,7 +94,7 @@ class SamplingPlan:
         nearest t. Frames are taken in presentation order, each once."""
         starts = np.asarray(starts_s, dtype=np.float64)
         if len(starts) == 0:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), sparse=True)
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
         targets = starts[0] + np.arange(int(np.floor((starts[-1] - starts[0]) * sample_fps + 1e-6)) + 1) / sample_fps
         if max_frames is not None and len(targets) > max_frames:
             targets = targets[np.round(np.linspace(0, len(targets) - 1, max_frames)).astype(np.int64)]
@@ -120,7 +119,7 @@ class SamplingPlan:
             taken.append(frame)
             last, at = frame, int(index.decode_order[frame])
         ids = np.asarray(taken, np.int64)
-        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64), sparse=True)
+        return cls(ids, np.round(starts[ids] * 1000).astype(np.int64))
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -144,7 +143,7 @@ class VideoReader:
     After `batches` ends, `partial` says why it stopped early, if it did."""
 
     def __init__(self, path: str | Path, complaints: Callable[[], list[str]] | None = None, decoder: str = "auto",
-                 device: str | None = None, threads: int = 0, sparse: bool = False):
+                 device: str | None = None, threads: int = 0):
         self.path = Path(path)
         self._complaints = complaints or (lambda: [])
         self._salvaged: tempfile.TemporaryDirectory | None = None
@@ -177,9 +176,8 @@ class VideoReader:
         frame_count = len(self._starts)
         if frame_count == 0:
             raise VideoError(f"{self.path}: no video frames (audio-only or empty stream?)")
-        try:  # the way the plan will decode (`sparse`: fps, nearest), which goes on from here
-            first = self._reader.sparse_frames if sparse else self._reader.frames
-            height, width = first(np.zeros(1, np.int64)).shape[1:3]
+        try:  # as a plan decodes, which goes on from here
+            height, width = self._reader.frames(np.zeros(1, np.int64)).shape[1:3]
         except DecodeFailed as err:
             raise VideoError(f"{self.path}: damaged video stream at 0.0 s, no sound frame in it "
                              f"({self._reason(err)})") from None
@@ -232,7 +230,7 @@ class VideoReader:
                 break
             ids = plan.frame_ids[start : min(start + size, end)]
             final = start + size >= end
-            frames, why = self._decode(ids, key_only, plan.sparse, final)
+            frames, why = self._decode(ids, key_only, final)
             if why is not None and not judged:
                 judged = True
                 count, damage = sound_count(self._source, plan.frame_ids[start:], key_only)
@@ -242,7 +240,7 @@ class VideoReader:
                     break
                 if frames is None:  # again on a fresh reader: a failed decoder may be left mid-packet
                     self._reader.restart()
-                    frames, why = self._decode(ids, key_only, plan.sparse, final)
+                    frames, why = self._decode(ids, key_only, final)
             if frames is None:
                 end, damage = start, why
                 break
@@ -250,14 +248,13 @@ class VideoReader:
         if end < len(plan):
             self._stop_at(plan, end, damage)
 
-    def _decode(self, ids: np.ndarray, key_only: bool, sparse: bool = False,
-                final: bool = False) -> tuple[np.ndarray | None, str | None]:
+    def _decode(self, ids: np.ndarray, key_only: bool, final: bool) -> tuple[np.ndarray | None, str | None]:
         """The frames (None if the backend failed), and the damage FFmpeg logged meanwhile."""
         try:
             if key_only:
                 frames = self._reader.key_frames(ids)
             else:
-                frames = self._reader.sparse_frames(ids, final) if sparse else self._reader.frames(ids)
+                frames = self._reader.frames(ids, final)
         except DecodeFailed as err:
             return None, self._reason(err)
         return frames, self._reason()

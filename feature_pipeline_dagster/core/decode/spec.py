@@ -25,13 +25,6 @@ class DecodeSpec:
         return self.max_shift_ms if self.max_shift_ms is not None else 250.0 / self.sample_fps
 
     @property
-    def sparse(self) -> bool:
-        """A plan of frames named one by one (`fps`, `nearest`; `keyframes` decodes key
-        frames only), whose decoder skips the frames nothing references on the way: a
-        reader opens on its first frame that way (VideoReader's `sparse`)."""
-        return self.sampling != "keyframes"
-
-    @property
     def in_process(self) -> bool:
         """nvdec decodes in the run's own process: its frames stay on the GPU for the model
         (a child process could hand them over only through host memory)."""

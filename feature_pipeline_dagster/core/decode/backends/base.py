@@ -38,19 +38,14 @@ class Backend:
     fps: float
     cut_short: bool = False  # opened, but its index promises frames its data lacks
 
-    def frames(self, ids: np.ndarray):
+    def frames(self, ids: np.ndarray, final: bool = False):
         """uint8 (N, H, W, 3) RGB of frames `ids` (ascending), rotated as displayed; a
-        numpy array, or for nvdec a CUDA tensor. Raises DecodeFailed."""
+        numpy array, or for nvdec a CUDA tensor (`final`: the plan's last batch, after
+        which PyAV decodes nothing ahead). Raises DecodeFailed."""
         raise NotImplementedError
 
     def key_frames(self, ids: np.ndarray):
         """As `frames`, for ids that are all key frames: decoding those frames only."""
-        return self.frames(ids)
-
-    def sparse_frames(self, ids: np.ndarray, final: bool = False):
-        """As `frames`, for a `nearest` plan (`final`: its last batch): a backend that can
-        tell its decoder to skip the frames nothing references (PyAV) does so on the way
-        to each wanted frame; the others decode through, as `frames` does."""
         return self.frames(ids)
 
     def decode_index(self) -> DecodeIndex:

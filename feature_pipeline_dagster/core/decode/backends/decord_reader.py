@@ -57,7 +57,7 @@ class DecordBackend(Backend):
 
         return decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.threads)
 
-    def frames(self, ids: np.ndarray) -> np.ndarray:
+    def frames(self, ids: np.ndarray, final: bool = False) -> np.ndarray:
         with self._lock:
             self._calls += 1
             try:

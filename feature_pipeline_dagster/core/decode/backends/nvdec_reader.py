@@ -63,7 +63,7 @@ class NvdecBackend(Backend):
         if count != len(self.starts):
             raise OpenFailed(f"PyNvVideoCodec finds {count} frames where the demuxer finds {len(self.starts)}")
 
-    def frames(self, ids: np.ndarray):
+    def frames(self, ids: np.ndarray, final: bool = False):
         """(N, H, W, 3) uint8 on the run's CUDA device: no host copy."""
         import torch
 

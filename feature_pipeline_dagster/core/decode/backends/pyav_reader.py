@@ -1,12 +1,11 @@
-"""PyAV: installs everywhere (its wheels bundle FFmpeg). Frames are found by pts in a
-decode that runs forward from the key frame before each wanted frame, and goes on
-without a seek while no key frame lies between; `key_frames` tells the decoder to skip
-every other frame (`skip_frame = "NONKEY"`), so keyframe sampling decodes key frames
-only; `sparse_frames` (`fps` and `nearest` sampling) feeds the packets itself and has the
-decoder skip each frame that nothing references (`skip_frame = "NONREF"`, set per packet)
-unless it is wanted: at 1 fps on 720p, 72 -> 60 ms of CPU a sampled frame with `fps`
-(its frames unchanged). PyAV logs through Python, so damage is read from its log, not
-from fd 2."""
+"""PyAV: installs everywhere (its wheels bundle FFmpeg). `frames` (`fps` and `nearest`
+sampling) feeds the packets itself, from the key frame before a
+wanted frame and on without a seek while that is cheaper (`DecodeIndex.cost`), has the
+decoder skip each frame that nothing references and nobody wants (`skip_frame =
+"NONREF"`, set per packet), and finds frames by pts: at 1 fps on 720p, 72 -> 60 ms of
+CPU a sampled frame with `fps` (its frames unchanged). `key_frames` tells the decoder to
+skip every other frame (`skip_frame = "NONKEY"`), so keyframe sampling decodes key frames
+only. PyAV logs through Python, so damage is read from its log, not from fd 2."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from feature_pipeline_dagster.core.decode.backends.base import (
-    Backend, Batch, DecodeFailed, OpenFailed, key_before, packet_index, pyav_lines, rotate,
+    Backend, Batch, DecodeFailed, OpenFailed, packet_index, pyav_lines, rotate,
 )
 from feature_pipeline_dagster.core.errors import one_line
 
@@ -33,7 +32,7 @@ class PyAVBackend(Backend):
         self._index = index = packet_index(path)
         self.starts, self._pts, self.keyframes, self.fps = index.starts, index.pts, index.keyframes, index.fps
         self.cut_short = index.cut_short
-        self._costs = None  # the DecodeIndex, for sparse_frames
+        self._costs = None  # the DecodeIndex, for frames
         self._container = None
         self._open()
         av.logging.set_level(av.logging.WARNING)  # PyAV logs nothing unless asked
@@ -54,42 +53,15 @@ class PyAVBackend(Backend):
         self._stream.thread_type = "AUTO"  # frame threads: as many as the run gives (`threads`), else FFmpeg's choice
         if self.threads:
             self._stream.codec_context.thread_count = self.threads
-        self._decoded = None  # the running decode: a generator of frames
-        self._at = -1  # the last frame id it gave
-        self._packets = None  # sparse_frames' running demux
+        self._decoded = None  # key_frames' running decode: a generator of frames
+        self._packets = None  # frames' running demux
         self._first, self._gave = None, False  # the first frame given (id, pixels), until asked again (`_give`)
-
-    def _seek(self, frame_id: int) -> None:
-        key = key_before(self.keyframes, frame_id)
-        self._container.seek(int(self._pts[key]), stream=self._stream, backward=True, any_frame=False)
-        self._decoded = self._container.decode(self._stream)
-        self._packets = None
-        self._at = -1
-
-    def frames(self, ids: np.ndarray) -> np.ndarray:
-        import av
-
-        self._packets = None
-        self._stream.codec_context.skip_frame = "DEFAULT"
-        out = Batch(len(ids))
-        try:
-            for frame_id in ids.tolist():
-                if self._first and frame_id == self._first[0] == self._at:
-                    out.add(self._again())
-                    continue
-                if self._decoded is None or frame_id <= self._at or key_before(self.keyframes, frame_id) > self._at:
-                    self._seek(frame_id)
-                out.add(self._take(frame_id))
-        except (av.FFmpegError, ValueError) as err:
-            self._decoded = None
-            raise DecodeFailed("decoder error: " + one_line(err)) from None
-        return out.frames
 
     def key_frames(self, ids: np.ndarray) -> np.ndarray:
         """Key frames only: the decoder drops every other packet unread."""
         import av
 
-        self._open()  # (also ends a sparse_frames demux)
+        self._open()  # (also ends a `frames` demux)
         self._stream.codec_context.skip_frame = "NONKEY"
         self._decoded = self._container.decode(self._stream)
         out = Batch(len(ids))
@@ -102,7 +74,7 @@ class PyAVBackend(Backend):
             self._decoded = None
         return out.frames
 
-    def sparse_frames(self, ids: np.ndarray, final: bool = False) -> np.ndarray:
+    def frames(self, ids: np.ndarray, final: bool = False) -> np.ndarray:
         """The wanted frames, each reached the cheaper way `DecodeIndex.cost` prices: on
         from the packets already fed while no key frame lies between, else by a seek to
         the key frame before it; on the way, frames nothing references are not decoded.
@@ -125,7 +97,8 @@ class PyAVBackend(Backend):
                     out.add(self._again())
                     continue
                 want = int(self._pts[frame_id])
-                if self._packets is None or (want not in self._kept and (self._ended or self._costs.cost(frame_id, self._fed)[1])):
+                fed = want in self._kept if self._packets is not None else False
+                if not fed and (self._packets is None or self._ended or self._costs.cost(frame_id, self._fed)[1]):
                     self._sparse_seek(frame_id)
                 drain = final if i + 1 == len(ids) else self._costs.cost(ids[i + 1], int(order[frame_id]))[1]
                 out.add(self._sparse_take(frame_id, want, wanted, drain))
@@ -148,7 +121,7 @@ class PyAVBackend(Backend):
         """Drains a decode left mid-stream before its decoder is freed: freeing it waits
         for FFmpeg's frame threads while holding the GIL, and a frame thread that logs
         meanwhile waits for the GIL in PyAV's log callback (seen here as a hang in `close`
-        after a partial decode with frame threads, sparse or not)."""
+        after a partial decode with frame threads)."""
         import av
 
         if (self._packets is not None and not self._ended) or self._decoded is not None:
@@ -199,7 +172,6 @@ class PyAVBackend(Backend):
                 continue
             if frame.pts != want:
                 break
-            self._at = frame_id
             return self._give(frame_id, frame)
         self._decoded = None
         raise DecodeFailed(f"decoder error: frame {frame_id} (pts {want}) was not decoded")

@@ -43,7 +43,7 @@ class TorchcodecBackend(Backend):
         if len(self._decoder) != len(self.starts):
             raise OpenFailed(f"torchcodec finds {len(self._decoder)} frames where the demuxer finds {len(self.starts)}")
 
-    def frames(self, ids: np.ndarray):
+    def frames(self, ids: np.ndarray, final: bool = False):
         try:
             data = self._decoder.get_frames_at(ids.tolist()).data
         except (RuntimeError, IndexError, ValueError) as err:
