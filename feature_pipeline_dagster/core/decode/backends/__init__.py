@@ -5,11 +5,10 @@ so choosing one never loads the others (nor torch, for decord and PyAV).
 
 `auto` picks PyAV: it is installed everywhere (its wheels bundle FFmpeg), and of the CPU
 backends it costs the least CPU and memory together. Per sampled frame of 720p at 1 fps,
-two lanes of one thread: 89 CPU ms against decord's 105 (`fps`), 77 against 90 (`nearest`,
-where it alone skips the frames nothing references), in a decoder process of 187-189 MiB
-against 287-320 (130-133 since it writes a batch's frames in place, base.Batch);
-torchcodec takes 79-90 ms but 800 MiB (its decoder process imports torch) and needs the
-system's FFmpeg (bench/bench_decoders.py --nearest-only, 3 repeats). decord
+two lanes of one thread: 62 CPU ms against decord's 79 (`fps`), 50 against 74 (`nearest`;
+it alone skips the frames nothing references), in a decoder process of 133 MiB against
+216-273; torchcodec takes 65-75 ms but 800 MiB (its decoder process imports torch) and
+needs the system's FFmpeg (bench/bench_decoders.py --nearest-only, 3 repeats). decord
 also reads packets as fast as the file gives them while a frame decodes and decodes them
 all into memory it keeps, so its process grows with a video's length: 331 MiB on a
 3-minute 720p video against PyAV's 137 (bench/bench_long_video.py --navit). It never
