@@ -82,8 +82,8 @@ def test_a_lane_s_thread_count_reaches_ffmpeg_and_changes_no_pixel(sample_video,
 @pytest.mark.parametrize("sampling", ["fps", "nearest"])
 def test_pyav_decodes_the_first_frame_once(tmp_path, sampling, monkeypatch):
     """The reader decodes frame 0 when it opens (its size, damage at the start) the way
-    its plan will, and the plan takes that frame and goes on from
-    there: a short clip's frame 0 was decoded twice, 2 of its 16 ms here."""
+    its plan will, and the plan takes that frame and goes on from there: a short clip's
+    frame 0 was decoded twice, 2 of its 16 ms here."""
     import av
 
     from feature_pipeline_dagster.core.decode.backends.pyav_reader import PyAVBackend
@@ -103,11 +103,12 @@ def test_pyav_decodes_the_first_frame_once(tmp_path, sampling, monkeypatch):
     assert np.array_equal(frames, np.stack([every[i][1] for i in plan.frame_ids]))
 
 
+@pytest.mark.parametrize("sampling", ["fps", "nearest"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_pyav_feeds_no_packet_past_a_frame_it_seeks_away_from(tmp_path, monkeypatch, threads):
-    """`nearest`: a frame that the next is not decoded on from (a seek follows, or it is
-    the last) is drained out of the decoder once its packet is fed; the B-frames' reorder
-    delay and the frame threads had it decode packets past that frame for nothing."""
+def test_pyav_feeds_no_packet_past_a_frame_it_seeks_away_from(tmp_path, monkeypatch, threads, sampling):
+    """A frame that the next is not decoded on from (a seek follows, or it is the last)
+    is drained out of the decoder once its packet is fed; the B-frames' reorder delay and
+    the frame threads had it decode packets past that frame for nothing."""
     from feature_pipeline_dagster.core.decode.backends.base import packet_index
     from feature_pipeline_dagster.core.decode.backends.pyav_reader import PyAVBackend
 
@@ -122,7 +123,7 @@ def test_pyav_feeds_no_packet_past_a_frame_it_seeks_away_from(tmp_path, monkeypa
 
     monkeypatch.setattr(PyAVBackend, "_sparse_seek", counted_seek)
     reader = VideoReader(video, decoder="pyav", threads=threads)
-    plan = reader.plan(DecodeSpec(decoder="pyav", sampling="nearest"))
+    plan = reader.plan(DecodeSpec(decoder="pyav", sampling=sampling))
     assert sum(len(b) for b in reader.batches(plan, batch_size=8)) == 6
     reader.close()
     index = packet_index(video)

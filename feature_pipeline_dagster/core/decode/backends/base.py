@@ -83,11 +83,12 @@ class PacketIndex:
 
 @dataclass(frozen=True)
 class DecodeIndex:
-    """What `nearest` sampling prices a frame's decode with (and PyAV seeks by): per frame (presentation
-    order) its place in decode order, whether other frames may reference it, whether it
-    is a key frame. Decoding frame f costs one frame for each reference frame on the way
-    to it in decode order (frames nothing references are skipped), plus f itself; the way
-    starts where the decoder is, or at the key frame before f after a seek."""
+    """What `nearest` sampling prices a frame's decode with, and PyAV seeks by: per frame
+    (presentation order) its place in decode order, whether other frames may reference
+    it, whether it is a key frame. Decoding frame f costs one frame for each reference
+    frame on the way to it in decode order (frames nothing references are skipped), plus
+    f itself; the way starts where the decoder is, or at the key frame before f after a
+    seek."""
 
     decode_order: np.ndarray
     reference: np.ndarray

@@ -1,11 +1,11 @@
 """PyAV: installs everywhere (its wheels bundle FFmpeg). `frames` (`fps` and `nearest`
-sampling) feeds the packets itself, from the key frame before a
-wanted frame and on without a seek while that is cheaper (`DecodeIndex.cost`), has the
-decoder skip each frame that nothing references and nobody wants (`skip_frame =
-"NONREF"`, set per packet), and finds frames by pts: at 1 fps on 720p, 72 -> 60 ms of
-CPU a sampled frame with `fps` (its frames unchanged). `key_frames` tells the decoder to
-skip every other frame (`skip_frame = "NONKEY"`), so keyframe sampling decodes key frames
-only. PyAV logs through Python, so damage is read from its log, not from fd 2."""
+sampling) feeds the packets itself, from the key frame before a wanted frame and on
+without a seek while that is cheaper (`DecodeIndex.cost`), has the decoder skip each
+frame that nothing references and nobody wants (`skip_frame = "NONREF"`, set per packet),
+and finds frames by pts: at 1 fps on 720p, 72 -> 60 ms of CPU a sampled frame with `fps`
+(its frames unchanged). `key_frames` tells the decoder to skip every other frame
+(`skip_frame = "NONKEY"`), so keyframe sampling decodes key frames only. PyAV logs
+through Python, so damage is read from its log, not from fd 2."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class PyAVBackend(Backend):
                     out.add(self._again())
                     continue
                 want = int(self._pts[frame_id])
-                fed = want in self._kept if self._packets is not None else False
+                fed = self._packets is not None and want in self._kept
                 if not fed and (self._packets is None or self._ended or self._costs.cost(frame_id, self._fed)[1]):
                     self._sparse_seek(frame_id)
                 drain = final if i + 1 == len(ids) else self._costs.cost(ids[i + 1], int(order[frame_id]))[1]
