@@ -258,9 +258,8 @@ def lane_worker(backend: str, sampling: str, clips: list[str]) -> None:
     fix_mmap_threshold()  # as a decoder process does (core/decode/process.py)
 
     def run(paths):
-        frames = 0
+        frames, spec = 0, DecodeSpec(sampling=sampling)
         for path in paths:
-            spec = DecodeSpec(sampling=sampling)
             reader = VideoReader(path, decoder=backend, threads=threads)
             plan = reader.plan(spec)
             frames += sum(len(batch) for batch in reader.batches(plan, 32))

@@ -53,7 +53,6 @@ class PyAVBackend(Backend):
         self._stream.thread_type = "AUTO"  # frame threads: as many as the run gives (`threads`), else FFmpeg's choice
         if self.threads:
             self._stream.codec_context.thread_count = self.threads
-        self._decoded = None  # key_frames' running decode: a generator of frames
         self._packets = None  # frames' running demux
         self._first, self._gave = None, False  # the first frame given (id, pixels), until asked again (`_give`)
 
@@ -63,15 +62,13 @@ class PyAVBackend(Backend):
 
         self._open()  # (also ends a `frames` demux)
         self._stream.codec_context.skip_frame = "NONKEY"
-        self._decoded = self._container.decode(self._stream)
+        decoded = self._container.decode(self._stream)
         out = Batch(len(ids))
         try:
             for frame_id in ids.tolist():
-                out.add(self._take(frame_id))
+                out.add(self._take(decoded, frame_id))
         except (av.FFmpegError, ValueError) as err:
             raise DecodeFailed("decoder error: " + one_line(err)) from None
-        finally:
-            self._decoded = None
         return out.frames
 
     def frames(self, ids: np.ndarray, final: bool = False) -> np.ndarray:
@@ -86,7 +83,6 @@ class PyAVBackend(Backend):
 
         if self._costs is None:
             self._costs = self.decode_index()
-        self._decoded = None
         wanted = set(self._pts[ids].tolist())
         out = Batch(len(ids))
         order = self._costs.decode_order
@@ -97,8 +93,8 @@ class PyAVBackend(Backend):
                     out.add(self._again())
                     continue
                 want = int(self._pts[frame_id])
-                fed = self._packets is not None and want in self._kept
-                if not fed and (self._packets is None or self._ended or self._costs.cost(frame_id, self._fed)[1]):
+                waiting = self._packets is not None and want in self._kept  # fed, not yet out
+                if not waiting and (self._packets is None or self._ended or self._costs.cost(frame_id, self._fed)[1]):
                     self._sparse_seek(frame_id)
                 drain = final if i + 1 == len(ids) else self._costs.cost(ids[i + 1], int(order[frame_id]))[1]
                 out.add(self._sparse_take(frame_id, want, wanted, drain))
@@ -124,12 +120,12 @@ class PyAVBackend(Backend):
         after a partial decode with frame threads)."""
         import av
 
-        if (self._packets is not None and not self._ended) or self._decoded is not None:
+        if self._packets is not None and not self._ended:
             try:
                 self._stream.codec_context.decode(None)
             except (av.FFmpegError, ValueError):
                 pass
-        self._packets = self._decoded = None
+        self._packets = None
         self._pending = deque()
 
     def _sparse_take(self, frame_id: int, want: int, wanted: set, drain: bool) -> np.ndarray:
@@ -165,15 +161,14 @@ class PyAVBackend(Backend):
         self._packets = None
         raise DecodeFailed(f"decoder error: frame {frame_id} (pts {want}) was not decoded")
 
-    def _take(self, frame_id: int) -> np.ndarray:
+    def _take(self, decoded, frame_id: int) -> np.ndarray:
         want = self._pts[frame_id]
-        for frame in self._decoded:
+        for frame in decoded:
             if frame.pts is None or frame.pts < want:
                 continue
             if frame.pts != want:
                 break
             return self._give(frame_id, frame)
-        self._decoded = None
         raise DecodeFailed(f"decoder error: frame {frame_id} (pts {want}) was not decoded")
 
     def _give(self, frame_id: int, frame) -> np.ndarray:
