@@ -174,20 +174,51 @@ def core_run(work: Path, files: list[Path], model: Path, sampling: str, decoder:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decoder: str) -> dict:
-    """The daemon and the sensor over a folder the clips are dropped into in batches."""
-    root = Path(tempfile.mkdtemp(dir=work, prefix="sensor-"))
+def wait_for_videos(store, spec, count: int, started: float, root: Path) -> None:
+    """Until the database holds `count` videos (a ledger row each, written at its commit)."""
+    from feature_pipeline_dagster.core.ledger import ledger_collection
+
+    rows = 0
+    while rows < count:
+        time.sleep(0.2)
+        if time.perf_counter() - started > 1800:
+            raise SystemExit(f"sensor: timed out at {rows} of {count} videos; see {root / 'daemon.log'}")
+        try:
+            rows = store.count_rows(ledger_collection(spec))
+        except Exception:  # not created yet
+            rows = 0
+
+
+def watching(work: Path, prefix: str, model: Path, sampling: str, decoder: str, warm: bool = True):
+    """A project whose folder starts empty, and dagster-daemon over it, up and ticked once;
+    with `warm` False, the instance keeps Dagster's default run launcher."""
+    root = Path(tempfile.mkdtemp(dir=work, prefix=prefix))
     watched = root / "videos"
     watched.mkdir()
     env = project(root, watched, model, sampling, decoder)
+    if not warm:
+        instance = Path(env["DAGSTER_HOME"]) / "dagster.yaml"
+        instance.write_text(re.sub(r"run_launcher:\n(  .*\n)+", "", instance.read_text()))
     daemon = subprocess.Popen(["dagster-daemon", "run", "-m", "feature_pipeline_dagster"], env=env, cwd=root,
                               stdout=open(root / "daemon.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    time.sleep(20)  # the daemon is up and its sensor has ticked over the empty folder
+    os.environ.update(DAGSTER_HOME=env["DAGSTER_HOME"], FEATURE_PIPELINE_CONFIG=env["FEATURE_PIPELINE_CONFIG"])
+    return root, watched, env, daemon
+
+
+def stop_watching(root: Path, env: dict, daemon: subprocess.Popen) -> None:
+    os.killpg(daemon.pid, signal.SIGTERM)
+    daemon.wait()
+    stop_db(env, root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decoder: str) -> dict:
+    """The daemon and the sensor over a folder the clips are dropped into in batches."""
+    root, watched, env, daemon = watching(work, "sensor-", model, sampling, decoder)
     try:
-        time.sleep(20)  # the daemon is up and its sensor has ticked over the empty folder
-        os.environ.update(DAGSTER_HOME=env["DAGSTER_HOME"], FEATURE_PIPELINE_CONFIG=env["FEATURE_PIPELINE_CONFIG"])
         from dagster import DagsterInstance, RunsFilter
 
-        from feature_pipeline_dagster.core.ledger import ledger_collection
         from feature_pipeline_dagster.core.settings import load_settings
         from feature_pipeline_dagster.core.store import store_for
         from feature_pipeline_dagster.orchestration.names import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
@@ -201,15 +232,8 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
                 os.link(path, watched / path.name)
             if i < DROPS - 1:
                 time.sleep(DROP_EVERY_S)
-        store, rows = store_for(settings.db), 0  # shares the Lite server the runs start
-        while rows < len(files):
-            time.sleep(0.5)
-            if time.perf_counter() - started > 1800:
-                raise SystemExit(f"sensor: timed out at {rows} of {len(files)} videos; see {root / 'daemon.log'}")
-            try:
-                rows = store.count_rows(ledger_collection(spec))  # a row per video, written at its commit
-            except Exception:  # not created yet
-                rows = 0
+        store = store_for(settings.db)  # shares the Lite server the runs start
+        wait_for_videos(store, spec, len(files), started, root)
         store.close()
         seconds = time.perf_counter() - started
         first_drop = time.time() - seconds
@@ -218,12 +242,41 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
             per_run = [(r.dagster_run.tags.get(RANGE_START_TAG) or r.dagster_run.tags.get(PARTITION_TAG),
                         r.dagster_run.tags.get(RANGE_END_TAG)) for r in runs]
             timeline = [run_timeline(instance, r, first_drop, settings.model.features[0]) for r in runs]
-        return {"seconds": seconds, "videos": rows, "runs": len(runs), "ranges": per_run, "timeline": timeline}
+        return {"seconds": seconds, "runs": len(runs), "ranges": per_run, "timeline": timeline}
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        daemon.wait()
-        stop_db(env, root)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_watching(root, env, daemon)
+
+
+def sensor_start(work: Path, files: list[Path], model: Path, sampling: str, decoder: str, warm: bool) -> list:
+    """One clip at a time dropped into the idle watched folder, each once the one before is
+    committed: per clip, the drop to its row (a tick's wait, 0-5 s, included) and its run's
+    timeline from its creation by the tick. The first run's process starts cold under either
+    launcher; the warm launcher's later ones find a spare."""
+    root, watched, env, daemon = watching(work, "start-", model, sampling, decoder, warm)
+    try:
+        from dagster import DagsterInstance, RunsFilter
+
+        from feature_pipeline_dagster.core.settings import load_settings
+        from feature_pipeline_dagster.core.store import store_for
+
+        settings = load_settings(root / "config.yaml")
+        spec = settings.collection_for(settings.model.features[0])
+        store, seen = store_for(settings.db), []
+        for i, path in enumerate(files):
+            time.sleep(2)
+            started = time.perf_counter()
+            os.link(path, watched / path.name)
+            wait_for_videos(store, spec, i + 1, started, root)
+            seen.append({"drop_to_row": round(time.perf_counter() - started, 1)})
+        store.close()
+        with DagsterInstance.get() as instance:
+            runs = instance.get_run_records(RunsFilter(tags={"dagster/sensor_name": "video_folder_sensor"}))[::-1]
+            for one, record in zip(seen, runs):
+                one.update(run_timeline(instance, record, record.create_timestamp.timestamp(),
+                                        settings.model.features[0]))
+        return seen
+    finally:
+        stop_watching(root, env, daemon)
 
 
 def run_timeline(instance, record, origin: float, embedding: str) -> dict:
@@ -295,6 +348,9 @@ def main() -> None:
         out.update(sensor_s=sensor["seconds"], sensor_runs=sensor["runs"], sensor_ranges=sensor["ranges"],
                    sensor_timeline=sensor["timeline"])
         out["sensor_over_run"] = sensor["seconds"] / full["seconds"]
+        for warm in (False, True):
+            out[f"sensor_start_{'warm' if warm else 'default'}"] = sensor_start(
+                work, files[:3], model, args.sampling, args.decoder, warm)
     shutil.rmtree(work, ignore_errors=True)
     lines = [
         f"stand-in model (CLIP, 512-d, 2 narrow layers): {out['bare_ms_per_frame']:.2f} ms/frame bare (goal ~1)",
@@ -316,6 +372,11 @@ def main() -> None:
                      f"{out['sensor_runs']} run(s)")
         for (start, end), when in zip(out["sensor_ranges"], out["sensor_timeline"]):
             lines.append(f"   run {start}..{end}: " + ", ".join(f"{k} {v} s" for k, v in when.items()))
+        lines.append("5. a sensor run's start-up: one clip at a time into the idle watched folder; the drop to its "
+                     "row, and its run from creation (s):")
+        for name in ("default", "warm"):
+            for i, one in enumerate(out[f"sensor_start_{name}"]):
+                lines.append(f"   {name} launcher, clip {i + 1}: " + ", ".join(f"{k} {v}" for k, v in one.items()))
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out["load_end"] = os.getloadavg()

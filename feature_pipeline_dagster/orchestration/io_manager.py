@@ -27,7 +27,7 @@ from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.embeddings import asset_version
 from feature_pipeline_dagster.orchestration.checks import evaluate
 from feature_pipeline_dagster.orchestration.event_log import partitions_read_once
-from feature_pipeline_dagster.orchestration.failures import as_failure
+from feature_pipeline_dagster.orchestration.failures import as_failure, interrupts_not_retried
 from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
@@ -52,7 +52,8 @@ class MilvusIOManager(ConfigurableIOManager):
         report = RunReport()
         store = self.vector_store.open()
         try:
-            write_run(run, store, report)
+            with interrupts_not_retried():
+                write_run(run, store, report)
         except PipelineError as err:  # the model, the device or the database: the whole run
             fault = err
         else:

@@ -24,3 +24,6 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # subset, instead of one per partition (`feature-pipeline run` sets it; the template's event
 # log, orchestration/event_log.py, acts on it unless it is exported as 0).
 PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
+
+# The pid of a run's process, for the instance's run launcher (orchestration/run_launcher.py).
+PID_TAG = "feature_pipeline/pid"
