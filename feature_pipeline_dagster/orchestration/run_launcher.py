@@ -2,16 +2,17 @@
 default launcher gives it, but a process already warm, and used again.
 
 Dagster's DefaultRunLauncher has the code server spawn a fresh interpreter per run, which
-imports dagster, this project and torch and loads the model before its first batch: on the
-GPU stand-in (bench/bench_gpu_standin.py, figure 5, 2 cores) 3.3-3.9 s from a sensor run's
-creation to its embedding done, of which the embedding is a fraction, for every run; on a
-GPU box each run loads the model onto the device again. Here a device's processes stay: when
-a run of a device is launched and no process of that device is idle, one more starts at once
-(up to the queue's limit for the device tag: more could never be busy), imports what a run
-imports, builds the code location and loads the model, then waits. A run takes an idle
-process of its device (1.3 s from creation to embedding done, figure 5) or, the first of a
-burst, a fresh one; a process whose run succeeded waits for the next, and one idle for
-`idle_seconds` exits, freeing its memory and its copy of the model.
+imports dagster, this project and torch and loads the model before its first batch: 3.6-4.1 s
+from a sensor run's creation to its embedding done for a one-clip run on the GPU stand-in
+(bench/bench_gpu_standin.py, figure 5, 2 cores), every run; on a GPU box each run also loads
+the model onto the device again. Here a device's processes stay: when a run of a device is
+launched and no process of that device is idle, one more starts at once (up to the queue's
+limit for the device tag: more could never be busy), imports what a run imports, builds the
+code location and loads the model, then waits. A run takes an idle process of its device
+(0.4-0.5 s from creation to embedding done, figure 5) or, the first of a burst, a fresh one;
+a process whose run succeeded waits for the next (and builds the code location again if the
+config file changed meanwhile), and one idle for `idle_seconds` exits, freeing its memory and
+its copy of the model.
 
 A process runs one run at a time, so a crash fails one run: a run whose process ends without
 finishing it is reported failed (the instance's run_retries start it again), and a process
@@ -102,8 +103,9 @@ class WarmRunLauncher(DefaultRunLauncher):
                 raise DagsterLaunchFailedError(f"the run's process (pid {process.pid}) exited at once")
         self._instance.report_engine_event(f"Run process (pid {process.pid}): {how}.", run)
         self._run_ids.add(run.run_id)
+        most = self._most(device)
         with self._lock:
-            more = not self._idle.get(device) and len(self._alive.get(device, ())) < self._most(device)
+            more = not self._idle.get(device) and len(self._alive.get(device, ())) < most
         if more:
             self._park(self._start(device))
 
@@ -199,6 +201,15 @@ def _pid_of(run) -> int | None:
     return int(run.tags[PID_TAG])
 
 
+def _config_text() -> str | None:
+    from feature_pipeline_dagster.core.settings import config_path
+
+    try:
+        return config_path().read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
 def _leave(*_) -> None:
     """A terminal's Ctrl-C while idle: leave quietly."""
     sys.exit(0)
@@ -210,6 +221,7 @@ def _serve(device: str, instance_ref: str) -> int:
     control = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # what a library prints goes to the log, not into the launcher's channel
     signal.signal(signal.SIGINT, _leave)
+    config = _config_text()
     try:  # what a run does first, done ahead; a failure is left for the run to report, once
         from feature_pipeline_dagster.core.models import preload
         from feature_pipeline_dagster.core.settings import load_settings
@@ -226,6 +238,9 @@ def _serve(device: str, instance_ref: str) -> int:
     instance = DagsterInstance.from_ref(deserialize_value(instance_ref))
     for line in sys.stdin:
         run_id = line.strip()
+        if (now := _config_text()) != config:  # edited since: the code location is built again from it
+            sys.modules["feature_pipeline_dagster"].__dict__.pop("defs", None)
+            config = now
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Terminate: KeyboardInterrupt, the run canceled
         _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
         signal.signal(signal.SIGINT, _leave)

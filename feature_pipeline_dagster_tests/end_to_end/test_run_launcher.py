@@ -80,9 +80,13 @@ def test_a_run_after_the_first_takes_a_warm_process_and_idle_processes_exit(proj
             launched = []
             for i, name in enumerate(["a.mp4", "b.mp4"]):
                 drop(project.videos, name, seconds=2, seed=i)
-                run = until(lambda: [r for r in runs_of(instance, name) if r.status == DagsterRunStatus.SUCCESS])[0]
+                run = until(lambda: [r for r in runs_of(instance, name) if r.is_finished])[0]
+                assert run.status == DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(run.run_id)][-5:]
                 launched += [(run.tags[PID_TAG], m) for m in engine_messages(instance, run.run_id)
                              if m.startswith("Run process")]
+                config = yaml.safe_load(project.config.read_text())
+                config["video_input"]["sample_fps"] = 2.0  # b's run, in a's process, reads the edited config
+                project.config.write_text(yaml.safe_dump(config))
             (first_pid, first), (second_pid, second) = launched
             assert first == f"Run process (pid {first_pid}): cold, no process of the device was idle."
             # b's run found a's process idle (a spare started beside a's run was idle too)
@@ -94,6 +98,13 @@ def test_a_run_after_the_first_takes_a_warm_process_and_idle_processes_exit(proj
     finally:
         daemon.stop()
     assert not spares()
+    settings = load_settings(project.config)
+    store = store_for(settings.db)
+    try:
+        frames = settings.db.collections[0]
+        assert {v: store.count_rows(frames, v) for v in ("a.mp4", "b.mp4")} == {"a.mp4": 2, "b.mp4": 4}
+    finally:
+        store.close()
 
 
 def test_a_killed_run_is_failed_and_retried_and_terminate_cancels_a_run(project):
