@@ -17,9 +17,11 @@ its copy of the model.
 A process runs one run at a time, so a crash fails one run: a run whose process ends without
 finishing it is reported failed (the instance's run_retries start it again), and a process
 whose run did not succeed exits rather than serve another. The run's `feature_pipeline/pid`
-tag lets any process of the instance reach it (the UI's Terminate, run monitoring's health
-check after a daemon restart). A run without a device tag, or whose code runs on another
-Python (another code location), goes Dagster's default way.
+tag lets the UI's Terminate, in the webserver's process, reach it. A run whose process dies
+while the daemon is down stays started, as under the default launcher when its code server
+goes: run monitoring checks workers only through a health check whose types Dagster keeps
+private. A run without a device tag, or whose code runs on another Python (another code
+location), goes Dagster's default way.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ import threading
 import time
 
 from dagster import DefaultRunLauncher, Field, IntSource
-from dagster._core.errors import DagsterLaunchFailedError
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
 from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, PID_TAG
 
@@ -100,7 +100,7 @@ class WarmRunLauncher(DefaultRunLauncher):
         else:
             process, how = self._start(device), "cold, no process of the device was idle"
             if not self._hand(process, run):
-                raise DagsterLaunchFailedError(f"the run's process (pid {process.pid}) exited at once")
+                raise RuntimeError(f"the run's process (pid {process.pid}) exited at once")
         self._instance.report_engine_event(f"Run process (pid {process.pid}): {how}.", run)
         self._run_ids.add(run.run_id)
         most = self._most(device)
@@ -180,20 +180,6 @@ class WarmRunLauncher(DefaultRunLauncher):
             return False
         return True
 
-    @property
-    def supports_check_run_worker_health(self) -> bool:
-        return True
-
-    def check_run_worker_health(self, run) -> CheckRunHealthResult:
-        pid = _pid_of(run)
-        if pid is None:  # launched the default way, which offers no check: judged as before
-            return CheckRunHealthResult(WorkerStatus.RUNNING, "not launched warm")
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):  # gone, or the pid reused by another user's process
-            return CheckRunHealthResult(WorkerStatus.FAILED, f"the run's process (pid {pid}) is gone")
-        return CheckRunHealthResult(WorkerStatus.RUNNING)
-
 
 def _pid_of(run) -> int | None:
     if run is None or run.is_finished or PID_TAG not in run.tags:
@@ -233,6 +219,7 @@ def _serve(device: str, instance_ref: str) -> int:
     except Exception:
         pass
     from dagster import DagsterInstance, DagsterRunStatus, deserialize_value
+    # What `dagster api execute_run` calls: no public entry executes an existing run in this process.
     from dagster._cli.api import _execute_run_command_body
 
     instance = DagsterInstance.from_ref(deserialize_value(instance_ref))
