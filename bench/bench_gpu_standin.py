@@ -31,7 +31,10 @@ Figures:
      batches 3 s apart; from the first drop to the last video committed (its ledger row),
      / figure 2's wall time (goal <= 1.25); the runs it launched, each with its timeline from
      the first drop: created by the sensor's tick, queued once the daemon has planned it,
-     started once its process is up, its embedding step done.
+     started once its process is up, its embedding step done; and how many processes ran them.
+  5. a sensor run's start-up: one clip at a time dropped into an idle watched folder, under
+     Dagster's default run launcher and under the template's WarmRunLauncher: the drop to
+     its row, and its run's timeline from its creation.
 Results also go to bench/results/gpu_standin.json. No timing here is asserted.
 """
 
@@ -221,7 +224,7 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
 
         from feature_pipeline_dagster.core.settings import load_settings
         from feature_pipeline_dagster.core.store import store_for
-        from feature_pipeline_dagster.orchestration.names import PARTITION_TAG, RANGE_END_TAG, RANGE_START_TAG
+        from feature_pipeline_dagster.orchestration.names import PARTITION_TAG, PID_TAG, RANGE_END_TAG, RANGE_START_TAG
 
         settings = load_settings(root / "config.yaml")
         spec = settings.collection_for(settings.model.features[0])
@@ -242,7 +245,8 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
             per_run = [(r.dagster_run.tags.get(RANGE_START_TAG) or r.dagster_run.tags.get(PARTITION_TAG),
                         r.dagster_run.tags.get(RANGE_END_TAG)) for r in runs]
             timeline = [run_timeline(instance, r, first_drop, settings.model.features[0]) for r in runs]
-        return {"seconds": seconds, "runs": len(runs), "ranges": per_run, "timeline": timeline}
+            processes = len({r.dagster_run.tags.get(PID_TAG) for r in runs})
+        return {"seconds": seconds, "runs": len(runs), "processes": processes, "ranges": per_run, "timeline": timeline}
     finally:
         stop_watching(root, env, daemon)
 
@@ -345,8 +349,8 @@ def main() -> None:
     out["long_fit_intercept_s"] = short["seconds"] - short["frames"] / steady
     if not args.skip_sensor:
         sensor = sensor_run(work, files, model, args.sampling, args.decoder)
-        out.update(sensor_s=sensor["seconds"], sensor_runs=sensor["runs"], sensor_ranges=sensor["ranges"],
-                   sensor_timeline=sensor["timeline"])
+        out.update(sensor_s=sensor["seconds"], sensor_runs=sensor["runs"], sensor_processes=sensor["processes"],
+                   sensor_ranges=sensor["ranges"], sensor_timeline=sensor["timeline"])
         out["sensor_over_run"] = sensor["seconds"] / full["seconds"]
         for warm in (False, True):
             out[f"sensor_start_{'warm' if warm else 'default'}"] = sensor_start(
@@ -369,7 +373,7 @@ def main() -> None:
     if "sensor_s" in out:
         lines.append(f"4. sensor, {DROPS} drops {DROP_EVERY_S:.0f} s apart: first drop to last row "
                      f"{out['sensor_s']:.1f} s = {out['sensor_over_run']:.2f} x run (goal <= 1.25), "
-                     f"{out['sensor_runs']} run(s)")
+                     f"{out['sensor_runs']} run(s) in {out['sensor_processes']} process(es)")
         for (start, end), when in zip(out["sensor_ranges"], out["sensor_timeline"]):
             lines.append(f"   run {start}..{end}: " + ", ".join(f"{k} {v} s" for k, v in when.items()))
         lines.append("5. a sensor run's start-up: one clip at a time into the idle watched folder; the drop to its "

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_long_video.py [--repeats 3] [--long-minutes 60]
     .venv/bin/python bench/bench_long_video.py --navit [--repeats 1] [--long-minutes 10]
-    (either with --decoder NAME: video_input.decoder, default auto)
+    (either with --decoder NAME: video_input.decoder, default auto; --model-batch N: model.batch_size)
 
 `--navit`: NaViT at length. A 10-minute 720p video against a 10-second one (sample_fps 1:
 600 vs 10 frames), through a random VL3-SigLIP-NaViT of the real width (hidden_size 1152,
@@ -398,14 +398,16 @@ def main() -> None:
     parser.add_argument("--long-minutes", type=float, default=None, help="default 60, --navit 10")
     parser.add_argument("--navit", action="store_true", help="NaViT 1152-d on 720p: 10 s against --long-minutes")
     parser.add_argument("--decoder", default="auto", help="video_input.decoder (default: the config's default, auto)")
+    parser.add_argument("--model-batch", type=int, default=MODEL_BATCH,
+                        help="model.batch_size (default 32, the config's): at 10 or less the 10-s video fills its batch too")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "RELPATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
 
-    global NAVIT, DECODER
-    NAVIT, DECODER = args.navit, args.decoder
+    global NAVIT, DECODER, MODEL_BATCH
+    NAVIT, DECODER, MODEL_BATCH = args.navit, args.decoder, args.model_batch
     if args.long_minutes is None:
         args.long_minutes = 10 if NAVIT else 60
     out_path = OUT_NAVIT if NAVIT else OUT
