@@ -399,7 +399,8 @@ def main() -> None:
     parser.add_argument("--navit", action="store_true", help="NaViT 1152-d on 720p: 10 s against --long-minutes")
     parser.add_argument("--decoder", default="auto", help="video_input.decoder (default: the config's default, auto)")
     parser.add_argument("--model-batch", type=int, default=MODEL_BATCH,
-                        help="model.batch_size (default 32, the config's): at 10 or less the 10-s video fills its batch too")
+                        help="model.batch_size (default 32, the config's): at 10 or less the 10-s video fills "
+                        "a batch too")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "RELPATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

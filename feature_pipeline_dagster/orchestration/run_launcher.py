@@ -43,7 +43,7 @@ DONE = "done"  # a process's line after a run that succeeded: it takes another
 
 class _RunProcess:
     """One `python -m feature_pipeline_dagster.orchestration.run_launcher` child: run ids in
-    on stdin, a `done` line out on stdout after each run it will serve again after."""
+    on stdin; out on stdout, a `done` line after each run when it will take another."""
 
     def __init__(self, device: str, instance_ref: str):
         self.device, self.born, self.runs, self.run_id, self.idle_since = device, time.monotonic(), 0, None, None
@@ -52,12 +52,14 @@ class _RunProcess:
         self.pid = self.popen.pid
 
     def take(self, run_id: str) -> bool:
+        self.run_id = run_id  # before it can read it: a death from here on fails the run
         try:
             self.popen.stdin.write(run_id + "\n")
             self.popen.stdin.flush()
         except OSError:  # it has exited (an idle process retired, a crash)
+            self.run_id = None
             return False
-        self.run_id, self.runs = run_id, self.runs + 1
+        self.runs += 1
         return True
 
     def retire(self) -> None:
@@ -93,7 +95,7 @@ class WarmRunLauncher(DefaultRunLauncher):
             return super().launch_run(context)
         with self._lock:
             idle = self._idle.get(device, [])
-            process = idle.pop() if idle else None
+            process = idle.pop() if idle else None  # the last parked: the others age out
         if process is not None and self._hand(process, run):
             how = (f"warm, started {time.monotonic() - process.born:.1f} s before the run, "
                    f"run {process.runs} in it")
@@ -114,7 +116,7 @@ class WarmRunLauncher(DefaultRunLauncher):
         for limit in self._instance.get_concurrency_config().run_queue_config.tag_concurrency_limits:
             if limit.get("key") == DEVICE_TAG:
                 return int(limit["limit"])
-        return 2
+        return 2  # no limit for the tag: one process running, one ready
 
     def _start(self, device: str) -> _RunProcess:
         from dagster import serialize_value

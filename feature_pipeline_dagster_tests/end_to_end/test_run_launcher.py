@@ -21,6 +21,7 @@ from feature_pipeline_dagster_tests.conftest import subprocess_env
 from feature_pipeline_dagster_tests.end_to_end.test_daemon import drop
 
 DEADLINE_S = 240
+STEP_START = DagsterEventType.STEP_START
 IDLE_S = 15  # past the tick (5 s), settling (1 s) and a run between two drops
 SPARE = "feature_pipeline_dagster.orchestration.run_launcher"
 
@@ -136,11 +137,22 @@ def test_a_killed_run_is_failed_and_retried_and_terminate_cancels_a_run(project)
             assert f"pid {victim.tags[PID_TAG]}) exited with code -9" in failure[-1].message
 
             os.link(long, project.videos / "terminated.mp4")
-            running = until(lambda: [r for r in runs_of(instance, "terminated.mp4")
-                                     if r.status == DagsterRunStatus.STARTED])[0]
+
+            def embedding():
+                """the run of terminated.mp4 to be embedding"""
+                return [r for r in runs_of(instance, "terminated.mp4") if any(
+                    e.step_key == "video_embedding" for e in instance.all_logs(r.run_id, of_type=STEP_START))]
+
+            running = until(embedding, every=0.02)[0]
             with DagsterInstance.get() as other:  # as the webserver's Terminate: another process's launcher
                 assert other.run_launcher.terminate(running.run_id)
-            until(lambda: instance.get_run_by_id(running.run_id).status == DagsterRunStatus.CANCELED)
+            until(lambda: instance.get_run_by_id(running.run_id).is_finished)
+            assert instance.get_run_by_id(running.run_id).status == DagsterRunStatus.CANCELED
+            failed = instance.all_logs(running.run_id, of_type=DagsterEventType.STEP_FAILURE)
+            assert [e.step_key for e in failed] == ["video_embedding"]  # failed once, not retried
+            failure = failed[0].dagster_event.step_failure_data.user_failure_data
+            assert failure is not None and failure.description == "interrupted (the run was terminated, or Ctrl-C)"
+            assert not instance.all_logs(running.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
             pid = int(running.tags[PID_TAG])
             until(lambda: pid not in spares(), deadline_s=30)
     finally:
