@@ -393,6 +393,7 @@ def mib(kb: float) -> float:
 
 
 def main() -> None:
+    global NAVIT, DECODER, MODEL_BATCH
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--long-minutes", type=float, default=None, help="default 60, --navit 10")
@@ -407,7 +408,6 @@ def main() -> None:
         child(*args.child)
         return
 
-    global NAVIT, DECODER, MODEL_BATCH
     NAVIT, DECODER, MODEL_BATCH = args.navit, args.decoder, args.model_batch
     if args.long_minutes is None:
         args.long_minutes = 10 if NAVIT else 60
