@@ -2,14 +2,14 @@
 default launcher gives it, but a process already warm, and used again.
 
 Dagster's DefaultRunLauncher has the code server spawn a fresh interpreter per run, which
-imports dagster, this project and torch and loads the model before its first batch: 3.6-4.1 s
+imports dagster, this project and torch and loads the model before its first batch: 3.5-4.2 s
 from a sensor run's creation to its embedding done for a one-clip run on the GPU stand-in
 (bench/bench_gpu_standin.py, figure 5, 2 cores), every run; on a GPU box each run also loads
 the model onto the device again. Here a device's processes stay: when a run of a device is
 launched and no process of that device is idle, one more starts at once (up to the queue's
 limit for the device tag: more could never be busy), imports what a run imports, builds the
 code location and loads the model, then waits. A run takes an idle process of its device
-(0.4-0.5 s from creation to embedding done, figure 5) or, the first of a burst, a fresh one;
+(0.4-0.6 s from creation to embedding done, figure 5) or, the first of a burst, a fresh one;
 a process whose run succeeded waits for the next (and builds the code location again if the
 config file changed meanwhile), and one idle for `idle_seconds` exits, freeing its memory and
 its copy of the model.
