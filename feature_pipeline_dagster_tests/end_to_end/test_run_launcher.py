@@ -153,8 +153,9 @@ def test_a_killed_run_is_failed_and_retried_and_terminate_cancels_a_run(project)
             failure = failed[0].dagster_event.step_failure_data.user_failure_data
             assert failure is not None and failure.description == "interrupted (the run was terminated, or Ctrl-C)"
             assert not instance.all_logs(running.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
-            pid = int(running.tags[PID_TAG])
-            until(lambda: pid not in spares(), deadline_s=30)
+            launched = [m for m in engine_messages(instance, running.run_id) if m.startswith("Run process (pid ")]
+            pid = int(launched[0].removeprefix("Run process (pid ").split(")")[0])
+            until(lambda: pid not in spares(), deadline_s=30)  # a process whose run was canceled exits
     finally:
         daemon.stop()
     settings = load_settings(project.config)
