@@ -39,6 +39,7 @@ from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, PID_TAG
 
 IDLE_SECONDS = 120
 DONE = "done"  # a process's line after a run that succeeded: it takes another
+LAUNCHED = "Run process (pid "  # how the run's launch event begins, the pid next
 
 
 class _RunProcess:
@@ -103,7 +104,7 @@ class WarmRunLauncher(DefaultRunLauncher):
             process, how = self._start(device), "cold, no process of the device was idle"
             if not self._hand(process, run):
                 raise RuntimeError(f"the run's process (pid {process.pid}) exited at once")
-        self._instance.report_engine_event(f"Run process (pid {process.pid}): {how}.", run)
+        self._instance.report_engine_event(f"{LAUNCHED}{process.pid}): {how}.", run)
         self._run_ids.add(run.run_id)
         most = self._most(device)
         with self._lock:
@@ -172,7 +173,7 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id) if self.has_instance else None
-        pid = _pid_of(run)
+        pid = self._pid_of(run)
         if pid is None:
             return super().terminate(run_id)
         self._instance.report_run_canceling(run)
@@ -182,11 +183,21 @@ class WarmRunLauncher(DefaultRunLauncher):
             return False
         return True
 
+    def _pid_of(self, run) -> int | None:
+        """The pid of an unfinished run's process if this launcher started it: its tag, else
+        the run's launch event. Dagster's run storage writes a run's record by reading it
+        and writing it back, so a concurrent write can drop a tag for a while (once in CI, a
+        running run's record lacked it; its storage notes the same of the status)."""
+        if run is None or run.is_finished:
+            return None
+        if PID_TAG in run.tags:
+            return int(run.tags[PID_TAG])
+        from dagster import DagsterEventType
 
-def _pid_of(run) -> int | None:
-    if run is None or run.is_finished or PID_TAG not in run.tags:
+        for entry in self._instance.all_logs(run.run_id, of_type=DagsterEventType.ENGINE_EVENT):
+            if entry.message.startswith(LAUNCHED):
+                return int(entry.message[len(LAUNCHED):].split(")")[0])
         return None
-    return int(run.tags[PID_TAG])
 
 
 def _config_text() -> str | None:

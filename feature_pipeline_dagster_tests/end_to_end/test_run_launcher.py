@@ -17,6 +17,7 @@ from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.orchestration.names import PID_TAG
+from feature_pipeline_dagster.orchestration.run_launcher import LAUNCHED
 from feature_pipeline_dagster_tests.conftest import subprocess_env
 from feature_pipeline_dagster_tests.end_to_end.test_daemon import drop
 
@@ -84,7 +85,7 @@ def test_a_run_after_the_first_takes_a_warm_process_and_idle_processes_exit(proj
                 run = until(lambda: [r for r in runs_of(instance, name) if r.is_finished])[0]
                 assert run.status == DagsterRunStatus.SUCCESS, [e.message for e in instance.all_logs(run.run_id)][-5:]
                 launched += [(run.tags[PID_TAG], m) for m in engine_messages(instance, run.run_id)
-                             if m.startswith("Run process")]
+                             if m.startswith(LAUNCHED)]
                 config = yaml.safe_load(project.config.read_text())
                 config["video_input"]["sample_fps"] = 2.0  # b's run, in a's process, reads the edited config
                 project.config.write_text(yaml.safe_dump(config))
@@ -153,8 +154,8 @@ def test_a_killed_run_is_failed_and_retried_and_terminate_cancels_a_run(project)
             failure = failed[0].dagster_event.step_failure_data.user_failure_data
             assert failure is not None and failure.description == "interrupted (the run was terminated, or Ctrl-C)"
             assert not instance.all_logs(running.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
-            launched = [m for m in engine_messages(instance, running.run_id) if m.startswith("Run process (pid ")]
-            pid = int(launched[0].removeprefix("Run process (pid ").split(")")[0])
+            launched = [m for m in engine_messages(instance, running.run_id) if m.startswith(LAUNCHED)]
+            pid = int(launched[0].removeprefix(LAUNCHED).split(")")[0])
             until(lambda: pid not in spares(), deadline_s=30)  # a process whose run was canceled exits
     finally:
         daemon.stop()
