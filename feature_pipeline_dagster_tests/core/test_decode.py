@@ -91,7 +91,7 @@ def test_pyav_decodes_the_first_frame_once(tmp_path, sampling, monkeypatch):
     video = write_video(tmp_path / "clip.mp4", seconds=3, detail=True, gop=60)
     spec = DecodeSpec(decoder="pyav", sampling=sampling)
     seeks = []
-    monkeypatch.setattr(PyAVBackend, "_sparse_seek", lambda self, frame_id, original=PyAVBackend._sparse_seek:
+    monkeypatch.setattr(PyAVBackend, "_seek", lambda self, frame_id, original=PyAVBackend._seek:
                         seeks.append(frame_id) or original(self, frame_id))
     reader = VideoReader(video, decoder="pyav")
     plan = reader.plan(spec)
@@ -115,13 +115,13 @@ def test_pyav_feeds_no_packet_past_a_frame_it_seeks_away_from(tmp_path, monkeypa
     video = write_video(tmp_path / "clip.mp4", seconds=6, detail=True, gop=60)
     segments = []  # the packets fed after each seek, by pts
 
-    def counted_seek(self, frame_id, original=PyAVBackend._sparse_seek):
+    def counted_seek(self, frame_id, original=PyAVBackend._seek):
         original(self, frame_id)
         fed, packets = [], self._packets
         segments.append(fed)
         self._packets = (fed.append(packet.pts) or packet for packet in packets)
 
-    monkeypatch.setattr(PyAVBackend, "_sparse_seek", counted_seek)
+    monkeypatch.setattr(PyAVBackend, "_seek", counted_seek)
     reader = VideoReader(video, decoder="pyav", threads=threads)
     plan = reader.plan(DecodeSpec(decoder="pyav", sampling=sampling))
     assert sum(len(b) for b in reader.batches(plan, batch_size=8)) == 6

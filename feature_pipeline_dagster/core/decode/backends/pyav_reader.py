@@ -43,7 +43,7 @@ class PyAVBackend(Backend):
         import av
 
         if self._container is not None:
-            self._end_sparse()
+            self._end_feed()
             self._container.close()
         try:
             self._container = av.open(str(self.path))
@@ -95,15 +95,15 @@ class PyAVBackend(Backend):
                 want = int(self._pts[frame_id])
                 waiting = self._packets is not None and want in self._kept  # fed, not yet out
                 if not waiting and (self._packets is None or self._ended or self._costs.cost(frame_id, self._fed)[1]):
-                    self._sparse_seek(frame_id)
+                    self._seek(frame_id)
                 drain = final if i + 1 == len(ids) else self._costs.cost(ids[i + 1], int(order[frame_id]))[1]
-                out.add(self._sparse_take(frame_id, want, wanted, drain))
+                out.add(self._take_fed(frame_id, want, wanted, drain))
         except (av.FFmpegError, ValueError) as err:
             self._packets = None
             raise DecodeFailed("decoder error: " + one_line(err)) from None
         return out.frames
 
-    def _sparse_seek(self, frame_id: int) -> None:
+    def _seek(self, frame_id: int) -> None:
         key = self._costs.seek_target(frame_id)
         self._container.seek(int(self._pts[key]), stream=self._stream, backward=True, any_frame=False)
         self._packets = self._container.demux(self._stream)
@@ -113,7 +113,7 @@ class PyAVBackend(Backend):
         self._skipping = None
         self._ended = False
 
-    def _end_sparse(self) -> None:
+    def _end_feed(self) -> None:
         """Drains a decode left mid-stream before its decoder is freed: freeing it waits
         for FFmpeg's frame threads while holding the GIL, and a frame thread that logs
         meanwhile waits for the GIL in PyAV's log callback (seen here as a hang in `close`
@@ -128,7 +128,7 @@ class PyAVBackend(Backend):
         self._packets = None
         self._pending = deque()
 
-    def _sparse_take(self, frame_id: int, want: int, wanted: set, drain: bool) -> np.ndarray:
+    def _take_fed(self, frame_id: int, want: int, wanted: set, drain: bool) -> np.ndarray:
         context = self._stream.codec_context
         last = int(self._costs.decode_order[frame_id])  # the decode position of its packet
         while True:
@@ -194,7 +194,7 @@ class PyAVBackend(Backend):
         self._open()
 
     def close(self) -> None:
-        self._end_sparse()
+        self._end_feed()
         if self._container is not None:
             self._container.close()
             self._container = None
