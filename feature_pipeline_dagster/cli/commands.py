@@ -136,13 +136,14 @@ def _run(args) -> int:
 
     from feature_pipeline_dagster.cli.search import printable
     from feature_pipeline_dagster.core.engine.outcomes import Embedded, Interrupted
-    from feature_pipeline_dagster.orchestration.local_runs import RUNNERS_PER_DEVICE, DeviceRuns, videos_to_embed
+    from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, runners_per_device, videos_to_embed
     from feature_pipeline_dagster.core.search.watch import pictures, report_lines
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     settings = load_settings()
     devices = run_devices(settings.gpus)
     check_devices(devices, settings.source)  # once, before any video, the database or Dagster is touched
+    runners = sum(map(runners_per_device, devices))
     pictures(settings)  # the saved searches' pictures, likewise
     # One "materialization planned" event per asset and run instead of one per partition, which
     # Dagster reads from this variable: on its default SQLite storage each event cost 10-45 ms
@@ -169,7 +170,7 @@ def _run(args) -> int:
     order = instance.get_dynamic_partitions(videos_partitions.name)
     work = {key: expected_frames(videos[key].path, settings.video_input.sample_fps, settings.video_input.max_frames)
             for key in todo}
-    chunks = pack_runs(todo, order, work, RUNNERS_PER_DEVICE * len(devices), least=WARM_RUN_FRAMES)
+    chunks = pack_runs(todo, order, work, runners, least=WARM_RUN_FRAMES)
     runs = DeviceRuns(chunks, devices, settings.logs_dir)
     done, failures, partial, rows = set(), {}, {}, 0  # failures: message -> videos
     matches: dict[str, list] = {}  # saved search -> (video, its best frame)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dagster import AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
+from dagster import AssetKey, AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
 
 from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.job import decode_vector
@@ -25,6 +25,7 @@ from feature_pipeline_dagster.core.store import new_generation
 from feature_pipeline_dagster.core.summary import SummaryRows, summary_collection
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.embeddings import asset_version
+from feature_pipeline_dagster.orchestration.assets.summary import hand_over
 from feature_pipeline_dagster.orchestration.checks import evaluate
 from feature_pipeline_dagster.orchestration.event_log import partitions_read_once
 from feature_pipeline_dagster.orchestration.failures import as_failure, interrupts_not_retried
@@ -51,15 +52,25 @@ class MilvusIOManager(ConfigurableIOManager):
         attach_run_log(context.run_id, context.log, run.settings.logs_dir)
         report = RunReport()
         store = self.vector_store.open()
+        duplicates = _duplicates_search(context, run)
         try:
             with interrupts_not_retried():
-                write_run(run, store, report)
+                write_run(run, store, report, duplicates and duplicates.committed)
         except PipelineError as err:  # the model, the device or the database: the whole run
             fault = err
+        except BaseException:
+            if duplicates is not None:
+                duplicates.stop()
+            raise
         else:
             fault = None
         finally:
             store.close()
+        if duplicates is not None:  # the summary's step takes it, unless a failure skips that step
+            if fault is None and not report.failed and not report.interrupted:
+                hand_over(context.run_id, duplicates)  # its last commit's search goes on beside the checks
+            else:
+                duplicates.stop()
         keys = {relpath_of(key): key for key in context.asset_partition_keys}
         written = {keys[video]: _ui_metadata({**meta, **report.lease}) for video, meta in report.written.items()}
         if fault is not None:
@@ -92,7 +103,7 @@ class MilvusIOManager(ConfigurableIOManager):
         instead: the summary from the means summed in-stream, recorded as the summary
         asset's materializations; the checks' evaluations as their own steps would make
         them, the failed videos named by `videos_complete`."""
-        from dagster import AssetCheckEvaluation, AssetKey, DagsterEvent
+        from dagster import AssetCheckEvaluation, DagsterEvent
 
         yield from _flush_materializations(context, written, asset_version(run.settings, run.spec))
         settings = run.settings
@@ -221,6 +232,19 @@ def _ui_metadata(meta: dict) -> dict:
         if key in meta:
             meta[key] = MetadataValue.timestamp(meta[key])
     return {**ordered, **meta}
+
+
+def _duplicates_search(context: OutputContext, run: EmbeddingRun):
+    """The run's near-duplicates search as its videos are committed (core/search/duplicates.py
+    `RunDuplicates`), where the run's summary will name them: frame vectors of the first
+    feature, the summary in the run (its step, in this process: the in-process executor)."""
+    from feature_pipeline_dagster.core.models import FAMILIES
+    from feature_pipeline_dagster.core.search.duplicates import RunDuplicates
+
+    if (run.first_feature and not FAMILIES[run.settings.model.name].patch_grid
+            and _in_this_run(context, AssetKey(SUMMARY_ASSET))):
+        return RunDuplicates(run.settings)
+    return None
 
 
 def _in_this_run(context: OutputContext, key) -> bool:

@@ -5,14 +5,12 @@ Videos go out in chunks of consecutive partitions sized by their work (frames to
 core/run_sizing.py), one Dagster run per chunk, so a run's start-up serves many videos,
 the engine streams across them, and the model, loaded once per process (in the
 background from the start), serves every chunk. One chunk: its run executes in this
-process. More: up to two runners per device, each pulling the next chunk when it
-finishes one, so while one run records its Dagster events (29 ms a short clip on the
-template's event log, after its last video is committed) the other has the device; the device
+process. More: up to two runners per accelerator (`runners_per_device`; one on the CPU),
+each pulling the next chunk when it finishes one, so while one run records its Dagster
+events and computes its checks, shots and summary the other has the device; the device
 lease keeps the runs on it one at a time. One device: the first runner is this process,
-the second a worker process; several: a worker process each. 1000 clips of 3 s, the GPU
-stand-in: 76.8 s in two runs against 92.8 s in one (bench_gpu_standin.py's clips); with
-summaries three times cheaper since, 32.9 against 33.2 s on these 2 cores, where a summary
-takes the cores the other run embeds with (on a GPU box it leaves the device alone). Each
+the second a worker process; several: a worker process each. On the CPU a second runner
+only competes for the cores the first embeds with (figures at `runners_per_device`). Each
 run reads the library's dynamic partitions once (event_log.partitions_read_once), where
 Dagster's steps read them 18 times a run (0.11 s a read at 50,000 partitions). A
 worker that dies (a native crash, the OOM killer) fails only the videos of its chunk that
@@ -36,6 +34,7 @@ from typing import Callable, Iterator
 
 from feature_pipeline_dagster.core.engine.outcomes import Failed, Interrupted, Outcome, from_json, listening, to_json
 from feature_pipeline_dagster.core.engine.stopping import request_stop, stop_requested
+from feature_pipeline_dagster.core.errors import ConfigError
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.names import DEVICE_TAG, RANGE_END_TAG, RANGE_START_TAG
 
@@ -104,11 +103,25 @@ def failure_message(result) -> str:
     return "run failed (see the Dagster UI or logs/)"
 
 
-RUNNERS_PER_DEVICE = 2  # runs in flight per device: one on it, one recording its Dagster events
+RUNNERS_ENV = "FEATURE_PIPELINE_RUNNERS_PER_DEVICE"
+
+
+def runners_per_device(device: str) -> int:
+    """Runs in flight per device: on an accelerator two, so that one run's tail (its checks,
+    shots and summary: CPU and database work) overlaps the next run's model work; on the CPU
+    one, since there the two share the same cores and the second only adds its process's
+    start-up: the GPU stand-in's 1000 clips took 22.6-24.0 s in one run against 24.1-26.8 s
+    in two, 33-35 core-seconds against 39-43 (bench_gpu_standin.py's clips, 2 cores).
+    `FEATURE_PIPELINE_RUNNERS_PER_DEVICE` (1 or more) sets it for every device."""
+    if value := os.environ.get(RUNNERS_ENV, "").strip():
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"{RUNNERS_ENV}: expected a whole number of at least 1, got {value!r}")
+        return int(value)
+    return 1 if device.split(":")[0] == "cpu" else 2
 
 
 class DeviceRuns:
-    """The chunks spread over up to RUNNERS_PER_DEVICE runners per device: this process
+    """The chunks spread over `runners_per_device` runners per device: this process
     (one device, or one chunk) and worker processes. `stop` is the first Ctrl-C: no new
     chunk starts and the engine finishes what it can commit (workers get SIGTERM for it);
     `kill` is the second."""
@@ -160,7 +173,8 @@ class DeviceRuns:
 
     def __iter__(self) -> Iterator[Outcome]:
         """Every video's outcome, as it comes."""
-        runners = (self.devices * RUNNERS_PER_DEVICE)[: len(self.pending)]  # each device once, then again
+        runners = [device for turn in range(max(map(runners_per_device, self.devices)))  # each device once, then again
+                   for device in self.devices if turn < runners_per_device(device)][: len(self.pending)]
         here = len(self.devices) == 1 or len(runners) == 1  # this process has the model (cli/commands.py)
         threads = [threading.Thread(target=self._drive_here if here and i == 0 else self._drive_worker,
                                     args=(device,), daemon=True) for i, device in enumerate(runners)]

@@ -31,6 +31,16 @@ def test_a_device_this_machine_lacks_is_one_line_and_exit_2_before_any_video(pro
     assert sorted(p.name for p in (project.root / "dagster_home").iterdir()) == ["dagster.yaml"]
 
 
+def test_a_bad_runners_per_device_is_one_line_before_any_video(project, monkeypatch):
+    write_video(project.videos / "plain.mp4", seconds=1.5)
+    monkeypatch.setenv("FEATURE_PIPELINE_RUNNERS_PER_DEVICE", "two")
+    result = cli(project, "run", check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and lines == [
+        "error: FEATURE_PIPELINE_RUNNERS_PER_DEVICE: expected a whole number of at least 1, got 'two'"], lines
+    assert not (project.root / "db").exists()
+
+
 SKIPPED = "1 video skipped: failed before, unchanged; --retry-failed to try again"
 
 

@@ -73,6 +73,44 @@ def test_a_runs_videos_only_find_their_own_groups(library):
     assert result.line_of("other_500.mp4") == "none"
 
 
+def test_a_run_that_searches_as_it_commits_names_each_pair_on_both_videos(library, tmp_path, tiny_clip):
+    """`RunDuplicates` over a run in two commits, the originals first: their search finds no
+    variant yet, the variants' finds them, and every video's line names the same videos as
+    the search of the whole library after the run."""
+    import time
+
+    from feature_pipeline_dagster.core.engine.run import EmbeddingRun
+    from feature_pipeline_dagster.core.engine.writer import write_run
+    from feature_pipeline_dagster.core.search.duplicates import RunDuplicates
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
+
+    truth = library.truth
+    settings = load_settings(write_config(tmp_path, clip_config(tmp_path, tiny_clip, library.root / "videos")))
+    spec, store, extractor = settings.db.collections[0], store_for(settings.db), load_extractor(settings.model, "cpu")
+    originals = [family[0] for family in truth.families]
+    search = RunDuplicates(settings)
+    try:
+        for videos in (originals, [v for v in truth.videos if v not in originals]):
+            write_run(EmbeddingRun(settings, spec, videos, extractor=extractor), store, RunReport(), search.committed)
+            deadline = time.monotonic() + 120
+            while set(videos) - set(search.videos) and time.monotonic() < deadline:
+                time.sleep(0.05)  # searched before the next commit: the originals see no variant
+            if videos is originals:
+                assert not search.pairs
+        lines = search.lines()
+        whole = find_duplicates(settings, store=store)
+    finally:
+        store.close()
+        LiteServer(settings.db.uri).stop()
+
+    def partners(line: str) -> set[str]:
+        return set() if line == "none" else {part.split(" (")[0] for part in line.split("; ")}
+
+    assert set(lines) == set(truth.videos)
+    assert {v: partners(line) for v, line in lines.items()} == {v: partners(whole.line_of(v)) for v in truth.videos}
+    assert all(partners(lines[family[0]]) == set(family[1:]) for family in truth.families)
+
+
 def test_no_embeddings_is_the_searchs_one_line_error(tmp_path, tiny_clip):
     from feature_pipeline_dagster.core.store.lite_server import LiteServer
 

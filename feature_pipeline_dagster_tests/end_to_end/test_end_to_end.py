@@ -115,9 +115,11 @@ def test_run_on_two_devices_then_db_status_and_stop(project):
     assert "no Milvus Lite server running" in cli(project, "db", "stop").stdout
 
 
-def test_two_runs_on_one_device_take_it_in_turn(project):
-    """Two chunks on one device: one run in this process, the other in a worker process,
-    each video once, and the device lease held by one run at a time."""
+def test_two_runs_on_one_device_take_it_in_turn(project, monkeypatch):
+    """Two chunks on one device. On the CPU (one runner): both runs in this process, one
+    after the other. With two runners (an accelerator's default, set here by
+    FEATURE_PIPELINE_RUNNERS_PER_DEVICE): one run in this process, the other in a worker
+    process, each video once, and the device lease held by one run at a time."""
     from dagster import AssetKey, DagsterInstance
 
     from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
@@ -125,12 +127,15 @@ def test_two_runs_on_one_device_take_it_in_turn(project):
     for i in range(4):
         write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=i)
     cli(project, "run")
-    for i in (0, 2):  # changed: two ranges (a range covers every partition between its ends)
-        write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=10 + i)
-    result = cli(project, "run")
-    assert "embedded 2 of 2 video(s), 8 rows" in result.stderr, result.stderr
-    assert runs_count() == 3
-    assert [p.name.split("-")[1] for p in (project.root / "logs").glob("worker-*.log")] == ["cpu"]
+    for seed in (10, 20):
+        for i in (0, 2):  # changed: two ranges (a range covers every partition between its ends)
+            write_video(project.videos / f"v{i}.mp4", seconds=2.5 + i, seed=seed + i)
+        result = cli(project, "run")
+        assert "embedded 2 of 2 video(s), 8 rows" in result.stderr, result.stderr
+        workers = [p.name.split("-")[1] for p in (project.root / "logs").glob("worker-*.log")]
+        assert workers == ([] if seed == 10 else ["cpu"]), workers
+        monkeypatch.setenv("FEATURE_PIPELINE_RUNNERS_PER_DEVICE", "2")
+    assert runs_count() == 5
     settings = load_settings(project.config)
     store = store_for(settings.db)
     try:

@@ -81,9 +81,11 @@ class StreamEnd:
 StreamItem = Union[Rows, JobDone, JobFailed, StreamEnd]
 
 
-def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = None) -> RunReport:
+def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = None,
+              on_commit: Callable[[list[str]], None] | None = None) -> RunReport:
     """Consume `run`'s stream into `store`: each video committed (rows, shots, ledger) or
-    failed alone, each with one outcome event into `report` and to `outcomes.listening`.
+    failed alone, each with one outcome event into `report` and to `outcomes.listening`,
+    and each commit's videos to `on_commit` (from the writer's thread).
     Raises the `PipelineError` of a run-level fault (the model, the device, the database),
     `report` filled in as far as the run got."""
 
@@ -103,6 +105,8 @@ def write_run(run: EmbeddingRun, store: VectorStore, report: RunReport | None = 
             engine_log.info("[%d/%d] %s: %d rows from %d frames in %.1fs", next(count), len(videos), job.relpath,
                             job.rows, job.frames_embedded, meta["seconds"], extra={"progress": True})
             settle(Embedded(job.relpath, job.rows, job.partial or "", job.saved_searches or {}, meta))
+        if on_commit is not None:
+            on_commit([job.relpath for job in jobs])
 
     writer, stream = None, iter(run)
     try:

@@ -32,6 +32,9 @@ re-encodes may score under 0.995.
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -49,7 +52,7 @@ MIN_SCORE = 0.995  # cosine a frame hit needs to count (measured: see above)
 MIN_FRACTION = 0.75  # of the shorter video's frames matched at one offset
 MIN_FRAMES = 2  # matched frames at least (a one-frame video: its one frame)
 CANDIDATE_VIDEOS = 10  # other videos per frame
-FRAMES_PER_VIDEO = 2  # nearest frames per candidate video: a trim falls between two samples
+FRAMES_PER_VIDEO = 1  # nearest frames per candidate video (2 found the same pairs: see above)
 QUERY_PAGE = 256  # frames per search request (256 x 512-d: 0.5 MB)
 
 
@@ -114,13 +117,68 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None, store: 
         period_s = 1 / settings.video_input.sample_fps
         pairs: dict[tuple[str, str], DuplicatePair] = {}
         for pair in _pairs_among(store, spec, committed, version, period_s, min_score):
-            key = (pair.a.video_path, pair.b.video_path)
-            if key not in pairs or (pair.frames, pair.score) > (pairs[key].frames, pairs[key].score):
-                pairs[key] = pair
+            _keep_best(pairs, pair)
         result.groups = _groups(pairs.values())
         return result
     finally:
         if own_store:
+            store.close()
+
+
+class RunDuplicates:
+    """The near-duplicates of a run's videos, looked for in a thread of its own as the run
+    commits them, so that the search overlaps the embedding of the videos that follow
+    instead of coming after the last (the summary's step did it then: 5.0 of the GPU
+    stand-in's 23 s `run` over 1000 clips, bench_gpu_standin.py). Each commit's videos are
+    searched against the library as it stands then; a pair of two videos of the run is found
+    by the later one's search, and `lines` names it on both. The search opens a store of its
+    own, read with the pipeline's Strong consistency (a server's Bounded reads could miss the
+    commit just made). A failure of the search leaves `lines` empty and is logged once: the
+    summary looks for those videos' duplicates itself."""
+
+    def __init__(self, settings: Settings):
+        self.settings, self.videos, self.failed = settings, [], False
+        self.pairs: dict[tuple[str, str], DuplicatePair] = {}
+        self._todo: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="duplicates", daemon=True)
+        self._thread.start()
+
+    def committed(self, videos: list[str]) -> None:
+        self._todo.put(videos)
+
+    def lines(self) -> dict[str, str]:
+        """Each searched video's near-duplicates in one line (`DuplicatesResult.line_of`),
+        once the videos committed so far are searched."""
+        self._todo.put(None)
+        self._thread.join()
+        if self.failed:
+            return {}
+        found = DuplicatesResult(_groups(self.pairs.values()), frame_collection(self.settings).name)
+        return {video: found.line_of(video) for video in self.videos}
+
+    def stop(self) -> None:
+        """No more searches (the run failed or was interrupted, or nobody took it); does not wait."""
+        self.failed = True
+        self._todo.put(None)
+
+    def _work(self) -> None:
+        store = store_for(self.settings.db)
+        try:
+            while (videos := self._todo.get()) is not None:
+                if self.failed:
+                    continue
+                try:
+                    found = find_duplicates(self.settings, videos, store)
+                except Exception as err:  # the store, mostly: the summary searches again
+                    logging.getLogger("feature_pipeline.duplicates").warning(
+                        "duplicates not looked for during the run (the summary will): %s", err)
+                    self.failed = True
+                    continue
+                for group in found.groups:
+                    for pair in group.pairs:
+                        _keep_best(self.pairs, pair)
+                self.videos += videos
+        finally:
             store.close()
 
 
@@ -274,6 +332,13 @@ def aligned_pair(video: str, other: str, matches: list[tuple[int, int, float]], 
     a, b = (mine, theirs) if video < other else (theirs, mine)
     return DuplicatePair(a, b, matched, round(min(1.0, matched / shorter), 4),
                          round(float(np.mean([m[2] for m in kept.values()])), 4))
+
+
+def _keep_best(pairs: dict[tuple[str, str], DuplicatePair], pair: DuplicatePair) -> None:
+    """`pair` into `pairs`, unless its two videos already matched better (more frames, then score)."""
+    key = (pair.a.video_path, pair.b.video_path)
+    if key not in pairs or (pair.frames, pair.score) > (pairs[key].frames, pairs[key].score):
+        pairs[key] = pair
 
 
 def _groups(pairs) -> list[DuplicateGroup]:

@@ -8,7 +8,10 @@ before that existed is averaged from the store a page at a time.
 
 Each partition's metadata also names the run's videos' near-duplicates in the library
 (`duplicates`, core/search/duplicates.py), looked for from the run's videos only: a
-video embedded later shows up in its own partition's line, not in the older one's."""
+video embedded later shows up in its own partition's line, not in the older one's. The
+embedding's step looks for them as it commits its videos (`RunDuplicates`) and hands the
+search over (this process: the in-process executor), so that the search of its last commit
+goes on beside the checks and the shots; only videos it did not cover are looked for here."""
 
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, Failure
 
@@ -19,10 +22,10 @@ from feature_pipeline_dagster.core.summary import SummaryRows, mean_of_pages, su
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.derived import derived_asset
 from feature_pipeline_dagster.orchestration.failures import as_failure
-from feature_pipeline_dagster.orchestration.materializations import latest_materializations, metadata_values
+from feature_pipeline_dagster.orchestration.materializations import latest_in_run, metadata_values
 from feature_pipeline_dagster.orchestration.names import SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
-from feature_pipeline_dagster.core.search.duplicates import find_duplicates
+from feature_pipeline_dagster.core.search.duplicates import RunDuplicates, find_duplicates
 
 
 def build_summary_asset(settings: Settings) -> AssetsDefinition:
@@ -34,8 +37,9 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
                    f"in collection {spec.name}.")
     def _summary(context: AssetExecutionContext, vector_store: VectorStoreResource) -> SummaryRows:
         keys = list(context.partition_keys)
-        latest = latest_materializations(context.instance, AssetKey(feature), keys)
-        means, empty, store, duplicates = {}, [], None, {}
+        latest = latest_in_run(context, AssetKey(feature), keys)
+        streamed = _handed_over.pop(context.run.run_id, None)
+        means, empty, store, duplicates = {}, [], None, streamed.lines() if streamed else {}
         try:
             for key in keys:
                 video, meta = relpath_of(key), metadata_values(latest.get(key))
@@ -48,8 +52,9 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
                     empty.append(video)
                 else:
                     means[video] = mean
-            store = store or vector_store.open()
-            duplicates = _duplicates(context, settings, list(means), store)
+            if unsearched := [video for video in means if video not in duplicates]:
+                store = store or vector_store.open()
+                duplicates.update(_duplicates(context, settings, unsearched, store))
         except PipelineError as err:
             raise as_failure(err) from None
         finally:
@@ -60,6 +65,18 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
         return SummaryRows(spec, means, duplicates)
 
     return _summary
+
+
+_handed_over: dict = {}  # run id -> its embedding step's RunDuplicates; one run's at most
+
+
+def hand_over(run_id: str, search: RunDuplicates) -> None:
+    """The embedding step's near-duplicates search, for this run's summary step to take.
+    One at most: a search nobody took (the step ran elsewhere, or not at all) is stopped."""
+    for older in _handed_over.values():
+        older.stop()
+    _handed_over.clear()
+    _handed_over[run_id] = search
 
 
 def _duplicates(context: AssetExecutionContext, settings: Settings, videos: list[str], store) -> dict[str, str]:
