@@ -25,6 +25,8 @@ and no false pair more than 0.5 of them (at 0.99: up to 0.75), so MIN_FRACTION s
 between, at 0.75. A trim that starts between two samples matches frames half a sample
 apart: with that model they scored 0.96, as low as another video, so it misses such trims
 at 1 fps (the tests trim on a sample; `--trims-between-samples`: recall 0.5, every trim lost).
+One nearest frame per candidate video: two found the same pairs on both sets, at 6 against 4 ms
+a video (Milvus Lite builds every hit it returns, vector included).
 The offset window is one sample period of `sampling: fps`; videos thinned by `max_frames`,
 or sampled by key frame, have other spacings (not measured). Not measured with real weights (none here): their
 re-encodes may score under 0.995.
@@ -52,7 +54,7 @@ MIN_SCORE = 0.995  # cosine a frame hit needs to count (measured: see above)
 MIN_FRACTION = 0.75  # of the shorter video's frames matched at one offset
 MIN_FRAMES = 2  # matched frames at least (a one-frame video: its one frame)
 CANDIDATE_VIDEOS = 10  # other videos per frame
-FRAMES_PER_VIDEO = 1  # nearest frames per candidate video (2 found the same pairs: see above)
+FRAMES_PER_VIDEO = 1  # nearest frames per candidate video (see above)
 QUERY_PAGE = 256  # frames per search request (256 x 512-d: 0.5 MB)
 
 
@@ -128,7 +130,7 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None, store: 
 class RunDuplicates:
     """The near-duplicates of a run's videos, looked for in a thread of its own as the run
     commits them, so that the search overlaps the embedding of the videos that follow
-    instead of coming after the last (the summary's step did it then: 5.0 of the GPU
+    instead of coming after the last (the summary's step did it then: 5.0 s of the GPU
     stand-in's 23 s `run` over 1000 clips, bench_gpu_standin.py). Each commit's videos are
     searched against the library as it stands then; a pair of two videos of the run is found
     by the later one's search, and `lines` names it on both. The search opens a store of its
@@ -162,24 +164,21 @@ class RunDuplicates:
         self._todo.put(None)
 
     def _work(self) -> None:
-        store = store_for(self.settings.db)
+        store = None
         try:
-            while (videos := self._todo.get()) is not None:
-                if self.failed:
-                    continue
-                try:
-                    found = find_duplicates(self.settings, videos, store)
-                except Exception as err:  # the store, mostly: the summary searches again
-                    logging.getLogger("feature_pipeline.duplicates").warning(
-                        "duplicates not looked for during the run (the summary will): %s", err)
-                    self.failed = True
-                    continue
-                for group in found.groups:
+            store = store_for(self.settings.db)
+            while (videos := self._todo.get()) is not None and not self.failed:
+                for group in find_duplicates(self.settings, videos, store).groups:
                     for pair in group.pairs:
                         _keep_best(self.pairs, pair)
                 self.videos += videos
+        except Exception as err:  # the store, mostly: the summary's step searches itself
+            logging.getLogger("feature_pipeline.duplicates").warning(
+                "duplicates not looked for during the run (the summary will): %s", err)
+            self.failed = True
         finally:
-            store.close()
+            if store is not None:
+                store.close()
 
 
 def frame_collection(settings: Settings):
