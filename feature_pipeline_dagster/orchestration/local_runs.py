@@ -73,8 +73,10 @@ def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[
     for keys in chunks:
         seen: set[str] = set()
 
+        wanted = set(keys)
+
         def record(outcome: Outcome) -> None:
-            if outcome.key in keys and outcome.key not in seen:
+            if outcome.key in wanted and outcome.key not in seen:
                 seen.add(outcome.key)
                 sink(outcome)
 
@@ -85,9 +87,11 @@ def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[
             result = materialize(assets, selection=targets, instance=instance, resources=defs.resources,
                                  partition_key=keys[0] if len(keys) == 1 else None, run_config=QUIET,
                                  raise_on_error=False, tags=tags)
-        for key in keys:  # stopped on request; or a run-level failure (the model, the database)
-            video = relpath_of(key)
-            record(Interrupted(video) if stop_requested() else Failed(video, failure_message(result)))
+        if missing := [key for key in keys if key not in seen]:  # stopped on request; or a run-level failure
+            message = None if stop_requested() else failure_message(result)  # it reads every event of the run
+            for key in missing:
+                video = relpath_of(key)
+                record(Failed(video, message) if message else Interrupted(video))
 
 
 def failure_message(result) -> str:
