@@ -2,7 +2,7 @@
 everything around it (start-up, runs, per-video cost, decoding). Side by side in one run:
 
     python bench/bench_gpu_standin.py [--clips 1000] [--short 100] [--sampling fps|nearest] [--decoder auto|pyav|...]
-                                      [--skip-sensor]
+                                      [--skip-sensor] [--drop-every S]
 
 Model: the stand-in, a CLIP of the real family and output width (open_clip's CLIP class,
 512-d vectors) with two narrow layers (bench_pipeline.TINY_CLIP: vision width 128),
@@ -28,7 +28,8 @@ Figures:
      two runs in flight, whose lower cost per clip leaves a larger intercept: it is printed
      too, as the steady rate it gives.)
   4. the sensor: dagster-daemon running, the clips dropped into the watched folder in 10
-     batches 3 s apart; from the first drop to the last video committed (its ledger row),
+     batches `--drop-every` s apart (3); when the drops span more than `run` takes, the last
+     drop bounds it (it settles 1 s, then waits for the sensor's tick, every 5 s); from the first drop to the last video committed (its ledger row),
      / figure 2's wall time (goal <= 1.25); the runs it launched, each with its timeline from
      the first drop: created by the sensor's tick, queued once the daemon has planned it,
      started once its process is up, its embedding step done; and how many processes ran them.
@@ -59,7 +60,7 @@ from bench_throughput import CORES, NOISE, ffmpeg_null  # noqa: E402
 
 CLI = Path(sys.executable).parent / "feature-pipeline"
 SECONDS, SIZE, FPS = 3, "320x240", 30
-DROPS, DROP_EVERY_S = 10, 3.0
+DROPS = 10
 
 
 def clips(count: int) -> list[Path]:
@@ -216,8 +217,8 @@ def stop_watching(root: Path, env: dict, daemon: subprocess.Popen) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decoder: str) -> dict:
-    """The daemon and the sensor over a folder the clips are dropped into in batches."""
+def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decoder: str, every_s: float) -> dict:
+    """The daemon and the sensor over a folder the clips are dropped into in batches, `every_s` apart."""
     root, watched, env, daemon = watching(work, "sensor-", model, sampling, decoder)
     try:
         from dagster import DagsterInstance, RunsFilter
@@ -234,7 +235,8 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
             for path in batch:
                 os.link(path, watched / path.name)
             if i < DROPS - 1:
-                time.sleep(DROP_EVERY_S)
+                time.sleep(every_s)
+        last_drop = time.perf_counter() - started
         store = store_for(settings.db)  # shares the Lite server the runs start
         wait_for_videos(store, spec, len(files), started, root)
         store.close()
@@ -246,7 +248,7 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
                         r.dagster_run.tags.get(RANGE_END_TAG)) for r in runs]
             timeline = [run_timeline(instance, r, first_drop, settings.model.features[0]) for r in runs]
             processes = len({r.dagster_run.tags.get(PID_TAG) for r in runs})
-        return {"seconds": seconds, "runs": len(runs), "processes": processes, "ranges": per_run, "timeline": timeline}
+        return {"seconds": seconds, "last_drop_s": last_drop, "runs": len(runs), "processes": processes, "ranges": per_run, "timeline": timeline}
     finally:
         stop_watching(root, env, daemon)
 
@@ -322,6 +324,7 @@ def main() -> None:
     parser.add_argument("--sampling", default="fps", choices=["fps", "nearest"])
     parser.add_argument("--decoder", default="auto", help="video_input.decoder (nearest skips frames with pyav)")
     parser.add_argument("--skip-sensor", action="store_true")
+    parser.add_argument("--drop-every", type=float, default=3.0, help="seconds between the sensor's 10 drops")
     args = parser.parse_args()
     ensure_ffmpeg()
     files = clips(args.clips)
@@ -348,8 +351,8 @@ def main() -> None:
     out["steady_fps"] = steady
     out["long_fit_intercept_s"] = short["seconds"] - short["frames"] / steady
     if not args.skip_sensor:
-        sensor = sensor_run(work, files, model, args.sampling, args.decoder)
-        out.update(sensor_s=sensor["seconds"], sensor_runs=sensor["runs"], sensor_processes=sensor["processes"],
+        sensor = sensor_run(work, files, model, args.sampling, args.decoder, args.drop_every)
+        out.update(sensor_s=sensor["seconds"], sensor_last_drop_s=sensor["last_drop_s"], sensor_runs=sensor["runs"], sensor_processes=sensor["processes"],
                    sensor_ranges=sensor["ranges"], sensor_timeline=sensor["timeline"])
         out["sensor_over_run"] = sensor["seconds"] / full["seconds"]
         for warm in (False, True):
@@ -371,9 +374,11 @@ def main() -> None:
         f"steady {steady:.0f} frames/s (intercept {out['long_fit_intercept_s']:.1f} s)",
     ]
     if "sensor_s" in out:
-        lines.append(f"4. sensor, {DROPS} drops {DROP_EVERY_S:.0f} s apart: first drop to last row "
+        lines.append(f"4. sensor, {DROPS} drops {args.drop_every:g} s apart: first drop to last row "
                      f"{out['sensor_s']:.1f} s = {out['sensor_over_run']:.2f} x run (goal <= 1.25), "
-                     f"{out['sensor_runs']} run(s) in {out['sensor_processes']} process(es)")
+                     f"{out['sensor_runs']} run(s) in {out['sensor_processes']} process(es); the last drop at "
+                     f"{out['sensor_last_drop_s']:.1f} s, its row {out['sensor_s'] - out['sensor_last_drop_s']:.1f} s "
+                     "later (settling 1 s, the sensor's tick, its run)")
         for (start, end), when in zip(out["sensor_ranges"], out["sensor_timeline"]):
             lines.append(f"   run {start}..{end}: " + ", ".join(f"{k} {v} s" for k, v in when.items()))
         lines.append("5. a sensor run's start-up: one clip at a time into the idle watched folder; the drop to its "
