@@ -52,28 +52,39 @@ from feature_pipeline_dagster.orchestration.names import PLANNED_EVENTS_ENV
 BATCH_ENV, BATCH_EVENTS = "DAGSTER_EVENT_BATCH_SIZE", "1000"
 ROWS_PER_STATEMENT = 500  # SQLite allows 32,766 bound values a statement; a tag row takes five
 INDEX_SHARD, BUSY_TIMEOUT_S = "index", 30  # Dagster's index database (index.db) and its SQLite busy timeout
+RUNLESS_SHARD = ""  # where Dagster's SQLite log keeps the events of no run (its RUNLESS_RUN_ID)
 
 
 class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str, inst_data=None):
-        self._index_engine, self._index_pid, self._tables = None, None, set()
+        self._engines, self._engines_pid, self._tables = {}, None, set()
         self._read_once = threading.local()  # .partitions: name -> (keys, set) under `partitions_read_once`
         super().__init__(base_dir, inst_data)
         os.environ.setdefault(BATCH_ENV, BATCH_EVENTS)
 
     @contextmanager
-    def _index(self) -> Iterator:
+    def _kept(self, shard: str) -> Iterator:
+        """A connection to `shard` kept open in this process (the index, the runless events)."""
         with self._db_lock:  # Dagster's: one thread at a time, as its own connections are used
-            if self._index_engine is None or self._index_pid != os.getpid():
-                engine = create_engine(self.conn_string_for_shard(INDEX_SHARD), poolclass=StaticPool,
+            if self._engines_pid != os.getpid():
+                self._engines, self._engines_pid = {}, os.getpid()
+            if shard not in self._engines:
+                engine = create_engine(self.conn_string_for_shard(shard), poolclass=StaticPool,
                                        connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False})
                 self._initdb(engine)
-                self._index_engine, self._index_pid = engine, os.getpid()
-            with self._index_engine.connect() as conn, conn.begin():
+                self._engines[shard] = engine
+            with self._engines[shard].connect() as conn, conn.begin():
                 yield conn
 
     def index_connection(self):
-        return self._index()
+        return self._kept(INDEX_SHARD)
+
+    def run_connection(self, run_id: str | None = None):
+        """Dagster's, but the events of no run go through a kept connection: the folder
+        sensor's observations of new files, which the daemon writes one by one before it
+        creates the tick's runs: 1.2 ms an observation against Dagster's own 6.8
+        (`bench_sensor.py`; 3.7 with the kept index connection alone)."""
+        return self._kept(run_id) if run_id == RUNLESS_SHARD else super().run_connection(run_id)
 
     def has_table(self, table_name: str) -> bool:
         """Dagster asks before each partition query; a table, once there, stays."""
@@ -124,9 +135,10 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             self._read_once.partitions.pop(name, None)
 
     def dispose(self) -> None:
-        if self._index_engine is not None and self._index_pid == os.getpid():
-            self._index_engine.dispose()
-        self._index_engine = None
+        if self._engines_pid == os.getpid():
+            for engine in self._engines.values():
+                engine.dispose()
+        self._engines = {}
         super().dispose()
 
     @classmethod

@@ -128,3 +128,35 @@ def test_feature_pipeline_runs_read_the_librarys_partitions_once_a_run(library):
     assert sorted(o.key for o in outcomes) == library.names
     assert all(type(o).__name__ == "Embedded" for o in outcomes)
     assert len(library.reads) == 2, library.reads  # one a run
+
+
+def test_observations_of_no_run_read_back_as_in_dagsters_own_log(tmp_path, monkeypatch):
+    """The folder sensor's observations (events of no run, through the kept connection)
+    read back, by another instance, as Dagster's own SQLite log gives them: each partition's
+    latest data version, the asset's latest observation, and the runless shard's records."""
+    from dagster import AssetObservation, AssetRecordsFilter
+
+    template = yaml.safe_load((REPO / "config" / "dagster-instance.yaml").read_text())
+    plain = {k: v for k, v in template.items() if k != "event_log_storage"}
+    seen = {}
+    for name, config in (("batched", template), ("dagster", plain)):
+        home = tmp_path / name
+        home.mkdir()
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        with DagsterInstance.from_config(str(home)) as instance:
+            for version in (1, 2):
+                for i in range(3):
+                    instance.report_runless_asset_event(AssetObservation(
+                        "video_file", partition=f"v{i}.mp4", tags={"dagster/data_version": f"{i}-{version}"}))
+        with DagsterInstance.from_config(str(home)) as instance:  # another reader: only what was committed
+            records = instance.fetch_observations(AssetRecordsFilter(asset_key=AssetKey("video_file")), limit=100)
+            latest = {}
+            for record in records.records:  # newest first
+                latest.setdefault(record.partition_key, record.asset_observation.tags["dagster/data_version"])
+            seen[name] = (type(instance.event_log_storage).__name__, latest, len(records.records),
+                          len(instance.all_logs("")),
+                          instance.get_latest_data_version_record(AssetKey("video_file"), partition_key="v1.mp4")
+                          .asset_observation.tags["dagster/data_version"])
+    assert seen["batched"][0] == BatchedSqliteEventLogStorage.__name__ and seen["dagster"][0] == "SqliteEventLogStorage"
+    assert seen["batched"][1:] == seen["dagster"][1:] == ({f"v{i}.mp4": f"{i}-2" for i in range(3)}, 6, 6, "1-2")
