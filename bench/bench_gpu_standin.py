@@ -28,8 +28,9 @@ Figures:
      two runs in flight, whose lower cost per clip leaves a larger intercept: it is printed
      too, as the steady rate it gives.)
   4. the sensor: dagster-daemon running, the clips dropped into the watched folder in 10
-     batches `--drop-every` s apart (3); when the drops span more than `run` takes, the last
-     drop bounds it (it settles 1 s, then waits for the sensor's tick, every 5 s); from the first drop to the last video committed (its ledger row),
+     batches `--drop-every` s apart (3; when the drops span more than `run` takes, the last
+     drop bounds it: it settles 1 s, then waits for the sensor's tick, every 5 s); from the
+     first drop to the last video committed (its ledger row),
      / figure 2's wall time (goal <= 1.25); the runs it launched, each with its timeline from
      the first drop: created by the sensor's tick, queued once the daemon has planned it,
      started once its process is up, its embedding step done; and how many processes ran them.
@@ -248,7 +249,8 @@ def sensor_run(work: Path, files: list[Path], model: Path, sampling: str, decode
                         r.dagster_run.tags.get(RANGE_END_TAG)) for r in runs]
             timeline = [run_timeline(instance, r, first_drop, settings.model.features[0]) for r in runs]
             processes = len({r.dagster_run.tags.get(PID_TAG) for r in runs})
-        return {"seconds": seconds, "last_drop_s": last_drop, "runs": len(runs), "processes": processes, "ranges": per_run, "timeline": timeline}
+        return {"seconds": seconds, "last_drop_s": last_drop, "runs": len(runs), "processes": processes,
+                "ranges": per_run, "timeline": timeline}
     finally:
         stop_watching(root, env, daemon)
 
@@ -352,7 +354,8 @@ def main() -> None:
     out["long_fit_intercept_s"] = short["seconds"] - short["frames"] / steady
     if not args.skip_sensor:
         sensor = sensor_run(work, files, model, args.sampling, args.decoder, args.drop_every)
-        out.update(sensor_s=sensor["seconds"], sensor_last_drop_s=sensor["last_drop_s"], sensor_runs=sensor["runs"], sensor_processes=sensor["processes"],
+        out.update(sensor_s=sensor["seconds"], sensor_last_drop_s=sensor["last_drop_s"], sensor_runs=sensor["runs"],
+                   sensor_processes=sensor["processes"],
                    sensor_ranges=sensor["ranges"], sensor_timeline=sensor["timeline"])
         out["sensor_over_run"] = sensor["seconds"] / full["seconds"]
         for warm in (False, True):

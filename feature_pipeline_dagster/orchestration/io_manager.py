@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dagster import AssetKey, AssetMaterialization, ConfigurableIOManager, Failure, InputContext, MetadataValue, OutputContext
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    ConfigurableIOManager,
+    Failure,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+)
 
 from feature_pipeline_dagster.core.batches import EmbeddingBatch
 from feature_pipeline_dagster.core.engine.job import decode_vector
