@@ -246,11 +246,9 @@ def _duplicates_search(context: OutputContext, run: EmbeddingRun):
     """The run's near-duplicates search as its videos are committed (core/search/duplicates.py
     `RunDuplicates`), where the run's summary will name them: frame vectors of the first
     feature, the summary in the run (its step, in this process: the in-process executor)."""
-    from feature_pipeline_dagster.core.models import FAMILIES
-    from feature_pipeline_dagster.core.search.duplicates import RunDuplicates
+    from feature_pipeline_dagster.core.search.duplicates import RunDuplicates, has_frame_vectors
 
-    if (run.first_feature and not FAMILIES[run.settings.model.name].patch_grid
-            and _in_this_run(context, AssetKey(SUMMARY_ASSET))):
+    if run.first_feature and has_frame_vectors(run.settings) and _in_this_run(context, AssetKey(SUMMARY_ASSET)):
         return RunDuplicates(run.settings)
     return None
 

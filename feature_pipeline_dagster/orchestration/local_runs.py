@@ -72,7 +72,6 @@ def materialize_chunks(chunks: Iterator[list[str]], device: str, sink: Callable[
     instance = DagsterInstance.get()
     for keys in chunks:
         seen: set[str] = set()
-
         wanted = set(keys)
 
         def record(outcome: Outcome) -> None:
@@ -177,8 +176,9 @@ class DeviceRuns:
 
     def __iter__(self) -> Iterator[Outcome]:
         """Every video's outcome, as it comes."""
-        runners = [device for turn in range(max(map(runners_per_device, self.devices)))  # each device once, then again
-                   for device in self.devices if turn < runners_per_device(device)][: len(self.pending)]
+        per_device = {device: runners_per_device(device) for device in self.devices}
+        runners = [device for turn in range(max(per_device.values()))  # each device once, then again
+                   for device in self.devices if turn < per_device[device]][: len(self.pending)]
         here = len(self.devices) == 1 or len(runners) == 1  # this process has the model (cli/commands.py)
         threads = [threading.Thread(target=self._drive_here if here and i == 0 else self._drive_worker,
                                     args=(device,), daemon=True) for i, device in enumerate(runners)]

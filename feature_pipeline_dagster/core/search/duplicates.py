@@ -181,11 +181,16 @@ class RunDuplicates:
                 store.close()
 
 
+def has_frame_vectors(settings: Settings) -> bool:
+    """Whether duplicates can be looked for: the first feature stores one vector per frame."""
+    return not FAMILIES[settings.model.name].patch_grid
+
+
 def frame_collection(settings: Settings):
     """The collection duplicates are looked for in: the first feature's, one row per frame."""
     model = settings.model
     spec = settings.collection_for(model.features[0])
-    if FAMILIES[model.name].patch_grid:
+    if not has_frame_vectors(settings):
         raise SearchError(f"duplicates need one vector per frame: model {model.name} stores a row per patch in "
                           f"{spec.name}; use a CLIP config")
     return spec
