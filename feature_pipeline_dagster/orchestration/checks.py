@@ -22,7 +22,7 @@ from dagster import (
 
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.videos import relpath_of
-from feature_pipeline_dagster.orchestration.materializations import latest_in_run, metadata_values
+from feature_pipeline_dagster.orchestration.materializations import recorded_in_run
 from feature_pipeline_dagster.orchestration.names import CHECK_NAMES
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 
@@ -34,8 +34,7 @@ def build_embedding_checks(settings: Settings, feature: str) -> list[AssetChecks
         """Each video of the run with the metadata its latest materialization recorded."""
         op = context.op_execution_context
         keys = list(op.partition_keys) if op.has_partition_key_range or op.has_partition_key else []
-        latest = latest_in_run(context, AssetKey(feature), keys)
-        return {key: metadata_values(latest.get(key)) for key in keys}
+        return recorded_in_run(context, AssetKey(feature), keys)
 
     rows_name, vectors_name, complete_name = CHECK_NAMES
 

@@ -37,6 +37,7 @@ from feature_pipeline_dagster.orchestration.assets.summary import hand_over
 from feature_pipeline_dagster.orchestration.checks import evaluate
 from feature_pipeline_dagster.orchestration.event_log import partitions_read_once
 from feature_pipeline_dagster.orchestration.failures import as_failure, interrupts_not_retried
+from feature_pipeline_dagster.orchestration.materializations import remember_in_run
 from feature_pipeline_dagster.orchestration.names import SEGMENTS_ASSET, SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 from feature_pipeline_dagster.orchestration.run_logs import attach_run_log
@@ -86,6 +87,8 @@ class MilvusIOManager(ConfigurableIOManager):
                 yield from self._settle_partial_run(context, run, report, keys, written)
             raise as_failure(fault, videos_written=len(report.written)) from None
         _add_per_partition(context, written)  # each its own (the contact sheet first), so no entry is shared
+        if not report.failed and not report.interrupted:  # what the checks and the summary read next
+            remember_in_run(context.run_id, context.asset_key, written)
         if report.failed or report.interrupted:
             yield from self._settle_partial_run(context, run, report, keys, written)
             summary = "; ".join(report.failed.values())

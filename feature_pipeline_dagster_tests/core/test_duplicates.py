@@ -207,3 +207,32 @@ def test_frames_whose_nearest_rows_name_enough_videos_are_not_asked_again(writte
     result = find_duplicates(written.settings, videos=["q.mp4"], store=written.store)
     assert grouped == []
     assert [g.videos for g in result.groups] == [tuple(sorted([*copies, "q.mp4"]))]
+
+
+def test_rows_not_committed_yet_are_dropped_and_the_ledger_read_again_once_they_are(written):
+    """The run's searches keep the ledger records they read (`known`): rows inserted but not
+    committed are dropped without searching again; once committed, or written again as a new
+    generation, the video's rows name a generation the kept record lacks, so it is read again."""
+    from feature_pipeline_dagster.core.store import new_generation
+
+    frames = written.near(np.zeros((3, written.spec.vector_field.dim)), 1.0)
+    written.write("q.mp4", frames)
+    written.write("other.mp4", written.near(frames, 1.5))  # another video
+    late, searches, search_rows = written.near(frames, 0.03), [], written.store.search_rows
+    written.store.insert(written.spec, _batch(late), ["late.mp4"] * 3, new_generation())  # not committed
+    written.store.search_rows = lambda *a, **k: searches.append(1) or search_rows(*a, **k)
+    known: dict = {}
+
+    def groups() -> list:
+        return [g.videos for g in find_duplicates(written.settings, ["q.mp4"], written.store, known=known).groups]
+
+    assert groups() == [] and len(searches) == 1 and known["late.mp4"] is None
+    written.write("late.mp4", late)
+    written.write("other.mp4", written.near(frames, 0.03))  # written again: now a copy
+    assert groups() == [("late.mp4", "other.mp4", "q.mp4")]
+
+
+def _batch(vectors: np.ndarray):
+    from feature_pipeline_dagster.core.batches import EmbeddingBatch
+
+    return EmbeddingBatch(vectors, {"frame_id": np.arange(len(vectors)), "timestamp_ms": np.arange(len(vectors)) * 1000})

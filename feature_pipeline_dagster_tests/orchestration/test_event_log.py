@@ -118,6 +118,33 @@ def test_a_runs_partition_reads_do_not_grow_with_its_videos(library):
     assert counts[0] == counts[1], counts  # 2 videos, then 4
 
 
+def test_the_steps_after_the_embedding_read_what_it_left_as_the_log_gives_it_back(library, monkeypatch):
+    """The embedding's step leaves its videos' metadata for the checks and the summary in the
+    same process (`remember_in_run`): they read no materialization back, and what they get
+    is what the event log gives back for each partition."""
+    from dagster import materialize
+
+    from feature_pipeline_dagster.orchestration import materializations
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+    from feature_pipeline_dagster.orchestration.names import RANGE_END_TAG, RANGE_START_TAG
+
+    reads, read = [], materializations.latest_materializations
+    monkeypatch.setattr(materializations, "latest_materializations", lambda *a: reads.append(a[1]) or read(*a))
+    defs = build_definitions()
+    targets = [a.key for a in defs.assets if getattr(a, "is_executable", False)]
+    with DagsterInstance.get() as instance:
+        result = materialize([*defs.assets, *defs.asset_checks], selection=targets, instance=instance,
+                             resources=defs.resources,
+                             tags={RANGE_START_TAG: library.names[0], RANGE_END_TAG: library.names[-1]})
+        assert result.success and all(c.passed for c in result.get_asset_check_evaluations())
+        assert reads == []
+        (key, left), = materializations._in_run.items()
+        assert key == (result.run_id, AssetKey("video_embedding"))
+        logged = read(instance, AssetKey("video_embedding"), library.names)
+        assert left == {name: metadata_values(m) for name, m in logged.items()}
+        assert sorted(left) == library.names and all(m["rows"] == 1 for m in left.values())
+
+
 def test_feature_pipeline_runs_read_the_librarys_partitions_once_a_run(library):
     """`feature-pipeline run`'s runs (orchestration/local_runs.py) read them once each, where
     Dagster's own steps read them 18 times a run (test above): 2 s a run at 50,000."""

@@ -22,7 +22,7 @@ from feature_pipeline_dagster.core.summary import SummaryRows, mean_of_pages, su
 from feature_pipeline_dagster.core.videos import relpath_of
 from feature_pipeline_dagster.orchestration.assets.derived import derived_asset
 from feature_pipeline_dagster.orchestration.failures import as_failure
-from feature_pipeline_dagster.orchestration.materializations import latest_in_run, metadata_values
+from feature_pipeline_dagster.orchestration.materializations import recorded_in_run
 from feature_pipeline_dagster.orchestration.names import SUMMARY_ASSET
 from feature_pipeline_dagster.orchestration.resources import VectorStoreResource
 from feature_pipeline_dagster.core.search.duplicates import RunDuplicates, find_duplicates
@@ -37,12 +37,12 @@ def build_summary_asset(settings: Settings) -> AssetsDefinition:
                    f"in collection {spec.name}.")
     def _summary(context: AssetExecutionContext, vector_store: VectorStoreResource) -> SummaryRows:
         keys = list(context.partition_keys)
-        latest = latest_in_run(context, AssetKey(feature), keys)
+        recorded = recorded_in_run(context, AssetKey(feature), keys)
         streamed = _handed_over.pop(context.run.run_id, None)
         means, empty, store, duplicates = {}, [], None, streamed.lines() if streamed else {}
         try:
             for key in keys:
-                video, meta = relpath_of(key), metadata_values(latest.get(key))
+                video, meta = relpath_of(key), recorded[key]
                 if "mean_vector" in meta:
                     means[video] = decode_vector(meta["mean_vector"])
                     continue
