@@ -208,6 +208,12 @@ def test_filters_are_built_from_typed_values_never_pasted():
     assert 'video_path not in ["a\\\\b\\n"]' in text
     assert '(video_path not in ["c.mp4"] or (generation == 7 and video_path in ["c.mp4"]))' in text
     assert "timestamp_ms >= 1000 and timestamp_ms <= 2000 and frame_id in [1, 2]" in text
+    # every video named has a generation: no `not in`, and no names again for one generation
+    assert expression(RowFilter(videos=("a", "b"), current=(("a", 7), ("b", 7)))) == (
+        'video_path in ["a", "b"] and generation == 7')
+    assert expression(RowFilter(videos=("a", "b"), current=(("a", 7), ("b", 8), ("c", 9)))) == (
+        'video_path in ["a", "b"] and ((generation == 7 and video_path in ["a"]) or '
+        '(generation == 8 and video_path in ["b"]) or (generation == 9 and video_path in ["c"]))')
 
 
 # Moments from hand-made hits ------------------------------------------------------------

@@ -90,10 +90,19 @@ class DuplicatesResult:
 
     def line_of(self, video: str) -> str:
         """`video`'s near-duplicates in one line, e.g. `b.mp4 (0-10 s ↔ 2-12 s)`, or `none`."""
-        spans = [(p.a, p.b) if p.a.video_path == video else (p.b, p.a)
-                 for g in self.groups for p in g.pairs if video in (p.a.video_path, p.b.video_path)]
-        return "; ".join(f"{theirs.video_path} ({mine.start_s:g}-{mine.end_s:g} s ↔ {theirs.start_s:g}-"
-                         f"{theirs.end_s:g} s)" for mine, theirs in spans) or "none"
+        return self.lines([video])[video]
+
+    def lines(self, videos: list[str]) -> dict[str, str]:
+        """`line_of` each of `videos`, the pairs walked once (not once a video: 0.12 s for a
+        run's 1000 clips and 790 pairs)."""
+        spans: dict[str, list[tuple[Span, Span]]] = {video: [] for video in videos}
+        for pair in (p for g in self.groups for p in g.pairs):
+            for mine, theirs in ((pair.a, pair.b), (pair.b, pair.a)):
+                if mine.video_path in spans:
+                    spans[mine.video_path].append((mine, theirs))
+        return {video: "; ".join(f"{theirs.video_path} ({mine.start_s:g}-{mine.end_s:g} s ↔ {theirs.start_s:g}-"
+                                 f"{theirs.end_s:g} s)" for mine, theirs in found) or "none"
+                for video, found in spans.items()}
 
 
 def find_duplicates(settings: Settings, videos: list[str] | None = None, store: VectorStore | None = None,
@@ -154,14 +163,14 @@ class RunDuplicates:
         self._todo.put(videos)
 
     def lines(self) -> dict[str, str]:
-        """Each searched video's near-duplicates in one line (`DuplicatesResult.line_of`),
+        """Each searched video's near-duplicates in one line (`DuplicatesResult.lines`),
         once the videos committed so far are searched."""
         self._todo.put(None)
         self._thread.join()
         if self.failed:
             return {}
         found = DuplicatesResult(_groups(self.pairs.values()), frame_collection(self.settings).name)
-        return {video: found.line_of(video) for video in self.videos}
+        return found.lines(self.videos)
 
     def stop(self) -> None:
         """No more searches (the run failed or was interrupted, or nobody took it); does not wait."""

@@ -87,4 +87,4 @@ def _duplicates(context: AssetExecutionContext, settings: Settings, videos: list
     except SearchError as err:
         context.log.warning(f"duplicates not looked for: {err}")
         return {}
-    return {video: found.line_of(video) for video in videos}
+    return found.lines(videos)

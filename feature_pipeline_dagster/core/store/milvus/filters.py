@@ -37,12 +37,7 @@ def expression(where: RowFilter | None) -> str:
     if where.exclude:
         parts.append(videos_in(where.exclude, negate=True))
     if where.current:
-        by_generation: dict[int, list[str]] = {}
-        for video, generation in where.current:
-            by_generation.setdefault(int(generation), []).append(video)
-        either = [videos_in((v for v, _ in where.current), negate=True)]
-        either += [f"(generation == {g} and {videos_in(names)})" for g, names in by_generation.items()]
-        parts.append("(" + " or ".join(either) + ")")
+        parts.append(_current(where))
     if where.since_ms is not None:
         parts.append(f"timestamp_ms >= {int(where.since_ms)}")
     if where.until_ms is not None:
@@ -50,6 +45,25 @@ def expression(where: RowFilter | None) -> str:
     if where.frame_ids is not None:
         parts.append(f"frame_id in [{', '.join(str(int(i)) for i in where.frame_ids)}]")
     return " and ".join(parts)
+
+
+def _current(where: RowFilter) -> str:
+    """Rows of `where.current`'s videos only of their generation, other videos' all. Where
+    every video the filter names has a generation there (the usual case: the rows of a
+    run's videos), it needs no `not in` part, and rows of one generation no names again:
+    a third of the names, which Milvus Lite parses and matches in Python (1000 videos'
+    shots: 0.3 s against 0.11, one generation)."""
+    by_generation: dict[int, list[str]] = {}
+    for video, generation in where.current:
+        by_generation.setdefault(int(generation), []).append(video)
+    if where.videos is not None and set(where.videos) <= {video for video, _ in where.current}:
+        if len(by_generation) == 1:
+            return f"generation == {next(iter(by_generation))}"
+        either = []
+    else:
+        either = [videos_in((v for v, _ in where.current), negate=True)]
+    either += [f"(generation == {g} and {videos_in(names)})" for g, names in by_generation.items()]
+    return "(" + " or ".join(either) + ")"
 
 
 def filter_groups(names: list[str], max_chars: int = 60_000) -> Iterator[list[str]]:
