@@ -8,7 +8,11 @@ such a batch in one statement; its SQLite storage (the default) stores the event
 one, each with a new connection and a commit in the run's database and again in the
 index database: 6.7 ms an event alone here, 13 ms beside the Lite server's writes, three
 events a video (the embedding, the summary, the shots). This class writes the batch as
-the Postgres storage does, into both databases; reads are Dagster's.
+the Postgres storage does, into both databases, each event serialized once for both and
+inserted by one `executemany` (a batch's multi-row INSERT cost SQLAlchemy a compile): 1000
+embedding materializations (18 KB each, their contact sheets) stored in 0.50 s instead of
+0.87, 1000 of the summary's 0.21 s instead of 0.45 (stored again from a run's log); reads
+are Dagster's.
 
 Each per-partition metadata call (`add_asset_metadata(partition_key=...)`, one or two a
 video) checks the key by reading every dynamic partition back: three queries, and for each
@@ -43,14 +47,13 @@ from dagster import DagsterEventType, EventLogEntry, Field, StringSource
 # module path Dagster's docs give for this class in dagster.yaml (`event_log_storage: module:
 # dagster._core.storage.event_log`), which this module extends. Checked against Dagster's own
 # log by orchestration/test_event_log.py; dagster is pinned to 1.13.
-from dagster._core.storage.event_log import SqliteEventLogStorage
-from sqlalchemy import create_engine
+from dagster._core.storage.event_log import SqlEventLogStorageTable, SqliteEventLogStorage
+from sqlalchemy import create_engine, select
 from sqlalchemy.pool import StaticPool
 
 from feature_pipeline_dagster.orchestration.names import PLANNED_EVENTS_ENV
 
 BATCH_ENV, BATCH_EVENTS = "DAGSTER_EVENT_BATCH_SIZE", "1000"
-ROWS_PER_STATEMENT = 500  # SQLite allows 32,766 bound values a statement; a tag row takes five
 INDEX_SHARD, BUSY_TIMEOUT_S = "index", 30  # Dagster's index database (index.db) and its SQLite busy timeout
 RUNLESS_SHARD = ""  # where Dagster's SQLite log keeps the events of no run (its RUNLESS_RUN_ID)
 
@@ -172,17 +175,15 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         if (kinds not in ({DagsterEventType.ASSET_MATERIALIZATION}, {DagsterEventType.ASSET_OBSERVATION})
                 or len(keys) != 1 or None in keys or len({e.run_id for e in events}) != 1):
             return super().store_event_batch(events)
-        pages = [events[i:i + ROWS_PER_STATEMENT] for i in range(0, len(events), ROWS_PER_STATEMENT)]
+        table, rows = SqlEventLogStorageTable, [self._event_to_row(event) for event in events]  # serialized once
         with self.run_connection(events[0].run_id) as conn:
-            for page in pages:
-                conn.execute(self.prepare_insert_event_batch(page))
+            conn.execute(table.insert(), rows)
         with self.index_transaction() as conn:
-            for page in pages:
-                statement = self.prepare_insert_event_batch(page)
-                statement = statement.returning(statement.table.c.id)
-                ids = sorted(row[0] for row in conn.execute(statement))  # RETURNING keeps no order; ids do
-                self._store_asset_event_tags(conn, page, ids)
-            self._store_asset_event(conn, page[-1], ids[-1])  # the asset's latest event, as Postgres keeps it
+            conn.execute(table.insert(), rows)
+            # their ids: the newest rows, as the transaction holds SQLite's write lock since its insert
+            ids = sorted(row[0] for row in conn.execute(select(table.c.id).order_by(table.c.id.desc()).limit(len(rows))))
+            self._store_asset_event_tags(conn, events, ids)
+            self._store_asset_event(conn, events[-1], ids[-1])  # the asset's latest event, as Postgres keeps it
 
 
 @contextmanager

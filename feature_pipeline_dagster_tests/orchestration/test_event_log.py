@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.orchestration.event_log import BatchedSqliteEventLogStorage
@@ -28,11 +28,16 @@ def recorded(home, keys: list[str]) -> tuple[dict, str]:
         for asset in ASSETS:
             latest = latest_materializations(instance, asset, keys)
             tags = instance.get_event_tags_for_asset(asset)
+            records = instance.fetch_materializations(AssetRecordsFilter(asset_key=asset, asset_partitions=keys),
+                                                      limit=100).records
             seen[asset.to_user_string()] = {
                 "materialized": sorted(instance.get_materialized_partitions(asset)),
                 "metadata": {k: sorted(set(metadata_values(m)) - VOLATILE) for k, m in latest.items()},
                 "tags": {k: sorted(m.tags or {}) for k, m in latest.items()},
                 "indexed_tags": sorted(sorted(t) for t in tags),
+                "each event's indexed tags are its own": all(
+                    instance.get_event_tags_for_asset(asset, filter_event_id=r.storage_id)[0].items()
+                    <= (r.asset_materialization.tags or {}).items() for r in records),
                 "latest is the last stored": instance.get_latest_materialization_event(asset).dagster_event.partition
                 == instance.fetch_materializations(asset, limit=1).records[0].partition_key,
             }
@@ -59,6 +64,7 @@ def test_a_ranged_run_is_recorded_as_dagsters_own_event_log_records_it(project):
     assert (batched_kind, plain_kind) == (BatchedSqliteEventLogStorage.__name__, "SqliteEventLogStorage")
     assert batched["video_embedding"]["materialized"] == keys
     assert all(batched[a]["tags"][k] for a in batched for k in keys)  # data versions, per partition
+    assert all(batched[a]["each event's indexed tags are its own"] for a in batched)
     assert batched == plain
 
 
@@ -161,7 +167,7 @@ def test_observations_of_no_run_read_back_as_in_dagsters_own_log(tmp_path, monke
     """The folder sensor's observations (events of no run, through the kept connection)
     read back, by another instance, as Dagster's own SQLite log gives them: each partition's
     latest data version, the asset's latest observation, and the runless shard's records."""
-    from dagster import AssetObservation, AssetRecordsFilter
+    from dagster import AssetObservation
 
     template = yaml.safe_load((REPO / "config" / "dagster-instance.yaml").read_text())
     plain = {k: v for k, v in template.items() if k != "event_log_storage"}
@@ -187,3 +193,28 @@ def test_observations_of_no_run_read_back_as_in_dagsters_own_log(tmp_path, monke
                           .asset_observation.tags["dagster/data_version"])
     assert seen["batched"][0] == BatchedSqliteEventLogStorage.__name__ and seen["dagster"][0] == "SqliteEventLogStorage"
     assert seen["batched"][1:] == seen["dagster"][1:] == ({f"v{i}.mp4": f"{i}-2" for i in range(3)}, 6, 6, "1-2")
+
+
+def test_a_batchs_indexed_tags_are_each_its_own_events(tmp_path):
+    """One transaction writes a batch of materializations into the index database, then the
+    tags Dagster indexes by their event ids (a partition's data version, which the sensor's
+    runs compare): each id must be its own event's."""
+    import time
+
+    from dagster import AssetMaterialization, AssetRecordsFilter, DagsterEventType, EventLogEntry
+    from dagster._core.events import DagsterEvent, StepMaterializationData
+
+    asset, storage = AssetKey("video_embedding"), BatchedSqliteEventLogStorage(str(tmp_path))
+
+    def materialized(i: int) -> EventLogEntry:
+        event = AssetMaterialization(asset, partition=f"v{i}.mp4", tags={"dagster/data_version": f"d{i}"})
+        return EventLogEntry(error_info=None, level=20, user_message="", run_id="r", timestamp=time.time(),
+                             dagster_event=DagsterEvent(DagsterEventType.ASSET_MATERIALIZATION.value, "job",
+                                                        event_specific_data=StepMaterializationData(event)))
+
+    storage.store_event_batch([materialized(i) for i in range(5)])
+    storage.store_event_batch([materialized(i) for i in range(5, 8)])
+    records = storage.fetch_materializations(AssetRecordsFilter(asset_key=asset), limit=10).records
+    assert {r.partition_key: storage.get_event_tags_for_asset(asset, filter_event_id=r.storage_id) for r in records} == {
+        f"v{i}.mp4": [{"dagster/data_version": f"d{i}"}] for i in range(8)}
+    assert storage.get_latest_materialization_events([asset])[asset].dagster_event.partition == "v7.mp4"
