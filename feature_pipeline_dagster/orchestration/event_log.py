@@ -181,7 +181,8 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         with self.index_transaction() as conn:
             conn.execute(table.insert(), rows)
             # their ids: the newest rows, as the transaction holds SQLite's write lock since its insert
-            ids = sorted(row[0] for row in conn.execute(select(table.c.id).order_by(table.c.id.desc()).limit(len(rows))))
+            newest = select(table.c.id).order_by(table.c.id.desc()).limit(len(rows))
+            ids = sorted(row[0] for row in conn.execute(newest))
             self._store_asset_event_tags(conn, events, ids)
             self._store_asset_event(conn, events[-1], ids[-1])  # the asset's latest event, as Postgres keeps it
 

@@ -235,4 +235,5 @@ def test_rows_not_committed_yet_are_dropped_and_the_ledger_read_again_once_they_
 def _batch(vectors: np.ndarray):
     from feature_pipeline_dagster.core.batches import EmbeddingBatch
 
-    return EmbeddingBatch(vectors, {"frame_id": np.arange(len(vectors)), "timestamp_ms": np.arange(len(vectors)) * 1000})
+    frames = np.arange(len(vectors))
+    return EmbeddingBatch(vectors, {"frame_id": frames, "timestamp_ms": frames * 1000})

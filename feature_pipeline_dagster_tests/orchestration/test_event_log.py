@@ -215,6 +215,6 @@ def test_a_batchs_indexed_tags_are_each_its_own_events(tmp_path):
     storage.store_event_batch([materialized(i) for i in range(5)])
     storage.store_event_batch([materialized(i) for i in range(5, 8)])
     records = storage.fetch_materializations(AssetRecordsFilter(asset_key=asset), limit=10).records
-    assert {r.partition_key: storage.get_event_tags_for_asset(asset, filter_event_id=r.storage_id) for r in records} == {
-        f"v{i}.mp4": [{"dagster/data_version": f"d{i}"}] for i in range(8)}
+    tags = {r.partition_key: storage.get_event_tags_for_asset(asset, filter_event_id=r.storage_id) for r in records}
+    assert tags == {f"v{i}.mp4": [{"dagster/data_version": f"d{i}"}] for i in range(8)}
     assert storage.get_latest_materialization_events([asset])[asset].dagster_event.partition == "v7.mp4"
