@@ -87,8 +87,6 @@ class MilvusIOManager(ConfigurableIOManager):
                 yield from self._settle_partial_run(context, run, report, keys, written)
             raise as_failure(fault, videos_written=len(report.written)) from None
         _add_per_partition(context, written)  # each its own (the contact sheet first), so no entry is shared
-        if not report.failed and not report.interrupted:  # what the checks and the summary read next
-            remember_in_run(context.run_id, context.asset_key, written)
         if report.failed or report.interrupted:
             yield from self._settle_partial_run(context, run, report, keys, written)
             summary = "; ".join(report.failed.values())
@@ -101,6 +99,7 @@ class MilvusIOManager(ConfigurableIOManager):
                 allow_retries=False,
                 metadata={"failed": list(report.failed), "interrupted": report.interrupted, "written": len(written)},
             )
+        remember_in_run(context.run_id, context.asset_key, written)  # what the checks and the summary read next
 
     def _settle_partial_run(self, context: OutputContext, run: EmbeddingRun, report: RunReport, keys: dict[str, str],
                             written: dict[str, dict]):

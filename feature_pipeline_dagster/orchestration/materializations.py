@@ -38,8 +38,8 @@ def recorded_in_run(context, asset_key: AssetKey, keys: list[str]) -> dict[str, 
     if known is None or not all(key in known for key in keys):
         latest = latest_materializations(context.instance, asset_key, keys)
         _in_run.clear()
-        known = _in_run[(run_id, asset_key)] = {key: metadata_values(m) for key, m in latest.items()}
-    return {key: known.get(key, {}) for key in keys}
+        known = _in_run[(run_id, asset_key)] = {key: metadata_values(latest.get(key)) for key in keys}
+    return {key: known[key] for key in keys}
 
 
 def remember_in_run(run_id: str, asset_key: AssetKey, written: dict[str, dict]) -> None:

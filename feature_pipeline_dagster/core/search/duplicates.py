@@ -130,8 +130,7 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None, store: 
         known.update(committed)
         period_s = 1 / settings.video_input.sample_fps
         pairs: dict[tuple[str, str], DuplicatePair] = {}
-        for pair in _pairs_among(store, spec, committed, _NearestFrames(store, spec, version, min_score, known),
-                                 period_s):
+        for pair in _pairs_among(_NearestFrames(store, spec, version, min_score, known), committed, period_s):
             _keep_best(pairs, pair)
         result.groups = _groups(pairs.values())
         return result
@@ -210,15 +209,15 @@ def frame_collection(settings: Settings):
     return spec
 
 
-def _pairs_among(store: VectorStore, spec, committed: dict, nearest: _NearestFrames,
-                 period_s: float) -> Iterator[DuplicatePair]:
+def _pairs_among(nearest: _NearestFrames, committed: dict, period_s: float) -> Iterator[DuplicatePair]:
     """The confirmed pairs of `committed`'s videos. Their frames are read and searched
     together, `QUERY_PAGE` frames a request, each frame asking for one more video than
     `CANDIDATE_VIDEOS` so that its own video's group can be dropped: one request per page
     instead of four per video (a run's 300 clips of 3 frames: 8 s of its summary step at
     27 ms a video, bench_gpu_standin.py under py-spy). Memory holds one batch of videos
     of at most `QUERY_PAGE` x 16 frames (a longer video alone), their hits and the ledger's rows."""
-    name, min_score = spec.vector_field.name, nearest.min_score
+    store, spec, min_score = nearest.store, nearest.spec, nearest.min_score
+    name = spec.vector_field.name
     lengths = {path: record.rows for path, record in store.recorded_videos(spec, sorted(committed)).items()}
     for batch in _video_batches(sorted(committed), lengths, QUERY_PAGE * 16):
         where = RowFilter(videos=tuple(batch), current=tuple((v, committed[v].generation) for v in batch))
