@@ -136,6 +136,7 @@ def _run(args) -> int:
 
     from feature_pipeline_dagster.cli.search import printable
     from feature_pipeline_dagster.core.engine.outcomes import Embedded, Interrupted
+    from feature_pipeline_dagster.core.engine.run import decode_first
     from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, runners_per_device, videos_to_embed
     from feature_pipeline_dagster.core.search.watch import pictures, report_lines
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
@@ -156,15 +157,20 @@ def _run(args) -> int:
     os.environ.setdefault(PLANNED_EVENTS_ENV, "1")
     started = time.perf_counter()
     instance_home(settings)  # another folder's instance is refused before anything starts
-    if len(devices) == 1:  # runs in this process: the model loads while Dagster and the database start
+    here = len(devices) == 1  # runs in this process: the model loads while the database and Dagster start
+    if here:
         preload(settings.model, devices[0])
+        decode_first(settings)  # and the decoders start beside them
     database = _prepare_database(settings)
-    instance = dagster_instance(settings)
-    videos = register_videos(settings, instance)
+    videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}
     database.result()
     todo = videos_to_embed(settings, videos, args.all)
     skipped = [] if args.all or args.retry_failed else _failed_before(settings, videos, todo)
     todo = [key for key in todo if key not in skipped]
+    if here and todo:  # decoded ahead while Dagster opens and the model loads, in the order new partitions get
+        decode_first(settings, [relpath_of(key) for key in todo])
+    instance = dagster_instance(settings)
+    register_videos(settings, instance, videos)
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
     order = instance.get_dynamic_partitions(videos_partitions.name)
@@ -212,8 +218,9 @@ def _run(args) -> int:
                     failures[result.error].append(result.key)
                     bar.write(f"FAILED {result.key}: " + (f"as {first}" if first else result.error), file=sys.stderr)
     finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        if not signals:  # once stopping, a Ctrl-C as the run winds down still stops at once, with the same line
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
     if signals:
         print(interrupted_line(), file=sys.stderr)
         return 130

@@ -60,11 +60,13 @@ def instance_yaml(queue_limit: int, template: Path = INSTANCE_TEMPLATE) -> str:
         "limit: 3  # runs_per_device + 2", f"limit: {queue_limit}  # runs_per_device + 2")
 
 
-def register_videos(settings: Settings, instance) -> dict[str, object]:
-    """Add a partition for every video not yet known; returns key -> FolderEntry."""
+def register_videos(settings: Settings, instance, videos: dict | None = None) -> dict[str, object]:
+    """Add a partition for every video (key -> FolderEntry; default: the folder's) not yet
+    known; returns the videos."""
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
-    videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}
+    if videos is None:
+        videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}
     known = set(instance.get_dynamic_partitions(videos_partitions.name))
     new = [key for key in videos if key not in known]
     if new:

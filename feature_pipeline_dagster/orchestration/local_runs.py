@@ -134,12 +134,19 @@ class DeviceRuns:
         self.pending, self.lock = list(chunks), threading.Lock()
         self.workers: list[_Worker] = []
         self.results: queue.Queue = queue.Queue()
+        per_device = {device: runners_per_device(device) for device in devices}
+        self.runners = [device for turn in range(max(per_device.values()))  # each device once, then again
+                        for device in devices if turn < per_device[device]][: len(self.pending)]
+        here = len(devices) == 1 or len(self.runners) == 1  # this process has the model (cli/commands.py)
+        self.first_here = self.pending.pop(0) if here and self.pending else None  # this process' first run
 
     def _next_chunk(self) -> list[str] | None:
         with self.lock:
             return self.pending.pop(0) if self.pending and not stop_requested() else None
 
     def _chunks(self) -> Iterator[list[str]]:
+        if self.first_here is not None and not stop_requested():
+            yield self.first_here
         while (chunk := self._next_chunk()) is not None:
             yield chunk
 
@@ -176,12 +183,9 @@ class DeviceRuns:
 
     def __iter__(self) -> Iterator[Outcome]:
         """Every video's outcome, as it comes."""
-        per_device = {device: runners_per_device(device) for device in self.devices}
-        runners = [device for turn in range(max(per_device.values()))  # each device once, then again
-                   for device in self.devices if turn < per_device[device]][: len(self.pending)]
-        here = len(self.devices) == 1 or len(runners) == 1  # this process has the model (cli/commands.py)
+        here = self.first_here is not None
         threads = [threading.Thread(target=self._drive_here if here and i == 0 else self._drive_worker,
-                                    args=(device,), daemon=True) for i, device in enumerate(runners)]
+                                    args=(device,), daemon=True) for i, device in enumerate(self.runners)]
         for thread in threads:
             thread.start()
         finished = 0

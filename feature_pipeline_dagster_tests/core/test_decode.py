@@ -65,9 +65,9 @@ def test_batches_carry_frame_ids_and_timestamps(sample_video, backend):
 def test_a_lane_s_thread_count_reaches_ffmpeg_and_changes_no_pixel(sample_video, backend):
     """The engine shares the cores among its decode lanes (`decode_threads`); every
     backend takes the count, and one thread decodes the very frames FFmpeg's choice does."""
-    from feature_pipeline_dagster.core.engine.lanes import _cores, decode_threads
+    from feature_pipeline_dagster.core.engine.lanes import cores, decode_threads
 
-    assert decode_threads(1) == 0 and decode_threads(2) == max(1, _cores() // 2) and decode_threads(10 ** 6) == 1
+    assert decode_threads(1) == 0 and decode_threads(2) == max(1, cores() // 2) and decode_threads(10 ** 6) == 1
     frames = {}
     for threads in (0, 1):
         reader = VideoReader(sample_video, decoder=backend, threads=threads)
@@ -400,3 +400,74 @@ def test_a_decoder_crash_fails_its_video_and_the_next_one_decodes(decoder, tmp_p
     with pytest.raises(VideoError, match=r"a.mp4: the decoder crashed on this file \(killed by SIGSEGV\)"):
         list(batches)
     assert sum(map(len, decode_all(decoder, path, backend=backend)[1])) == 4  # a fresh decoder takes the next video
+
+
+def test_videos_decoded_ahead_are_answered_as_if_decoded_when_asked(bad_folder, tmp_path):
+    """A child asked to decode the bad folder ahead (decode/process.py: prefetch) answers each
+    video's opening and batches from memory, as a child that decodes it when asked does: the
+    same plans, pixels, partial notes and one-line errors. A file changed since is read again,
+    and other batch sizes are decoded again."""
+    from feature_pipeline_dagster.core.decode.process import DecoderProcess
+
+    changed = write_video(tmp_path / "changed.mp4", seconds=2, seed=1)
+    paths = [*sorted(bad_folder.iterdir()), changed]
+    ahead, now = DecoderProcess(), DecoderProcess()
+    try:
+        ahead.prefetch(paths, DecodeSpec("pyav"), batch_size=4, budget=1 << 30)
+        assert ahead.held_ahead() == [str(p) for p in paths]  # the whole list: no request came before its end
+        write_video(changed, seconds=3, seed=2)
+        outcomes = {}
+        for path in paths:
+            for decoder in (ahead, now):
+                try:
+                    video, batches = decode_all(decoder, path, backend="pyav")
+                except VideoError as err:
+                    outcomes.setdefault(path.name, []).append(str(err))
+                    continue
+                outcomes.setdefault(path.name, []).append((
+                    video.ahead, video.plan.frame_ids.tolist(), video.plan.timestamps_ms.tolist(), video.partial,
+                    [len(b) for b in batches], np.concatenate([b.frames for b in batches]).tobytes()))
+        errors = {name: pair for name, pair in outcomes.items() if isinstance(pair[0], str)}
+        assert set(errors) == set(FOLDER_FAILED) and all(a == b for a, b in errors.values())
+        for name, (first, second) in outcomes.items():
+            if name not in errors:
+                assert first[0] == (name != "changed.mp4") and not second[0], name  # from memory, unless changed
+                assert first[1:] == second[1:], name
+        good, big = bad_folder / "good.mp4", bad_folder / "8k.mp4"
+        ahead.prefetch([big, good], DecodeSpec("pyav"), batch_size=4)  # 8k: 100 MB a frame, past the budget
+        assert ahead.held_ahead() == []
+        ahead.prefetch([good], DecodeSpec("pyav"), batch_size=4)
+        assert ahead.held_ahead() == [str(good)]
+        video, batches = decode_all(ahead, good, batch_size=2, backend="pyav")
+        assert video.ahead and [len(b) for b in batches] == [2, 1]  # opened from memory, decoded again in 2s
+    finally:
+        ahead.stop()
+        now.stop()
+
+
+def test_a_request_stops_the_decoding_ahead_and_is_answered(tmp_path):
+    """The child stops decoding ahead at the first request, says what it held by then, and
+    answers that request; a lane takes first the videos its decoder decoded ahead."""
+    from feature_pipeline_dagster.core.decode.process import DecoderProcess
+    from feature_pipeline_dagster.core.engine.job import EmbeddingJob
+    from feature_pipeline_dagster.core.engine.lanes import decode_ahead
+
+    paths = [write_video(tmp_path / f"{i}.mp4", seconds=2, seed=i) for i in range(6)]
+    decoders = [DecoderProcess(), DecoderProcess()]
+    try:
+        decoders[0].prefetch(paths * 200, DecodeSpec("pyav"), batch_size=4, budget=1 << 30)  # more than it gets to
+        video, batches = decode_all(decoders[0], paths[5], backend="pyav")
+        assert sum(map(len, batches)) == 2 and len(decoders[0].held) < len(paths) * 200
+        for decoder, mine in zip(decoders, (paths[3:], paths[:3])):
+            decoder.prefetch(mine, DecodeSpec("pyav"), batch_size=4)
+            assert decoder.held_ahead() == [str(p) for p in mine]
+        jobs = [EmbeddingJob(p.name, p) for p in paths]
+
+        def open_job(job, decoder):
+            job.stat, job.video = job.path.stat(), decoder.open(job.path, DecodeSpec("pyav"))
+
+        events = list(e for e in decode_ahead(jobs, open_job, 4, lanes=2, decoders=decoders) if e is not None)
+        assert all(job.video.ahead for job in jobs) and sum(1 for e in events if e.ended) == len(jobs)
+    finally:
+        for decoder in decoders:
+            decoder.stop()

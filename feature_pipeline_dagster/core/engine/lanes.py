@@ -50,14 +50,14 @@ def put_unless_stopped(ready: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _cores() -> int:
+def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def decode_lanes(videos: int) -> int:
     """Lanes for a run: half the cores (the model and the writer need the rest), at least
     two where there is more than one video, so opening the next video overlaps decoding."""
-    return max(1, min(videos, max(2, _cores() // 2)))
+    return max(1, min(videos, max(2, cores() // 2)))
 
 
 def decode_threads(lanes: int) -> int:
@@ -67,7 +67,7 @@ def decode_threads(lanes: int) -> int:
     cores: PyAV at 720p, 1 fps, gave 20.4 sampled frames/s (`nearest`) and 17.0 (`fps`)
     against 28.6 and 21.2 at one thread a lane, 96 against 68 CPU ms a `nearest` frame
     (bench_decoders.py --nearest-only, 2 repeats each)."""
-    return 0 if lanes <= 1 else max(1, _cores() // lanes)
+    return 0 if lanes <= 1 else max(1, cores() // lanes)
 
 
 _DONE = object()
@@ -111,6 +111,26 @@ def _nbytes(event) -> int:
     return frames.nbytes if isinstance(frames, np.ndarray) else 0
 
 
+class _Pending:
+    """The jobs no lane has taken, in order. A lane takes first those its decoder was asked
+    to decode ahead (`DecoderProcess.ahead`), then those no other decoder was, then any."""
+
+    def __init__(self, jobs: list[EmbeddingJob], decoders: list):
+        self.jobs = {str(job.path): job for job in jobs}  # insertion-ordered
+        self.own = {id(d): [p for p in getattr(d, "ahead", ()) if p in self.jobs][::-1] for d in decoders}
+        self.reserved = {p for paths in self.own.values() for p in paths}
+
+    def take(self, decoder) -> EmbeddingJob | None:
+        own = self.own.get(id(decoder), [])
+        while own:
+            path = own.pop()
+            self.reserved.discard(path)
+            if path in self.jobs:
+                return self.jobs.pop(path)
+        path = next((p for p in self.jobs if p not in self.reserved), None) or next(iter(self.jobs), None)
+        return self.jobs.pop(path) if path is not None else None
+
+
 class _Raised:
     def __init__(self, error: BaseException):
         self.error = error
@@ -122,7 +142,8 @@ def decode_ahead(jobs: list[EmbeddingJob], open_job: Callable[[EmbeddingJob, Dec
     when nothing is ready at the moment (the consumer may use the pause). Closing the
     iterator stops the lanes at their next batch. `decoders`: one per lane (default:
     this process's decoder children)."""
-    pending = iter(jobs)
+    decoders = decoders or decoder_pool(lanes)
+    pending = _Pending(jobs, decoders)
     take = threading.Lock()
     ready: queue.Queue = queue.Queue(maxsize=max(depth, 2 * lanes))
     stop = threading.Event()
@@ -140,7 +161,7 @@ def decode_ahead(jobs: list[EmbeddingJob], open_job: Callable[[EmbeddingJob, Dec
     def lane(decoder: DecoderProcess) -> None:
         while not stop.is_set() and not stop_requested():
             with take:
-                job = next(pending, None)
+                job = pending.take(decoder)
             if job is None:
                 break
             try:
@@ -174,7 +195,6 @@ def decode_ahead(jobs: list[EmbeddingJob], open_job: Callable[[EmbeddingJob, Dec
         finally:
             put(_DONE)
 
-    decoders = decoders or decoder_pool(lanes)
     threads = [threading.Thread(target=run_lane, args=(d,), name=f"decode-{i}", daemon=True)
                for i, d in enumerate(decoders)]
     for thread in threads:

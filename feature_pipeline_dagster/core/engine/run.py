@@ -25,8 +25,9 @@ from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.decode.local import LocalDecoder
+from feature_pipeline_dagster.core.decode.process import decoder_pool
 from feature_pipeline_dagster.core.engine.job import EmbeddingJob, ShotTrack
-from feature_pipeline_dagster.core.engine.lanes import decode_ahead, decode_lanes, decode_threads
+from feature_pipeline_dagster.core.engine.lanes import cores, decode_ahead, decode_lanes, decode_threads
 from feature_pipeline_dagster.core.engine.outcomes import RunReport
 from feature_pipeline_dagster.core.engine.stopping import stop_requested
 from feature_pipeline_dagster.core.engine.writer import JobDone, JobFailed, Rows, StreamEnd, StreamItem, write_run
@@ -172,6 +173,30 @@ class EmbeddingRun:
             yield StreamEnd(interrupted)
         finally:
             events.close()
+
+
+def decode_first(settings: Settings, videos: list[str] | None = None) -> None:
+    """This process' decoder children started now, and with `videos` (the run it is about to
+    start, in order) asked to decode them ahead (decode/process.py: prefetch) while the run's
+    process still imports, opens Dagster and loads the model on one GIL, the other cores idle.
+    Not for nvdec (in this process) nor patch models (their batches follow the model's grid)."""
+    decode = settings.video_input.decode
+    if decode.in_process or FAMILIES[settings.model.name].patch_grid:
+        return
+    lanes = decode_lanes(len(videos) if videos else 1 << 20)
+    decoders = decoder_pool(lanes)
+    if not videos:
+        for decoder in decoders:
+            decoder.start()
+        return
+    spec = replace(decode, threads=decode_threads(lanes))
+    root = settings.video_input.path
+    ahead = decoders[: max(1, cores() - 1)]  # the run's process takes one core while it starts
+    for i, decoder in enumerate(ahead):
+        decoder.prefetch([root / v for v in videos[i::len(ahead)][:AHEAD_VIDEOS]], spec, settings.model.batch_size)
+
+
+AHEAD_VIDEOS = 1024  # per decoder, at most: its lane takes these first (engine/lanes.py)
 
 
 def take_device(devices: list[str], slots: int, root: Path | None) -> DeviceLease:
