@@ -137,7 +137,7 @@ def _run(args) -> int:
     from feature_pipeline_dagster.cli.search import printable
     from feature_pipeline_dagster.core.engine.outcomes import Embedded, Interrupted
     from feature_pipeline_dagster.core.engine.run import decode_first
-    from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, runners_per_device, videos_to_embed
+    from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, runners_per_device
     from feature_pipeline_dagster.core.search.watch import pictures, report_lines
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
@@ -161,16 +161,11 @@ def _run(args) -> int:
     if here:
         preload(settings.model, devices[0])
         decode_first(settings)  # and the decoders start beside them
-    database = _prepare_database(settings)
     videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}
-    database.result()
-    todo = videos_to_embed(settings, videos, args.all)
-    skipped = [] if args.all or args.retry_failed else _failed_before(settings, videos, todo)
-    todo = [key for key in todo if key not in skipped]
-    if here and todo:  # decoded ahead while Dagster opens and the model loads, in the order new partitions get
-        decode_first(settings, [relpath_of(key) for key in todo])
+    database = _prepare_database(settings, videos, args, decode_ahead=here)
     instance = dagster_instance(settings)
     register_videos(settings, instance, videos)
+    todo, skipped = database.result()
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
     order = instance.get_dynamic_partitions(videos_partitions.name)
@@ -253,21 +248,36 @@ def _failed_before(settings, videos: dict, todo: list[str]) -> list[str]:
         store.close()
 
 
-def _prepare_database(settings):
+def _prepare_database(settings, videos: dict, args, decode_ahead: bool):
     """In the background while Dagster's instance opens: the Lite server started (said on
-    stderr, once; the ledger read, runs and workers find it running) and every collection
-    a run writes created (0.5 s each on a fresh Milvus Lite file)."""
+    stderr, once; runs and workers find it running), the videos to embed read from the
+    ledger (core/ledger.py) and, on this process' device, the first of them decoded ahead
+    (core/engine/run.py: decode_first) while the instance and the model take the GIL, then
+    every collection a run writes created (0.5 s each on a fresh Milvus Lite file). Its
+    result: the keys to embed, and those skipped as failed before."""
+    import importlib
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from feature_pipeline_dagster.core.engine.run import decode_first
     from feature_pipeline_dagster.core.ledger import ledger_collection
     from feature_pipeline_dagster.core.shots import segments_collection
     from feature_pipeline_dagster.core.store.lite_server import start_lite_server
     from feature_pipeline_dagster.core.summary import summary_collection
+    from feature_pipeline_dagster.orchestration.local_runs import videos_to_embed
 
-    def prepare() -> None:
-        if not list_videos(settings.video_input):
-            return
+    def prepare() -> tuple[list[str], list[str]]:
+        if not videos:
+            return [], []
+        client = threading.Thread(target=importlib.import_module, args=("pymilvus",), daemon=True)
+        client.start()  # its imports (0.5 s of CPU) while the server starts, rather than after
         start_lite_server(settings.db)
+        client.join()
+        todo = videos_to_embed(settings, videos, args.all)
+        skipped = [] if args.all or args.retry_failed else _failed_before(settings, videos, todo)
+        todo = [key for key in todo if key not in skipped]
+        if decode_ahead and todo:  # in the order new partitions get (pack_runs' order for a fresh folder)
+            decode_first(settings, [relpath_of(key) for key in todo])
         features = [settings.collection_for(f) for f in settings.model.features]
         store = store_for(settings.db)
         try:  # the failed videos' collection is made by the first failure
@@ -276,6 +286,7 @@ def _prepare_database(settings):
                 store.ensure_collection(spec)
         finally:
             store.close()
+        return todo, skipped
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="database")
     try:

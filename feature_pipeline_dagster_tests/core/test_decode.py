@@ -434,7 +434,7 @@ def test_videos_decoded_ahead_are_answered_as_if_decoded_when_asked(bad_folder, 
                 assert first[0] == (name != "changed.mp4") and not second[0], name  # from memory, unless changed
                 assert first[1:] == second[1:], name
         good, big = bad_folder / "good.mp4", bad_folder / "8k.mp4"
-        ahead.prefetch([big, good], DecodeSpec("pyav"), batch_size=4)  # 8k: 100 MB a frame, past the budget
+        ahead.prefetch([big, good], DecodeSpec("pyav"), batch_size=4, budget=64 << 20)  # 8k: 100 MB a frame
         assert ahead.held_ahead() == []
         ahead.prefetch([good], DecodeSpec("pyav"), batch_size=4)
         assert ahead.held_ahead() == [str(good)]

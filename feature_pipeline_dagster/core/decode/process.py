@@ -39,6 +39,10 @@ from feature_pipeline_dagster.core.decode.reader import SamplingPlan, StreamInfo
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
+# Frames the children of a process may hold decoded ahead, together: 128 MB is ~190 clips of
+# 3 frames at 320x240 (the GPU stand-in's), or 46 frames of 720p.
+AHEAD_BYTES = 128 * 1024 * 1024
+
 
 class OpenVideo:
     """A video opened in the decoder process: its info and plan, then its batches."""
@@ -92,35 +96,45 @@ class DecoderProcess:
         with self._lock:
             self._running()
 
-    def prefetch(self, paths: list[Path], spec: DecodeSpec, batch_size: int, budget: int = 0) -> None:
-        """Let the child decode `paths` ahead (see the module's docstring); no answer."""
+    def prefetch(self, paths: list[Path], spec: DecodeSpec, batch_size: int, budget: int = AHEAD_BYTES) -> None:
+        """Let the child decode `paths` ahead, holding at most `budget` bytes of frames (see
+        the module's docstring)."""
         with self._lock:
             self._running()
             self.ahead, self.held = [str(p) for p in paths], None  # its line comes before the next answer
             self._send({"op": "prefetch", "paths": self.ahead, "spec": asdict(spec), "batch_size": batch_size,
-                        "budget": budget or AHEAD_BYTES})
+                        "budget": budget})
 
     def held_ahead(self) -> list[str]:
         """The paths the child decoded ahead, once it has stopped: at the end of the list or
         its budget, or at this process' next request (this waits for it)."""
         with self._lock:
-            self._read_held(Path("a video decoded ahead"))
+            self._survived_ahead()
             return self.held or []
 
-    def _read_held(self, path: Path) -> None:
-        """The child's line on what it holds, read once, before any other answer."""
+    def _survived_ahead(self) -> bool:
+        """Reads the child's line on what it decoded ahead, once, before any other answer;
+        False if the child died while decoding ahead (a crash no video asked for yet: the
+        video it was on is tried again on a fresh child when the run asks for it)."""
         if self.held is None and self._proc is not None:
             line = self._proc.stdout.readline()
             if not line:
-                self._crashed(path)
+                self._proc.wait()
+                self._proc, self.ahead, self.held = None, [], []
+                return False
             self.held = json.loads(line)["held"]
+        return True
 
     def open(self, path: Path, spec: DecodeSpec) -> OpenVideo:
+        request = {"op": "open", "path": str(path), "spec": asdict(spec)}
         with self._lock:
             self._running()
             if str(path) in self.ahead:
                 self.ahead.remove(str(path))
-            self._send({"op": "open", "path": str(path), "spec": asdict(spec)})
+            self._send(request)
+            if not self._survived_ahead():
+                self._running()
+                self._send(request)
             answer = self._receive(path)
         if "error" in answer:
             raise VideoError(answer["error"])
@@ -145,7 +159,6 @@ class DecoderProcess:
             pass  # it died: the next read says how
 
     def _receive(self, path: Path) -> dict:
-        self._read_held(path)
         line = self._proc.stdout.readline()
         if not line:
             self._crashed(path)
@@ -173,9 +186,6 @@ class DecoderProcess:
 
 
 _pool: list[DecoderProcess] = []
-# Frames a child may hold decoded ahead: 64 MB is ~90 clips of 3 frames at 320x240, or 23
-# frames of 720p; the head start is the start-up's idle core, not the run.
-AHEAD_BYTES = 64 * 1024 * 1024
 
 
 def decoder_pool(size: int) -> list[DecoderProcess]:
