@@ -10,12 +10,12 @@ over its own file descriptor 2, so it can tell which batch FFmpeg complained abo
 Protocol: the parent writes one JSON request per line on the child's stdin; the child
 answers with a JSON line on its stdout, followed, for a batch, by the frames' bytes.
 
-A `prefetch` request (no answer) lets a child decode the first videos of a run while the
-run's process is still starting (imports, Dagster, the model: one GIL, one busy core): it
-decodes them into memory, up to `AHEAD_BYTES`, until the first other request arrives, then
-says which it holds (one line, read before that request's answer), and answers their `open`
-and `decode` from memory when the file's size, mtime and inode are still those it read and
-the spec and batch size are the same.
+A `prefetch` request lets a child decode the first videos of a run while the run's process
+is still starting (imports, Dagster, the model: one GIL, one busy core): it decodes them into
+memory, up to `AHEAD_BYTES`, until the first other request arrives, then says which it holds
+(one line, read before that request's answer), and answers their `open` and `decode` from
+memory when the file's size, mtime and inode are still those it read and the spec and batch
+size are the same.
 """
 
 from __future__ import annotations

@@ -176,10 +176,13 @@ class EmbeddingRun:
 
 
 def decode_first(settings: Settings, videos: list[str] | None = None) -> None:
-    """This process' decoder children started now, and with `videos` (the run it is about to
-    start, in order) asked to decode them ahead (decode/process.py: prefetch) while the run's
-    process still imports, opens Dagster and loads the model on one GIL, the other cores idle.
-    Not for nvdec (in this process) nor patch models (their batches follow the model's grid)."""
+    """This process' decoder children started now (their imports off the run's path), and
+    with `videos` (the run it is about to start) asked to decode them ahead (decode/process.py:
+    prefetch) while the process imports, opens Dagster and loads the model on one GIL and the
+    other cores idle: as many children as cores less one, each a share of the videos. The GPU
+    stand-in's 1000 clips (2 cores): 90-130 of them decoded before the run's first batch, `run`
+    18.5-19.8 s against 20.3-20.5 in alternated runs. Not for nvdec (in this process) nor patch
+    models (their batches follow the model's grid)."""
     decode = settings.video_input.decode
     if decode.in_process or FAMILIES[settings.model.name].patch_grid:
         return
