@@ -4,6 +4,7 @@ frames, timestamps and failures; test_decoder_parity.py compares their pixels an
 import importlib.util
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -436,7 +437,8 @@ def test_videos_decoded_ahead_are_answered_as_if_decoded_when_asked(bad_folder, 
         good, big = bad_folder / "good.mp4", bad_folder / "8k.mp4"
         ahead.prefetch([big, good], DecodeSpec("pyav"), batch_size=4, budget=64 << 20)  # 8k: 100 MB a frame
         assert ahead.held_ahead() == []
-        ahead.prefetch([good], DecodeSpec("pyav"), batch_size=4)
+        ahead.prefetch([big], DecodeSpec("pyav"), batch_size=4)
+        ahead.prefetch([good], DecodeSpec("pyav"), batch_size=4)  # ends the first, whose line is read first
         assert ahead.held_ahead() == [str(good)]
         video, batches = decode_all(ahead, good, batch_size=2, backend="pyav")
         assert video.ahead and [len(b) for b in batches] == [2, 1]  # opened from memory, decoded again in 2s
@@ -447,27 +449,41 @@ def test_videos_decoded_ahead_are_answered_as_if_decoded_when_asked(bad_folder, 
 
 def test_a_request_stops_the_decoding_ahead_and_is_answered(tmp_path):
     """The child stops decoding ahead at the first request, says what it held by then, and
-    answers that request; a lane takes first the videos its decoder decoded ahead."""
+    answers that request; a lane reads from memory what its decoder decoded ahead."""
     from feature_pipeline_dagster.core.decode.process import DecoderProcess
     from feature_pipeline_dagster.core.engine.job import EmbeddingJob
     from feature_pipeline_dagster.core.engine.lanes import decode_ahead
 
-    paths = [write_video(tmp_path / f"{i}.mp4", seconds=2, seed=i) for i in range(6)]
-    decoders = [DecoderProcess(), DecoderProcess()]
+    paths = [write_video(tmp_path / f"{i}.mp4", seconds=2, seed=i) for i in range(4)]
+    decoder = DecoderProcess()
     try:
-        decoders[0].prefetch(paths * 200, DecodeSpec("pyav"), batch_size=4, budget=1 << 30)  # more than it gets to
-        video, batches = decode_all(decoders[0], paths[5], backend="pyav")
-        assert sum(map(len, batches)) == 2 and len(decoders[0].held) < len(paths) * 200
-        for decoder, mine in zip(decoders, (paths[3:], paths[:3])):
-            decoder.prefetch(mine, DecodeSpec("pyav"), batch_size=4)
-            assert decoder.held_ahead() == [str(p) for p in mine]
+        decoder.prefetch(paths * 200, DecodeSpec("pyav"), batch_size=4, budget=1 << 30)  # more than it gets to
+        video, batches = decode_all(decoder, paths[3], backend="pyav")
+        assert sum(map(len, batches)) == 2 and len(decoder.held) < len(paths) * 200
+        decoder.prefetch(paths[1:], DecodeSpec("pyav"), batch_size=4)
+        assert decoder.held_ahead() == [str(p) for p in paths[1:]]
         jobs = [EmbeddingJob(p.name, p) for p in paths]
 
         def open_job(job, decoder):
             job.stat, job.video = job.path.stat(), decoder.open(job.path, DecodeSpec("pyav"))
 
-        events = list(e for e in decode_ahead(jobs, open_job, 4, lanes=2, decoders=decoders) if e is not None)
-        assert all(job.video.ahead for job in jobs) and sum(1 for e in events if e.ended) == len(jobs)
+        events = [e for e in decode_ahead(jobs, open_job, 4, lanes=1, decoders=[decoder]) if e is not None]
+        assert [job.video.ahead for job in jobs] == [False, True, True, True]
+        assert [e.job.relpath for e in events if e.ended] == ["1.mp4", "2.mp4", "3.mp4", "0.mp4"]  # its own first
     finally:
-        for decoder in decoders:
-            decoder.stop()
+        decoder.stop()
+
+
+def test_a_lane_takes_its_own_videos_first_then_others_then_anothers_last():
+    """Decode lanes and the videos their decoders were asked to decode ahead (`_Pending`)."""
+    from types import SimpleNamespace
+
+    from feature_pipeline_dagster.core.engine.job import EmbeddingJob
+    from feature_pipeline_dagster.core.engine.lanes import _Pending
+
+    jobs = [EmbeddingJob(f"{i}.mp4", Path(f"/v/{i}.mp4")) for i in range(8)]
+    a, b = SimpleNamespace(ahead=["/v/1.mp4", "/v/3.mp4", "/v/9.mp4"]), SimpleNamespace(ahead=["/v/2.mp4", "/v/4.mp4"])
+    pending = _Pending(jobs, [a, b])
+    taken = [pending.take(d).relpath for d in (a, a, a, a, a, b, a, a)]
+    assert taken == ["1.mp4", "3.mp4", "0.mp4", "5.mp4", "6.mp4", "2.mp4", "7.mp4", "4.mp4"]
+    assert pending.take(b) is None

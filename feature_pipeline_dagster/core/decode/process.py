@@ -99,11 +99,11 @@ class DecoderProcess:
     def prefetch(self, paths: list[Path], spec: DecodeSpec, batch_size: int, budget: int = AHEAD_BYTES) -> None:
         """Let the child decode `paths` ahead, holding at most `budget` bytes of frames (see
         the module's docstring)."""
+        request = {"op": "prefetch", "paths": [str(p) for p in paths], "spec": asdict(spec), "batch_size": batch_size,
+                   "budget": budget}
         with self._lock:
-            self._running()
-            self.ahead, self.held = [str(p) for p in paths], None  # its line comes before the next answer
-            self._send({"op": "prefetch", "paths": self.ahead, "spec": asdict(spec), "batch_size": batch_size,
-                        "budget": budget})
+            self._send_surviving(request)  # an earlier prefetch's line read first: this request ended it
+            self.ahead, self.held = request["paths"], None  # its line comes before the next answer
 
     def held_ahead(self) -> list[str]:
         """The paths the child decoded ahead, once it has stopped: at the end of the list or
@@ -126,19 +126,22 @@ class DecoderProcess:
         return True
 
     def open(self, path: Path, spec: DecodeSpec) -> OpenVideo:
-        request = {"op": "open", "path": str(path), "spec": asdict(spec)}
         with self._lock:
-            self._running()
             if str(path) in self.ahead:
                 self.ahead.remove(str(path))
-            self._send(request)
-            if not self._survived_ahead():
-                self._running()
-                self._send(request)
+            self._send_surviving({"op": "open", "path": str(path), "spec": asdict(spec)})
             answer = self._receive(path)
         if "error" in answer:
             raise VideoError(answer["error"])
         return OpenVideo(self, path, answer)
+
+    def _send_surviving(self, request: dict) -> None:
+        """`request` to a live child, again to a fresh one if it died decoding ahead."""
+        self._running()
+        self._send(request)
+        if not self._survived_ahead():
+            self._running()
+            self._send(request)
 
     def _running(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
@@ -282,8 +285,9 @@ class _Video:
         self.reader = VideoReader(self.path, self.complaints, spec.decoder, threads=spec.threads)
         self.plan = self.reader.plan(spec)
         info = {k: v for k, v in asdict(self.reader.info).items() if k != "path"}
-        return {"info": info, "frame_ids": self.plan.frame_ids.tolist(), "timestamps_ms": self.plan.timestamps_ms.tolist(),
-                "key_frames_only": self.plan.key_frames_only, "partial": self.reader.partial}, None
+        plan = self.plan
+        return {"info": info, "frame_ids": plan.frame_ids.tolist(), "timestamps_ms": plan.timestamps_ms.tolist(),
+                "key_frames_only": plan.key_frames_only, "partial": self.reader.partial}, None
 
     def decode(self, batch_size: int) -> Iterator[Answer]:
         done = 0

@@ -113,7 +113,9 @@ def _nbytes(event) -> int:
 
 class _Pending:
     """The jobs no lane has taken, in order. A lane takes first those its decoder was asked
-    to decode ahead (`DecoderProcess.ahead`), then those no other decoder was, then any."""
+    to decode ahead (`DecoderProcess.ahead`), in order; then those no decoder was; then the
+    last another was, the least likely to be held already (a held one is read from memory
+    by its own lane at once, so a lane that took it would decode it again)."""
 
     def __init__(self, jobs: list[EmbeddingJob], decoders: list):
         self.jobs = {str(job.path): job for job in jobs}  # insertion-ordered
@@ -124,11 +126,14 @@ class _Pending:
         own = self.own.get(id(decoder), [])
         while own:
             path = own.pop()
-            self.reserved.discard(path)
             if path in self.jobs:
-                return self.jobs.pop(path)
-        path = next((p for p in self.jobs if p not in self.reserved), None) or next(iter(self.jobs), None)
-        return self.jobs.pop(path) if path is not None else None
+                return self._taken(path)
+        path = next((p for p in self.jobs if p not in self.reserved), None) or next(reversed(self.jobs), None)
+        return self._taken(path) if path is not None else None
+
+    def _taken(self, path: str) -> EmbeddingJob:
+        self.reserved.discard(path)
+        return self.jobs.pop(path)
 
 
 class _Raised:

@@ -181,14 +181,14 @@ def decode_first(settings: Settings, videos: list[str] | None = None) -> None:
     prefetch) while the process imports, opens Dagster and loads the model on one GIL and the
     other cores idle: as many children as cores less one, each a share of the videos. The GPU
     stand-in's 1000 clips (2 cores): 90-130 of them decoded before the run's first batch, `run`
-    18.5-19.8 s against 20.3-20.5 in alternated runs. Not for nvdec (in this process) nor patch
-    models (their batches follow the model's grid)."""
+    18.5-19.8 s against 20.3-20.5 in alternated runs. Not for nvdec (in this process); patch
+    models get their children started, nothing decoded ahead (their batches follow the grid)."""
     decode = settings.video_input.decode
-    if decode.in_process or FAMILIES[settings.model.name].patch_grid:
+    if decode.in_process:
         return
     lanes = decode_lanes(len(videos) if videos else 1 << 20)
     decoders = decoder_pool(lanes)
-    if not videos:
+    if not videos or FAMILIES[settings.model.name].patch_grid:
         for decoder in decoders:
             decoder.start()
         return
