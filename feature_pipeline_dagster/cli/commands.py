@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _scan(args) -> int:
     settings = load_settings()
-    videos = register_videos(settings, dagster_instance(settings))
+    videos, _ = register_videos(settings, dagster_instance(settings))
     for key in videos:
         print(key)
     print(f"{len(videos)} video(s) under {settings.video_input.path}", file=sys.stderr)
@@ -139,7 +139,6 @@ def _run(args) -> int:
     from feature_pipeline_dagster.core.engine.run import decode_first
     from feature_pipeline_dagster.orchestration.local_runs import DeviceRuns, runners_per_device
     from feature_pipeline_dagster.core.search.watch import pictures, report_lines
-    from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     settings = load_settings()
     devices = run_devices(settings.gpus)
@@ -164,11 +163,10 @@ def _run(args) -> int:
     videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}
     database = _prepare_database(settings, videos, args, decode_ahead=here)
     instance = dagster_instance(settings)
-    register_videos(settings, instance, videos)
+    _, order = register_videos(settings, instance, videos)
     todo, skipped = database.result()
     print(f"{len(videos)} video(s) under {settings.video_input.path}; {len(todo)} new or changed; "
           f"device(s): {', '.join(devices)}", file=sys.stderr)
-    order = instance.get_dynamic_partitions(videos_partitions.name)
     work = {key: expected_frames(videos[key].path, settings.video_input.sample_fps, settings.video_input.max_frames)
             for key in todo}
     chunks = pack_runs(todo, order, work, runners, least=WARM_RUN_FRAMES)

@@ -60,15 +60,16 @@ def instance_yaml(queue_limit: int, template: Path = INSTANCE_TEMPLATE) -> str:
         "limit: 3  # runs_per_device + 2", f"limit: {queue_limit}  # runs_per_device + 2")
 
 
-def register_videos(settings: Settings, instance, videos: dict | None = None) -> dict[str, object]:
+def register_videos(settings: Settings, instance, videos: dict | None = None) -> tuple[dict[str, object], list[str]]:
     """Add a partition for every video (key -> FolderEntry; default: the folder's) not yet
-    known; returns the videos."""
+    known; returns the videos, and every partition key in Dagster's order (new ones last)."""
     from feature_pipeline_dagster.orchestration.partitions import videos_partitions
 
     if videos is None:
         videos = {partition_key(v.relpath): v for v in list_videos(settings.video_input)}
-    known = set(instance.get_dynamic_partitions(videos_partitions.name))
-    new = [key for key in videos if key not in known]
+    known = instance.get_dynamic_partitions(videos_partitions.name)
+    seen = set(known)
+    new = [key for key in videos if key not in seen]
     if new:
         instance.add_dynamic_partitions(videos_partitions.name, new)
-    return videos
+    return videos, [*known, *new]

@@ -435,10 +435,10 @@ def test_videos_decoded_ahead_are_answered_as_if_decoded_when_asked(bad_folder, 
                 assert first[0] == (name != "changed.mp4") and not second[0], name  # from memory, unless changed
                 assert first[1:] == second[1:], name
         good, big = bad_folder / "good.mp4", bad_folder / "8k.mp4"
-        ahead.prefetch([big, good], DecodeSpec("pyav"), batch_size=4, budget=64 << 20)  # 8k: 100 MB a frame
-        assert ahead.held_ahead() == []
-        ahead.prefetch([big], DecodeSpec("pyav"), batch_size=4)
-        ahead.prefetch([good], DecodeSpec("pyav"), batch_size=4)  # ends the first, whose line is read first
+        ahead.prefetch([big, good], DecodeSpec("pyav"), batch_size=4, budget=64 << 20)
+        assert ahead.held_ahead() == [str(good)]  # 8k: 100 MB a frame, past the budget, left for the run
+        ahead.prefetch([big], DecodeSpec("pyav"), batch_size=4, budget=1 << 30)
+        ahead.prefetch([good], DecodeSpec("pyav"), batch_size=4, budget=1 << 30)  # ends the first, read first
         assert ahead.held_ahead() == [str(good)]
         video, batches = decode_all(ahead, good, batch_size=2, backend="pyav")
         assert video.ahead and [len(b) for b in batches] == [2, 1]  # opened from memory, decoded again in 2s
@@ -460,7 +460,7 @@ def test_a_request_stops_the_decoding_ahead_and_is_answered(tmp_path):
         decoder.prefetch(paths * 200, DecodeSpec("pyav"), batch_size=4, budget=1 << 30)  # more than it gets to
         video, batches = decode_all(decoder, paths[3], backend="pyav")
         assert sum(map(len, batches)) == 2 and len(decoder.held) < len(paths) * 200
-        decoder.prefetch(paths[1:], DecodeSpec("pyav"), batch_size=4)
+        decoder.prefetch(paths[1:], DecodeSpec("pyav"), batch_size=4, budget=1 << 30)
         assert decoder.held_ahead() == [str(p) for p in paths[1:]]
         jobs = [EmbeddingJob(p.name, p) for p in paths]
 

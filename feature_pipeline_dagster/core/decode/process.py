@@ -12,7 +12,7 @@ answers with a JSON line on its stdout, followed, for a batch, by the frames' by
 
 A `prefetch` request lets a child decode the first videos of a run while the run's process
 is still starting (imports, Dagster, the model: one GIL, one busy core): it decodes them into
-memory, up to `AHEAD_BYTES`, until the first other request arrives, then says which it holds
+memory, up to a budget (`ahead_bytes`), until the first other request arrives, then says which it holds
 (one line, read before that request's answer), and answers their `open` and `decode` from
 memory when the file's size, mtime and inode are still those it read and the spec and batch
 size are the same.
@@ -39,9 +39,16 @@ from feature_pipeline_dagster.core.decode.reader import SamplingPlan, StreamInfo
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
 
-# Frames the children of a process may hold decoded ahead, together: 128 MB is ~190 clips of
-# 3 frames at 320x240 (the GPU stand-in's), or 46 frames of 720p.
-AHEAD_BYTES = 128 * 1024 * 1024
+def ahead_bytes() -> int:
+    """Frames the decoders of a process may hold decoded ahead, together: a 32nd of the
+    machine's memory, from 128 MB to 2 GB (768 MB here: ~1100 clips of 3 frames at 320x240;
+    on a 128 GB GPU box 2 GB, ~740 frames of 720p, a few seconds of its decoders). The run's
+    first request ends it, so the start-up's length binds it before memory does here."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        memory = 0
+    return min(max(memory // 32, 128 << 20), 2 << 30)
 
 
 class OpenVideo:
@@ -96,7 +103,7 @@ class DecoderProcess:
         with self._lock:
             self._running()
 
-    def prefetch(self, paths: list[Path], spec: DecodeSpec, batch_size: int, budget: int = AHEAD_BYTES) -> None:
+    def prefetch(self, paths: list[Path], spec: DecodeSpec, batch_size: int, budget: int) -> None:
         """Let the child decode `paths` ahead, holding at most `budget` bytes of frames (see
         the module's docstring)."""
         request = {"op": "prefetch", "paths": [str(p) for p in paths], "spec": asdict(spec), "batch_size": batch_size,
@@ -330,23 +337,28 @@ class _Ahead:
 
 
 def _prefetch(request: dict, complaints: _Complaints, stop: Callable[[], bool]) -> dict[str, _Ahead]:
-    """The videos of a prefetch request decoded into memory, in order, until its budget is
-    held or `stop` says a request is waiting (the video in progress is then dropped)."""
+    """The videos of a prefetch request decoded into memory, in order, until `stop` says a
+    request is waiting (the video in progress is then dropped); a video whose frames would
+    pass the budget is left for the run (a long one is not decoded to be dropped)."""
     kept: dict[str, _Ahead] = {}
-    held = 0
+    held, budget = 0, request["budget"]
     for path in request["paths"]:
-        if held >= request["budget"] or stop():
+        if stop():
             break
         video = _Video(path, request["spec"], complaints)
         answers: list[Answer] = []
         identity = _identity(path)
         try:
             answers.append(video.open())
+            info = video.reader.info
+            need = len(video.plan) * info.width * info.height * 3
+            if held + need > budget:
+                continue
             for item in video.decode(request["batch_size"]):
                 answers.append(item)
-                held += item[1].nbytes if item[1] is not None else 0
-                if stop() or held > request["budget"]:
+                if stop():
                     return kept  # this video only in part: dropped
+            held += need
         except Exception as err:
             answers.append(_failure(path, err))
         finally:

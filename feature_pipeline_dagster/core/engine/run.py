@@ -25,7 +25,7 @@ from feature_pipeline_dagster.core.batches import EmbeddingBatch, FrameBatch
 from feature_pipeline_dagster.core.decode.backends.nvdec_reader import unusable
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.decode.local import LocalDecoder
-from feature_pipeline_dagster.core.decode.process import AHEAD_BYTES, decoder_pool
+from feature_pipeline_dagster.core.decode.process import ahead_bytes, decoder_pool
 from feature_pipeline_dagster.core.engine.job import EmbeddingJob, ShotTrack
 from feature_pipeline_dagster.core.engine.lanes import cores, decode_ahead, decode_lanes, decode_threads
 from feature_pipeline_dagster.core.engine.outcomes import RunReport
@@ -197,7 +197,7 @@ def decode_first(settings: Settings, videos: list[str] | None = None) -> None:
     ahead = decoders[: max(1, cores() - 1)]  # the run's process takes one core while it starts
     for i, decoder in enumerate(ahead):
         decoder.prefetch([root / v for v in videos[i::len(ahead)][:AHEAD_VIDEOS]], spec, settings.model.batch_size,
-                         AHEAD_BYTES // len(ahead))
+                         ahead_bytes() // len(ahead))
 
 
 AHEAD_VIDEOS = 1024  # per decoder, at most: its lane takes these first (engine/lanes.py)
