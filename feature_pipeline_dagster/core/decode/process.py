@@ -12,10 +12,10 @@ answers with a JSON line on its stdout, followed, for a batch, by the frames' by
 
 A `prefetch` request lets a child decode the first videos of a run while the run's process
 is still starting (imports, Dagster, the model: one GIL, one busy core): it decodes them into
-memory, up to a budget (`ahead_bytes`), until the first other request arrives, then says which it holds
-(one line, read before that request's answer), and answers their `open` and `decode` from
-memory when the file's size, mtime and inode are still those it read and the spec and batch
-size are the same.
+memory, within a budget (`ahead_bytes`), until the first other request arrives, then says
+which it holds (one line, read before that request's answer), and answers their `open` and
+`decode` from memory when the file's size, mtime and inode are still those it read and the
+spec and batch size are the same.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from feature_pipeline_dagster.core.batches import FrameBatch
 from feature_pipeline_dagster.core.decode.reader import SamplingPlan, StreamInfo, VideoReader
 from feature_pipeline_dagster.core.decode.heap import fix_mmap_threshold
 from feature_pipeline_dagster.core.decode.spec import DecodeSpec
+
 
 def ahead_bytes() -> int:
     """Frames the decoders of a process may hold decoded ahead, together: a 32nd of the
@@ -290,9 +291,8 @@ class _Video:
         self.complaints.reset()
         spec = DecodeSpec(**self.spec)
         self.reader = VideoReader(self.path, self.complaints, spec.decoder, threads=spec.threads)
-        self.plan = self.reader.plan(spec)
+        self.plan = plan = self.reader.plan(spec)
         info = {k: v for k, v in asdict(self.reader.info).items() if k != "path"}
-        plan = self.plan
         return {"info": info, "frame_ids": plan.frame_ids.tolist(), "timestamps_ms": plan.timestamps_ms.tolist(),
                 "key_frames_only": plan.key_frames_only, "partial": self.reader.partial}, None
 
