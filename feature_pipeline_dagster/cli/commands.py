@@ -274,8 +274,9 @@ def _prepare_database(settings, videos: dict, args, decode_ahead: bool):
         todo = videos_to_embed(settings, videos, args.all)
         skipped = [] if args.all or args.retry_failed else _failed_before(settings, videos, todo)
         todo = [key for key in todo if key not in skipped]
-        if decode_ahead and todo:  # in the order new partitions get (pack_runs' order for a fresh folder)
-            decode_first(settings, [relpath_of(key) for key in todo])
+        if decode_ahead and todo:  # in the folder's order, that of new partitions (pack_runs' for a fresh folder)
+            wanted = set(todo)
+            decode_first(settings, [video.relpath for key, video in videos.items() if key in wanted])
         features = [settings.collection_for(f) for f in settings.model.features]
         store = store_for(settings.db)
         try:  # the failed videos' collection is made by the first failure
