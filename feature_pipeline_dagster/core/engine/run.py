@@ -180,9 +180,10 @@ def decode_first(settings: Settings, videos: list[str] | None = None) -> None:
     with `videos` (the run it is about to start) asked to decode them ahead (decode/process.py:
     prefetch) while the process imports, opens Dagster and loads the model on one GIL and the
     other cores idle: as many children as cores less one, each a share of the videos. The GPU
-    stand-in's 1000 clips (2 cores): 90-130 of them decoded before the run's first batch, `run`
-    18.5-19.8 s against 20.3-20.5 in alternated runs. Not for nvdec (in this process); patch
-    models get their children started, nothing decoded ahead (their batches follow the grid)."""
+    stand-in's 1000 clips (2 cores): 117 of them decoded before the run's first request, `run` /
+    ceiling 0.75-0.85 against 0.73-0.77 in alternated runs (docs/performance.md). Not for nvdec
+    (in this process); patch models get their children started, nothing decoded ahead (their
+    batches follow the grid)."""
     decode = settings.video_input.decode
     if decode.in_process:
         return
