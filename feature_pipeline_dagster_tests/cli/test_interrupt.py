@@ -93,3 +93,18 @@ def test_interrupted_run_says_what_is_done_and_the_next_run_finishes(ten_videos,
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"{len(VIDEOS) - done} new or changed" in again.stderr or len(signals) > 1
     assert counts(project) == VIDEOS
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5, 2.5])
+def test_ctrl_c_while_the_run_starts_stops_it_at_once(ten_videos, delay):
+    """A terminal's Ctrl-C while `run` starts (its threads importing torch, Dagster and
+    pymilvus at once): out with `interrupted`. As a KeyboardInterrupt it could land inside an
+    import and leave Python's import lock held, and the command hung (1 in 4 at 0.8 s here)."""
+    import os
+
+    run = start_run(ten_videos)
+    time.sleep(delay)
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)  # a hang guard, not a timing goal
+    assert run.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-3000:]

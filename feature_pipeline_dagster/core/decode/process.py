@@ -157,10 +157,16 @@ class DecoderProcess:
             self._start()
 
     def _start(self) -> None:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "feature_pipeline_dagster.core.decode.process"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )
+        # Born with SIGINT blocked, until it ignores it: started with the command (engine/run.py:
+        # decode_first), a terminal's Ctrl-C in its first 0.2 s printed a traceback from it.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "feature_pipeline_dagster.core.decode.process"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _send(self, request: dict) -> None:
         try:
