@@ -138,7 +138,7 @@ class EmbeddingRun:
             model.close_done(kept_owners, close)
 
         lanes = self.lanes or decode_lanes(len(jobs))
-        decode = replace(settings.video_input.decode, threads=decode_threads(lanes))
+        decode = lane_spec(settings, lanes)
 
         def open_job(job: EmbeddingJob, decoder) -> None:
             job.open(settings, spec, decoder, decode, grid)
@@ -193,12 +193,19 @@ def decode_first(settings: Settings, videos: list[str] | None = None) -> None:
         for decoder in decoders:
             decoder.start()
         return
-    spec = replace(decode, threads=decode_threads(lanes))
+    spec = lane_spec(settings, lanes)
     root = settings.video_input.path
     ahead = decoders[: max(1, cores() - 1)]  # the run's process takes one core while it starts
     for i, decoder in enumerate(ahead):
         decoder.prefetch([root / v for v in videos[i::len(ahead)][:AHEAD_VIDEOS]], spec, settings.model.batch_size,
                          ahead_bytes() // len(ahead))
+
+
+def lane_spec(settings: Settings, lanes: int):
+    """What each of a run's `lanes` decodes: the config's spec with its share of the cores.
+    One place for the run and for `decode_first`, whose videos are answered from memory only
+    under the very spec the run asks with."""
+    return replace(settings.video_input.decode, threads=decode_threads(lanes))
 
 
 AHEAD_VIDEOS = 1024  # per decoder, at most: its lane takes these first (engine/lanes.py)
