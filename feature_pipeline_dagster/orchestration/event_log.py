@@ -187,6 +187,26 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
             self._store_asset_event(conn, events[-1], ids[-1])  # the asset's latest event, as Postgres keeps it
 
 
+def report_observations(instance, observations: Sequence) -> None:
+    """Observations of no run (the folder sensor's new files), written as one batch: one
+    transaction per database with this log, where Dagster's sensor daemon writes a tick's
+    asset events one by one before it creates the tick's runs (1.2 ms of CPU an observation
+    here, its tick 2 s long beside the runs with 200 new files). Under any other event log,
+    or with `DAGSTER_EVENT_BATCH_SIZE=0`, Dagster stores them one by one."""
+    import uuid
+
+    from dagster import DagsterEvent
+    from dagster._core.events import AssetObservationData, DagsterEventBatchMetadata
+    from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
+
+    batch = uuid.uuid4().hex
+    for i, observation in enumerate(observations):
+        event = DagsterEvent(DagsterEventType.ASSET_OBSERVATION.value, job_name=RUNLESS_JOB_NAME,
+                             event_specific_data=AssetObservationData(observation))
+        instance.report_dagster_event(event, run_id=RUNLESS_RUN_ID,
+                                      batch_metadata=DagsterEventBatchMetadata(batch, i == len(observations) - 1))
+
+
 @contextmanager
 def partitions_read_once(instance) -> Iterator[None]:
     """Per-partition metadata calls on `instance` within it read the library's partitions

@@ -40,6 +40,7 @@ from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.collections import owned_collections
 from feature_pipeline_dagster.core.videos import content_digest, list_videos, partition_key, relpath_of
+from feature_pipeline_dagster.orchestration.event_log import report_observations
 from feature_pipeline_dagster.orchestration.names import (
     CHECK_NAMES,
     DATA_VERSION_TAG,
@@ -163,9 +164,9 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         new_keys = [k for k, _ in changes.new]
         runs, held = _runs_for_free_devices(settings, instance, devices, request, order, listing, changes,
                                             context.cursor)
-        observations = [o for k, v in changes.new + changes.changed if (o := _observe(k, v))]
-        if changes.lost:
-            observations += _rows_lost(instance, features, [k for k, _ in changes.lost])
+        # Written now, before the runs: their materializations read the files' data versions.
+        report_observations(instance, [o for k, v in changes.new + changes.changed if (o := _observe(k, v))])
+        check_results = _rows_lost(instance, features, [k for k, _ in changes.lost]) if changes.lost else []
         if changes.deleted:
             _delete_rows(settings, vector_store, changes.deleted, context)
         partition_requests = []
@@ -181,7 +182,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             f"{time.perf_counter() - started:.2f}s"
         )
         return SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
-                            asset_events=observations, cursor=with_held(changes.cursor, held))
+                            asset_events=check_results, cursor=with_held(changes.cursor, held))
 
     return video_folder_sensor
 

@@ -17,7 +17,7 @@ from feature_pipeline_dagster.core.samples import write_video
 from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.orchestration.names import PID_TAG
-from feature_pipeline_dagster.orchestration.run_launcher import LAUNCHED
+from feature_pipeline_dagster.orchestration.run_launcher import LAUNCHED, ZYGOTE
 from feature_pipeline_dagster_tests.conftest import subprocess_env
 from feature_pipeline_dagster_tests.end_to_end.test_daemon import drop
 
@@ -27,16 +27,35 @@ IDLE_S = 15  # past the tick (5 s), settling (1 s) and a run between two drops
 SPARE = "feature_pipeline_dagster.orchestration.run_launcher"
 
 
-def spares() -> set[int]:
-    """Pids of the launcher's run processes alive now."""
-    found = set()
+def launcher_processes() -> dict[int, int]:
+    """The launcher's processes alive now (its zygote, the run processes it forked, any
+    started cold), each with its parent's pid."""
+    found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if f"\0-m\0{SPARE}\0" in Path(f"/proc/{pid}/cmdline").read_text():  # not the instance ref in others' argv
-                found.add(int(pid))
+                found[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
     return found
+
+
+def zygotes() -> set[int]:
+    """The launcher's zygotes: a fork of one has it for parent (and its command line)."""
+    found = launcher_processes()
+    return {pid for pid, parent in found.items() if parent not in found and ZYGOTE in cmdline(pid)}
+
+
+def spares() -> set[int]:
+    """Pids of the launcher's run processes alive now."""
+    return set(launcher_processes()) - zygotes()
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    except OSError:
+        return []
 
 
 def until(what, deadline_s: float = DEADLINE_S, every: float = 0.1):
@@ -71,6 +90,10 @@ class Daemon:
         self.log.close()
 
 
+def daemon_pid(zygote: int) -> int:
+    return int(Path(f"/proc/{zygote}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def engine_messages(instance, run_id: str) -> list[str]:
     return [e.message for e in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)]
 
@@ -95,11 +118,13 @@ def test_a_run_after_the_first_takes_a_warm_process_and_idle_processes_exit(proj
             assert second_pid == first_pid and second.startswith(f"Run process (pid {first_pid}): warm, started ")
             assert second.endswith(", run 2 in it."), second
             assert len(spares()) == 2  # a's process and the spare, both idle
+            zygote, = zygotes()  # they were forked by one zygote, the daemon's child
+            assert set(launcher_processes().values()) == {zygote, daemon_pid(zygote)}
             until(lambda: not spares(), deadline_s=IDLE_S + 30)  # they retire while the daemon runs on
-            assert daemon.process.poll() is None
+            assert daemon.process.poll() is None and zygotes() == {zygote}  # it stays, to fork the next ones
     finally:
         daemon.stop()
-    assert not spares()
+    assert not spares() and not zygotes()
     settings = load_settings(project.config)
     store = store_for(settings.db)
     try:

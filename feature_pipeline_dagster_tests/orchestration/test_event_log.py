@@ -164,24 +164,33 @@ def test_feature_pipeline_runs_read_the_librarys_partitions_once_a_run(library):
 
 
 def test_observations_of_no_run_read_back_as_in_dagsters_own_log(tmp_path, monkeypatch):
-    """The folder sensor's observations (events of no run, through the kept connection)
-    read back, by another instance, as Dagster's own SQLite log gives them: each partition's
-    latest data version, the asset's latest observation, and the runless shard's records."""
+    """The folder sensor's observations (events of no run: one by one through the kept
+    connection, and as `report_observations`' batch) read back, by another instance, as
+    Dagster's own SQLite log gives them one by one: each partition's latest data version, the
+    asset's latest observation, and the runless shard's records."""
     from dagster import AssetObservation
+
+    from feature_pipeline_dagster.orchestration.event_log import report_observations
 
     template = yaml.safe_load((REPO / "config" / "dagster-instance.yaml").read_text())
     plain = {k: v for k, v in template.items() if k != "event_log_storage"}
+
+    def one_by_one(instance, observations):
+        for observation in observations:
+            instance.report_runless_asset_event(observation)
+
     seen = {}
-    for name, config in (("batched", template), ("dagster", plain)):
+    for name, config, write in (("batched", template, one_by_one), ("dagster", plain, one_by_one),
+                                ("batched, as a batch", template, report_observations),
+                                ("dagster, as a batch", plain, report_observations)):
         home = tmp_path / name
         home.mkdir()
         (home / "dagster.yaml").write_text(yaml.safe_dump(config))
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         with DagsterInstance.from_config(str(home)) as instance:
             for version in (1, 2):
-                for i in range(3):
-                    instance.report_runless_asset_event(AssetObservation(
-                        "video_file", partition=f"v{i}.mp4", tags={"dagster/data_version": f"{i}-{version}"}))
+                write(instance, [AssetObservation("video_file", partition=f"v{i}.mp4",
+                                                  tags={"dagster/data_version": f"{i}-{version}"}) for i in range(3)])
         with DagsterInstance.from_config(str(home)) as instance:  # another reader: only what was committed
             records = instance.fetch_observations(AssetRecordsFilter(asset_key=AssetKey("video_file")), limit=100)
             latest = {}
@@ -191,8 +200,10 @@ def test_observations_of_no_run_read_back_as_in_dagsters_own_log(tmp_path, monke
                           len(instance.all_logs("")),
                           instance.get_latest_data_version_record(AssetKey("video_file"), partition_key="v1.mp4")
                           .asset_observation.tags["dagster/data_version"])
-    assert seen["batched"][0] == BatchedSqliteEventLogStorage.__name__ and seen["dagster"][0] == "SqliteEventLogStorage"
-    assert seen["batched"][1:] == seen["dagster"][1:] == ({f"v{i}.mp4": f"{i}-2" for i in range(3)}, 6, 6, "1-2")
+    assert seen["batched"][0] == seen["batched, as a batch"][0] == BatchedSqliteEventLogStorage.__name__
+    assert seen["dagster"][0] == seen["dagster, as a batch"][0] == "SqliteEventLogStorage"
+    expected = ({f"v{i}.mp4": f"{i}-2" for i in range(3)}, 6, 6, "1-2")
+    assert {name: found[1:] for name, found in seen.items()} == {name: expected for name in seen}
 
 
 def test_a_batchs_indexed_tags_are_each_its_own_events(tmp_path):

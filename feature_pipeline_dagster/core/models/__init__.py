@@ -171,6 +171,15 @@ def _torch_module(name: str):
     return importlib.import_module(name)
 
 
+def import_model_code(model: ModelSettings) -> None:
+    """Import what loading `model` imports (torch, its family's module and that module's
+    library, `import_code`), loading no weights and touching no device: what a process that
+    forks run processes does once (orchestration/run_launcher.py)."""
+    module = _torch_module(FAMILIES[model.name].module)
+    if (import_code := getattr(module, "import_code", None)) is not None:
+        import_code(model)
+
+
 def weights_module(model: ModelSettings):
     """The family's weights module: `download` and `make_random`."""
     return _torch_module(FAMILIES[model.name].weights)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import functools
+import importlib
 import logging
 import threading
 from contextlib import contextmanager
@@ -159,7 +160,7 @@ def import_open_clip(model: ModelSettings):
             sys.modules[name] = None  # an ImportError for open_clip's guarded imports
         try:
             with _dynamo_on_first_use():
-                import open_clip  # noqa: F401
+                importlib.import_module("open_clip")
         finally:
             for name in blocked:
                 if name in sys.modules and sys.modules[name] is None:
@@ -329,6 +330,9 @@ def load_text(model: ModelSettings, device: str):
     from feature_pipeline_dagster.core.models.clip.text import load_text as load
 
     return load(model, device)
+
+
+import_code = import_open_clip  # what core/models' import_model_code imports ahead
 
 
 def load(model: ModelSettings, device: str) -> ClipExtractor:

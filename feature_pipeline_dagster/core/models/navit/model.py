@@ -237,6 +237,13 @@ def resolve_folder(model: ModelSettings) -> Path:
     return fetch_from_hub(model.path, HUB_FILES, label=LABEL)
 
 
+def import_code(model: ModelSettings) -> None:
+    """What `load` imports from transformers, ahead (core/models' import_model_code)."""
+    import transformers
+
+    transformers.VideoLlama3VisionModel  # noqa: B018 - transformers imports a model's module on first access
+
+
 def load(model: ModelSettings, device: str) -> NavitExtractor:
     target = torch_device(device)
     dtype = model_dtype(model.dtype, target)
