@@ -43,10 +43,11 @@ from typing import Iterator, Sequence
 
 from dagster import DagsterEventType, EventLogEntry, Field, StringSource
 
-# The one `dagster._` import of the package (test_architecture.py allows it here only): the
-# module path Dagster's docs give for this class in dagster.yaml (`event_log_storage: module:
-# dagster._core.storage.event_log`), which this module extends. Checked against Dagster's own
-# log by orchestration/test_event_log.py; dagster is pinned to 1.13.
+# `dagster._` imports, which test_architecture.py allows here (and the run launcher's one):
+# the module path Dagster's docs give for this class in dagster.yaml (`event_log_storage:
+# module: dagster._core.storage.event_log`), which this module extends, and in
+# `report_observations` what a runless event is built from. Checked against Dagster's own log
+# by orchestration/test_event_log.py; dagster is pinned to 1.13.
 from dagster._core.storage.event_log import SqlEventLogStorageTable, SqliteEventLogStorage
 from sqlalchemy import create_engine, select
 from sqlalchemy.pool import StaticPool
