@@ -38,7 +38,8 @@ Figures:
      started once its process is up, its embedding step done; and how many processes ran them.
   5. a sensor run's start-up: one clip at a time dropped into an idle watched folder, under
      Dagster's default run launcher and under the template's WarmRunLauncher: the drop to
-     its row, and its run's timeline from its creation.
+     its row, and its run's timeline from its creation; the fourth after a quiet spell, once
+     the warm processes retired (idle_seconds 10 here), forked from the launcher's zygote.
 Results also go to bench/results/gpu_standin.json. No timing here is asserted.
 """
 
@@ -197,16 +198,18 @@ def wait_for_videos(store, spec, count: int, started: float, root: Path, every: 
             rows = 0
 
 
-def watching(work: Path, prefix: str, model: Path, sampling: str, decoder: str, warm: bool = True):
+def watching(work: Path, prefix: str, model: Path, sampling: str, decoder: str, warm: bool = True,
+             idle_seconds: int = 120):
     """A project whose folder starts empty, and dagster-daemon over it, up and ticked once;
     with `warm` False, the instance keeps Dagster's default run launcher."""
     root = Path(tempfile.mkdtemp(dir=work, prefix=prefix))
     watched = root / "videos"
     watched.mkdir()
     env = project(root, watched, model, sampling, decoder)
+    instance = Path(env["DAGSTER_HOME"]) / "dagster.yaml"
     if not warm:
-        instance = Path(env["DAGSTER_HOME"]) / "dagster.yaml"
         instance.write_text(re.sub(r"run_launcher:\n(  .*\n)+", "", instance.read_text()))
+    instance.write_text(instance.read_text().replace("idle_seconds: 120", f"idle_seconds: {idle_seconds}"))
     daemon = subprocess.Popen(["dagster-daemon", "run", "-m", "feature_pipeline_dagster"], env=env, cwd=root,
                               stdout=open(root / "daemon.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(20)  # the daemon is up and its sensor has ticked over the empty folder
@@ -265,8 +268,10 @@ def sensor_start(work: Path, files: list[Path], model: Path, sampling: str, deco
     """One clip at a time dropped into the idle watched folder, each once the one before is
     committed: per clip, the drop to its row (a tick's wait, 0-5 s, included) and its run's
     timeline from its creation by the tick. The first run's process starts cold under either
-    launcher; the warm launcher's later ones find a spare."""
-    root, watched, env, daemon = watching(work, "start-", model, sampling, decoder, warm)
+    launcher; the warm launcher's later ones find a spare; the last clip comes after a quiet
+    spell, once the warm launcher's processes have retired (`idle_seconds` QUIET_S), and its
+    process is forked from the launcher's zygote."""
+    root, watched, env, daemon = watching(work, "start-", model, sampling, decoder, warm, idle_seconds=QUIET_S)
     try:
         from dagster import DagsterInstance, RunsFilter
 
@@ -277,7 +282,7 @@ def sensor_start(work: Path, files: list[Path], model: Path, sampling: str, deco
         spec = settings.collection_for(settings.model.features[0])
         store, seen = store_for(settings.db), []
         for i, path in enumerate(files):
-            time.sleep(2)
+            time.sleep(2 if i < len(files) - 1 else QUIET_S + 8)  # the last: after the idle ones retired
             started = time.perf_counter()
             os.link(path, watched / path.name)
             wait_for_videos(store, spec, i + 1, started, root)
@@ -291,6 +296,9 @@ def sensor_start(work: Path, files: list[Path], model: Path, sampling: str, deco
         return seen
     finally:
         stop_watching(root, env, daemon)
+
+
+QUIET_S = 10  # figure 5's idle_seconds: its last clip comes after the warm processes retired
 
 
 def run_timeline(instance, record, origin: float, embedding: str) -> dict:
@@ -366,7 +374,7 @@ def main() -> None:
         out["sensor_over_run"] = sensor["seconds"] / full["seconds"]
         for warm in (False, True):
             out[f"sensor_start_{'warm' if warm else 'default'}"] = sensor_start(
-                work, files[:3], model, args.sampling, args.decoder, warm)
+                work, files[:4], model, args.sampling, args.decoder, warm)
     shutil.rmtree(work, ignore_errors=True)
     lines = [
         f"stand-in model (CLIP, 512-d, 2 narrow layers): {out['bare_ms_per_frame']:.2f} ms/frame bare (goal ~1)",
@@ -391,7 +399,8 @@ def main() -> None:
         for (start, end), when in zip(out["sensor_ranges"], out["sensor_timeline"]):
             lines.append(f"   run {start}..{end}: " + ", ".join(f"{k} {v} s" for k, v in when.items()))
         lines.append("5. a sensor run's start-up: one clip at a time into the idle watched folder; the drop to its "
-                     "row, and its run from creation (s):")
+                     f"row, and its run from creation (s); the last after {QUIET_S + 8} s quiet, the warm processes "
+                     f"retired (idle_seconds {QUIET_S}):")
         for name in ("default", "warm"):
             for i, one in enumerate(out[f"sensor_start_{name}"]):
                 lines.append(f"   {name} launcher, clip {i + 1}: " + ", ".join(f"{k} {v}" for k, v in one.items()))
