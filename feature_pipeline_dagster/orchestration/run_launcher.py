@@ -7,12 +7,14 @@ from a sensor run's creation to its embedding done for a one-clip run on the GPU
 (bench/bench_gpu_standin.py, figure 5, 2 cores), every run; on a GPU box each run also loads
 the model onto the device again. Here a device's processes stay: when a run of a device is
 launched and no process of that device is idle, one more starts at once (up to the queue's
-limit for the device tag: more could never be busy), imports what a run imports, builds the
-code location and loads the model, then waits. A run takes an idle process of its device
-(0.4-0.6 s from creation to embedding done, figure 5) or, the first of a burst, a fresh one;
-a process whose run succeeded waits for the next (and builds the code location again if the
-config file changed meanwhile), and one idle for `idle_seconds` exits, freeing its memory and
-its copy of the model.
+limit for the device tag less one, `_spare_up_to`), forked from the launcher's zygote, which
+imported what a run imports once (`_Zygote`); it builds the code location and loads the
+model, then waits. A run takes an idle process of its device (0.4-1.2 s from creation to
+embedding done, figure 5) or, the first of a burst, a fresh one (0.7 s after a quiet spell,
+the zygote up; 4.3 s for the daemon's first, which waits for the zygote's imports); a process
+whose run succeeded waits for the next (and builds the code location again if the config
+file changed meanwhile), and one idle for `idle_seconds` exits, freeing its memory and its
+copy of the model.
 
 A process runs one run at a time, so a crash fails one run: a run whose process ends without
 finishing it is reported failed (the instance's run_retries start it again), and a process

@@ -55,7 +55,7 @@ class TextEncoder(Protocol):
 @dataclass(frozen=True)
 class ModelFamily:
     name: str
-    module: str  # imported lazily; provides load(settings, device) -> Extractor
+    module: str  # imported lazily; provides load(settings, device) -> Extractor (and may provide import_code)
     weights: str  # imported lazily; provides make_random(model, dest) and download(model, dest)
     row_fields: tuple[str, ...]  # scalar columns each row carries beside video_path
     # The vector dimension the settings give, or None when known only at load;
