@@ -340,27 +340,20 @@ class _Ahead:
     batch_size: int
     identity: tuple | None
     answers: list[Answer]
-    size: int  # bytes of its frames
 
 
-def _prefetch(request: dict, complaints: _Complaints, stop: Callable[[], bool],
-              before: dict[str, _Ahead]) -> dict[str, _Ahead]:
+def _prefetch(request: dict, complaints: _Complaints, stop: Callable[[], bool]) -> dict[str, _Ahead]:
     """The videos of a prefetch request decoded into memory, in order, until `stop` says a
     request is waiting (the video in progress is then dropped); a video whose frames would
-    pass the budget is left for the run (a long one is not decoded to be dropped). What an
-    earlier request decoded for this one's spec and batch size is kept, not decoded again (a
-    run asks again for what `feature-pipeline run` asked for as it started)."""
-    kept = {path: before[path] for path in request["paths"]
-            if path in before and (before[path].spec, before[path].batch_size) == (request["spec"], request["batch_size"])}
-    held, budget = sum(ahead.size for ahead in kept.values()), request["budget"]
+    pass the budget is left for the run (a long one is not decoded to be dropped)."""
+    kept: dict[str, _Ahead] = {}
+    held, budget = 0, request["budget"]
     for path in request["paths"]:
-        if path in kept:
-            continue
         if stop():
             break
         video = _Video(path, request["spec"], complaints)
         answers: list[Answer] = []
-        identity, need = _identity(path), 0
+        identity = _identity(path)
         try:
             answers.append(video.open())
             info = video.reader.info
@@ -374,10 +367,9 @@ def _prefetch(request: dict, complaints: _Complaints, stop: Callable[[], bool],
             held += need
         except Exception as err:
             answers.append(_failure(path, err))
-            need = 0  # not counted in `held`
         finally:
             video.close()
-        kept[path] = _Ahead(request["spec"], request["batch_size"], identity, answers, need)
+        kept[path] = _Ahead(request["spec"], request["batch_size"], identity, answers)
     return kept
 
 
@@ -396,7 +388,7 @@ def _serve(requests: _Requests, answers: BinaryIO, complaints: _Complaints) -> N
     for line in requests:
         request = json.loads(line)
         if request["op"] == "prefetch":
-            ahead = _prefetch(request, complaints, requests.waiting, ahead)
+            ahead = _prefetch(request, complaints, requests.waiting)
             answer(({"held": list(ahead)}, None))
             continue
         path = request.get("path", video.path if video is not None else "video")

@@ -7,8 +7,7 @@ the core engine's lazy stream of batches (its videos, the devices it may use); t
 manager consumes it into Milvus, and only then does the engine lease a device, decode
 and embed, so a video of any length passes through in bounded memory. A run that knows
 its device starts loading the model at once: the queue lets one run per device wait at
-the door (orchestration/placement.py), and its model is ready when the lease frees; its
-decoders decode its first videos into memory meanwhile (core/engine/run.py: decode_first).
+the door (orchestration/placement.py), and its model is ready when the lease frees.
 """
 
 import hashlib
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, AssetSpec, BackfillPolicy, asset
 
-from feature_pipeline_dagster.core.engine.run import EmbeddingRun, decode_first
+from feature_pipeline_dagster.core.engine.run import EmbeddingRun
 from feature_pipeline_dagster.core.models import code_version, preload
 from feature_pipeline_dagster.core.devices import run_devices
 from feature_pipeline_dagster.core.leases import scheduler_owns_device
@@ -68,7 +67,6 @@ def build_embedding_asset(settings: Settings, feature: str) -> AssetsDefinition:
     def _embeddings(context: AssetExecutionContext) -> EmbeddingRun:
         attach_run_log(context.run_id, context.log, settings.logs_dir)
         videos = [relpath_of(k) for k in context.partition_keys]
-        decode_first(settings, videos)  # at the door: the run's first videos decoded while it waits
         if scheduler_owns_device(settings.placement):
             # A pod Kubernetes scheduled with its one GPU: cuda:0 there, no host lease.
             return EmbeddingRun(settings, collection, videos, ["cuda:0"], None)
