@@ -34,7 +34,7 @@ def launcher_processes() -> dict[int, int]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if f"\0-m\0{SPARE}\0" in Path(f"/proc/{pid}/cmdline").read_text():  # not the instance ref in others' argv
-                found[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                found[int(pid)] = parent_of(pid)
         except OSError:
             continue
     return found
@@ -49,6 +49,10 @@ def zygotes() -> set[int]:
 def spares() -> set[int]:
     """Pids of the launcher's run processes alive now."""
     return set(launcher_processes()) - zygotes()
+
+
+def parent_of(pid) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def cmdline(pid: int) -> list[str]:
@@ -90,10 +94,6 @@ class Daemon:
         self.log.close()
 
 
-def daemon_pid(zygote: int) -> int:
-    return int(Path(f"/proc/{zygote}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
 def engine_messages(instance, run_id: str) -> list[str]:
     return [e.message for e in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)]
 
@@ -119,7 +119,7 @@ def test_a_run_after_the_first_takes_a_warm_process_and_idle_processes_exit(proj
             assert second.endswith(", run 2 in it."), second
             assert len(spares()) == 2  # a's process and the spare, both idle
             zygote, = zygotes()  # they were forked by one zygote, the daemon's child
-            assert set(launcher_processes().values()) == {zygote, daemon_pid(zygote)}
+            assert set(launcher_processes().values()) == {zygote, parent_of(zygote)}
             until(lambda: not spares(), deadline_s=IDLE_S + 30)  # they retire while the daemon runs on
             assert daemon.process.poll() is None and zygotes() == {zygote}  # it stays, to fork the next ones
     finally:
