@@ -107,6 +107,11 @@ def subprocess_env(project) -> dict:
 DECODER_MODULE = "feature_pipeline_dagster.core.decode.process"
 
 
+def parent_of(pid) -> int:
+    """A live process' parent's pid, from /proc (Linux)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def readers_of(paths, parent: int | None = None) -> list[int]:
     """Pids of the decoder processes (children of `parent`, if given) that have one of
     `paths` open: how tests find the decoder child while it reads a given video. Decoders
@@ -115,7 +120,7 @@ def readers_of(paths, parent: int | None = None) -> list[int]:
     wanted, found = {str(p) for p in paths}, []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if parent is not None and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1] != str(parent):
+            if parent is not None and parent_of(pid) != parent:
                 continue
             if DECODER_MODULE not in Path(f"/proc/{pid}/cmdline").read_text():
                 continue

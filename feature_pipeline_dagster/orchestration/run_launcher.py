@@ -226,11 +226,12 @@ class WarmRunLauncher(DefaultRunLauncher):
         started cold if the zygote is gone."""
         from dagster import serialize_value
 
+        instance_ref = serialize_value(self._instance.get_ref())
         with self._zygote_lock:
             if self._zygote is None or not self._zygote.alive:
-                self._zygote = _Zygote(serialize_value(self._instance.get_ref()))
+                self._zygote = _Zygote(instance_ref)
             process = self._zygote.fork(device)
-        process = process or _RunProcess.cold(device, serialize_value(self._instance.get_ref()))
+        process = process or _RunProcess.cold(device, instance_ref)
         with self._lock:
             self._alive.setdefault(device, set()).add(process)
         threading.Thread(target=self._watch, args=(process,), name=f"run-process-{process.pid}", daemon=True).start()

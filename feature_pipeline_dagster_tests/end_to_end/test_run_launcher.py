@@ -18,7 +18,7 @@ from feature_pipeline_dagster.core.settings import load_settings
 from feature_pipeline_dagster.core.store import store_for
 from feature_pipeline_dagster.orchestration.names import PID_TAG
 from feature_pipeline_dagster.orchestration.run_launcher import LAUNCHED, ZYGOTE
-from feature_pipeline_dagster_tests.conftest import subprocess_env
+from feature_pipeline_dagster_tests.conftest import parent_of, subprocess_env
 from feature_pipeline_dagster_tests.end_to_end.test_daemon import drop
 
 DEADLINE_S = 240
@@ -49,10 +49,6 @@ def zygotes() -> set[int]:
 def spares() -> set[int]:
     """Pids of the launcher's run processes alive now."""
     return set(launcher_processes()) - zygotes()
-
-
-def parent_of(pid) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def cmdline(pid: int) -> list[str]:
