@@ -140,8 +140,11 @@ def test_sigkill_at_twenty_points_loses_and_doubles_nothing(project, backend, re
     config["db"]["batch_size"] = 2  # many insert requests: many points between write batches
     config["model"]["batch_size"] = 2
     project.config.write_text(yaml.safe_dump(config))
+    # Detailed content, as real footage costs the decoder: flat frames decode so fast that two
+    # lanes held two files at once for 30-70 ms of a run (4 runs), and CI missed that stage 2 in 3;
+    # detailed, 220-270 ms.
     for i, name in enumerate([*RANGE, "bystander.mp4"]):
-        write_video(project.videos / name, seconds=8, seed=i)
+        write_video(project.videos / name, seconds=8, seed=i, detail=True)
     subprocess.run([sys.executable, "-m", "feature_pipeline_dagster.cli", "run"], cwd=project.root,
                    env=subprocess_env(project), check=True, capture_output=True)
     proc = spawn(project)
