@@ -18,7 +18,10 @@ audit (its file changing makes it changed, as any file).
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from feature_pipeline_dagster.core.videos import FolderEntry, partition_key
 
@@ -30,6 +33,7 @@ class FolderChanges:
     lost: list[tuple[str, FolderEntry]] = field(default_factory=list)  # handed out, but the database lacks its rows
     deleted: list[str] = field(default_factory=list)
     waiting: int = 0
+    audited: bool = False  # this look asked the database (`missing`)
     cursor: str = ""
 
 
@@ -82,7 +86,7 @@ def diff_folder(listing: list[FolderEntry], partitions: set[str], cursor: str | 
         del pending[key]
     asked = state.get("asked", {})
     if missing is not None and now - state.get("audited", 0.0) >= audit_seconds:
-        state["audited"] = now
+        state["audited"], changes.audited = now, True
         room = max(0, limit - len(changes.new) - len(changes.changed))
         lacking = set(missing([video for _, video in settled])) if settled else set()
         asked = {k: fp for k, fp in asked.items() if k in lacking}  # found whole again: may be asked again
@@ -105,3 +109,40 @@ def with_held(cursor: str, held: dict[str, str]) -> str:
     state = json.loads(cursor)
     state["held"] = held
     return json.dumps(state, separators=(",", ":"))
+
+
+def folder_times(folders) -> dict[str, int]:
+    """The modification time of each folder (-1 if gone): a file added to, removed from or
+    renamed in a folder changes its folder's time, which one stat a folder sees."""
+    times = {}
+    for folder in folders:
+        try:
+            times[str(folder)] = os.stat(folder).st_mtime_ns
+        except OSError:
+            times[str(folder)] = -1
+    return times
+
+
+def watched_folders(root: Path, listing: list[FolderEntry]) -> dict[str, int]:
+    """The times of the folder and of every folder a listed video is in (a video put in a new,
+    still empty subfolder is seen at the next look, not while waiting)."""
+    return folder_times({root, *(video.path.parent for video in listing)})
+
+
+POLL_S = 0.1  # a stat per watched folder: 10 folders cost ~0.1 ms a poll
+ASK_S = 0.5  # `ready()` is a question to Dagster's run storage (a few ms)
+
+
+def wait_for_change(folders: dict[str, int], until: float, ready=None) -> bool:
+    """Sleep until one of `folders` (from `watched_folders`) changes or `ready()` is true
+    (True), or until the monotonic time `until` (False)."""
+    ask = time.monotonic()
+    while (now := time.monotonic()) < until:
+        if folder_times(folders) != folders:
+            return True
+        if ready is not None and now >= ask:
+            if ready():
+                return True
+            ask = now + ASK_S
+        time.sleep(min(POLL_S, until - now))
+    return False

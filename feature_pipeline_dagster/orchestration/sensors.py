@@ -35,7 +35,13 @@ from dagster import (
 )
 
 from feature_pipeline_dagster.core.errors import PipelineError
-from feature_pipeline_dagster.core.folder_watch import diff_folder, held_keys, with_held
+from feature_pipeline_dagster.core.folder_watch import (
+    diff_folder,
+    held_keys,
+    wait_for_change,
+    watched_folders,
+    with_held,
+)
 from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
 from feature_pipeline_dagster.core.settings import Settings
 from feature_pipeline_dagster.core.collections import owned_collections
@@ -118,6 +124,34 @@ an idle daemon were 10 s; at 4 s all were 5.0 +- 0.1 s. A tick over 10,000 idle 
 0.40 s (bench_sensor.py): 8 % of a core every 5 s."""
 
 
+WATCH_SECONDS = 4.5
+"""How long a tick with nothing to start watches the folder (a stat a folder every 0.1 s) and,
+while videos wait for a device, the devices' runs (every 0.5 s), then looks again as soon as
+either changes: an arrival or a freed slot inside that window is answered in ~0.1-0.5 s
+instead of at the next pass of Dagster's loop (5 s after this tick's start). It ends
+before that pass, whatever the tick's own work."""
+
+
+def _look(settings: Settings, instance, vector_store: VectorStoreResource, cursor: str | None):
+    """The folder against the cursor: the partitions' order, the listing, what changed
+    (copies and touches, and videos that failed as they are now, left out) and those failed."""
+    order = instance.get_dynamic_partitions(videos_partitions.name)
+    partitions = set(order)
+    listing = list_videos(settings.video_input)
+    changes = diff_folder(listing, partitions, cursor, time.time(), settings.video_input.settle_seconds,
+                          embedded=lambda: _done(settings, vector_store, listing),
+                          missing=lambda videos: _lacking(settings, vector_store, videos),
+                          busy=lambda: _in_flight(instance, order) | set(held_keys(cursor)))
+    if changes.changed:  # a copy or a `touch` moves the fingerprint, not the content: not changed
+        done = _done(settings, vector_store, [video for _, video in changes.changed])
+        changes.changed = [(k, v) for k, v in changes.changed if k not in done]
+    # A video that failed for its content as it is now waits for a change (core/ledger.py).
+    failed = _failed_before(settings, vector_store, [v for _, v in changes.changed + changes.lost])
+    changes.changed = [(k, v) for k, v in changes.changed if k not in failed]
+    changes.lost = [(k, v) for k, v in changes.lost if k not in failed]
+    return order, listing, changes, failed
+
+
 def build_video_sensor(settings: Settings) -> SensorDefinition:
     features = [AssetKey(f) for f in settings.model.features]
     checks = [AssetCheckKey(k, name) for k in features for name in CHECK_NAMES]
@@ -145,25 +179,19 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
                             vector_store: VectorStoreResource) -> SensorResult | SkipReason:
         if not settings.video_input.path.is_dir():  # unmounted or moved: never read as "all deleted"
             return SkipReason(f"video_input.path {settings.video_input.path} is not there; nothing changed")
-        started = time.perf_counter()
-        instance = context.instance
-        order = instance.get_dynamic_partitions(videos_partitions.name)
-        partitions = set(order)
-        listing = list_videos(settings.video_input)
-        changes = diff_folder(listing, partitions, context.cursor, time.time(), settings.video_input.settle_seconds,
-                              embedded=lambda: _done(settings, vector_store, listing),
-                              missing=lambda videos: _lacking(settings, vector_store, videos),
-                              busy=lambda: _in_flight(instance, order) | set(held_keys(context.cursor)))
-        if changes.changed:  # a copy or a `touch` moves the fingerprint, not the content: not changed
-            done = _done(settings, vector_store, [video for _, video in changes.changed])
-            changes.changed = [(k, v) for k, v in changes.changed if k not in done]
-        # A video that failed for its content as it is now waits for a change (core/ledger.py).
-        failed = _failed_before(settings, vector_store, [v for _, v in changes.changed + changes.lost])
-        changes.changed = [(k, v) for k, v in changes.changed if k not in failed]
-        changes.lost = [(k, v) for k, v in changes.lost if k not in failed]
+        started, instance = time.perf_counter(), context.instance
+        until = time.monotonic() + WATCH_SECONDS
+        while True:
+            order, listing, changes, failed = _look(settings, instance, vector_store, context.cursor)
+            runs, held = _runs_for_free_devices(settings, instance, devices, request, order, listing, changes,
+                                                context.cursor)
+            if runs or changes.deleted or changes.lost or changes.audited:
+                break
+            # Nothing to start yet: watch the folder, and the devices while videos wait for one.
+            free = (lambda: bool(_free_slots(instance, settings, devices))) if held else None
+            if not wait_for_change(watched_folders(settings.video_input.path, listing), until, free):
+                break
         new_keys = [k for k, _ in changes.new]
-        runs, held = _runs_for_free_devices(settings, instance, devices, request, order, listing, changes,
-                                            context.cursor)
         # Written now, before the runs: their materializations read the files' data versions.
         report_observations(instance, [o for k, v in changes.new + changes.changed if (o := _observe(k, v))])
         check_results = _rows_lost(instance, features, [k for k, _ in changes.lost]) if changes.lost else []
@@ -179,7 +207,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             f"{len(changes.lost)} lacking rows, "
             + (f"{len(failed)} skipped (failed before, unchanged), " if failed else "") +
             f"{changes.waiting} settling; {len(runs)} run(s), {len(held)} held for a busy device; "
-            f"{time.perf_counter() - started:.2f}s"
+            f"{time.perf_counter() - started:.2f}s (watching included)"
         )
         return SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
                             asset_events=check_results, cursor=with_held(changes.cursor, held))

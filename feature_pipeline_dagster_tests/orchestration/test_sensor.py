@@ -149,6 +149,46 @@ def test_arrivals_wait_for_a_busy_queue_and_go_out_together(project):
         assert [r.partition_key for r in idle.run_requests] == ["v6.mp4"]
 
 
+def test_a_tick_answers_an_arrival_or_a_freed_slot_while_it_watches(project, tmp_path):
+    """A tick with nothing to start watches the folder and, while videos wait for a device,
+    the devices' runs: what happens while it watches goes out in that tick, not 5 s later."""
+    import threading
+
+    from feature_pipeline_dagster.orchestration.definitions import build_definitions
+    from feature_pipeline_dagster.orchestration.sensors import WATCH_SECONDS
+
+    _two_devices(project)
+    sensor = sensor_of(build_definitions())
+
+    def during_a_tick(instance, cursor, happening):
+        """The tick's result, `happening()` done a second into it, while it still ran."""
+        out = {}
+        tick = threading.Thread(target=lambda: out.update(result=sensor(instance, cursor)))
+        started = time.monotonic()
+        tick.start()
+        time.sleep(1.0)
+        happening()
+        watching = tick.is_alive()
+        tick.join()
+        assert watching and time.monotonic() - started < WATCH_SECONDS + 5  # it was watching; it ended
+        return out["result"]
+
+    with DagsterInstance.get() as instance, DagsterInstance.get() as other:
+        idle = sensor(instance)  # an empty folder: nothing to say, after watching for the window
+        assert not idle.run_requests
+        moved = write_video(tmp_path / "a.mp4", seconds=1)
+        arrived = during_a_tick(instance, idle.cursor, lambda: os.rename(moved, project.videos / "a.mp4"))
+        assert [r.partition_key for r in arrived.run_requests] == ["a.mp4"]
+        instance.add_dynamic_partitions("videos", ["a.mp4"])
+        busy = [_busy(instance, d) for d in ("cpu:0", "cpu:1") for _ in range(1 + WAITING_RUNS_PER_DEVICE)]
+        write_video(project.videos / "b.mp4", seconds=1, seed=1)
+        held = sensor(instance, arrived.cursor)  # waits the window out: no device frees
+        assert not held.run_requests and held.dynamic_partitions_requests[0].partition_keys == ["b.mp4"]
+        instance.add_dynamic_partitions("videos", ["b.mp4"])
+        freed = during_a_tick(instance, held.cursor, lambda: other.delete_run(busy[0]))
+        assert [(r.partition_key, r.tags[DEVICE_TAG]) for r in freed.run_requests] == [("b.mp4", "cpu:0")]
+
+
 def test_free_slots_go_round_the_devices_least_busy_first(project):
     """Two runs go to two devices before a second waits at either; the queue's limit per
     device is its leases' slots and one run waiting for them."""

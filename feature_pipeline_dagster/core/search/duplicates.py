@@ -139,6 +139,13 @@ def find_duplicates(settings: Settings, videos: list[str] | None = None, store: 
             store.close()
 
 
+# How long the summary waits for the run's search to end. Once (1 run in ~13 sensor benches,
+# 2026-12-07) that thread hung for good: the garbage collector, run in it, finalized a gRPC
+# channel whose lock no live thread held (grpcio 1.85, `_ChannelCallState.__del__`), and the
+# run, its rows committed, waited in its summary until killed.
+LINES_WAIT_S = 120.0
+
+
 class RunDuplicates:
     """The near-duplicates of a run's videos, looked for in a thread of its own as the run
     commits them, so that the search overlaps the embedding of the videos that follow
@@ -165,7 +172,12 @@ class RunDuplicates:
         """Each searched video's near-duplicates in one line (`DuplicatesResult.lines`),
         once the videos committed so far are searched."""
         self._todo.put(None)
-        self._thread.join()
+        self._thread.join(LINES_WAIT_S)
+        if self._thread.is_alive():
+            logging.getLogger("feature_pipeline.duplicates").warning(
+                "the duplicates search of the run did not end in %.0f s; the summary looks for them itself",
+                LINES_WAIT_S)
+            self.failed = True
         if self.failed:
             return {}
         found = DuplicatesResult(_groups(self.pairs.values()), frame_collection(self.settings).name)
