@@ -133,9 +133,10 @@ POLL_S = 0.1  # a stat per watched folder: 10 folders cost ~0.1 ms a poll
 ASK_S = 0.5  # `ready()` is a question to Dagster's run storage (a few ms)
 
 
-def wait_for_change(folders: dict[str, int], until: float, ready=None) -> bool:
-    """Sleep until one of `folders` (from `watched_folders`) changes or `ready()` is true
-    (True), or until the monotonic time `until` (False)."""
+def wait_for_change(folders: dict[str, int], until: float, ready=None, rest: float = 0.0) -> bool:
+    """After `rest` seconds, sleep until one of `folders` (from `watched_folders`) changes or
+    `ready()` is true (True), or until the monotonic time `until` (False)."""
+    time.sleep(max(0.0, min(rest, until - time.monotonic())))
     ask = time.monotonic()
     while (now := time.monotonic()) < until:
         if folder_times(folders) != folders:

@@ -8,7 +8,8 @@ Runs carry a device tag that the run queue limits per device (its leases' slots,
 run waiting at the door and one past its embedding, placement.py); what is ready goes out
 when a device has a free slot (a run past its embedding steps holds none), as ranged runs
 packed by work (one per free slot), and waits in the cursor while every device is busy, so
-one process and one model load serve many videos. Under `placement: kubernetes` a run's
+one process and one model load serve many videos. A tick with nothing to start watches the
+folder and the busy devices before it returns (`WATCH_SECONDS`). Under `placement: kubernetes` a run's
 tags also ask dagster-k8s for a pod with one GPU (orchestration/placement.py). Never imports
 torch.
 """
@@ -117,19 +118,21 @@ def _runs_for_free_devices(settings: Settings, instance, devices: list[str], req
 
 TICK_SECONDS = 4
 """The folder sensor's minimum interval, under Dagster's sensor loop (a pass every 5 s at
-best), so that it ticks at every pass: a file that arrives waits up to one tick before its
-run is created (at 10 s, the GPU stand-in's first sensor run was created 14.2 s after the
+best), so that it ticks at every pass: a file that arrives while no tick watches waits up to
+one pass before its run is created (at 10 s, the GPU stand-in's first sensor run was created 14.2 s after the
 first drop). At 5 s, a pass that came a few ms early skipped the tick: 3 of 10 intervals of
 an idle daemon were 10 s; at 4 s all were 5.0 +- 0.1 s. A tick over 10,000 idle files takes
-0.40 s (bench_sensor.py): 8 % of a core every 5 s."""
+0.36-0.45 s of CPU (bench_sensor.py): 8 % of a core every 5 s."""
 
 
 WATCH_SECONDS = 4.5
-"""How long a tick with nothing to start watches the folder (a stat a folder every 0.1 s) and,
-while videos wait for a device, the devices' runs (every 0.5 s), then looks again as soon as
-either changes: an arrival or a freed slot inside that window is answered in ~0.1-0.5 s
-instead of at the next pass of Dagster's loop (5 s after this tick's start). It ends
-before that pass, whatever the tick's own work."""
+"""Until when, from its start, a tick with nothing to start watches the folder (a stat a folder
+every 0.1 s) and, while videos wait for a device, the devices' runs (every 0.5 s), and looks
+again as soon as either changes: an arrival or a freed slot in that window is answered in
+0.1-0.5 s, not at the next pass of Dagster's loop (5 s after this tick's start). With its own
+work the tick ends about when that pass comes (past it, the next pass starts at once); at 3.5 s
+a second of each pass went unwatched. Each look is followed by a rest as long as itself, so
+files arriving without pause cost at most half a core in looks (10,000 files: 0.4 s a look)."""
 
 
 def _look(settings: Settings, instance, vector_store: VectorStoreResource, cursor: str | None):
@@ -182,6 +185,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         started, instance = time.perf_counter(), context.instance
         until = time.monotonic() + WATCH_SECONDS
         while True:
+            looked = time.monotonic()
             order, listing, changes, failed = _look(settings, instance, vector_store, context.cursor)
             runs, held = _runs_for_free_devices(settings, instance, devices, request, order, listing, changes,
                                                 context.cursor)
@@ -189,7 +193,8 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
                 break
             # Nothing to start yet: watch the folder, and the devices while videos wait for one.
             free = (lambda: bool(_free_slots(instance, settings, devices))) if held else None
-            if not wait_for_change(watched_folders(settings.video_input.path, listing), until, free):
+            folders = watched_folders(settings.video_input.path, listing)
+            if not wait_for_change(folders, until, free, rest=time.monotonic() - looked):
                 break
         new_keys = [k for k, _ in changes.new]
         # Written now, before the runs: their materializations read the files' data versions.
