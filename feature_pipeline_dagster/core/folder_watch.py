@@ -123,10 +123,10 @@ def folder_times(folders) -> dict[str, int]:
     return times
 
 
-def watched_folders(root: Path, listing: list[FolderEntry]) -> dict[str, int]:
-    """The times of the folder and of every folder a listed video is in (a video put in a new,
-    still empty subfolder is seen at the next look, not while waiting)."""
-    return folder_times({root, *(video.path.parent for video in listing)})
+def video_folders(root: Path, listing: list[FolderEntry]) -> set[Path]:
+    """The folder and every folder a listed video is in: those a wait watches (a video put in a
+    new, still empty subfolder is seen at the next look, not while waiting)."""
+    return {root, *(video.path.parent for video in listing)}
 
 
 POLL_S = 0.1  # a stat per watched folder: 10 folders cost ~0.1 ms a poll
@@ -134,7 +134,7 @@ ASK_S = 0.5  # `ready()` is a question to Dagster's run storage (a few ms)
 
 
 def wait_for_change(folders: dict[str, int], until: float, ready=None, rest: float = 0.0) -> bool:
-    """After `rest` seconds, sleep until one of `folders` (from `watched_folders`) changes or
+    """After `rest` seconds, sleep until one of `folders` (their `folder_times`) changes or
     `ready()` is true (True), or until the monotonic time `until` (False)."""
     time.sleep(max(0.0, min(rest, until - time.monotonic())))
     ask = time.monotonic()

@@ -39,8 +39,9 @@ from feature_pipeline_dagster.core.errors import PipelineError
 from feature_pipeline_dagster.core.folder_watch import (
     diff_folder,
     held_keys,
+    folder_times,
+    video_folders,
     wait_for_change,
-    watched_folders,
     with_held,
 )
 from feature_pipeline_dagster.core.run_sizing import expected_frames, pack_runs
@@ -184,7 +185,9 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             return SkipReason(f"video_input.path {settings.video_input.path} is not there; nothing changed")
         started, instance = time.perf_counter(), context.instance
         until = time.monotonic() + WATCH_SECONDS
+        folders = {settings.video_input.path}
         while True:
+            before = folder_times(folders)  # taken before the look: a file added during it wakes the wait
             looked = time.monotonic()
             order, listing, changes, failed = _look(settings, instance, vector_store, context.cursor)
             runs, held = _runs_for_free_devices(settings, instance, devices, request, order, listing, changes,
@@ -193,8 +196,8 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
                 break
             # Nothing to start yet: watch the folder, and the devices while videos wait for one.
             free = (lambda: bool(_free_slots(instance, settings, devices))) if held else None
-            folders = watched_folders(settings.video_input.path, listing)
-            if not wait_for_change(folders, until, free, rest=time.monotonic() - looked):
+            folders = video_folders(settings.video_input.path, listing)
+            if not wait_for_change({**folder_times(folders), **before}, until, free, rest=time.monotonic() - looked):
                 break
         new_keys = [k for k, _ in changes.new]
         # Written now, before the runs: their materializations read the files' data versions.
