@@ -53,6 +53,7 @@ from feature_pipeline_dagster.core.search.api import GROUP_SIZE, current_rows  #
 from feature_pipeline_dagster.core.search.moments import Hit, merge_hits  # noqa: E402
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, IndexSpec  # noqa: E402
 from feature_pipeline_dagster.core.store import RowFilter, open_store  # noqa: E402
+from feature_pipeline_dagster.core.store.lite_server import SEARCH_ENV, LiteServer  # noqa: E402
 
 DIM, FRAMES_PER_VIDEO, CHUNK = 512, 200, 20_000  # CHUNK: a whole number of videos
 TOPICS = 100
@@ -239,6 +240,24 @@ def measure(store, strong, spec, rows: int, queries: int, efs: list[int]) -> dic
     return out
 
 
+def open_stores(uri: str, token: str | None) -> tuple:
+    """As the search API opens the database (reads that may lag), and as the pipeline does
+    (reads that wait for a server's newest writes)."""
+    return open_store(uri, token, reads_may_lag=True), open_store(uri, token)
+
+
+def restart_lite(uri: str, store, strong, search: str) -> tuple:
+    """The Lite server again, searching with `search` (FEATURE_PIPELINE_LITE_SEARCH), its
+    segments and their indexes loaded from disk before the stores come back."""
+    store.close()
+    strong.close()
+    LiteServer(uri).stop()
+    os.environ[SEARCH_ENV] = search
+    store, strong = open_stores(uri, None)
+    store.client.list_collections()
+    return store, strong
+
+
 def encode_text_ms() -> float | None:
     """A random ViT-B-32's text tower on this CPU: what a text query adds before the search."""
     try:
@@ -311,8 +330,8 @@ def main() -> None:
     else:
         uri = args.uri or str(Path(tmp.name) / "search.db")
     token = "root:Milvus" if server else None
-    store = open_store(uri, token, reads_may_lag=True)  # as the search API opens it
-    strong = open_store(uri, token)  # the pipeline's reads, which wait for a server's newest writes
+    lite = uri.endswith(".db")
+    store, strong = open_stores(uri, token)
     index = IndexSpec(args.index.upper(), "COSINE", tuple(sorted(args.index_params.items())),
                       tuple(sorted(args.search_params.items())))
     spec = spec_for(f"bench_search_{args.index.lower()}", index, not args.no_partition_key)
@@ -323,7 +342,7 @@ def main() -> None:
             store.client.drop_collection(stale.name)
     store.ensure_collection(spec)  # the product's create, with this index
     backend = "Milvus 2.3.5 standalone (--server)" if server else uri
-    results = {"backend": "Milvus Lite" if uri.endswith(".db") else backend,
+    results = {"backend": "Milvus Lite" if lite else backend,
                "index": args.index, "partition_key": not args.no_partition_key, "index_params": args.index_params,
                "search_params": args.search_params,
                "dim": DIM, "k": K, "group_size": GROUP_SIZE, "frames_per_video": FRAMES_PER_VIDEO, "topics": TOPICS,
@@ -332,9 +351,15 @@ def main() -> None:
     try:
         for size in sizes:
             insert_s = grow(store, spec, have, size, generation=len(results["sizes"]) + 1)
-            index_wait_s = wait_indexed(store, spec, Path(uri) if uri.endswith(".db") else None)
+            index_wait_s = wait_indexed(store, spec, Path(uri) if lite else None)
             have = size
             row = measure(store, strong, spec, size, args.queries, efs)
+            if lite:  # side by side: Milvus Lite's own search executor over the same rows
+                store, strong = restart_lite(uri, store, strong, "milvus-lite")
+                row["milvus_lite_own_search"] = own = measure(store, strong, spec, size, args.queries, [])
+                store, strong = restart_lite(uri, store, strong, "project")
+                row["own_over_project_p50"] = {kind: {what: round(own[kind][what]["p50_ms"] / row[kind][what]["p50_ms"], 2)
+                                                      for what in ("plain_top10", "grouped_search")} for kind in KINDS}
             row.update(insert_s=round(insert_s, 1), index_wait_s=round(index_wait_s, 1), load=os.getloadavg())
             results["sizes"].append(row)
             print(json.dumps(row), flush=True)
@@ -347,9 +372,7 @@ def main() -> None:
     finally:
         store.close()
         strong.close()
-        if uri.endswith(".db"):
-            from feature_pipeline_dagster.core.store.lite_server import LiteServer
-
+        if lite:
             LiteServer(uri).stop()
         if server is not None:
             server.kill()

@@ -1,0 +1,119 @@
+"""The Lite server's search executor (core/store/lite_search.py) answers exactly as Milvus
+Lite's own: the same rows, distances and order, over flushed segments with and without an
+index, the memtable, upserts that shadow a flushed row, deletes flushed and not, partitions,
+filters and grouping; and the server the project starts runs it."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from feature_pipeline_dagster.core.store import lite_search
+
+DIM = 16
+
+
+@pytest.fixture()
+def collection(tmp_path):
+    from milvus_lite.db import MilvusLite
+    from milvus_lite.schema.types import CollectionSchema, DataType, FieldSchema
+
+    db = MilvusLite(str(tmp_path / "lite"))
+    schema = CollectionSchema([
+        FieldSchema("id", DataType.INT64, is_primary=True),
+        FieldSchema("video_path", DataType.VARCHAR, max_length=64, is_partition_key=True),
+        FieldSchema("frame_id", DataType.INT32),
+        FieldSchema("embeddings", DataType.FLOAT_VECTOR, dim=DIM),
+    ])
+    found = db.create_collection("frames", schema)
+    yield found
+    db.close()
+
+
+def rows(rng, first: int, count: int, videos: int = 5) -> list[dict]:
+    vectors = rng.standard_normal((count, DIM)).astype(np.float32)
+    return [{"id": first + i, "video_path": f"v{(first + i) % videos}.mp4", "frame_id": first + i,
+             "embeddings": v.tolist()} for i, v in enumerate(vectors)]
+
+
+def answers(collection, queries, **kwargs) -> list:
+    return collection.search(queries.tolist(), top_k=kwargs.pop("top_k", 7), metric_type="COSINE",
+                             output_fields=["video_path", "frame_id"], **kwargs)
+
+
+def both(collection, queries, **kwargs) -> tuple[list, list]:
+    """The stock executor's answer, then the replacement's, on the same data: Lite builds a
+    flushed segment's HNSW in the background (searching it by brute force meanwhile), so the
+    pair counts only where the stock answer is the same before and after."""
+    from milvus_lite.engine import collection as module
+
+    stock = module.execute_search_with_index
+    expected = answers(collection, queries, **kwargs)
+    for _ in range(50):
+        try:
+            assert lite_search.install() == lite_search.INSTALLED_LINE
+            got = answers(collection, queries, **kwargs)
+        finally:
+            module.execute_search_with_index = stock
+        again = answers(collection, queries, **kwargs)
+        if again == expected:
+            return expected, got
+        expected = again
+        time.sleep(0.1)
+    raise AssertionError("Lite's own answer kept changing")
+
+
+CASES = {
+    "plain": {},
+    "more than the rows": {"top_k": 500},
+    "filter": {"expr": 'video_path in ["v1.mp4", "v3.mp4"] and frame_id > 20'},
+    "filter matching nothing": {"expr": "frame_id < 0"},
+    "grouped": {"group_by_field": "video_path", "group_size": 3, "top_k": 3},
+}
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["brute force", "HNSW"])
+def test_the_replacement_answers_as_lite_does(collection, indexed):
+    rng = np.random.default_rng(7)
+    if indexed:
+        collection.create_index("embeddings", {"index_type": "HNSW", "metric_type": "COSINE",
+                                               "params": {"M": 8, "efConstruction": 64}})
+        collection.load()
+    collection.insert(rows(rng, 0, 120))
+    collection.flush()
+    collection.insert(rows(rng, 120, 80))
+    collection.flush()  # two segments per partition
+    collection.upsert(rows(rng, 10, 15))  # in the memtable, shadowing flushed rows
+    collection.delete([0, 1, 2, 130, 131])  # flushed rows, deleted from the memtable
+    collection.insert(rows(rng, 200, 30))  # memtable only
+    collection.delete([201, 14])  # a memtable row, and an upserted one
+    queries = rng.standard_normal((4, DIM)).astype(np.float32)
+    for name, kwargs in CASES.items():
+        expected, got = both(collection, queries, **kwargs)
+        assert got == expected, name
+        assert bool(sum(map(len, got))) == (name != "filter matching nothing"), name
+    collection.flush()  # the tombstones and upserts now in segments and delta files
+    collection.upsert(rows(rng, 150, 5))
+    for name, kwargs in {**CASES, "one partition": {"partition_names": ["_default"]}}.items():
+        expected, got = both(collection, queries, **kwargs)
+        assert got == expected, name
+    returned = {hit["id"] for hit in both(collection, queries, top_k=500)[1][0]}
+    assert not returned & {0, 1, 2, 130, 131, 201, 14} and {10, 150, 229} <= returned
+
+
+@pytest.mark.parametrize("choice", [None, "milvus-lite"])
+def test_the_project_started_lite_server_runs_it_unless_told(tmp_path, monkeypatch, choice):
+    from feature_pipeline_dagster.core.store.lite_server import SEARCH_ENV, LiteServer
+
+    if choice:
+        monkeypatch.setenv(SEARCH_ENV, choice)
+    server = LiteServer(str(tmp_path / "search.db"))
+    server.ensure_running()
+    try:
+        said = server.log_file.read_text()
+    finally:
+        server.stop()
+    assert (lite_search.INSTALLED_LINE in said) == (choice is None)
+    assert ("Milvus Lite's own executor (FEATURE_PIPELINE_LITE_SEARCH=milvus-lite)" in said) == bool(choice)
