@@ -358,8 +358,9 @@ def main() -> None:
                 store, strong = restart_lite(uri, store, strong, "milvus-lite")
                 row["milvus_lite_own_search"] = own = measure(store, strong, spec, size, args.queries, [])
                 store, strong = restart_lite(uri, store, strong, "project")
-                row["own_over_project_p50"] = {kind: {what: round(own[kind][what]["p50_ms"] / row[kind][what]["p50_ms"], 2)
-                                                      for what in ("plain_top10", "grouped_search")} for kind in KINDS}
+                row["own_over_project_p50"] = {
+                    kind: {what: round(own[kind][what]["p50_ms"] / row[kind][what]["p50_ms"], 2)
+                           for what in ("plain_top10", "grouped_search")} for kind in KINDS}
             row.update(insert_s=round(insert_s, 1), index_wait_s=round(index_wait_s, 1), load=os.getloadavg())
             results["sizes"].append(row)
             print(json.dumps(row), flush=True)
