@@ -3,8 +3,8 @@ rows of CLIP-like 512-d vectors (ViT-B-32's width), for image-like and text-like
 on Milvus Lite by default, on a Milvus server (`--uri`), or on a Milvus 2.3 standalone
 server this bench starts in a network namespace of its own (`--server`). Not a test.
 
-    python bench/bench_search.py --sizes 100000           # Milvus Lite (~6 min here)
-    python bench/bench_search.py --sizes 100000,1000000   # ~45 min (1M: 14 min insert, 17 min index)
+    python bench/bench_search.py --sizes 100000           # Milvus Lite (~8 min here)
+    python bench/bench_search.py --sizes 100000,1000000   # ~40 min (1M: 5 min insert, 5-11 min index)
     python bench/bench_search.py --server --sizes 100000  # needs unshare (root or CAP_SYS_ADMIN)
     python bench/bench_search.py --ef 64,128,256,512      # recall and latency of each ef as well
 
@@ -28,7 +28,10 @@ warm-up: p50/p95 ms of (a) that grouped search, (b) a plain top-10 row search wi
 recall of the exact top 10, and with `--ef` (b) again at each fixed ef; for image queries
 (c) the grouped search with a `--video`-like filter and a time window and (d) (b) with the
 pipeline's Strong reads, which on a server wait for its newest time tick. Query encoding
-is not included (`encode_text_ms`: a random ViT-B-32's text tower on this CPU).
+is not included (`encode_text_ms`: a random ViT-B-32's text tower on this CPU). On Lite each
+size is measured twice, side by side: the Lite server with the project's search executor
+(core/store/lite_search.py), then restarted with Milvus Lite's own
+(`FEATURE_PIPELINE_LITE_SEARCH=milvus-lite`); `own_over_project_p50` gives the ratios.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The Lite server's search executor (core/store/lite_search.py) answers exactly as Milvus
-Lite's own: the same rows, distances and order, over flushed segments with and without an
-index, the memtable, upserts that shadow a flushed row, deletes flushed and not, partitions,
-filters and grouping; and the server the project starts runs it."""
+"""The Lite server's search executor and valid-row mask (core/store/lite_search.py) answer
+exactly as Milvus Lite's own: the same rows, distances and order, over flushed segments with
+and without an index, the memtable, upserts that shadow a flushed row, deletes flushed and
+not, partitions, filters and grouping, for searches, queries and row counts; and the server
+the project starts runs them."""
 
 from __future__ import annotations
 
@@ -43,21 +44,22 @@ def answers(collection, queries, **kwargs) -> list:
                              output_fields=["video_path", "frame_id"], **kwargs)
 
 
-def both(collection, queries, **kwargs) -> tuple[list, list]:
-    """The stock executor's answer, then the replacement's, on the same data: Lite builds a
+def both(ask) -> tuple:
+    """Lite's own answer to `ask()`, then the replacement's, on the same data: Lite builds a
     flushed segment's HNSW in the background (searching it by brute force meanwhile), so the
-    pair counts only where the stock answer is the same before and after."""
+    pair counts only where Lite's answer is the same before and after."""
     from milvus_lite.engine import collection as module
+    from milvus_lite.search import bitmap
 
-    stock = module.execute_search_with_index
-    expected = answers(collection, queries, **kwargs)
+    stock = module.execute_search_with_index, bitmap.build_valid_mask
+    expected = ask()
     for _ in range(50):
         try:
             assert lite_search.install() == lite_search.INSTALLED_LINE
-            got = answers(collection, queries, **kwargs)
+            got = ask()
         finally:
-            module.execute_search_with_index = stock
-        again = answers(collection, queries, **kwargs)
+            module.execute_search_with_index, bitmap.build_valid_mask = stock
+        again = ask()
         if again == expected:
             return expected, got
         expected = again
@@ -65,6 +67,15 @@ def both(collection, queries, **kwargs) -> tuple[list, list]:
     raise AssertionError("Lite's own answer kept changing")
 
 
+def searched(collection, queries, **kwargs):
+    return lambda: answers(collection, queries, **kwargs)
+
+
+def queried(collection, expr):
+    return lambda: (collection.query(expr, output_fields=["video_path", "frame_id"]), collection.num_entities)
+
+
+QUERIES = ("frame_id >= 0", 'video_path in ["v1.mp4", "v2.mp4"]', "frame_id in [10, 14, 131, 201, 205]")
 CASES = {
     "plain": {},
     "more than the rows": {"top_k": 500},
@@ -91,16 +102,24 @@ def test_the_replacement_answers_as_lite_does(collection, indexed):
     collection.delete([201, 14])  # a memtable row, and an upserted one
     queries = rng.standard_normal((4, DIM)).astype(np.float32)
     for name, kwargs in CASES.items():
-        expected, got = both(collection, queries, **kwargs)
+        expected, got = both(searched(collection, queries, **kwargs))
         assert got == expected, name
         assert bool(sum(map(len, got))) == (name != "filter matching nothing"), name
+    for expr in QUERIES:
+        expected, got = both(queried(collection, expr))
+        assert got == expected, expr
     collection.flush()  # the tombstones and upserts now in segments and delta files
     collection.upsert(rows(rng, 150, 5))
     for name, kwargs in {**CASES, "one partition": {"partition_names": ["_default"]}}.items():
-        expected, got = both(collection, queries, **kwargs)
+        expected, got = both(searched(collection, queries, **kwargs))
         assert got == expected, name
-    returned = {hit["id"] for hit in both(collection, queries, top_k=500)[1][0]}
+    for expr in QUERIES:
+        expected, got = both(queried(collection, expr))
+        assert got == expected, expr
+    returned = {hit["id"] for hit in both(searched(collection, queries, top_k=500))[1][0]}
     assert not returned & {0, 1, 2, 130, 131, 201, 14} and {10, 150, 229} <= returned
+    found, count = both(queried(collection, "frame_id >= 0"))[1]
+    assert count == len(found) == 230 - 7 and not {r["frame_id"] for r in found} & {0, 1, 2, 130, 131, 201, 14}
 
 
 @pytest.mark.parametrize("choice", [None, "milvus-lite"])

@@ -1,17 +1,19 @@
-"""Milvus Lite's dense search without its walk over every stored row in Python.
+"""Milvus Lite's reads without its walk over every stored row in Python.
 
 Milvus Lite 3.2 answers each search by walking every row twice in Python: a newest-sequence
 map over all segments, then a validity mask per segment (`milvus_lite/search/
-executor_indexed.py`). At 1M rows that walk is most of a query: p50 ~420 ms, where its FAISS
-HNSW searches take a small part (py-spy at 200k rows: 62 % in the walk, 8 % in FAISS).
+executor_indexed.py`). At 1M rows that walk is most of a query: p50 466-614 ms here, where its
+FAISS HNSW searches take a small part (py-spy at 200k rows: 62 % in the walk, 8 % in FAISS).
+Its queries, deletes by filter and row counts walk the same way (`search/bitmap.py`).
 
-The Lite server this project starts (`lite_server._serve`) puts `search` in its place: the same
-answer (the same rows in the same order, `test_lite_search.py` checks it against Lite's own),
-with the masks built by numpy. Segments are immutable, so which of their rows is the newest
-version of its primary key is kept per set of segments (a flush or a compaction makes a new
-set); tombstones and the memtable, which change with every write, are applied per query.
+The Lite server this project starts (`lite_server._serve`) puts `search` and `valid_mask` in
+their place: the same answers (the same rows in the same order; `test_lite_search.py` checks
+them against Lite's own), the masks built by numpy. Segments are immutable, so for a search
+which of their rows is the newest version of its primary key is kept per set of segments (a
+flush or a compaction makes a new set); tombstones and the memtable, which change with every
+write, are applied per call. At 1M rows a search takes 11-21 ms (`bench/bench_search.py`).
 Integer primary keys only (the pipeline's collections); anything else goes to Lite's own code,
-as does every search where Lite's executor is not the one this was written against.
+as does everything where Lite's functions are not the ones this was written against.
 """
 
 from __future__ import annotations
@@ -22,29 +24,60 @@ from functools import partial
 
 import numpy as np
 
-# Lite's executor's parameters, in order: `install` replaces only this function.
-PARAMETERS = ("query_vectors", "segments", "memtable", "delta_index", "top_k", "metric_type", "pk_field",
-              "vector_field", "partition_names", "compiled_filter", "output_fields", "indexed_filter_plan",
-              "project_record_fn", "search_params")
+# The parameters of Lite's functions, in order: `install` replaces them only where they match.
+SEARCH_PARAMETERS = ("query_vectors", "segments", "memtable", "delta_index", "top_k", "metric_type", "pk_field",
+                     "vector_field", "partition_names", "compiled_filter", "output_fields", "indexed_filter_plan",
+                     "project_record_fn", "search_params")
+MASK_PARAMETERS = ("all_pks", "all_seqs", "delta_index", "filter_mask", "memtable")
 INSTALLED_LINE = "search: numpy masks in place of Milvus Lite's walk over every row (lite_search.py)"
 CHOICES = ("project", "milvus-lite")
 KEPT_SETS = 2  # segment sets kept (~50 MB each at 1M rows): the newest, and one a concurrent search may hold
 
 
 def install(choice: str = "project") -> str:
-    """Replace Lite's dense search executor in this process, unless `choice` is "milvus-lite" or
-    Lite's signature differs from the one this module mirrors; says which one searches."""
+    """Replace Lite's search executor and its valid-row mask in this process, unless `choice` is
+    "milvus-lite" or Lite's signatures differ from those this module mirrors; says which searches."""
     from milvus_lite.engine import collection
+    from milvus_lite.search import bitmap
 
-    stock = collection.execute_search_with_index
     if choice not in CHOICES:
         raise ValueError(f"FEATURE_PIPELINE_LITE_SEARCH={choice!r}: expected one of {', '.join(CHOICES)}")
     if choice == "milvus-lite":
         return "search: Milvus Lite's own executor (FEATURE_PIPELINE_LITE_SEARCH=milvus-lite)"
-    if tuple(inspect.signature(stock).parameters) != PARAMETERS:
-        return "search: Milvus Lite's own executor (its signature is not the one lite_search.py mirrors)"
-    collection.execute_search_with_index = partial(search, stock)
+    search_stock, mask_stock = collection.execute_search_with_index, bitmap.build_valid_mask
+    if (tuple(inspect.signature(search_stock).parameters) != SEARCH_PARAMETERS
+            or tuple(inspect.signature(mask_stock).parameters) != MASK_PARAMETERS):
+        return "search: Milvus Lite's own executor (its signatures are not the ones lite_search.py mirrors)"
+    collection.execute_search_with_index = partial(search, search_stock)
+    bitmap.build_valid_mask = partial(valid_mask, mask_stock)
     return INSTALLED_LINE
+
+
+def newest(keys: np.ndarray, seqs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows holding the newest version of their key (the largest sequence among its rows), and
+    the order that sorts the rows by key, then sequence."""
+    order = np.lexsort((seqs, keys))
+    sorted_keys, sorted_seqs = keys[order], seqs[order]
+    last = np.ones(len(keys), bool)
+    last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    group = np.cumsum(np.r_[False, last[:-1]]) if len(keys) else np.zeros(0, np.int64)  # the key's group
+    winners = np.zeros(len(keys), bool)
+    winners[order] = sorted_seqs == sorted_seqs[last][group]
+    return winners, order
+
+
+def valid_mask(stock, all_pks, all_seqs, delta_index, filter_mask=None, memtable=None) -> np.ndarray:
+    """Lite's `build_valid_mask`: the rows that are the newest version of their key, not deleted
+    since, and pass `filter_mask`."""
+    keys = np.asarray(all_pks)
+    if keys.dtype.kind not in "iu" or not len(keys):
+        return stock(all_pks, all_seqs, delta_index, filter_mask, memtable)
+    keys, seqs = keys.astype(np.int64), np.asarray(all_seqs, np.int64)
+    mask = newest(keys, seqs)[0]
+    tombstones = _tombstones(delta_index, memtable.delete_index_snapshot() if memtable is not None else {})
+    if tombstones is not None:
+        mask &= ~_deleted(keys, seqs, tombstones)
+    return mask & np.asarray(filter_mask, bool) if filter_mask is not None else mask
 
 
 class SegmentSet:
@@ -61,12 +94,8 @@ class SegmentSet:
         pks = np.concatenate(self.keys) if keys else np.zeros(0, np.int64)
         seqs = np.concatenate(self.seqs) if keys else pks
         self.starts = np.cumsum([0] + [len(k) for k in keys])
-        self.order = np.lexsort((seqs, pks))  # by key, then sequence: each key's newest last
+        winners, self.order = newest(pks, seqs)
         self.sorted_pks, self.sorted_seqs = pks[self.order], seqs[self.order]
-        newest = np.ones(len(pks), bool)
-        newest[:-1] = self.sorted_pks[1:] != self.sorted_pks[:-1]
-        winners = np.zeros(len(pks), bool)
-        winners[self.order[newest]] = True
         self.winners = [winners[a:b] for a, b in zip(self.starts[:-1], self.starts[1:])]
 
     def place(self, position: int) -> tuple[int, int]:
