@@ -21,7 +21,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from feature_pipeline_dagster.core.videos import FolderEntry, partition_key
 
@@ -121,12 +120,6 @@ def folder_times(folders) -> dict[str, int]:
         except OSError:
             times[str(folder)] = -1
     return times
-
-
-def video_folders(root: Path, listing: list[FolderEntry]) -> set[Path]:
-    """The folder and every folder a listed video is in: those a wait watches (a video put in a
-    new, still empty subfolder is seen at the next look, not while waiting)."""
-    return {root, *(video.path.parent for video in listing)}
 
 
 POLL_S = 0.1  # a stat per watched folder: 10 folders cost ~0.1 ms a poll

@@ -68,11 +68,15 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def list_videos(video_input: VideoInput) -> list[FolderEntry]:
+def list_videos(video_input: VideoInput, folders: set[Path] | None = None) -> list[FolderEntry]:
+    """The videos under `video_input.path`; `folders`, if given, gets every folder walked (those
+    a watch stats: a video put into a folder that held none yet changes that folder only)."""
     root = video_input.path.resolve()
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if folders is not None:
+            folders.add(Path(folder))
         for name in sorted(files):
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in video_input.extensions:
                 continue

@@ -17,6 +17,7 @@ torch.
 import hashlib
 import json
 import time
+from pathlib import Path
 
 from dagster import (
     AssetCheckEvaluation,
@@ -40,7 +41,6 @@ from feature_pipeline_dagster.core.folder_watch import (
     diff_folder,
     held_keys,
     folder_times,
-    video_folders,
     wait_for_change,
     with_held,
 )
@@ -138,10 +138,12 @@ files arriving without pause cost at most half a core in looks (10,000 files: 0.
 
 def _look(settings: Settings, instance, vector_store: VectorStoreResource, cursor: str | None):
     """The folder against the cursor: the partitions' order, the listing, what changed
-    (copies and touches, and videos that failed as they are now, left out) and those failed."""
+    (copies and touches, and videos that failed as they are now, left out), those failed, and
+    every folder walked."""
     order = instance.get_dynamic_partitions(videos_partitions.name)
     partitions = set(order)
-    listing = list_videos(settings.video_input)
+    folders: set[Path] = set()
+    listing = list_videos(settings.video_input, folders)
     changes = diff_folder(listing, partitions, cursor, time.time(), settings.video_input.settle_seconds,
                           embedded=lambda: _done(settings, vector_store, listing),
                           missing=lambda videos: _lacking(settings, vector_store, videos),
@@ -153,7 +155,7 @@ def _look(settings: Settings, instance, vector_store: VectorStoreResource, curso
     failed = _failed_before(settings, vector_store, [v for _, v in changes.changed + changes.lost])
     changes.changed = [(k, v) for k, v in changes.changed if k not in failed]
     changes.lost = [(k, v) for k, v in changes.lost if k not in failed]
-    return order, listing, changes, failed
+    return order, listing, changes, failed, folders
 
 
 def build_video_sensor(settings: Settings) -> SensorDefinition:
@@ -189,14 +191,13 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
         while True:
             before = folder_times(folders)  # taken before the look: a file added during it wakes the wait
             looked = time.monotonic()
-            order, listing, changes, failed = _look(settings, instance, vector_store, context.cursor)
+            order, listing, changes, failed, folders = _look(settings, instance, vector_store, context.cursor)
             runs, held = _runs_for_free_devices(settings, instance, devices, request, order, listing, changes,
                                                 context.cursor)
             if runs or changes.deleted or changes.lost or changes.audited:
                 break
             # Nothing to start yet: watch the folder, and the devices while videos wait for one.
             free = (lambda: bool(_free_slots(instance, settings, devices))) if held else None
-            folders = video_folders(settings.video_input.path, listing)
             if not wait_for_change({**folder_times(folders), **before}, until, free, rest=time.monotonic() - looked):
                 break
         new_keys = [k for k, _ in changes.new]

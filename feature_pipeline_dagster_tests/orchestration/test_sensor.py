@@ -150,8 +150,9 @@ def test_arrivals_wait_for_a_busy_queue_and_go_out_together(project):
 
 
 def test_a_tick_answers_an_arrival_or_a_freed_slot_while_it_watches(project, tmp_path):
-    """A tick with nothing to start watches the folder and, while videos wait for a device,
-    the devices' runs: what happens while it watches goes out in that tick, not 5 s later."""
+    """A tick with nothing to start watches the folder, every folder under it (one that holds no
+    video yet too) and, while videos wait for a device, the devices' runs: what happens while it
+    watches goes out in that tick, not 5 s later."""
     import threading
 
     from feature_pipeline_dagster.orchestration.definitions import build_definitions
@@ -179,7 +180,11 @@ def test_a_tick_answers_an_arrival_or_a_freed_slot_while_it_watches(project, tmp
         moved = write_video(tmp_path / "a.mp4", seconds=1)
         arrived = during_a_tick(instance, idle.cursor, lambda: os.rename(moved, project.videos / "a.mp4"))
         assert [r.partition_key for r in arrived.run_requests] == ["a.mp4"]
-        instance.add_dynamic_partitions("videos", ["a.mp4"])
+        (project.videos / "later").mkdir()  # a folder that holds no video when the tick looks
+        moved = write_video(tmp_path / "c.mp4", seconds=1, seed=2)
+        arrived = during_a_tick(instance, arrived.cursor, lambda: os.rename(moved, project.videos / "later/c.mp4"))
+        assert [r.partition_key for r in arrived.run_requests] == ["later/c.mp4"]
+        instance.add_dynamic_partitions("videos", ["a.mp4", "later/c.mp4"])
         busy = [_busy(instance, d) for d in ("cpu:0", "cpu:1") for _ in range(1 + WAITING_RUNS_PER_DEVICE)]
         write_video(project.videos / "b.mp4", seconds=1, seed=1)
         held = sensor(instance, arrived.cursor)  # waits the window out: no device frees
