@@ -27,7 +27,8 @@ merge into moments. Each size reports per query kind, over `--queries` queries a
 warm-up: p50/p95 ms of (a) that grouped search, (b) a plain top-10 row search with the
 recall of the exact top 10, and with `--ef` (b) again at each fixed ef; for image queries
 (c) the grouped search with a `--video`-like filter and a time window and (d) (b) with the
-pipeline's Strong reads, which on a server wait for its newest time tick. Query encoding
+pipeline's Strong reads, which on a server wait for its newest time tick; and per size what
+a commit and the `ef` rule read (`writer_reads`: a commit's delete scan, the row count). Query encoding
 is not included (`encode_text_ms`: a random ViT-B-32's text tower on this CPU). On Lite each
 size is measured twice, side by side: the Lite server with the project's search executor
 (core/store/lite_search.py), then restarted with Milvus Lite's own
@@ -56,6 +57,7 @@ from feature_pipeline_dagster.core.search.api import GROUP_SIZE, current_rows  #
 from feature_pipeline_dagster.core.search.moments import Hit, merge_hits  # noqa: E402
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, IndexSpec  # noqa: E402
 from feature_pipeline_dagster.core.store import RowFilter, open_store  # noqa: E402
+from feature_pipeline_dagster.core.store.milvus.filters import videos_in  # noqa: E402
 from feature_pipeline_dagster.core.store.lite_server import SEARCH_ENV, LiteServer  # noqa: E402
 
 DIM, FRAMES_PER_VIDEO, CHUNK = 512, 200, 20_000  # CHUNK: a whole number of videos
@@ -208,6 +210,25 @@ def recall(answers: list, exact: list[set[int]]) -> float:
     return round(float(np.mean([len(row_ids(got[0]) & want) / K for got, want in zip(answers, exact)])), 3)
 
 
+def writer_reads(store, spec, rows: int, repeats: int = 5) -> dict:
+    """What a commit and the search's `ef` rule ask of the store besides searches: the scan of
+    a commit's delete for 64 new videos (the writer's filter; no older rows to find) and the
+    row count."""
+    names = [f"new_{i:06d}.mp4" for i in range(64)]
+    scan = f"{videos_in(names)} and generation != 1"
+    out = {}
+    for name, call in (("commit_delete_scan_64_videos", lambda: store.client.query(spec.name, filter=scan,
+                                                                                 output_fields=["id"])),
+                       ("row_count", lambda: store.client.get_collection_stats(spec.name))):
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1000)
+        out[name] = pct(times[1:])
+    return out
+
+
 def measure(store, strong, spec, rows: int, queries: int, efs: list[int]) -> dict:
     out = {"rows": rows}
     fields = ("video_path", "frame_id")
@@ -240,6 +261,7 @@ def measure(store, strong, spec, rows: int, queries: int, efs: list[int]) -> dic
             row[f"ef_{ef}"] = {**pct(times), "recall_at_10": recall(got, exact)}
         out[kind] = row
         print(json.dumps({"rows": rows, kind: row}), file=sys.stderr, flush=True)
+    out.update(writer_reads(store, spec, rows))  # after the searches, which load the collection
     return out
 
 
@@ -362,8 +384,10 @@ def main() -> None:
                 row["milvus_lite_own_search"] = own = measure(store, strong, spec, size, args.queries, [])
                 store, strong = restart_lite(uri, store, strong, "project")
                 row["own_over_project_p50"] = {
-                    kind: {what: round(own[kind][what]["p50_ms"] / row[kind][what]["p50_ms"], 2)
-                           for what in ("plain_top10", "grouped_search")} for kind in KINDS}
+                    **{kind: {what: round(own[kind][what]["p50_ms"] / row[kind][what]["p50_ms"], 2)
+                              for what in ("plain_top10", "grouped_search")} for kind in KINDS},
+                    **{what: round(own[what]["p50_ms"] / row[what]["p50_ms"], 2)
+                       for what in ("commit_delete_scan_64_videos", "row_count")}}
             row.update(insert_s=round(insert_s, 1), index_wait_s=round(index_wait_s, 1), load=os.getloadavg())
             results["sizes"].append(row)
             print(json.dumps(row), flush=True)
