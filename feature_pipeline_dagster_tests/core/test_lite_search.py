@@ -72,7 +72,9 @@ def searched(collection, queries, **kwargs):
 
 
 def queried(collection, expr):
-    return lambda: (collection.query(expr, output_fields=["video_path", "frame_id"]), collection.num_entities)
+    fields = ["video_path", "frame_id"]
+    return lambda: (collection.query(expr, output_fields=fields), collection.num_entities,
+                    collection.query(expr, output_fields=fields, limit=20, offset=3, order_by_pk=True))
 
 
 QUERIES = ("frame_id >= 0", 'video_path in ["v1.mp4", "v2.mp4"]', "frame_id in [10, 14, 131, 201, 205]")
@@ -118,7 +120,7 @@ def test_the_replacement_answers_as_lite_does(collection, indexed):
         assert got == expected, expr
     returned = {hit["id"] for hit in both(searched(collection, queries, top_k=500))[1][0]}
     assert not returned & {0, 1, 2, 130, 131, 201, 14} and {10, 150, 229} <= returned
-    found, count = both(queried(collection, "frame_id >= 0"))[1]
+    found, count, _ = both(queried(collection, "frame_id >= 0"))[1]
     assert count == len(found) == 230 - 7 and not {r["frame_id"] for r in found} & {0, 1, 2, 130, 131, 201, 14}
 
 

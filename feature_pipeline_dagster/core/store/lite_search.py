@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
@@ -29,6 +30,8 @@ SEARCH_PARAMETERS = ("query_vectors", "segments", "memtable", "delta_index", "to
                      "vector_field", "partition_names", "compiled_filter", "output_fields", "indexed_filter_plan",
                      "project_record_fn", "search_params")
 MASK_PARAMETERS = ("all_pks", "all_seqs", "delta_index", "filter_mask", "memtable")
+CANDIDATE_PARAMETERS = ("segments", "memtable", "vector_field", "partition_names", "filter_compiled",
+                        "indexed_filter_plan")
 INSTALLED_LINE = "search: numpy masks in place of Milvus Lite's walk over every row (lite_search.py)"
 CHOICES = ("project", "milvus-lite")
 KEPT_SETS = 2  # segment sets kept (~50 MB each at 1M rows): the newest, and one a concurrent search may hold
@@ -44,12 +47,15 @@ def install(choice: str = "project") -> str:
         raise ValueError(f"FEATURE_PIPELINE_LITE_SEARCH={choice!r}: expected one of {', '.join(CHOICES)}")
     if choice == "milvus-lite":
         return "search: Milvus Lite's own executor (FEATURE_PIPELINE_LITE_SEARCH=milvus-lite)"
-    search_stock, mask_stock = collection.execute_search_with_index, bitmap.build_valid_mask
-    if (tuple(inspect.signature(search_stock).parameters) != SEARCH_PARAMETERS
-            or tuple(inspect.signature(mask_stock).parameters) != MASK_PARAMETERS):
-        return "search: Milvus Lite's own executor (its signatures are not the ones lite_search.py mirrors)"
-    collection.execute_search_with_index = partial(search, search_stock)
-    bitmap.build_valid_mask = partial(valid_mask, mask_stock)
+    stock = collection.execute_search_with_index, bitmap.build_valid_mask, collection.assemble_candidates
+    users = [name for name, f in vars(collection.Collection).items()
+             if "assemble_candidates" in getattr(getattr(f, "__code__", None), "co_names", ())]
+    if ([tuple(inspect.signature(f).parameters) for f in stock] != [SEARCH_PARAMETERS, MASK_PARAMETERS,
+                                                                      CANDIDATE_PARAMETERS] or users != ["query"]):
+        return "search: Milvus Lite's own executor (its functions are not the ones lite_search.py mirrors)"
+    collection.execute_search_with_index = partial(search, stock[0])
+    bitmap.build_valid_mask = partial(valid_mask, stock[1])
+    collection.assemble_candidates = partial(candidates, stock[2])
     return INSTALLED_LINE
 
 
@@ -72,11 +78,14 @@ def valid_mask(stock, all_pks, all_seqs, delta_index, filter_mask=None, memtable
     keys = np.asarray(all_pks)
     if keys.dtype.kind not in "iu" or not len(keys):
         return stock(all_pks, all_seqs, delta_index, filter_mask, memtable)
-    keys, seqs = keys.astype(np.int64), np.asarray(all_seqs, np.int64)
-    mask = newest(keys, seqs)[0]
     tombstones = _tombstones(delta_index, memtable.delete_index_snapshot() if memtable is not None else {})
-    if tombstones is not None:
-        mask &= ~_deleted(keys, seqs, tombstones)
+    if isinstance(all_pks, _Keys):  # a query's candidates: the segments' part is kept (SegmentSet)
+        mask = np.concatenate(_valid_rows(all_pks.segments, all_pks.memtable, all_pks.memtable_seqs, tombstones))
+    else:
+        keys, seqs = keys.astype(np.int64), np.asarray(all_seqs, np.int64)
+        mask = newest(keys, seqs)[0]
+        if tombstones is not None:
+            mask &= ~_deleted(keys, seqs, tombstones)
     return mask & np.asarray(filter_mask, bool) if filter_mask is not None else mask
 
 
@@ -124,6 +133,74 @@ def segment_set(segments: tuple) -> SegmentSet:
     return found
 
 
+class _Sources(Sequence):
+    """Where each candidate row is, as Lite's (segment, row) or (memtable, reference), made
+    only for the rows asked for."""
+
+    def __init__(self, segments: tuple, starts: np.ndarray, memtable, references: list):
+        self.segments, self.starts, self.memtable, self.references = segments, starts, memtable, references
+
+    def __len__(self) -> int:
+        return int(self.starts[-1]) + len(self.references)
+
+    def __getitem__(self, position: int):
+        if position >= self.starts[-1]:
+            return self.memtable, self.references[position - int(self.starts[-1])]
+        segment = int(np.searchsorted(self.starts, position, side="right")) - 1
+        return self.segments[segment], position - int(self.starts[segment])
+
+
+def candidates(stock, segments, memtable, vector_field, partition_names=None, filter_compiled=None,
+               indexed_filter_plan=None):
+    """Lite's `assemble_candidates` for its one caller, `Collection.query` (which `install`
+    checks), which reads neither the vectors nor the sources of rows that do not match: the
+    same keys, sequences and filter, without a copy of every vector (2 GB at 1M rows of 512-d,
+    at each commit's delete, which is a query) and a tuple a row."""
+    from milvus_lite.search.filter import evaluate_mask
+    from milvus_lite.search.indexed_filter import evaluate_segment_filter
+
+    scope = set(partition_names) if partition_names else None
+    in_scope = tuple(s for s in segments if s.num_rows > 0 and (scope is None or s.partition in scope))
+    sset = segment_set(in_scope)
+    if not sset.integer:
+        return stock(segments, memtable, vector_field, partition_names, filter_compiled, indexed_filter_plan)
+    mt_pks, mt_seqs, _, mt_refs, mt_table = memtable.to_search_snapshot(
+        vector_field=vector_field, partition_names=partition_names, include_table=filter_compiled is not None)
+    filters = []
+    if filter_compiled is not None:
+        filters = [evaluate_segment_filter(s, filter_compiled, indexed_filter_plan) for s in in_scope]
+        if mt_pks and mt_table is not None:
+            filters.append(evaluate_mask(filter_compiled, mt_table))
+    if not in_scope and not mt_pks:
+        return ([], np.zeros(0, np.uint64), np.zeros((0, 0), np.float32), [],
+                np.zeros(0, bool) if filter_compiled is not None else None)
+    keys = _Keys(sset, np.asarray(mt_pks, np.int64), np.asarray(mt_seqs, np.int64))
+    seqs = np.concatenate([*(s.seqs for s in in_scope), *([mt_seqs] if mt_pks else [])])
+    vectors = np.zeros((len(keys), 0), np.float32)  # not read by the query
+    sources = _Sources(in_scope, sset.starts, memtable, mt_refs if mt_pks else [])
+    if filter_compiled is None:
+        return keys, seqs, vectors, sources, None
+    return keys, seqs, vectors, sources, np.concatenate(filters) if filters else np.zeros(0, bool)
+
+
+class _Keys(Sequence):
+    """The candidates' primary keys as Lite reads them (a length, an item), numpy underneath,
+    with the segment set they come from for `valid_mask`."""
+
+    def __init__(self, segments: SegmentSet, memtable: np.ndarray, memtable_seqs: np.ndarray):
+        self.segments, self.memtable, self.memtable_seqs = segments, memtable, memtable_seqs
+        self.keys = np.concatenate([*segments.keys, memtable])
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, position: int):
+        return int(self.keys[position])
+
+    def __array__(self, dtype=None, copy=None):
+        return self.keys if dtype is None else self.keys.astype(dtype)
+
+
 def _deleted(keys: np.ndarray, seqs: np.ndarray, tombstones: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Rows with a delete of their key later than themselves."""
     if not len(keys):
@@ -155,11 +232,11 @@ def _valid_rows(sset: SegmentSet, memtable_pks: np.ndarray, memtable_seqs: np.nd
         low = np.searchsorted(sset.sorted_pks, memtable_pks, side="left")
         high = np.searchsorted(sset.sorted_pks, memtable_pks, side="right")
         for i in np.flatnonzero(high > low):
-            newest = int(high[i]) - 1
-            if sset.sorted_seqs[newest] > memtable_seqs[i]:
+            last = int(high[i]) - 1
+            if sset.sorted_seqs[last] > memtable_seqs[i]:
                 memtable_mask[i] = False
-            elif sset.sorted_seqs[newest] < memtable_seqs[i]:
-                segment, row = sset.place(int(sset.order[newest]))
+            elif sset.sorted_seqs[last] < memtable_seqs[i]:
+                segment, row = sset.place(int(sset.order[last]))
                 masks[segment][row] = False
     if tombstones is not None:
         for mask, keys, seqs in zip(masks, sset.keys, sset.seqs):
