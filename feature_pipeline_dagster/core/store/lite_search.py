@@ -1,19 +1,22 @@
-"""Milvus Lite's reads without its walk over every stored row in Python.
+"""Milvus Lite's reads without its walks over every stored row in Python.
 
 Milvus Lite 3.2 answers each search by walking every row twice in Python: a newest-sequence
 map over all segments, then a validity mask per segment (`milvus_lite/search/
 executor_indexed.py`). At 1M rows that walk is most of a query: p50 466-614 ms here, where its
 FAISS HNSW searches take a small part (py-spy at 200k rows: 62 % in the walk, 8 % in FAISS).
-Its queries, deletes by filter and row counts walk the same way (`search/bitmap.py`).
+Its queries, deletes by filter (a query, then a delete by key: each commit makes one) and row
+counts walk the same way (`search/bitmap.py`), a query after a tuple a row and a copy of every
+vector (`search/assembler.py`).
 
-The Lite server this project starts (`lite_server._serve`) puts `search` and `valid_mask` in
-their place: the same answers (the same rows in the same order; `test_lite_search.py` checks
-them against Lite's own), the masks built by numpy. Segments are immutable, so for a search
-which of their rows is the newest version of its primary key is kept per set of segments (a
-flush or a compaction makes a new set); tombstones and the memtable, which change with every
-write, are applied per call. At 1M rows a search takes 11-21 ms (`bench/bench_search.py`).
-Integer primary keys only (the pipeline's collections); anything else goes to Lite's own code,
-as does everything where Lite's functions are not the ones this was written against.
+The Lite server this project starts (`lite_server._serve`) puts `search`, `valid_mask` and
+`candidates` in their place: the same answers (the same rows in the same order;
+`test_lite_search.py` checks them against Lite's own), the masks built by numpy. Segments are
+immutable, so which of their rows is the newest version of its primary key is kept per set of
+segments (a flush or a compaction makes a new set); tombstones and the memtable, which change
+with every write, are applied per call. At 1M rows a search takes 11-21 ms
+(`bench/bench_search.py`). Integer primary keys only (the pipeline's collections); anything
+else goes to Lite's own code, as does everything where Lite's functions are not the ones this
+was written against.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ KEPT_SETS = 2  # segment sets kept (~50 MB each at 1M rows): the newest, and one
 
 
 def install(choice: str = "project") -> str:
-    """Replace Lite's search executor and its valid-row mask in this process, unless `choice` is
-    "milvus-lite" or Lite's signatures differ from those this module mirrors; says which searches."""
+    """Replace Lite's search executor, valid-row mask and query candidates in this process, unless
+    `choice` is "milvus-lite" or Lite's functions differ from those this module mirrors (their
+    parameters, and the candidates' one caller); says which searches."""
     from milvus_lite.engine import collection
     from milvus_lite.search import bitmap
 
@@ -137,17 +141,18 @@ class _Sources(Sequence):
     """Where each candidate row is, as Lite's (segment, row) or (memtable, reference), made
     only for the rows asked for."""
 
-    def __init__(self, segments: tuple, starts: np.ndarray, memtable, references: list):
-        self.segments, self.starts, self.memtable, self.references = segments, starts, memtable, references
+    def __init__(self, sset: SegmentSet, segments: tuple, memtable, references: list):
+        self.set, self.segments, self.memtable, self.references = sset, segments, memtable, references
+        self.in_segments = int(sset.starts[-1])
 
     def __len__(self) -> int:
-        return int(self.starts[-1]) + len(self.references)
+        return self.in_segments + len(self.references)
 
     def __getitem__(self, position: int):
-        if position >= self.starts[-1]:
-            return self.memtable, self.references[position - int(self.starts[-1])]
-        segment = int(np.searchsorted(self.starts, position, side="right")) - 1
-        return self.segments[segment], position - int(self.starts[segment])
+        if position >= self.in_segments:
+            return self.memtable, self.references[position - self.in_segments]
+        segment, row = self.set.place(position)
+        return self.segments[segment], row
 
 
 def candidates(stock, segments, memtable, vector_field, partition_names=None, filter_compiled=None,
@@ -177,7 +182,7 @@ def candidates(stock, segments, memtable, vector_field, partition_names=None, fi
     keys = _Keys(sset, np.asarray(mt_pks, np.int64), np.asarray(mt_seqs, np.int64))
     seqs = np.concatenate([*(s.seqs for s in in_scope), *([mt_seqs] if mt_pks else [])])
     vectors = np.zeros((len(keys), 0), np.float32)  # not read by the query
-    sources = _Sources(in_scope, sset.starts, memtable, mt_refs if mt_pks else [])
+    sources = _Sources(sset, in_scope, memtable, mt_refs if mt_pks else [])
     if filter_compiled is None:
         return keys, seqs, vectors, sources, None
     return keys, seqs, vectors, sources, np.concatenate(filters) if filters else np.zeros(0, bool)
