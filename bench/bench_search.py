@@ -57,8 +57,9 @@ from feature_pipeline_dagster.core.search.api import GROUP_SIZE, current_rows  #
 from feature_pipeline_dagster.core.search.moments import Hit, merge_hits  # noqa: E402
 from feature_pipeline_dagster.core.settings import CollectionSpec, FieldSpec, IndexSpec  # noqa: E402
 from feature_pipeline_dagster.core.store import RowFilter, open_store  # noqa: E402
+from feature_pipeline_dagster.core.store.lite_search import SEARCH_ENV  # noqa: E402
+from feature_pipeline_dagster.core.store.lite_server import LiteServer  # noqa: E402
 from feature_pipeline_dagster.core.store.milvus.filters import videos_in  # noqa: E402
-from feature_pipeline_dagster.core.store.lite_server import SEARCH_ENV, LiteServer  # noqa: E402
 
 DIM, FRAMES_PER_VIDEO, CHUNK = 512, 200, 20_000  # CHUNK: a whole number of videos
 TOPICS = 100

@@ -126,10 +126,10 @@ def test_the_replacement_answers_as_lite_does(collection, indexed):
 
 @pytest.mark.parametrize("choice", [None, "milvus-lite"])
 def test_the_project_started_lite_server_runs_it_unless_told(tmp_path, monkeypatch, choice):
-    from feature_pipeline_dagster.core.store.lite_server import SEARCH_ENV, LiteServer
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
 
     if choice:
-        monkeypatch.setenv(SEARCH_ENV, choice)
+        monkeypatch.setenv(lite_search.SEARCH_ENV, choice)
     server = LiteServer(str(tmp_path / "search.db"))
     server.ensure_running()
     try:
@@ -138,3 +138,14 @@ def test_the_project_started_lite_server_runs_it_unless_told(tmp_path, monkeypat
         server.stop()
     assert (lite_search.INSTALLED_LINE in said) == (choice is None)
     assert ("Milvus Lite's own executor (FEATURE_PIPELINE_LITE_SEARCH=milvus-lite)" in said) == bool(choice)
+
+
+def test_an_unknown_choice_is_one_clear_line(tmp_path, monkeypatch):
+    from feature_pipeline_dagster.core.errors import StoreError
+    from feature_pipeline_dagster.core.store.lite_server import LiteServer
+
+    monkeypatch.setenv(lite_search.SEARCH_ENV, "fast")
+    with pytest.raises(StoreError) as failed:
+        LiteServer(str(tmp_path / "search.db")).ensure_running()
+    assert str(failed.value).endswith(
+        "FEATURE_PIPELINE_LITE_SEARCH='fast': expected one of project, milvus-lite)"), failed.value

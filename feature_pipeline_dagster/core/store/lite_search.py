@@ -2,7 +2,7 @@
 
 Milvus Lite 3.2 answers each search by walking every row twice in Python: a newest-sequence
 map over all segments, then a validity mask per segment (`milvus_lite/search/
-executor_indexed.py`). At 1M rows that walk is most of a query: p50 466-614 ms here, where its
+executor_indexed.py`). At 1M rows that walk is most of a query: p50 466-699 ms here, where its
 FAISS HNSW searches take a small part (py-spy at 200k rows: 62 % in the walk, 8 % in FAISS).
 Its queries, deletes by filter (a query, then a delete by key: each commit makes one) and row
 counts walk the same way (`search/bitmap.py`), a query after a tuple a row and a copy of every
@@ -36,6 +36,7 @@ MASK_PARAMETERS = ("all_pks", "all_seqs", "delta_index", "filter_mask", "memtabl
 CANDIDATE_PARAMETERS = ("segments", "memtable", "vector_field", "partition_names", "filter_compiled",
                         "indexed_filter_plan")
 INSTALLED_LINE = "search: numpy masks in place of Milvus Lite's walk over every row (lite_search.py)"
+SEARCH_ENV = "FEATURE_PIPELINE_LITE_SEARCH"  # read by the server as it starts (`lite_server._serve`)
 CHOICES = ("project", "milvus-lite")
 KEPT_SETS = 2  # segment sets kept (~50 MB each at 1M rows): the newest, and one a concurrent search may hold
 
@@ -48,9 +49,9 @@ def install(choice: str = "project") -> str:
     from milvus_lite.search import bitmap
 
     if choice not in CHOICES:
-        raise ValueError(f"FEATURE_PIPELINE_LITE_SEARCH={choice!r}: expected one of {', '.join(CHOICES)}")
+        raise ValueError(f"{SEARCH_ENV}={choice!r}: expected one of {', '.join(CHOICES)}")
     if choice == "milvus-lite":
-        return "search: Milvus Lite's own executor (FEATURE_PIPELINE_LITE_SEARCH=milvus-lite)"
+        return f"search: Milvus Lite's own executor ({SEARCH_ENV}=milvus-lite)"
     stock = collection.execute_search_with_index, bitmap.build_valid_mask, collection.assemble_candidates
     users = [name for name, f in vars(collection.Collection).items()
              if "assemble_candidates" in getattr(getattr(f, "__code__", None), "co_names", ())]

@@ -348,9 +348,6 @@ def _tail(path: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-SEARCH_ENV = "FEATURE_PIPELINE_LITE_SEARCH"  # "milvus-lite": Lite's own search executor (lite_search.py)
-
-
 def _serve(argv: list[str]) -> int:
     """`milvus-lite server`, with SIGINT and SIGTERM both ending it cleanly, whatever the
     starter's signals were. Ignored signals are inherited: a process started in the
@@ -358,9 +355,13 @@ def _serve(argv: list[str]) -> int:
     server started from there ignored both and every `stop` waited out its timeout."""
     from milvus_lite.cmdline import main
 
-    from .lite_search import install
+    from .lite_search import SEARCH_ENV, install
 
-    print(install(os.environ.get(SEARCH_ENV, "project")), flush=True)
+    try:
+        print(install(os.environ.get(SEARCH_ENV, "project")), flush=True)
+    except ValueError as error:  # a value it does not know: one line, which the starter quotes
+        print(error, flush=True)
+        return 2
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # milvus-lite stops on KeyboardInterrupt
     if "--idle-minutes" in argv:  # ours, not milvus-lite's: the watchdog's idle time
