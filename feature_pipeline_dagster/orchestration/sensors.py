@@ -187,7 +187,7 @@ def build_video_sensor(settings: Settings) -> SensorDefinition:
             return SkipReason(f"video_input.path {settings.video_input.path} is not there; nothing changed")
         started, instance = time.perf_counter(), context.instance
         until = time.monotonic() + WATCH_SECONDS
-        folders = {settings.video_input.path}
+        folders = {settings.video_input.path.resolve()}  # as the look's walk names it
         while True:
             before = folder_times(folders)  # taken before the look: a file added during it wakes the wait
             looked = time.monotonic()

@@ -85,7 +85,7 @@ def valid_mask(stock, all_pks, all_seqs, delta_index, filter_mask=None, memtable
         return stock(all_pks, all_seqs, delta_index, filter_mask, memtable)
     tombstones = _tombstones(delta_index, memtable.delete_index_snapshot() if memtable is not None else {})
     if isinstance(all_pks, _Keys):  # a query's candidates: the segments' part is kept (SegmentSet)
-        mask = np.concatenate(_valid_rows(all_pks.segments, all_pks.memtable, all_pks.memtable_seqs, tombstones))
+        mask = np.concatenate(_valid_rows(all_pks.segments, all_pks.memtable_keys, all_pks.memtable_seqs, tombstones))
     else:
         keys, seqs = keys.astype(np.int64), np.asarray(all_seqs, np.int64)
         mask = newest(keys, seqs)[0]
@@ -162,21 +162,13 @@ def candidates(stock, segments, memtable, vector_field, partition_names=None, fi
     checks), which reads neither the vectors nor the sources of rows that do not match: the
     same keys, sequences and filter, without a copy of every vector (2 GB at 1M rows of 512-d,
     at each commit's delete, which is a query) and a tuple a row."""
-    from milvus_lite.search.filter import evaluate_mask
-    from milvus_lite.search.indexed_filter import evaluate_segment_filter
-
-    scope = set(partition_names) if partition_names else None
-    in_scope = tuple(s for s in segments if s.num_rows > 0 and (scope is None or s.partition in scope))
+    in_scope = _in_scope(segments, partition_names)
     sset = segment_set(in_scope)
     if not sset.integer:
         return stock(segments, memtable, vector_field, partition_names, filter_compiled, indexed_filter_plan)
     mt_pks, mt_seqs, _, mt_refs, mt_table = memtable.to_search_snapshot(
         vector_field=vector_field, partition_names=partition_names, include_table=filter_compiled is not None)
-    filters = []
-    if filter_compiled is not None:
-        filters = [evaluate_segment_filter(s, filter_compiled, indexed_filter_plan) for s in in_scope]
-        if mt_pks and mt_table is not None:
-            filters.append(evaluate_mask(filter_compiled, mt_table))
+    filters = _filter_masks(in_scope, mt_table if mt_pks else None, filter_compiled, indexed_filter_plan)
     if not in_scope and not mt_pks:
         return ([], np.zeros(0, np.uint64), np.zeros((0, 0), np.float32), [],
                 np.zeros(0, bool) if filter_compiled is not None else None)
@@ -189,13 +181,33 @@ def candidates(stock, segments, memtable, vector_field, partition_names=None, fi
     return keys, seqs, vectors, sources, np.concatenate(filters) if filters else np.zeros(0, bool)
 
 
+def _in_scope(segments, partition_names) -> tuple:
+    """The segments Lite searches and queries: those with rows, in the partitions asked for."""
+    scope = set(partition_names) if partition_names else None
+    return tuple(s for s in segments if s.num_rows > 0 and (scope is None or s.partition in scope))
+
+
+def _filter_masks(segments: tuple, memtable_table, compiled_filter, indexed_filter_plan) -> list:
+    """Lite's scalar filter over each segment, then over the memtable's rows (`memtable_table`,
+    None where it has none); no masks without a filter."""
+    if compiled_filter is None:
+        return []
+    from milvus_lite.search.filter import evaluate_mask
+    from milvus_lite.search.indexed_filter import evaluate_segment_filter
+
+    masks = [np.asarray(evaluate_segment_filter(s, compiled_filter, indexed_filter_plan), bool) for s in segments]
+    if memtable_table is not None:
+        masks.append(np.asarray(evaluate_mask(compiled_filter, memtable_table), bool))
+    return masks
+
+
 class _Keys(Sequence):
     """The candidates' primary keys as Lite reads them (a length, an item), numpy underneath,
     with the segment set they come from for `valid_mask`."""
 
-    def __init__(self, segments: SegmentSet, memtable: np.ndarray, memtable_seqs: np.ndarray):
-        self.segments, self.memtable, self.memtable_seqs = segments, memtable, memtable_seqs
-        self.keys = np.concatenate([*segments.keys, memtable])
+    def __init__(self, segments: SegmentSet, memtable_keys: np.ndarray, memtable_seqs: np.ndarray):
+        self.segments, self.memtable_keys, self.memtable_seqs = segments, memtable_keys, memtable_seqs
+        self.keys = np.concatenate([*segments.keys, memtable_keys])
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -230,8 +242,9 @@ def _tombstones(delta_index, memtable_deletes: dict) -> tuple[np.ndarray, np.nda
 
 
 def _valid_rows(sset: SegmentSet, memtable_pks: np.ndarray, memtable_seqs: np.ndarray, tombstones) -> list:
-    """Per source (each segment, then the memtable): the rows a search may return, as Lite's
-    walk finds them: the newest version of their key among all sources, deleted by nothing later."""
+    """Per source (each segment, then the memtable): the rows a search or query may return, as
+    Lite's walk finds them: the newest version of their key among all sources, deleted by nothing
+    later."""
     masks = [w.copy() for w in sset.winners]
     memtable_mask = np.ones(len(memtable_pks), bool)
     if len(memtable_pks) and len(sset.sorted_pks):  # keys in the memtable and a segment: rare
@@ -261,8 +274,7 @@ def search(stock, query_vectors, segments, memtable, delta_index, top_k, metric_
     nq = int(query.shape[0])
     if nq == 0 or top_k <= 0:
         return [[] for _ in range(nq)]
-    scope = set(partition_names) if partition_names else None
-    in_scope = tuple(s for s in segments if s.num_rows > 0 and (scope is None or s.partition in scope))
+    in_scope = _in_scope(segments, partition_names)
     sset = segment_set(in_scope)
     if not sset.integer:
         return stock(**{**arguments, "segments": in_scope})
@@ -270,18 +282,11 @@ def search(stock, query_vectors, segments, memtable, delta_index, top_k, metric_
         vector_field=vector_field, partition_names=partition_names, include_table=compiled_filter is not None)
     if not in_scope and not mt_pks:
         return [[] for _ in range(nq)]
-    mt_keys = np.asarray(mt_pks, np.int64) if mt_pks else np.zeros(0, np.int64)
-    masks = _valid_rows(sset, mt_keys, np.asarray(mt_seqs, np.int64),
+    masks = _valid_rows(sset, np.asarray(mt_pks, np.int64), np.asarray(mt_seqs, np.int64),
                         _tombstones(delta_index, memtable.delete_index_snapshot()))
-
-    if compiled_filter is not None:
-        from milvus_lite.search.filter import evaluate_mask
-        from milvus_lite.search.indexed_filter import evaluate_segment_filter
-
-        for mask, segment in zip(masks, in_scope):
-            mask &= np.asarray(evaluate_segment_filter(segment, compiled_filter, indexed_filter_plan), bool)
-        if mt_pks and mt_table is not None:
-            masks[-1] &= np.asarray(evaluate_mask(compiled_filter, mt_table), bool)
+    for mask, matches in zip(masks, _filter_masks(in_scope, mt_table if mt_pks else None, compiled_filter,
+                                                  indexed_filter_plan)):
+        mask &= matches
 
     found = []  # per source: (nq, k) distances and rows
     sources = [(s, *s.vector_data(vector_field), s.indexes.get(vector_field)) for s in in_scope]
